@@ -1,0 +1,305 @@
+/*
+ * moecl.h - the whole public API of moecl, a portable Mixture-of-Experts
+ * inference runtime.
+ *
+ * Conventions (they hold for every function below unless its comment says
+ * otherwise):
+ *
+ *   - Every function that can fail returns a moecl_status. MOECL_OK is 0,
+ *     errors are negative. moecl_status_str() names a status; the message of
+ *     the last failure on the calling thread is moecl_last_error(), and a
+ *     context also keeps the last error of calls made on it
+ *     (moecl_context_last_error()).
+ *   - Handles are opaque. Each has a *_new / *_load function and a *_free
+ *     function; *_free(NULL) is a harmless no-op.
+ *   - Strings passed in are copied if they are kept; strings returned are
+ *     owned by the library and stay valid as documented.
+ *   - Nothing here calls exit() or writes to stdout. Diagnostics go through
+ *     the log callback (stderr, warnings and errors only, by default).
+ *
+ * Thread safety: a moecl_model is read-only once loaded and may be shared by
+ * any number of contexts on any threads. A moecl_context or moecl_sampler
+ * must be used by one thread at a time. The log callback is process-global.
+ */
+#ifndef MOECL_H
+#define MOECL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32) && defined(MOECL_BUILDING_DLL)
+#define MOECL_API __declspec(dllexport)
+#elif defined(__GNUC__)
+#define MOECL_API __attribute__((visibility("default")))
+#else
+#define MOECL_API
+#endif
+
+/* ------------------------------------------------------------------------ */
+/* Version                                                                  */
+/* ------------------------------------------------------------------------ */
+
+#define MOECL_VERSION_MAJOR 0
+#define MOECL_VERSION_MINOR 1
+#define MOECL_VERSION_PATCH 0
+#define MOECL_VERSION_STRING "0.1.0"
+
+/* The version of the library actually linked, e.g. "0.1.0". Static string. */
+MOECL_API const char *moecl_version(void);
+
+/* ------------------------------------------------------------------------ */
+/* Status codes and errors                                                  */
+/* ------------------------------------------------------------------------ */
+
+typedef enum moecl_status {
+    MOECL_OK = 0,
+    MOECL_ERR_INVALID_ARG = -1,  /* a NULL handle, a bad parameter, a token id out of range */
+    MOECL_ERR_IO = -2,           /* a file could not be opened, mapped or written */
+    MOECL_ERR_FORMAT = -3,       /* a model or config file is malformed */
+    MOECL_ERR_UNSUPPORTED = -4,  /* well-formed but not something moecl runs (architecture, dtype) */
+    MOECL_ERR_NOMEM = -5,        /* an allocation failed */
+    MOECL_ERR_CONTEXT_FULL = -6, /* the tokens do not fit in the context (n_ctx); nothing was changed */
+    MOECL_ERR_ABORTED = -7,      /* a progress or abort callback asked to stop */
+    MOECL_ERR_BACKEND = -8,      /* a compute backend failed (device error, kernel build) */
+} moecl_status;
+
+/* A static English name for a status ("ok", "malformed file", ...). Never NULL. */
+MOECL_API const char *moecl_status_str(moecl_status status);
+
+/* The message of the last failure on the calling thread, e.g.
+ * "models/x/model.safetensors: tensor 'lm_head.weight' ends past the end of
+ * the file". Empty string if none. Valid until the next moecl call on the
+ * same thread. */
+MOECL_API const char *moecl_last_error(void);
+
+/* ------------------------------------------------------------------------ */
+/* Logging and callbacks                                                    */
+/* ------------------------------------------------------------------------ */
+
+typedef enum moecl_log_level {
+    MOECL_LOG_ERROR = 0,
+    MOECL_LOG_WARN = 1,
+    MOECL_LOG_INFO = 2,
+    MOECL_LOG_DEBUG = 3,
+} moecl_log_level;
+
+/* Receives one complete message (no trailing newline). May be called from
+ * any thread that calls into moecl. */
+typedef void (*moecl_log_fn)(moecl_log_level level, const char *message, void *user_data);
+
+/* Route log messages with level <= max_level to fn (fn NULL: the default
+ * logger, which writes to stderr). Process-global; not thread-safe against
+ * concurrent calls to itself. The default is stderr with MOECL_LOG_WARN. */
+MOECL_API void moecl_log_set(moecl_log_fn fn, moecl_log_level max_level, void *user_data);
+
+/* Progress while loading: fraction in [0, 1]. Return false to cancel; the
+ * load then fails with MOECL_ERR_ABORTED and frees everything. */
+typedef bool (*moecl_progress_fn)(float fraction, void *user_data);
+
+/* Polled during moecl_decode between layers. Return true to abort: decode
+ * then returns MOECL_ERR_ABORTED and the context is left as it was before
+ * the call. */
+typedef bool (*moecl_abort_fn)(void *user_data);
+
+/* ------------------------------------------------------------------------ */
+/* Models                                                                   */
+/* ------------------------------------------------------------------------ */
+
+typedef struct moecl_model moecl_model;
+
+/* Storage types of weights. */
+typedef enum moecl_dtype {
+    MOECL_DTYPE_F32 = 0,
+    MOECL_DTYPE_F16 = 1,
+    MOECL_DTYPE_BF16 = 2,
+    MOECL_DTYPE_COUNT
+} moecl_dtype;
+
+/* Static name of a dtype ("f32", "f16", "bf16"), "?" if out of range. */
+MOECL_API const char *moecl_dtype_name(moecl_dtype dtype);
+
+typedef struct moecl_model_params {
+    moecl_progress_fn progress; /* NULL: no progress reports */
+    void *progress_user_data;
+} moecl_model_params;
+
+MOECL_API moecl_model_params moecl_model_default_params(void);
+
+/* Load a model. path is a Hugging Face model directory (config.json and
+ * model.safetensors, or shards listed by model.safetensors.index.json).
+ * Weight files are memory-mapped, not copied. params may be NULL for the
+ * defaults. On success *out owns the model (free with moecl_model_free); on
+ * failure *out is NULL and moecl_last_error() names the file and problem.
+ * Thread-safe. */
+MOECL_API moecl_status moecl_model_load(const char *path, const moecl_model_params *params,
+                                        moecl_model **out);
+
+/* Free a model. All contexts made from it must be freed first. NULL: no-op. */
+MOECL_API void moecl_model_free(moecl_model *model);
+
+typedef struct moecl_model_info {
+    char architecture[64];      /* "MixtralForCausalLM" */
+    int32_t n_vocab;            /* vocabulary size */
+    int32_t n_embd;             /* hidden size */
+    int32_t n_ff;               /* expert intermediate size */
+    int32_t n_layer;
+    int32_t n_head;             /* query heads */
+    int32_t n_head_kv;          /* key/value heads (GQA) */
+    int32_t head_dim;
+    int32_t n_expert;           /* experts per layer */
+    int32_t n_expert_used;      /* experts chosen per token (top-k) */
+    int32_t n_ctx_train;        /* max_position_embeddings */
+    int32_t sliding_window;     /* 0: none */
+    float rms_norm_eps;
+    float rope_theta;
+    int32_t bos_id, eos_id;     /* -1 if unknown */
+    bool tie_word_embeddings;
+    uint64_t n_params;          /* all parameters */
+    uint64_t n_params_active;   /* parameters used per token (top-k experts) */
+    uint64_t bytes_by_dtype[MOECL_DTYPE_COUNT]; /* weight bytes stored in each dtype */
+} moecl_model_info;
+
+/* Fill *info. Thread-safe. */
+MOECL_API moecl_status moecl_model_get_info(const moecl_model *model, moecl_model_info *info);
+
+/* ------------------------------------------------------------------------ */
+/* Contexts: KV cache, scratch, a backend                                   */
+/* ------------------------------------------------------------------------ */
+
+typedef struct moecl_context moecl_context;
+
+typedef enum moecl_backend_type {
+    MOECL_BACKEND_AUTO = 0, /* a GPU if there is one, else the CPU */
+    MOECL_BACKEND_CPU = 1,
+} moecl_backend_type;
+
+typedef struct moecl_context_params {
+    uint32_t n_ctx;       /* positions per sequence; 0: min(n_ctx_train, 4096) */
+    uint32_t n_batch;     /* most tokens one moecl_decode call may take; 0: 512 */
+    uint32_t n_seq_max;   /* independent sequences in the KV cache; 0: 1 */
+    int32_t n_threads;    /* worker threads; 0: one per online CPU */
+    bool logits_all;      /* keep logits of every token of a batch, not only the last of each sequence */
+    moecl_backend_type backend;
+    moecl_abort_fn abort_callback; /* NULL: never abort */
+    void *abort_user_data;
+} moecl_context_params;
+
+MOECL_API moecl_context_params moecl_context_default_params(void);
+
+/* Create a context for model (which must outlive it). params may be NULL.
+ * Thread-safe with respect to the model. */
+MOECL_API moecl_status moecl_context_new(const moecl_model *model, const moecl_context_params *params,
+                                         moecl_context **out);
+
+/* NULL: no-op. */
+MOECL_API void moecl_context_free(moecl_context *ctx);
+
+/* The message of the last failure of a call on ctx ("" if none). Owned by
+ * ctx, valid until the next call on ctx. */
+MOECL_API const char *moecl_context_last_error(const moecl_context *ctx);
+
+/* Process n_tokens tokens appended to sequence 0 (prompt or one decode
+ * step), as one batch. After success moecl_get_logits(ctx, -1) holds the
+ * logits of the last token. Returns MOECL_ERR_CONTEXT_FULL (nothing changed)
+ * if they do not fit in n_ctx, MOECL_ERR_INVALID_ARG for an id outside the
+ * vocabulary or n_tokens outside 1..n_batch, MOECL_ERR_ABORTED if the abort
+ * callback fired (the KV cache is left as before the call). */
+MOECL_API moecl_status moecl_decode(moecl_context *ctx, const int32_t *tokens, int32_t n_tokens);
+
+/* A batch over several sequences: token i is appended to sequence seq_id[i]
+ * (0 <= seq_id < n_seq_max), in order. Tokens of different sequences are
+ * computed together: each expert's weights are read once per batch. */
+typedef struct moecl_batch {
+    int32_t n_tokens;
+    const int32_t *tokens;  /* [n_tokens] */
+    const int32_t *seq_id;  /* [n_tokens]; NULL: all sequence 0 */
+} moecl_batch;
+
+/* Like moecl_decode for a multi-sequence batch. Logits kept: the last token
+ * of every sequence present in the batch (all tokens if logits_all). */
+MOECL_API moecl_status moecl_decode_batch(moecl_context *ctx, const moecl_batch *batch);
+
+/* Logits (n_vocab floats) of token i of the last batch; i = -1 means the
+ * last token. Without logits_all only the last token of each sequence in the
+ * batch has logits; other i return NULL. Owned by ctx, valid until the next
+ * decode. */
+MOECL_API const float *moecl_get_logits(moecl_context *ctx, int32_t i);
+
+/* Number of positions held for sequence seq (0 if seq is out of range). */
+MOECL_API int32_t moecl_seq_length(const moecl_context *ctx, int32_t seq);
+
+/* Drop positions >= n_keep of sequence seq (n_keep 0 clears it); seq -1
+ * means every sequence. Used to rewind or start over without reallocation. */
+MOECL_API moecl_status moecl_seq_truncate(moecl_context *ctx, int32_t seq, int32_t n_keep);
+
+/* ------------------------------------------------------------------------ */
+/* Sampling                                                                 */
+/* ------------------------------------------------------------------------ */
+
+typedef struct moecl_sampler moecl_sampler;
+
+typedef struct moecl_sampler_params {
+    float temperature;    /* <= 0: greedy (argmax; ties go to the lowest id) */
+    int32_t top_k;        /* keep the k most likely; <= 0: all */
+    float top_p;          /* nucleus: smallest set with probability >= top_p; >= 1: off */
+    float min_p;          /* drop tokens with p < min_p * p_max; <= 0: off */
+    float repeat_penalty; /* CTRL-style penalty on the last repeat_last_n tokens; 1: off */
+    int32_t repeat_last_n;/* history length for the penalty; 0: off */
+    uint64_t seed;        /* same seed, same logits: same tokens */
+} moecl_sampler_params;
+
+/* temperature 0.8, top_k 40, top_p 0.95, min_p 0.05, repeat_penalty 1.0,
+ * repeat_last_n 64, seed 0x5EED. */
+MOECL_API moecl_sampler_params moecl_sampler_default_params(void);
+
+/* params may be NULL for the defaults. */
+MOECL_API moecl_status moecl_sampler_new(const moecl_sampler_params *params, moecl_sampler **out);
+
+/* NULL: no-op. */
+MOECL_API void moecl_sampler_free(moecl_sampler *sampler);
+
+/* Record a token in the history used by the repetition penalty (call it for
+ * prompt tokens; sampled tokens are recorded by moecl_sampler_sample). */
+MOECL_API void moecl_sampler_accept(moecl_sampler *sampler, int32_t token);
+
+/* Choose the next token from n_vocab logits (not modified) and record it.
+ * Stages in order: repetition penalty, top-k, temperature, softmax, top-p,
+ * min-p, random draw. */
+MOECL_API moecl_status moecl_sampler_sample(moecl_sampler *sampler, const float *logits, int32_t n_vocab,
+                                            int32_t *out_token);
+
+/* Forget the history and restart the random stream from the seed. */
+MOECL_API void moecl_sampler_reset(moecl_sampler *sampler);
+
+/* ------------------------------------------------------------------------ */
+/* Writing random models (benchmarks, tests, the default model)             */
+/* ------------------------------------------------------------------------ */
+
+typedef struct moecl_random_model_params {
+    int32_t n_vocab, n_embd, n_ff, n_layer, n_head, n_head_kv, head_dim; /* head_dim 0: n_embd / n_head */
+    int32_t n_expert, n_expert_used, n_ctx_train;
+    float rope_theta, rms_norm_eps;
+    moecl_dtype dtype;    /* F32, F16 or BF16 */
+    uint64_t seed;
+} moecl_random_model_params;
+
+/* The "mixtral-mini" shape: vocab 32000, hidden 1024, 8 layers, 16 heads,
+ * 4 kv heads, 8 experts, top-2, intermediate 3584, F32. */
+MOECL_API moecl_random_model_params moecl_random_model_default_params(void);
+
+/* Write a Hugging Face Mixtral directory (config.json, model.safetensors)
+ * with deterministic random weights at dir (created if missing). The config
+ * says the weights are random. progress may be NULL. */
+MOECL_API moecl_status moecl_random_model_write(const char *dir, const moecl_random_model_params *params,
+                                                moecl_progress_fn progress, void *progress_user_data);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MOECL_H */

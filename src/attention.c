@@ -1,0 +1,80 @@
+/*
+ * attention.c - RMSNorm, rotary embeddings and causal grouped-query
+ * attention over the KV cache, on the CPU.
+ */
+#include "ops.h"
+
+#include <math.h>
+#include <omp.h>
+#include <string.h>
+
+void mc_rmsnorm(float *out, const float *x, const float *w, int64_t n, float eps) {
+    double ss = 0;
+    for (int64_t i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    float scale = (float)(1.0 / sqrt(ss / (double)n + (double)eps));
+    for (int64_t i = 0; i < n; i++) out[i] = w[i] * (x[i] * scale);
+}
+
+void mc_rope(float *x, int n_heads, int head_dim, int32_t pos, float theta) {
+    const int half = head_dim / 2;
+    for (int i = 0; i < half; i++) {
+        /* transformers: inv_freq = 1 / theta^(2i/d) in float32, angle = pos · inv_freq in float32 */
+        float inv_freq = 1.0f / powf(theta, (float)(2 * i) / (float)head_dim);
+        float ang = (float)pos * inv_freq;
+        float c = cosf(ang), s = sinf(ang);
+        for (int h = 0; h < n_heads; h++) {
+            float *v = x + (int64_t)h * head_dim;
+            float a = v[i], b = v[i + half];
+            v[i] = a * c - b * s;
+            v[i + half] = b * c + a * s;
+        }
+    }
+}
+
+/* One query head of one token against its sequence's cached keys. */
+static void attend_one(const mc_attn_args *a, int64_t t, int h, float *scores) {
+    const int hd = a->head_dim;
+    const int64_t kv_dim = (int64_t)a->n_head_kv * hd;
+    const int kvh = h / (a->n_head / a->n_head_kv);
+    const int32_t p = a->pos[t];
+    const int32_t j0 = a->window > 0 && p - a->window + 1 > 0 ? p - a->window + 1 : 0;
+    const float *q = a->q + t * (int64_t)a->n_head * hd + (int64_t)h * hd;
+    const float *kc = a->k_cache + (int64_t)a->seq[t] * a->n_ctx * kv_dim + (int64_t)kvh * hd;
+    const float *vc = a->v_cache + (int64_t)a->seq[t] * a->n_ctx * kv_dim + (int64_t)kvh * hd;
+    const float scale = 1.0f / sqrtf((float)hd);
+
+    float mx = -INFINITY;
+    for (int32_t j = j0; j <= p; j++) {
+        const float *k = kc + (int64_t)j * kv_dim;
+        float s = 0.0f;
+        for (int i = 0; i < hd; i++) s += q[i] * k[i];
+        s *= scale;
+        scores[j - j0] = s;
+        if (s > mx) mx = s;
+    }
+    float sum = 0.0f;
+    for (int32_t j = j0; j <= p; j++) {
+        float e = expf(scores[j - j0] - mx);
+        scores[j - j0] = e;
+        sum += e;
+    }
+    const float inv = 1.0f / sum;
+    float *o = a->out + t * (int64_t)a->n_head * hd + (int64_t)h * hd;
+    memset(o, 0, (size_t)hd * sizeof *o);
+    for (int32_t j = j0; j <= p; j++) {
+        const float *v = vc + (int64_t)j * kv_dim;
+        const float w = scores[j - j0] * inv;
+        for (int i = 0; i < hd; i++) o[i] += w * v[i];
+    }
+}
+
+void mc_attention(const mc_attn_args *a) {
+    const int64_t n_work = a->T * a->n_head;
+    /* Each (token, head) pair is independent; work per pair grows with its
+     * position, so hand pairs out dynamically. */
+#pragma omp parallel for schedule(dynamic, 4) num_threads(a->n_threads) if (n_work > 1)
+    for (int64_t w = 0; w < n_work; w++) {
+        float *scores = a->scratch + (int64_t)omp_get_thread_num() * a->n_ctx;
+        attend_one(a, w / a->n_head, (int)(w % a->n_head), scores);
+    }
+}

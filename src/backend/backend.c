@@ -1,0 +1,31 @@
+/*
+ * backend.c - choosing backends for a context.
+ */
+#include "backend/backend.h"
+
+#include <cblas.h>
+#include <string.h>
+
+/* Debian's OpenBLAS picks its kernels from the CPU it detects; an unknown
+ * CPU falls back to a generic core (Prescott) that runs sgemm several times
+ * slower. Say so once, with the fix, rather than run slowly in silence. */
+char *openblas_get_corename(void);
+
+void mc_backend_check_blas(void) {
+    static bool checked;
+    if (checked) return;
+    checked = true;
+    const char *core = openblas_get_corename();
+    if (!core) return;
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    bool generic = !strcmp(core, "Prescott") || !strcmp(core, "Core2") || !strcmp(core, "Nehalem") ||
+                   !strcmp(core, "Katmai") || !strcmp(core, "Northwood") || !strcmp(core, "Banias") ||
+                   !strcmp(core, "Atom");
+    if (generic && __builtin_cpu_supports("avx2"))
+        mc_log(MOECL_LOG_WARN,
+               "OpenBLAS chose the generic '%s' kernels on a CPU with AVX2; matrix products will be slow. "
+               "Set OPENBLAS_CORETYPE=%s before starting the program.",
+               core, __builtin_cpu_supports("avx512f") ? "SkylakeX" : "Haswell");
+#endif
+}

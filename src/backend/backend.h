@@ -1,0 +1,63 @@
+/*
+ * backend.h - the private interface every compute backend implements.
+ *
+ * A backend is a table of functions plus its own state, in the style of
+ * ggml-backend: the decode loop calls through the table and never asks
+ * which backend it is talking to. Entries marked (optional) may be NULL; the
+ * caller then uses the CPU implementation of that step.
+ *
+ * The work a backend receives:
+ *   - matmul: Y = X·Wᵀ for the attention projections and the LM head.
+ *   - moe: the expert FFNs of one layer for tokens already gathered per
+ *     expert: rows offsets[i]..offsets[i+1] of X chose expert expert_ids[i].
+ *     moe_submit may return before the work is done (a GPU enqueues it);
+ *     moe_wait blocks until Y is written. Backends holding different experts
+ *     of the same layer are submitted to one after another and waited on
+ *     together, so they compute at the same time.
+ */
+#ifndef MOECL_BACKEND_H
+#define MOECL_BACKEND_H
+
+#include "internal.h"
+#include "model.h"
+
+typedef struct mc_backend mc_backend;
+
+/* Gathered tokens of one layer for one backend. */
+typedef struct mc_moe_work {
+    int layer;
+    int n_used;              /* experts with at least one row, in this work */
+    const int *expert_ids;   /* [n_used] */
+    const int64_t *offsets;  /* [n_used + 1] row ranges into X and Y */
+    const float *X;          /* [offsets[n_used], n_embd] normed hidden states, packed */
+    float *Y;                /* [offsets[n_used], n_embd] expert outputs, unweighted */
+} mc_moe_work;
+
+typedef struct mc_backend_i {
+    const char *name;
+    void (*free)(mc_backend *be);
+    /* Y[T, W.rows] = X[T, W.cols] · Wᵀ, synchronous. */
+    moecl_status (*matmul)(mc_backend *be, const mc_tensor *W, const float *X, int64_t T, float *Y);
+    /* Start the expert FFNs of one layer. */
+    moecl_status (*moe_submit)(mc_backend *be, const mc_moe_work *work);
+    /* Wait for the last submitted work. (optional: NULL when submit is synchronous) */
+    moecl_status (*moe_wait)(mc_backend *be);
+} mc_backend_i;
+
+struct mc_backend {
+    const mc_backend_i *iface;
+    const moecl_model *model;
+    void *impl;
+};
+
+/* Warn once if OpenBLAS runs generic kernels on a CPU that has better ones. */
+void mc_backend_check_blas(void);
+
+/* Backends. */
+moecl_status mc_backend_cpu_new(const moecl_model *model, int n_threads, mc_backend **out);
+
+static inline void mc_backend_free(mc_backend *be) {
+    if (be) be->iface->free(be);
+}
+
+#endif

@@ -1,0 +1,33 @@
+/*
+ * kernels.h - CPU compute kernels: matrix products against weights stored in
+ * any moecl_dtype, SwiGLU. One thread pool (OpenMP); OpenBLAS is only ever
+ * called single-threaded, from inside our parallel regions.
+ */
+#ifndef MOECL_CPU_KERNELS_H
+#define MOECL_CPU_KERNELS_H
+
+#include "internal.h"
+
+#include <stdbool.h>
+
+/* Y[T, W.rows] = X[T, W.cols] · Wᵀ. X, Y float32 row-major, contiguous.
+ * Few rows (T <= MC_SMALL_T): fused dequantize-and-dot kernels that read each
+ * weight once for all T rows. Many rows: per-thread chunks of W converted to
+ * float32 in scratch (unless already F32) and multiplied with sgemm.
+ * scratch: at least mc_cpu_matmul_scratch_size(W, T, n_threads) bytes,
+ * 64-byte aligned (may be NULL if that size is 0). */
+size_t mc_cpu_matmul_scratch_size(const mc_tensor *W, int64_t T, int n_threads);
+void mc_cpu_matmul(const mc_tensor *W, const float *X, int64_t T, float *Y, int n_threads, void *scratch);
+
+/* gate[i] = silu(gate[i]) * up[i] for n elements. */
+void mc_cpu_swiglu(float *gate, const float *up, int64_t n);
+
+/* Convert n elements of type t at src to float32. */
+void mc_cpu_to_f32(moecl_dtype t, const void *src, float *dst, int64_t n);
+
+/* The instruction set the fused kernels use: "avx512", "avx2" or "scalar". */
+const char *mc_cpu_isa(void);
+/* Tests: force the scalar kernels (true) or go back to detection (false). */
+void mc_cpu_force_scalar(bool on);
+
+#endif

@@ -1,0 +1,396 @@
+/*
+ * context.c - a context (KV cache, scratch, backends) and the forward pass.
+ *
+ * One moecl_decode_batch call, T tokens:
+ *   embed → for each layer:
+ *     RMSNorm → Q,K,V = x·Wᵀ → RoPE → KV cache → attention → x += att·Woᵀ
+ *     RMSNorm → router (host, f32) → gather per expert → expert FFNs on the
+ *     backends that hold them (submitted together, waited together) →
+ *     scatter: x += Σ w·y
+ *   → final RMSNorm and LM head for the rows whose logits are kept.
+ */
+#include "backend/backend.h"
+#include "backend/cpu/kernels.h"
+#include "model.h"
+#include "ops.h"
+
+#include <omp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define MAX_BACKENDS 4
+
+struct moecl_context {
+    const moecl_model *model;
+    moecl_context_params params;
+    int n_threads;
+    int32_t n_ctx, n_batch, n_seq;
+
+    /* Backends: [0] runs attention projections and the LM head; experts of
+     * each layer are placed on any of them. */
+    mc_backend *backends[MAX_BACKENDS];
+    int n_backends;
+    uint8_t *placement;   /* [n_layer * n_expert]: index into backends */
+
+    /* KV cache: [n_layer][n_seq][n_ctx][kv_dim], keys after RoPE. */
+    float *k_cache, *v_cache;
+    int32_t *seq_len;     /* [n_seq] positions held */
+
+    /* Per-batch scratch, sized for n_batch tokens. */
+    float *x;             /* [B, n_embd] residual stream */
+    float *xn;            /* [B, n_embd] normed */
+    float *q;             /* [B, n_head * head_dim] */
+    float *k, *v;         /* [B, kv_dim] */
+    float *att;           /* [B, n_head * head_dim] */
+    float *proj;          /* [B, n_embd] */
+    int32_t *tok_seq, *tok_pos; /* [B] */
+    int32_t *r_expert;    /* [B, top-k] */
+    float *r_weight;      /* [B, top-k] */
+    float *gx, *gy;       /* [B * top-k, n_embd] gathered rows, expert outputs */
+    mc_gather_plan plan;
+    int64_t *counts;      /* [n_expert] */
+    float *att_scratch;   /* [n_threads, n_ctx] */
+    int32_t *seq_count;   /* [n_seq] tokens per sequence in this batch */
+
+    /* Output: logits of the kept rows. */
+    float *logits;        /* [n_out, n_vocab] */
+    int32_t *logit_row;   /* [B] row in logits or -1 */
+    float *xo;            /* [B, n_embd] final-normed rows */
+    int32_t last_T;
+
+    char last_error[1024];
+};
+
+/* ------------------------------------------------------------------------ */
+/* Errors                                                                   */
+/* ------------------------------------------------------------------------ */
+
+/* Record an error both as the thread's last error and on the context. */
+static moecl_status ctx_error(moecl_context *ctx, moecl_status st, const char *fmt, ...) MC_PRINTF(3, 4);
+static moecl_status ctx_error(moecl_context *ctx, moecl_status st, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(ctx->last_error, sizeof ctx->last_error, fmt, ap);
+    va_end(ap);
+    return mc_error(st, "%s", ctx->last_error);
+}
+
+/* A callee already set the thread's message: copy it to the context. */
+static moecl_status ctx_keep(moecl_context *ctx, moecl_status st) {
+    if (st != MOECL_OK) snprintf(ctx->last_error, sizeof ctx->last_error, "%s", moecl_last_error());
+    return st;
+}
+
+const char *moecl_context_last_error(const moecl_context *ctx) { return ctx ? ctx->last_error : ""; }
+
+/* ------------------------------------------------------------------------ */
+/* Creation                                                                 */
+/* ------------------------------------------------------------------------ */
+
+moecl_context_params moecl_context_default_params(void) {
+    moecl_context_params p = {0};
+    p.backend = MOECL_BACKEND_AUTO;
+    return p;
+}
+
+static void *alloc_floats(size_t a, size_t b, bool *ok) {
+    size_t n, bytes;
+    if (!mc_mul_size(a, b, &n) || !mc_mul_size(n, sizeof(float), &bytes)) {
+        *ok = false;
+        return NULL;
+    }
+    void *p = calloc(1, bytes ? bytes : 1);
+    if (!p) *ok = false;
+    return p;
+}
+
+moecl_status moecl_context_new(const moecl_model *model, const moecl_context_params *params,
+                               moecl_context **out) {
+    if (!out) return mc_error(MOECL_ERR_INVALID_ARG, "moecl_context_new: out is NULL");
+    *out = NULL;
+    if (!model) return mc_error(MOECL_ERR_INVALID_ARG, "moecl_context_new: model is NULL");
+    mc_clear_error();
+    moecl_context_params defaults = moecl_context_default_params();
+    if (!params) params = &defaults;
+    const mc_hparams *hp = &model->hp;
+
+    if (params->backend != MOECL_BACKEND_AUTO && params->backend != MOECL_BACKEND_CPU)
+        return mc_error(MOECL_ERR_INVALID_ARG, "moecl_context_new: unknown backend %d", (int)params->backend);
+    uint32_t n_ctx = params->n_ctx ? params->n_ctx : (uint32_t)(hp->n_ctx_train < 4096 ? hp->n_ctx_train : 4096);
+    uint32_t n_batch = params->n_batch ? params->n_batch : 512;
+    uint32_t n_seq = params->n_seq_max ? params->n_seq_max : 1;
+    if (n_ctx > (1u << 24) || n_batch > (1u << 16) || n_seq > 1024)
+        return mc_error(MOECL_ERR_INVALID_ARG, "moecl_context_new: n_ctx %u, n_batch %u or n_seq_max %u too large",
+                        n_ctx, n_batch, n_seq);
+    if (n_batch > n_ctx * n_seq) n_batch = n_ctx * n_seq;
+
+    moecl_context *ctx = calloc(1, sizeof *ctx);
+    if (!ctx) return mc_error(MOECL_ERR_NOMEM, "moecl_context_new: out of memory");
+    ctx->model = model;
+    ctx->params = *params;
+    ctx->n_ctx = (int32_t)n_ctx;
+    ctx->n_batch = (int32_t)n_batch;
+    ctx->n_seq = (int32_t)n_seq;
+    ctx->n_threads = params->n_threads > 0 ? params->n_threads : omp_get_num_procs();
+
+    mc_backend_check_blas();
+    moecl_status st = mc_backend_cpu_new(model, ctx->n_threads, &ctx->backends[0]);
+    if (st) {
+        free(ctx);
+        return st;
+    }
+    ctx->n_backends = 1;
+
+    const size_t B = n_batch, D = (size_t)hp->n_embd, K = (size_t)hp->n_expert_used;
+    const size_t q_dim = (size_t)hp->n_head * (size_t)hp->head_dim;
+    const size_t kv_dim = (size_t)hp->n_head_kv * (size_t)hp->head_dim;
+    size_t cache_rows;
+    bool ok = mc_mul_size((size_t)hp->n_layer * n_seq, n_ctx, &cache_rows);
+    ctx->k_cache = ok ? alloc_floats(cache_rows, kv_dim, &ok) : NULL;
+    ctx->v_cache = ok ? alloc_floats(cache_rows, kv_dim, &ok) : NULL;
+    ctx->seq_len = calloc(n_seq, sizeof(int32_t));
+    ctx->seq_count = calloc(n_seq, sizeof(int32_t));
+    ctx->x = alloc_floats(B, D, &ok);
+    ctx->xn = alloc_floats(B, D, &ok);
+    ctx->xo = alloc_floats(B, D, &ok);
+    ctx->q = alloc_floats(B, q_dim, &ok);
+    ctx->k = alloc_floats(B, kv_dim, &ok);
+    ctx->v = alloc_floats(B, kv_dim, &ok);
+    ctx->att = alloc_floats(B, q_dim, &ok);
+    ctx->proj = alloc_floats(B, D, &ok);
+    ctx->tok_seq = calloc(B, sizeof(int32_t));
+    ctx->tok_pos = calloc(B, sizeof(int32_t));
+    ctx->r_expert = calloc(B * K, sizeof(int32_t));
+    ctx->r_weight = alloc_floats(B, K, &ok);
+    ctx->gx = alloc_floats(B * K, D, &ok);
+    ctx->gy = alloc_floats(B * K, D, &ok);
+    ctx->plan.order = calloc((size_t)hp->n_expert, sizeof(int32_t));
+    ctx->plan.offsets = calloc((size_t)hp->n_expert + 1, sizeof(int64_t));
+    ctx->plan.row = calloc(B * K, sizeof(int64_t));
+    ctx->counts = calloc((size_t)hp->n_expert, sizeof(int64_t));
+    ctx->att_scratch = alloc_floats((size_t)ctx->n_threads, n_ctx, &ok);
+    ctx->logit_row = calloc(B, sizeof(int32_t));
+    ctx->logits = alloc_floats(params->logits_all ? B : (n_seq < B ? n_seq : B), (size_t)hp->n_vocab, &ok);
+    ctx->placement = calloc((size_t)hp->n_layer * (size_t)hp->n_expert, 1);
+    if (!ok || !ctx->seq_len || !ctx->seq_count || !ctx->tok_seq || !ctx->tok_pos || !ctx->r_expert ||
+        !ctx->plan.order || !ctx->plan.offsets || !ctx->plan.row || !ctx->counts || !ctx->logit_row ||
+        !ctx->placement) {
+        moecl_context_free(ctx);
+        return mc_error(MOECL_ERR_NOMEM,
+                        "moecl_context_new: out of memory for a context of %u positions x %u sequences "
+                        "(KV cache %.1f MiB)",
+                        n_ctx, n_seq, 2.0 * (double)hp->n_layer * n_seq * n_ctx * kv_dim * 4 / 1048576.0);
+    }
+    mc_log(MOECL_LOG_INFO, "context: %u positions x %u sequences, batch %u, %d threads, KV cache %.1f MiB", n_ctx,
+           n_seq, n_batch, ctx->n_threads, 2.0 * (double)cache_rows * kv_dim * 4 / 1048576.0);
+    *out = ctx;
+    return MOECL_OK;
+}
+
+void moecl_context_free(moecl_context *ctx) {
+    if (!ctx) return;
+    for (int i = 0; i < ctx->n_backends; i++) mc_backend_free(ctx->backends[i]);
+    void *bufs[] = {ctx->k_cache, ctx->v_cache, ctx->seq_len, ctx->seq_count, ctx->x, ctx->xn, ctx->xo, ctx->q,
+                    ctx->k, ctx->v, ctx->att, ctx->proj, ctx->tok_seq, ctx->tok_pos, ctx->r_expert,
+                    ctx->r_weight, ctx->gx, ctx->gy, ctx->plan.order, ctx->plan.offsets, ctx->plan.row,
+                    ctx->counts, ctx->att_scratch, ctx->logit_row, ctx->logits, ctx->placement};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
+    free(ctx);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Sequences                                                                */
+/* ------------------------------------------------------------------------ */
+
+int32_t moecl_seq_length(const moecl_context *ctx, int32_t seq) {
+    if (!ctx || seq < 0 || seq >= ctx->n_seq) return 0;
+    return ctx->seq_len[seq];
+}
+
+moecl_status moecl_seq_truncate(moecl_context *ctx, int32_t seq, int32_t n_keep) {
+    if (!ctx) return mc_error(MOECL_ERR_INVALID_ARG, "moecl_seq_truncate: ctx is NULL");
+    if (seq < -1 || seq >= ctx->n_seq || n_keep < 0)
+        return ctx_error(ctx, MOECL_ERR_INVALID_ARG, "moecl_seq_truncate: sequence %d / n_keep %d out of range",
+                         seq, n_keep);
+    for (int32_t s = 0; s < ctx->n_seq; s++)
+        if ((seq == -1 || s == seq) && ctx->seq_len[s] > n_keep) ctx->seq_len[s] = n_keep;
+    return MOECL_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* The forward pass                                                         */
+/* ------------------------------------------------------------------------ */
+
+static moecl_status matmul(moecl_context *ctx, const mc_tensor *W, const float *X, int64_t T, float *Y) {
+    mc_backend *be = ctx->backends[0];
+    return ctx_keep(ctx, be->iface->matmul(be, W, X, T, Y));
+}
+
+static moecl_status attention_block(moecl_context *ctx, int il, int64_t T) {
+    const moecl_model *m = ctx->model;
+    const mc_hparams *hp = &m->hp;
+    const mc_layer *L = &m->layers[il];
+    const int64_t D = hp->n_embd, kv_dim = (int64_t)hp->n_head_kv * hp->head_dim;
+    moecl_status st;
+
+    for (int64_t t = 0; t < T; t++)
+        mc_rmsnorm(ctx->xn + t * D, ctx->x + t * D, L->attn_norm, D, hp->rms_norm_eps);
+    if ((st = matmul(ctx, &L->wq, ctx->xn, T, ctx->q))) return st;
+    if ((st = matmul(ctx, &L->wk, ctx->xn, T, ctx->k))) return st;
+    if ((st = matmul(ctx, &L->wv, ctx->xn, T, ctx->v))) return st;
+
+    float *kc = ctx->k_cache + (int64_t)il * ctx->n_seq * ctx->n_ctx * kv_dim;
+    float *vc = ctx->v_cache + (int64_t)il * ctx->n_seq * ctx->n_ctx * kv_dim;
+    for (int64_t t = 0; t < T; t++) {
+        const int64_t q_stride = (int64_t)hp->n_head * hp->head_dim;
+        mc_rope(ctx->q + t * q_stride, hp->n_head, hp->head_dim, ctx->tok_pos[t], hp->rope_theta);
+        mc_rope(ctx->k + t * kv_dim, hp->n_head_kv, hp->head_dim, ctx->tok_pos[t], hp->rope_theta);
+        int64_t slot = ((int64_t)ctx->tok_seq[t] * ctx->n_ctx + ctx->tok_pos[t]) * kv_dim;
+        memcpy(kc + slot, ctx->k + t * kv_dim, (size_t)kv_dim * sizeof(float));
+        memcpy(vc + slot, ctx->v + t * kv_dim, (size_t)kv_dim * sizeof(float));
+    }
+    mc_attn_args a = {
+        .T = T, .n_head = hp->n_head, .n_head_kv = hp->n_head_kv, .head_dim = hp->head_dim,
+        .n_ctx = ctx->n_ctx, .window = hp->sliding_window, .seq = ctx->tok_seq, .pos = ctx->tok_pos,
+        .q = ctx->q, .k_cache = kc, .v_cache = vc, .out = ctx->att, .scratch = ctx->att_scratch,
+        .n_threads = ctx->n_threads,
+    };
+    mc_attention(&a);
+    if ((st = matmul(ctx, &L->wo, ctx->att, T, ctx->proj))) return st;
+    for (int64_t i = 0; i < T * D; i++) ctx->x[i] += ctx->proj[i];
+    return MOECL_OK;
+}
+
+static moecl_status moe_block(moecl_context *ctx, int il, int64_t T) {
+    const moecl_model *m = ctx->model;
+    const mc_hparams *hp = &m->hp;
+    const mc_layer *L = &m->layers[il];
+    const int64_t D = hp->n_embd;
+    const int K = hp->n_expert_used, E = hp->n_expert;
+    const uint8_t *place = ctx->placement + (int64_t)il * E;
+
+    for (int64_t t = 0; t < T; t++)
+        mc_rmsnorm(ctx->xn + t * D, ctx->x + t * D, L->ffn_norm, D, hp->rms_norm_eps);
+    mc_route(ctx->xn, L->router, T, (int)D, E, K, ctx->r_expert, ctx->r_weight);
+    mc_gather_plan_build(&ctx->plan, ctx->r_expert, T, K, E, place, ctx->counts);
+    mc_gather(&ctx->plan, ctx->xn, T, K, (int)D, ctx->gx);
+
+    /* The plan orders experts by backend: each backend gets one contiguous
+     * slice. Submit to all, then wait for all. */
+    int first[MAX_BACKENDS + 1];
+    int i = 0;
+    for (int b = 0; b < ctx->n_backends; b++) {
+        first[b] = i;
+        while (i < ctx->plan.n_used && place[ctx->plan.order[i]] == b) i++;
+    }
+    first[ctx->n_backends] = i;
+    moecl_status st = MOECL_OK;
+    bool submitted[MAX_BACKENDS] = {false};
+    for (int b = 0; b < ctx->n_backends && !st; b++) {
+        int n_used = first[b + 1] - first[b];
+        if (!n_used) continue;
+        mc_moe_work w = {
+            .layer = il, .n_used = n_used, .expert_ids = ctx->plan.order + first[b],
+            .offsets = ctx->plan.offsets + first[b], .X = ctx->gx, .Y = ctx->gy,
+        };
+        mc_backend *be = ctx->backends[b];
+        st = be->iface->moe_submit(be, &w);
+        submitted[b] = st == MOECL_OK;
+    }
+    for (int b = 0; b < ctx->n_backends; b++) {
+        mc_backend *be = ctx->backends[b];
+        if (submitted[b] && be->iface->moe_wait) {
+            moecl_status sw = be->iface->moe_wait(be);
+            if (!st) st = sw;
+        }
+    }
+    if (st) return ctx_keep(ctx, st);
+    mc_scatter_add(&ctx->plan, ctx->gy, ctx->r_weight, T, K, (int)D, ctx->x);
+    return MOECL_OK;
+}
+
+static void embed(moecl_context *ctx, const int32_t *tokens, int64_t T) {
+    const mc_tensor *E = &ctx->model->tok_embd;
+    const int64_t D = E->cols;
+    const size_t row_bytes = (size_t)D * mc_dtype_size(E->type);
+    for (int64_t t = 0; t < T; t++)
+        mc_cpu_to_f32(E->type, (const char *)E->data + (size_t)tokens[t] * row_bytes, ctx->x + t * D, D);
+}
+
+moecl_status moecl_decode_batch(moecl_context *ctx, const moecl_batch *batch) {
+    if (!ctx) return mc_error(MOECL_ERR_INVALID_ARG, "moecl_decode_batch: ctx is NULL");
+    mc_clear_error();
+    ctx->last_error[0] = '\0';
+    if (!batch || !batch->tokens)
+        return ctx_error(ctx, MOECL_ERR_INVALID_ARG, "moecl_decode_batch: batch or batch->tokens is NULL");
+    const moecl_model *m = ctx->model;
+    const mc_hparams *hp = &m->hp;
+    const int64_t T = batch->n_tokens, D = hp->n_embd;
+    if (T < 1 || T > ctx->n_batch)
+        return ctx_error(ctx, MOECL_ERR_INVALID_ARG, "decode: %lld tokens in a batch; allowed 1..%d (n_batch)",
+                         (long long)T, ctx->n_batch);
+
+    /* Validate everything before touching any state. */
+    memset(ctx->seq_count, 0, (size_t)ctx->n_seq * sizeof(int32_t));
+    for (int64_t t = 0; t < T; t++) {
+        int32_t tok = batch->tokens[t], s = batch->seq_id ? batch->seq_id[t] : 0;
+        if (tok < 0 || tok >= hp->n_vocab)
+            return ctx_error(ctx, MOECL_ERR_INVALID_ARG, "decode: token %lld has id %d, outside the vocabulary 0..%d",
+                             (long long)t, tok, hp->n_vocab - 1);
+        if (s < 0 || s >= ctx->n_seq)
+            return ctx_error(ctx, MOECL_ERR_INVALID_ARG, "decode: token %lld has sequence %d; allowed 0..%d",
+                             (long long)t, s, ctx->n_seq - 1);
+        ctx->tok_seq[t] = s;
+        ctx->tok_pos[t] = ctx->seq_len[s] + ctx->seq_count[s]++;
+    }
+    for (int32_t s = 0; s < ctx->n_seq; s++)
+        if ((int64_t)ctx->seq_len[s] + ctx->seq_count[s] > ctx->n_ctx)
+            return ctx_error(ctx, MOECL_ERR_CONTEXT_FULL,
+                             "decode: sequence %d holds %d positions and %d more do not fit in the context of %d",
+                             s, ctx->seq_len[s], ctx->seq_count[s], ctx->n_ctx);
+
+    /* Rows that keep logits: all, or the last token of each sequence. */
+    int32_t n_out = 0;
+    for (int64_t t = 0; t < T; t++) {
+        bool keep = ctx->params.logits_all;
+        if (!keep) {
+            keep = true;
+            for (int64_t u = t + 1; u < T && keep; u++) keep = ctx->tok_seq[u] != ctx->tok_seq[t];
+        }
+        ctx->logit_row[t] = keep ? n_out++ : -1;
+    }
+    ctx->last_T = 0; /* logits are invalid until this call succeeds */
+
+    embed(ctx, batch->tokens, T);
+    moecl_status st;
+    for (int il = 0; il < hp->n_layer; il++) {
+        if (ctx->params.abort_callback && ctx->params.abort_callback(ctx->params.abort_user_data))
+            return ctx_error(ctx, MOECL_ERR_ABORTED, "decode: aborted by the abort callback at layer %d", il);
+        if ((st = attention_block(ctx, il, T))) return st;
+        if ((st = moe_block(ctx, il, T))) return st;
+    }
+
+    for (int64_t t = 0; t < T; t++)
+        if (ctx->logit_row[t] >= 0)
+            mc_rmsnorm(ctx->xo + (int64_t)ctx->logit_row[t] * D, ctx->x + t * D, m->out_norm, D, hp->rms_norm_eps);
+    if ((st = matmul(ctx, &m->lm_head, ctx->xo, n_out, ctx->logits))) return st;
+
+    for (int32_t s = 0; s < ctx->n_seq; s++) ctx->seq_len[s] += ctx->seq_count[s];
+    ctx->last_T = (int32_t)T;
+    return MOECL_OK;
+}
+
+moecl_status moecl_decode(moecl_context *ctx, const int32_t *tokens, int32_t n_tokens) {
+    moecl_batch b = {.n_tokens = n_tokens, .tokens = tokens, .seq_id = NULL};
+    return moecl_decode_batch(ctx, &b);
+}
+
+const float *moecl_get_logits(moecl_context *ctx, int32_t i) {
+    if (!ctx || ctx->last_T == 0) return NULL;
+    if (i == -1) i = ctx->last_T - 1;
+    if (i < 0 || i >= ctx->last_T || ctx->logit_row[i] < 0) return NULL;
+    return ctx->logits + (int64_t)ctx->logit_row[i] * ctx->model->hp.n_vocab;
+}

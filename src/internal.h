@@ -1,0 +1,70 @@
+/*
+ * internal.h - definitions shared by every file under src/ and nowhere else.
+ */
+#ifndef MOECL_INTERNAL_H
+#define MOECL_INTERNAL_H
+
+#include "moecl.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#if defined(__GNUC__)
+#define MC_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#else
+#define MC_PRINTF(a, b)
+#endif
+
+/* ---- errors and logging (moecl.c) ---------------------------------------- */
+
+/* Record the message of a failure as the thread's last error, log it at
+ * ERROR level, and return status (so callers can `return mc_error(...)`). */
+moecl_status mc_error(moecl_status status, const char *fmt, ...) MC_PRINTF(2, 3);
+void mc_log(moecl_log_level level, const char *fmt, ...) MC_PRINTF(2, 3);
+void mc_clear_error(void);
+
+/* ---- overflow-checked size arithmetic ------------------------------------- */
+
+/* Return false (and leave *out untouched) if the result does not fit. */
+static inline bool mc_mul_size(size_t a, size_t b, size_t *out) {
+    return !__builtin_mul_overflow(a, b, out);
+}
+static inline bool mc_add_size(size_t a, size_t b, size_t *out) {
+    return !__builtin_add_overflow(a, b, out);
+}
+
+/* ---- number formats -------------------------------------------------------- */
+
+static inline float mc_bf16_to_f32(uint16_t h) {
+    union { uint32_t u; float f; } v = { .u = (uint32_t)h << 16 };
+    return v.f;
+}
+
+/* Round to nearest even, NaN kept quiet. */
+static inline uint16_t mc_f32_to_bf16(float f) {
+    union { float f; uint32_t u; } v = { .f = f };
+    if ((v.u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((v.u >> 16) | 0x40);
+    return (uint16_t)((v.u + 0x7fffu + ((v.u >> 16) & 1u)) >> 16);
+}
+
+float mc_f16_to_f32(uint16_t h);
+uint16_t mc_f32_to_f16(float f);
+
+/* Bytes per element of a weight dtype. */
+size_t mc_dtype_size(moecl_dtype t);
+
+/* ---- tensors ------------------------------------------------------------- */
+
+/* A 2-D (or 1-D, cols == 1... see below) weight matrix in row-major order, as
+ * PyTorch stores nn.Linear weights: rows = out_features, cols = in_features.
+ * A 1-D tensor of n elements has rows = 1, cols = n. data points into a
+ * mapped file or into memory owned by the model; never freed through this. */
+typedef struct mc_tensor {
+    moecl_dtype type;
+    int64_t rows;
+    int64_t cols;
+    const void *data;
+    size_t nbytes;
+} mc_tensor;
+
+#endif

@@ -1,0 +1,145 @@
+/*
+ * moecl.c - status codes, the last-error message, logging, dtype helpers.
+ */
+#include "internal.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+/* ------------------------------------------------------------------------ */
+/* Version and status                                                       */
+/* ------------------------------------------------------------------------ */
+
+const char *moecl_version(void) { return MOECL_VERSION_STRING; }
+
+const char *moecl_status_str(moecl_status status) {
+    switch (status) {
+    case MOECL_OK: return "ok";
+    case MOECL_ERR_INVALID_ARG: return "invalid argument";
+    case MOECL_ERR_IO: return "input/output error";
+    case MOECL_ERR_FORMAT: return "malformed file";
+    case MOECL_ERR_UNSUPPORTED: return "unsupported";
+    case MOECL_ERR_NOMEM: return "out of memory";
+    case MOECL_ERR_CONTEXT_FULL: return "context full";
+    case MOECL_ERR_ABORTED: return "aborted";
+    case MOECL_ERR_BACKEND: return "backend error";
+    }
+    return "unknown status";
+}
+
+/* ------------------------------------------------------------------------ */
+/* Errors and logging                                                       */
+/* ------------------------------------------------------------------------ */
+
+static _Thread_local char tl_last_error[1024];
+
+static void default_log(moecl_log_level level, const char *message, void *user_data) {
+    (void)user_data;
+    static const char *names[] = {"error", "warning", "info", "debug"};
+    fprintf(stderr, "moecl: %s: %s\n", names[level], message);
+}
+
+static moecl_log_fn g_log_fn = default_log;
+static void *g_log_user;
+static moecl_log_level g_log_max = MOECL_LOG_WARN;
+
+void moecl_log_set(moecl_log_fn fn, moecl_log_level max_level, void *user_data) {
+    g_log_fn = fn ? fn : default_log;
+    g_log_user = user_data;
+    g_log_max = max_level;
+}
+
+static void log_v(moecl_log_level level, const char *fmt, va_list ap) {
+    if (level > g_log_max) return;
+    char buf[1024];
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    g_log_fn(level, buf, g_log_user);
+}
+
+void mc_log(moecl_log_level level, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    log_v(level, fmt, ap);
+    va_end(ap);
+}
+
+moecl_status mc_error(moecl_status status, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(tl_last_error, sizeof tl_last_error, fmt, ap);
+    va_end(ap);
+    /* Errors are returned to the caller, who decides what to show; log them
+     * at debug level only so an application is not told twice. */
+    mc_log(MOECL_LOG_DEBUG, "%s", tl_last_error);
+    return status;
+}
+
+void mc_clear_error(void) { tl_last_error[0] = '\0'; }
+
+const char *moecl_last_error(void) { return tl_last_error; }
+
+/* ------------------------------------------------------------------------ */
+/* dtypes                                                                   */
+/* ------------------------------------------------------------------------ */
+
+const char *moecl_dtype_name(moecl_dtype dtype) {
+    switch (dtype) {
+    case MOECL_DTYPE_F32: return "f32";
+    case MOECL_DTYPE_F16: return "f16";
+    case MOECL_DTYPE_BF16: return "bf16";
+    default: return "?";
+    }
+}
+
+size_t mc_dtype_size(moecl_dtype t) {
+    switch (t) {
+    case MOECL_DTYPE_F32: return 4;
+    case MOECL_DTYPE_F16: return 2;
+    case MOECL_DTYPE_BF16: return 2;
+    default: return 0;
+    }
+}
+
+/*
+ * IEEE half:  s eeeee mmmmmmmmmm   (bias 15)
+ * IEEE float: s eeeeeeee m*23      (bias 127)
+ */
+float mc_f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t exp = (h >> 10) & 0x1fu;
+    uint32_t man = h & 0x3ffu;
+    union { uint32_t u; float f; } v;
+    if (exp == 0x1f) {                  /* inf / NaN */
+        v.u = sign | 0x7f800000u | (man << 13);
+    } else if (exp != 0) {              /* normal */
+        v.u = sign | ((exp + 112u) << 23) | (man << 13);
+    } else if (man == 0) {              /* zero */
+        v.u = sign;
+    } else {                            /* subnormal: value = man * 2^-24 */
+        v.f = (float)man * 0x1p-24f;
+        v.u |= sign;
+    }
+    return v.f;
+}
+
+uint16_t mc_f32_to_f16(float f) {
+    union { float f; uint32_t u; } v = { .f = f };
+    uint32_t sign = (v.u >> 16) & 0x8000u;
+    uint32_t a = v.u & 0x7fffffffu;
+    if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00u);          /* NaN */
+    if (a >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u);         /* rounds to inf */
+    if (a < 0x38800000u) {                                            /* subnormal or zero in half */
+        /* value / 2^-24, rounded to nearest even, as an integer mantissa */
+        v.u = a;
+        float scaled = v.f * 0x1p24f;
+        uint32_t m = (uint32_t)scaled;
+        float rem = scaled - (float)m;
+        if (rem > 0.5f || (rem == 0.5f && (m & 1u))) m++;
+        return (uint16_t)(sign | m);
+    }
+    /* normal: rebias, round mantissa from 23 to 10 bits, nearest even */
+    uint32_t r = a - 0x38000000u;
+    r += 0xfffu + ((r >> 13) & 1u);
+    return (uint16_t)(sign | (r >> 13));
+}

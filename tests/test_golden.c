@@ -1,0 +1,176 @@
+/*
+ * test_golden.c - logits against Hugging Face transformers.
+ *
+ * usage: test_golden DIR   (a directory written by tools/make_golden.py)
+ *
+ * reference.json names 20 tokens (a 12-token prompt and 8 greedy steps) and
+ * logits.f32 holds transformers' float64 logits after each of them. Checked:
+ *   - the 20 tokens as one batch: every position within the bound, same argmax
+ *   - the 12-token prompt, then greedy decoding: the same 8 tokens, logits in bound
+ *   - token by token: equal to the one-batch logits (prefill == decode)
+ *   - two sequences interleaved in one batch: each equals the reference
+ * with 1 and 2 threads.
+ */
+#include "test_util.h"
+
+#include "moecl.h"
+
+#include <cjson/cJSON.h>
+#include <string.h>
+
+#define BOUND 1e-4 /* max|Δ| / max|ref| */
+
+static char *read_file(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = malloc((size_t)n + 1);
+    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
+        free(buf);
+        buf = NULL;
+    }
+    fclose(f);
+    if (buf) buf[n] = 0;
+    if (len) *len = (size_t)n;
+    return buf;
+}
+
+static int argmax(const float *v, int n) {
+    int b = 0;
+    for (int i = 1; i < n; i++) if (v[i] > v[b]) b = i;
+    return b;
+}
+
+typedef struct ref {
+    int n_pos, n_prompt, n_vocab;
+    int32_t tokens[64];
+    float *logits; /* [n_pos][n_vocab] */
+} ref;
+
+static bool load_ref(const char *dir, ref *r) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/reference.json", dir);
+    char *text = read_file(path, NULL);
+    if (!text) return false;
+    cJSON *j = cJSON_Parse(text);
+    free(text);
+    if (!j) return false;
+    cJSON *toks = cJSON_GetObjectItem(j, "tokens"), *prompt = cJSON_GetObjectItem(j, "prompt");
+    r->n_pos = cJSON_GetArraySize(toks);
+    r->n_prompt = cJSON_GetArraySize(prompt);
+    r->n_vocab = cJSON_GetObjectItem(j, "n_vocab")->valueint;
+    for (int i = 0; i < r->n_pos && i < 64; i++) r->tokens[i] = cJSON_GetArrayItem(toks, i)->valueint;
+    const char *lf = cJSON_GetObjectItem(j, "logits_file")->valuestring;
+    snprintf(path, sizeof path, "%s/%s", dir, lf);
+    cJSON_Delete(j);
+    size_t len;
+    r->logits = (float *)read_file(path, &len);
+    return r->logits && len == (size_t)r->n_pos * r->n_vocab * sizeof(float) && r->n_pos <= 64;
+}
+
+static void run_checks(const moecl_model *model, const ref *r, int n_threads) {
+    const int V = r->n_vocab, N = r->n_pos, P = r->n_prompt;
+    moecl_context_params cp = moecl_context_default_params();
+    cp.n_ctx = 64;
+    cp.n_threads = n_threads;
+    cp.logits_all = true;
+    cp.n_seq_max = 2;
+    moecl_context *ctx = NULL;
+    CHECK(moecl_context_new(model, &cp, &ctx) == MOECL_OK);
+    if (!ctx) return;
+
+    /* 1. all positions as one batch */
+    float *batch_logits = malloc((size_t)N * V * sizeof(float));
+    CHECK(moecl_decode(ctx, r->tokens, N) == MOECL_OK);
+    double worst = 0;
+    for (int i = 0; i < N; i++) {
+        const float *l = moecl_get_logits(ctx, i);
+        CHECK(l != NULL);
+        if (!l) break;
+        memcpy(batch_logits + (size_t)i * V, l, (size_t)V * sizeof(float));
+        double e = t_nerr(l, r->logits + (size_t)i * V, (size_t)V);
+        if (e > worst) worst = e;
+        CHECKF(argmax(l, V) == argmax(r->logits + (size_t)i * V, V), "position %d argmax %d, reference %d", i,
+               argmax(l, V), argmax(r->logits + (size_t)i * V, V));
+    }
+    CHECKF(worst <= BOUND, "one batch: normalised error %.3g > %.1g", worst, BOUND);
+    fprintf(stderr, "  threads %d: one batch of %d: max normalised error %.3g\n", n_threads, N, worst);
+
+    /* 2. prompt, then greedy decoding */
+    moecl_seq_truncate(ctx, 0, 0);
+    CHECK(moecl_decode(ctx, r->tokens, P) == MOECL_OK);
+    worst = 0;
+    for (int i = P - 1; i < N - 1; i++) {
+        const float *l = moecl_get_logits(ctx, -1);
+        double e = t_nerr(l, r->logits + (size_t)i * V, (size_t)V);
+        if (e > worst) worst = e;
+        int32_t next = argmax(l, V);
+        CHECKF(next == r->tokens[i + 1], "greedy step %d: token %d, reference %d", i - P + 1, next, r->tokens[i + 1]);
+        CHECK(moecl_decode(ctx, &next, 1) == MOECL_OK);
+    }
+    CHECKF(worst <= BOUND, "greedy decoding: normalised error %.3g", worst);
+    fprintf(stderr, "  threads %d: prompt %d + %d greedy steps: same tokens, max normalised error %.3g\n",
+            n_threads, P, N - P, worst);
+
+    /* 3. token by token equals one batch */
+    moecl_seq_truncate(ctx, -1, 0);
+    worst = 0;
+    for (int i = 0; i < N; i++) {
+        CHECK(moecl_decode(ctx, &r->tokens[i], 1) == MOECL_OK);
+        double e = t_nerr(moecl_get_logits(ctx, -1), batch_logits + (size_t)i * V, (size_t)V);
+        if (e > worst) worst = e;
+    }
+    CHECKF(worst <= 1e-5, "token by token vs one batch: %.3g", worst);
+    fprintf(stderr, "  threads %d: token by token vs one batch: %.3g\n", n_threads, worst);
+
+    /* 4. two sequences interleaved: seq 1 gets tokens[0..N), seq 0 gets tokens[0..P) */
+    moecl_seq_truncate(ctx, -1, 0);
+    int32_t toks[128], seqs[128], where1[64], where0[64];
+    int n = 0, a = 0, b = 0;
+    while (a < N || b < P) {
+        if (a < N) { where1[a] = n; toks[n] = r->tokens[a++]; seqs[n++] = 1; }
+        if (b < P && a % 2 == 0) { where0[b] = n; toks[n] = r->tokens[b++]; seqs[n++] = 0; }
+    }
+    moecl_batch mb = {.n_tokens = n, .tokens = toks, .seq_id = seqs};
+    CHECK(moecl_decode_batch(ctx, &mb) == MOECL_OK);
+    worst = 0;
+    for (int i = 0; i < N; i++) {
+        double e = t_nerr(moecl_get_logits(ctx, where1[i]), r->logits + (size_t)i * V, (size_t)V);
+        if (e > worst) worst = e;
+    }
+    for (int i = 0; i < P; i++) {
+        double e = t_nerr(moecl_get_logits(ctx, where0[i]), r->logits + (size_t)i * V, (size_t)V);
+        if (e > worst) worst = e;
+    }
+    CHECKF(worst <= BOUND, "two interleaved sequences: %.3g", worst);
+    CHECK(moecl_seq_length(ctx, 0) == P && moecl_seq_length(ctx, 1) == N);
+    fprintf(stderr, "  threads %d: two sequences in one batch: %.3g\n", n_threads, worst);
+
+    free(batch_logits);
+    moecl_context_free(ctx);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        fprintf(stderr, "usage: test_golden DIR\n");
+        return 1;
+    }
+    ref r = {0};
+    CHECKF(load_ref(argv[1], &r), "cannot read the reference in %s", argv[1]);
+    if (t_failures) return t_done("golden");
+    moecl_model *model = NULL;
+    moecl_status st = moecl_model_load(argv[1], NULL, &model);
+    CHECKF(st == MOECL_OK, "load %s: %s", argv[1], moecl_last_error());
+    if (model) {
+        moecl_model_info in;
+        moecl_model_get_info(model, &in);
+        CHECK(in.n_vocab == r.n_vocab);
+        fprintf(stderr, "%s\n", argv[1]);
+        for (int t = 1; t <= 2; t++) run_checks(model, &r, t);
+    }
+    moecl_model_free(model);
+    free(r.logits);
+    return t_done("golden");
+}
