@@ -1,0 +1,623 @@
+/*
+ * kernels.c - CPU compute kernels (see kernels.h).
+ *
+ * Y[T, rows] = X[T, cols] · Wᵀ is computed one of two ways:
+ *
+ *   T <= MC_SMALL_T   fused kernels. Each weight row is streamed from memory
+ *                     once, widened to float32 in registers (F16 with F16C,
+ *                     BF16 by a 16-bit shift) and dotted with all T rows of
+ *                     X. Decode (1-2 tokens per expert) runs these; they are
+ *                     bound by memory bandwidth, so the whole point is to
+ *                     read W exactly once.
+ *   T >  MC_SMALL_T   OpenBLAS sgemm. F32 weights are used in place; F16 and
+ *                     BF16 weights are converted a block of rows at a time
+ *                     (a block sized to stay in L2) into the caller's scratch
+ *                     and multiplied from there.
+ *
+ * Threads: OpenMP is the only thread pool. Each call opens at most one
+ * parallel region; thread i owns a contiguous chunk of W's rows (chunk
+ * boundaries are multiples of MC_ROW_ALIGN) and, on the sgemm path, slice i
+ * of scratch. OpenBLAS is kept at one thread and called from inside our
+ * region, so the two libraries never compete for the cores.
+ * Calls with little work run on the calling thread without a region.
+ *
+ * ISA: the library is built for baseline x86-64. The AVX-512 and AVX2
+ * kernels are compiled with target attributes and chosen at run time with
+ * __builtin_cpu_supports; everything else (and non-x86 builds) uses portable
+ * scalar C. MOECL_CPU_ISA=avx2|scalar in the environment caps the choice
+ * (read whenever detection runs: on first use and after
+ * mc_cpu_force_scalar(false)), so the AVX2 kernels can be tested on an
+ * AVX-512 machine.
+ */
+#include "backend/cpu/kernels.h"
+
+#include <cblas.h>
+#include <limits.h>
+#include <math.h>
+#include <omp.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define MC_X86 1
+#include <cpuid.h>
+#include <immintrin.h>
+#else
+#define MC_X86 0
+#endif
+
+/* ---- tunables (override with -D for experiments; see tools/bench_blas.c) -- */
+
+/* Largest T that uses the fused kernels rather than sgemm. Measured on a
+ * Zen 4 (2 vCPU, OpenBLAS 0.3.21 "Cooperlake"): the fused kernels win at
+ * every T <= 8 for all dtypes; see the kernels report for the figures. */
+#ifndef MC_SMALL_T
+#define MC_SMALL_T 8
+#endif
+
+/* Thread chunks of W start on multiples of this many rows. */
+#ifndef MC_ROW_ALIGN
+#define MC_ROW_ALIGN 16
+#endif
+
+/* T * rows * cols below this runs on the calling thread: waking the team
+ * costs more than the work. */
+#ifndef MC_PAR_MIN_WORK
+#define MC_PAR_MIN_WORK 32768
+#endif
+
+/* Bytes of float32 weights converted per sgemm call on the F16/BF16 path;
+ * the block must stay in L2 (2 MiB per core on Zen 4) next to sgemm's own
+ * packed panels. */
+#ifndef MC_CONVERT_BLOCK_BYTES
+#define MC_CONVERT_BLOCK_BYTES (512 * 1024)
+#endif
+
+/* Software prefetch distance, in bytes ahead in each weight row, of the
+ * memory-bound (T <= 2) fused kernels; 0: none. On Zen 4 the hardware
+ * prefetchers do as well alone (1024 cost F16/BF16 ~10%); on a Sapphire
+ * Rapids it was within noise either way. */
+#ifndef MC_PREFETCH
+#define MC_PREFETCH 0
+#endif
+
+/* ======================================================================== */
+/* Instruction-set selection                                                */
+/* ======================================================================== */
+
+enum { ISA_SCALAR = 0, ISA_AVX2 = 1, ISA_AVX512 = 2 };
+
+static atomic_int g_isa_detected = -1; /* -1: not detected yet */
+static atomic_bool g_force_scalar = false;
+
+static int detect_isa(void) {
+    int best = ISA_SCALAR;
+#if MC_X86
+    /* F16C from CPUID directly: clang's __builtin_cpu_supports does not know
+     * it. (The OS's saving of the AVX state is covered by "avx2".) */
+    unsigned a, b, c, d;
+    bool f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+    __builtin_cpu_init();
+    bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
+    bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                  __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+    best = avx512 ? ISA_AVX512 : avx2 ? ISA_AVX2 : ISA_SCALAR;
+#endif
+    const char *cap = getenv("MOECL_CPU_ISA");
+    if (cap) {
+        int c = !strcmp(cap, "scalar") ? ISA_SCALAR : !strcmp(cap, "avx2") ? ISA_AVX2 : ISA_AVX512;
+        if (c < best) best = c;
+    }
+    return best;
+}
+
+static int current_isa(void) {
+    if (atomic_load_explicit(&g_force_scalar, memory_order_relaxed)) return ISA_SCALAR;
+    int isa = atomic_load_explicit(&g_isa_detected, memory_order_relaxed);
+    if (isa < 0) {
+        isa = detect_isa();
+        atomic_store_explicit(&g_isa_detected, isa, memory_order_relaxed);
+    }
+    return isa;
+}
+
+const char *mc_cpu_isa(void) {
+    static const char *const names[] = {"scalar", "avx2", "avx512"};
+    return names[current_isa()];
+}
+
+void mc_cpu_force_scalar(bool on) {
+    atomic_store(&g_force_scalar, on);
+    if (!on) atomic_store(&g_isa_detected, -1);
+}
+
+/* ======================================================================== */
+/* Scalar conversions and kernels (every CPU)                               */
+/* ======================================================================== */
+
+static inline size_t elem_size(moecl_dtype t) { return t == MOECL_DTYPE_F32 ? 4 : 2; }
+
+/* IEEE binary16 -> binary32, exact. NaNs come out quiet, as F16C makes them. */
+static inline float f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t exp = (h >> 10) & 0x1fu, man = h & 0x3ffu;
+    union { uint32_t u; float f; } v;
+    if (exp == 0x1f) {
+        v.u = sign | 0x7f800000u | (man << 13) | (man ? 0x00400000u : 0);
+    } else if (exp != 0) {
+        v.u = sign | ((exp + 112) << 23) | (man << 13);
+    } else {
+        v.f = (float)man * 0x1p-24f; /* zero or subnormal: exact */
+        v.u |= sign;
+    }
+    return v.f;
+}
+
+static inline float load_scalar(moecl_dtype dt, const void *p, int64_t i) {
+    switch (dt) {
+    case MOECL_DTYPE_F16: return f16_to_f32(((const uint16_t *)p)[i]);
+    case MOECL_DTYPE_BF16: return mc_bf16_to_f32(((const uint16_t *)p)[i]);
+    default: return ((const float *)p)[i];
+    }
+}
+
+static void to_f32_scalar(moecl_dtype dt, const void *src, float *dst, int64_t n) {
+    if (dt == MOECL_DTYPE_F32) {
+        memmove(dst, src, (size_t)n * sizeof(float));
+        return;
+    }
+    for (int64_t i = 0; i < n; i++) dst[i] = load_scalar(dt, src, i);
+}
+
+/* Eight independent partial sums: shorter dependency chains, and a smaller
+ * rounding error than one running sum. */
+static float dot_scalar(const float *a, const float *b, int64_t n) {
+    float s[8] = {0};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++) s[j] += a[i + j] * b[i + j];
+    for (int j = 0; i < n; i++, j++) s[j] += a[i] * b[i];
+    return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+}
+
+/* Rows [r0, r1) of Y[T, ldy] for any T. The row is widened 256 columns at a
+ * time into a stack buffer, and each piece is dotted with up to 8 rows of X. */
+static void fused_scalar(moecl_dtype dt, const void *w, int64_t cols, const float *X, int64_t T,
+                         float *Y, int64_t ldy, int64_t r0, int64_t r1) {
+    enum { CB = 256, TB = 8 };
+    float wb[CB];
+    const size_t es = elem_size(dt);
+    for (int64_t r = r0; r < r1; r++) {
+        const char *wr = (const char *)w + (size_t)r * (size_t)cols * es;
+        for (int64_t t0 = 0; t0 < T; t0 += TB) {
+            int tt = (int)(T - t0 < TB ? T - t0 : TB);
+            float acc[TB] = {0};
+            for (int64_t c0 = 0; c0 < cols; c0 += CB) {
+                int64_t n = cols - c0 < CB ? cols - c0 : CB;
+                to_f32_scalar(dt, wr + (size_t)c0 * es, wb, n);
+                for (int t = 0; t < tt; t++) acc[t] += dot_scalar(wb, X + (t0 + t) * cols + c0, n);
+            }
+            for (int t = 0; t < tt; t++) Y[(t0 + t) * ldy + r] = acc[t];
+        }
+    }
+}
+
+#if MC_X86
+/* ======================================================================== */
+/* AVX-512 kernels                                                          */
+/* ======================================================================== */
+
+#define MC_T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")))
+#define MC_T256 __attribute__((target("avx2,fma,f16c")))
+#define MC_INLINE inline __attribute__((always_inline))
+
+/* Sixteen weights from element i of a row, widened to float32. */
+MC_T512 static MC_INLINE __m512 ld512(moecl_dtype dt, const void *p, int64_t i) {
+    if (dt == MOECL_DTYPE_F32) return _mm512_loadu_ps((const float *)p + i);
+    __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)p + i));
+    if (dt == MOECL_DTYPE_F16) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+/* The same for the lanes in m only (the others read as 0, never touched). */
+MC_T512 static MC_INLINE __m512 ld512_mask(moecl_dtype dt, const void *p, int64_t i, __mmask16 m) {
+    if (dt == MOECL_DTYPE_F32) return _mm512_maskz_loadu_ps(m, (const float *)p + i);
+    __m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)p + i);
+    if (dt == MOECL_DTYPE_F16) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+/* Y[t, r] for R consecutive weight rows at w and TT rows of X (R, TT <= 4,
+ * compile-time constants after inlining: R*TT accumulators + R weights + 1
+ * activation vector fit in the 32 zmm registers). With few tokens the loop
+ * is memory-bound: it then takes a whole 64-byte line of every row per step
+ * (and BF16 skips the widening shuffles). Columns past the last full step
+ * go 16 at a time, the last few through one masked step. */
+MC_T512 static MC_INLINE void dot512(moecl_dtype dt, const int R, const int TT, const void *w,
+                                     int64_t cols, const float *x, float *y, int64_t ldy) {
+    const size_t es = elem_size(dt), rb = (size_t)cols * es;
+    const int64_t step = TT <= 2 ? 64 / (int64_t)es : 16; /* elements per row per iteration */
+    __m512 acc[4][4];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int t = 0; t < TT; t++) acc[r][t] = _mm512_setzero_ps();
+
+    int64_t c = 0;
+    if (step > 16) {
+        for (; c + step <= cols; c += step) {
+#if MC_PREFETCH > 0
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++)
+                _mm_prefetch((const char *)w + r * rb + (size_t)c * es + MC_PREFETCH, _MM_HINT_T0);
+#endif
+            if (dt == MOECL_DTYPE_BF16) {
+                /* 32 bf16 = 16 dwords: the low halves, shifted up, are the
+                 * even elements as float32, the high halves (masked) the odd
+                 * ones. Deinterleaving the activations instead of widening
+                 * the weights costs two permutes per token, not two
+                 * shuffles per weight row. */
+                const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+                const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+                const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
+                __m512 we[4], wo[4];
+#pragma GCC unroll 4
+                for (int r = 0; r < R; r++) {
+                    __m512i v = _mm512_loadu_si512((const void *)((const char *)w + r * rb + (size_t)c * 2));
+                    we[r] = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+                    wo[r] = _mm512_castsi512_ps(_mm512_and_si512(v, hi));
+                }
+#pragma GCC unroll 4
+                for (int t = 0; t < TT; t++) {
+                    __m512 xa = _mm512_loadu_ps(x + t * cols + c), xb = _mm512_loadu_ps(x + t * cols + c + 16);
+                    __m512 xe = _mm512_permutex2var_ps(xa, even, xb), xo = _mm512_permutex2var_ps(xa, odd, xb);
+#pragma GCC unroll 4
+                    for (int r = 0; r < R; r++) {
+                        acc[r][t] = _mm512_fmadd_ps(we[r], xe, acc[r][t]);
+                        acc[r][t] = _mm512_fmadd_ps(wo[r], xo, acc[r][t]);
+                    }
+                }
+                continue;
+            }
+#pragma GCC unroll 4
+            for (int64_t k = 0; k < step; k += 16) {
+                __m512 wv[4];
+#pragma GCC unroll 4
+                for (int r = 0; r < R; r++) wv[r] = ld512(dt, (const char *)w + r * rb, c + k);
+#pragma GCC unroll 4
+                for (int t = 0; t < TT; t++) {
+                    __m512 xv = _mm512_loadu_ps(x + t * cols + c + k);
+#pragma GCC unroll 4
+                    for (int r = 0; r < R; r++) acc[r][t] = _mm512_fmadd_ps(wv[r], xv, acc[r][t]);
+                }
+            }
+        }
+    }
+    for (; c + 16 <= cols; c += 16) {
+        __m512 wv[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) wv[r] = ld512(dt, (const char *)w + r * rb, c);
+#pragma GCC unroll 4
+        for (int t = 0; t < TT; t++) {
+            __m512 xv = _mm512_loadu_ps(x + t * cols + c);
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) acc[r][t] = _mm512_fmadd_ps(wv[r], xv, acc[r][t]);
+        }
+    }
+    if (c < cols) {
+        __mmask16 m = (__mmask16)((1u << (cols - c)) - 1);
+        __m512 wv[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) wv[r] = ld512_mask(dt, (const char *)w + r * rb, c, m);
+#pragma GCC unroll 4
+        for (int t = 0; t < TT; t++) {
+            __m512 xv = _mm512_maskz_loadu_ps(m, x + t * cols + c);
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) acc[r][t] = _mm512_fmadd_ps(wv[r], xv, acc[r][t]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int t = 0; t < TT; t++) y[t * ldy + r] = _mm512_reduce_add_ps(acc[r][t]);
+}
+
+/* Rows [r0, r1) of Y for any T: groups of 4 weight rows, each group dotted
+ * with X four tokens at a time (a group re-read for the next four tokens
+ * comes from L1/L2, not memory). */
+MC_T512 static MC_INLINE void fused512_dt(moecl_dtype dt, const void *w, int64_t cols, const float *X,
+                                          int64_t T, float *Y, int64_t ldy, int64_t r0, int64_t r1) {
+    const size_t rb = (size_t)cols * elem_size(dt);
+    int64_t r = r0;
+    for (; r + 4 <= r1; r += 4) {
+        const char *wr = (const char *)w + (size_t)r * rb;
+        for (int64_t t0 = 0; t0 < T; t0 += 4) {
+            const float *x = X + t0 * cols;
+            float *y = Y + t0 * ldy + r;
+            switch (T - t0) {
+            case 1: dot512(dt, 4, 1, wr, cols, x, y, ldy); break;
+            case 2: dot512(dt, 4, 2, wr, cols, x, y, ldy); break;
+            case 3: dot512(dt, 4, 3, wr, cols, x, y, ldy); break;
+            default: dot512(dt, 4, 4, wr, cols, x, y, ldy); break;
+            }
+        }
+    }
+    for (; r < r1; r++) {
+        const char *wr = (const char *)w + (size_t)r * rb;
+        for (int64_t t0 = 0; t0 < T; t0 += 4) {
+            const float *x = X + t0 * cols;
+            float *y = Y + t0 * ldy + r;
+            switch (T - t0) {
+            case 1: dot512(dt, 1, 1, wr, cols, x, y, ldy); break;
+            case 2: dot512(dt, 1, 2, wr, cols, x, y, ldy); break;
+            case 3: dot512(dt, 1, 3, wr, cols, x, y, ldy); break;
+            default: dot512(dt, 1, 4, wr, cols, x, y, ldy); break;
+            }
+        }
+    }
+}
+
+MC_T512 static void fused512(moecl_dtype dt, const void *w, int64_t cols, const float *X, int64_t T,
+                             float *Y, int64_t ldy, int64_t r0, int64_t r1) {
+    switch (dt) {
+    case MOECL_DTYPE_F16: fused512_dt(MOECL_DTYPE_F16, w, cols, X, T, Y, ldy, r0, r1); break;
+    case MOECL_DTYPE_BF16: fused512_dt(MOECL_DTYPE_BF16, w, cols, X, T, Y, ldy, r0, r1); break;
+    default: fused512_dt(MOECL_DTYPE_F32, w, cols, X, T, Y, ldy, r0, r1); break;
+    }
+}
+
+MC_T512 static void to_f32_512(moecl_dtype dt, const void *src, float *dst, int64_t n) {
+    int64_t i = 0;
+    if (dt == MOECL_DTYPE_F16) {
+        for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, ld512(MOECL_DTYPE_F16, src, i));
+        if (i < n) {
+            __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+            _mm512_mask_storeu_ps(dst + i, m, ld512_mask(MOECL_DTYPE_F16, src, i, m));
+        }
+    } else {
+        for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, ld512(MOECL_DTYPE_BF16, src, i));
+        if (i < n) {
+            __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+            _mm512_mask_storeu_ps(dst + i, m, ld512_mask(MOECL_DTYPE_BF16, src, i, m));
+        }
+    }
+}
+
+/* ======================================================================== */
+/* AVX2 kernels                                                             */
+/* ======================================================================== */
+
+MC_T256 static MC_INLINE __m256 ld256(moecl_dtype dt, const void *p, int64_t i) {
+    if (dt == MOECL_DTYPE_F32) return _mm256_loadu_ps((const float *)p + i);
+    __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)p + i));
+    if (dt == MOECL_DTYPE_F16) return _mm256_cvtph_ps(h);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+MC_T256 static MC_INLINE float hsum256(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* As dot512 with 8 lanes; R <= 4, TT <= 2 so that the accumulators, weights
+ * and activation fit in 16 ymm registers. The tail is scalar. */
+MC_T256 static MC_INLINE void dot256(moecl_dtype dt, const int R, const int TT, const void *w,
+                                     int64_t cols, const float *x, float *y, int64_t ldy) {
+    const size_t rb = (size_t)cols * elem_size(dt);
+    __m256 acc[4][2];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 2
+        for (int t = 0; t < TT; t++) acc[r][t] = _mm256_setzero_ps();
+
+    int64_t c = 0;
+    for (; c + 8 <= cols; c += 8) {
+        __m256 wv[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) wv[r] = ld256(dt, (const char *)w + r * rb, c);
+#pragma GCC unroll 2
+        for (int t = 0; t < TT; t++) {
+            __m256 xv = _mm256_loadu_ps(x + t * cols + c);
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) acc[r][t] = _mm256_fmadd_ps(wv[r], xv, acc[r][t]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 2
+        for (int t = 0; t < TT; t++) {
+            float s = hsum256(acc[r][t]);
+            for (int64_t k = c; k < cols; k++)
+                s += load_scalar(dt, (const char *)w + r * rb, k) * x[t * cols + k];
+            y[t * ldy + r] = s;
+        }
+}
+
+MC_T256 static MC_INLINE void fused256_dt(moecl_dtype dt, const void *w, int64_t cols, const float *X,
+                                          int64_t T, float *Y, int64_t ldy, int64_t r0, int64_t r1) {
+    const size_t rb = (size_t)cols * elem_size(dt);
+    int64_t r = r0;
+    for (; r + 4 <= r1; r += 4) {
+        const char *wr = (const char *)w + (size_t)r * rb;
+        for (int64_t t0 = 0; t0 < T; t0 += 2) {
+            if (T - t0 == 1) dot256(dt, 4, 1, wr, cols, X + t0 * cols, Y + t0 * ldy + r, ldy);
+            else dot256(dt, 4, 2, wr, cols, X + t0 * cols, Y + t0 * ldy + r, ldy);
+        }
+    }
+    for (; r < r1; r++) {
+        const char *wr = (const char *)w + (size_t)r * rb;
+        for (int64_t t0 = 0; t0 < T; t0 += 2) {
+            if (T - t0 == 1) dot256(dt, 1, 1, wr, cols, X + t0 * cols, Y + t0 * ldy + r, ldy);
+            else dot256(dt, 1, 2, wr, cols, X + t0 * cols, Y + t0 * ldy + r, ldy);
+        }
+    }
+}
+
+MC_T256 static void fused256(moecl_dtype dt, const void *w, int64_t cols, const float *X, int64_t T,
+                             float *Y, int64_t ldy, int64_t r0, int64_t r1) {
+    switch (dt) {
+    case MOECL_DTYPE_F16: fused256_dt(MOECL_DTYPE_F16, w, cols, X, T, Y, ldy, r0, r1); break;
+    case MOECL_DTYPE_BF16: fused256_dt(MOECL_DTYPE_BF16, w, cols, X, T, Y, ldy, r0, r1); break;
+    default: fused256_dt(MOECL_DTYPE_F32, w, cols, X, T, Y, ldy, r0, r1); break;
+    }
+}
+
+MC_T256 static void to_f32_256(moecl_dtype dt, const void *src, float *dst, int64_t n) {
+    int64_t i = 0;
+    if (dt == MOECL_DTYPE_F16)
+        for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, ld256(MOECL_DTYPE_F16, src, i));
+    else
+        for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, ld256(MOECL_DTYPE_BF16, src, i));
+    for (; i < n; i++) dst[i] = load_scalar(dt, src, i);
+}
+#endif /* MC_X86 */
+
+/* ======================================================================== */
+/* Dispatch                                                                 */
+/* ======================================================================== */
+
+static void fused_rows(int isa, moecl_dtype dt, const void *w, int64_t cols, const float *X, int64_t T,
+                       float *Y, int64_t ldy, int64_t r0, int64_t r1) {
+#if MC_X86
+    if (isa == ISA_AVX512) fused512(dt, w, cols, X, T, Y, ldy, r0, r1);
+    else if (isa == ISA_AVX2) fused256(dt, w, cols, X, T, Y, ldy, r0, r1);
+    else
+#endif
+        fused_scalar(dt, w, cols, X, T, Y, ldy, r0, r1);
+    (void)isa;
+}
+
+static void to_f32_isa(int isa, moecl_dtype t, const void *src, float *dst, int64_t n) {
+    if (t == MOECL_DTYPE_F32 || n <= 0) {
+        if (n > 0 && (const void *)dst != src) memmove(dst, src, (size_t)n * sizeof(float));
+        return;
+    }
+#if MC_X86
+    if (isa == ISA_AVX512) to_f32_512(t, src, dst, n);
+    else if (isa == ISA_AVX2) to_f32_256(t, src, dst, n);
+    else
+#endif
+        to_f32_scalar(t, src, dst, n);
+    (void)isa;
+}
+
+void mc_cpu_to_f32(moecl_dtype t, const void *src, float *dst, int64_t n) {
+    to_f32_isa(current_isa(), t, src, dst, n);
+}
+
+/* ======================================================================== */
+/* Matrix product                                                           */
+/* ======================================================================== */
+
+/* How a call is run; mc_cpu_matmul_scratch_size and mc_cpu_matmul must agree. */
+typedef struct plan {
+    bool blas;           /* sgemm path (else fused kernels) */
+    int n_threads;       /* threads to ask for (1: no parallel region) */
+    int64_t block_rows;  /* rows converted per sgemm call (F16/BF16 on the sgemm path) */
+    size_t slice_floats; /* floats of scratch per thread, a multiple of 16 (64 bytes) */
+} plan;
+
+static plan make_plan(const mc_tensor *W, int64_t T, int n_threads) {
+    plan p = {0};
+    int64_t rows = W->rows, cols = W->cols;
+    p.blas = T > MC_SMALL_T && rows <= INT_MAX && cols <= INT_MAX && T <= INT_MAX;
+
+    int n = n_threads > 0 ? n_threads : omp_get_num_procs();
+    int64_t max_by_rows = (rows + MC_ROW_ALIGN - 1) / MC_ROW_ALIGN;
+    if (n > max_by_rows) n = (int)max_by_rows;
+    double work = (double)T * (double)rows * (double)cols;
+    if (work < MC_PAR_MIN_WORK || n < 1) n = 1;
+    p.n_threads = n;
+
+    if (p.blas && W->type != MOECL_DTYPE_F32) {
+        int64_t b = (int64_t)(MC_CONVERT_BLOCK_BYTES / ((size_t)cols * sizeof(float)));
+        b = b / MC_ROW_ALIGN * MC_ROW_ALIGN;
+        if (b < MC_ROW_ALIGN) b = MC_ROW_ALIGN;
+        if (b > rows) b = rows;
+        p.block_rows = b;
+        p.slice_floats = ((size_t)b * (size_t)cols + 15) & ~(size_t)15;
+    }
+    return p;
+}
+
+size_t mc_cpu_matmul_scratch_size(const mc_tensor *W, int64_t T, int n_threads) {
+    if (!W || T <= 0 || W->rows <= 0 || W->cols <= 0) return 0;
+    plan p = make_plan(W, T, n_threads);
+    size_t bytes;
+    if (!mc_mul_size(p.slice_floats, sizeof(float), &bytes) || !mc_mul_size(bytes, (size_t)p.n_threads, &bytes))
+        return SIZE_MAX;
+    return bytes;
+}
+
+/* Rows [r0, r1) of Y: one thread's share. */
+static void matmul_rows(const plan *p, int isa, const mc_tensor *W, const float *X, int64_t T, float *Y,
+                        int64_t r0, int64_t r1, float *slice) {
+    const int64_t rows = W->rows, cols = W->cols;
+    const size_t es = elem_size(W->type);
+    if (!p->blas) {
+        fused_rows(isa, W->type, W->data, cols, X, T, Y, rows, r0, r1);
+        return;
+    }
+    if (W->type == MOECL_DTYPE_F32) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)(r1 - r0), (int)cols, 1.0f, X,
+                    (int)cols, (const float *)W->data + r0 * cols, (int)cols, 0.0f, Y + r0, (int)rows);
+        return;
+    }
+    for (int64_t b0 = r0; b0 < r1; b0 += p->block_rows) {
+        int64_t nb = r1 - b0 < p->block_rows ? r1 - b0 : p->block_rows;
+        to_f32_isa(isa, W->type, (const char *)W->data + (size_t)b0 * (size_t)cols * es, slice, nb * cols);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)nb, (int)cols, 1.0f, X, (int)cols,
+                    slice, (int)cols, 0.0f, Y + b0, (int)rows);
+    }
+}
+
+void mc_cpu_matmul(const mc_tensor *W, const float *X, int64_t T, float *Y, int n_threads, void *scratch) {
+    const int64_t rows = W->rows, cols = W->cols;
+    if (T <= 0 || rows <= 0) return;
+    if (cols <= 0) {
+        memset(Y, 0, (size_t)T * (size_t)rows * sizeof(float));
+        return;
+    }
+    plan p = make_plan(W, T, n_threads);
+    /* Without the scratch it asked for, fall back to the fused kernels,
+     * which are correct (if slower) for any T. */
+    if (p.blas && p.slice_floats && !scratch) p.blas = false;
+    /* OpenBLAS's thread count is process-global: checked on every call (it
+     * costs nothing) rather than once, in case other code changed it. */
+    if (p.blas && openblas_get_num_threads() != 1) openblas_set_num_threads(1);
+    const int isa = current_isa();
+    float *scr = scratch;
+
+    if (p.n_threads == 1) {
+        matmul_rows(&p, isa, W, X, T, Y, 0, rows, scr);
+        return;
+    }
+#pragma omp parallel num_threads(p.n_threads)
+    {
+        /* The team may be smaller than asked (nested region, thread limit). */
+        int nt = omp_get_num_threads(), id = omp_get_thread_num();
+        int64_t chunk = (rows + nt - 1) / nt;
+        chunk = (chunk + MC_ROW_ALIGN - 1) / MC_ROW_ALIGN * MC_ROW_ALIGN;
+        int64_t r0 = (int64_t)id * chunk, r1 = r0 + chunk < rows ? r0 + chunk : rows;
+        if (r0 < r1) matmul_rows(&p, isa, W, X, T, Y, r0, r1, scr ? scr + (size_t)id * p.slice_floats : NULL);
+    }
+}
+
+/* ======================================================================== */
+/* Element-wise                                                             */
+/* ======================================================================== */
+
+void mc_cpu_swiglu(float *gate, const float *up, int64_t n) {
+    /* silu(g) = g * sigmoid(g), with sigmoid from exp(-|g|) so that nothing
+     * overflows: 1 / (1 + e) for g >= 0, e / (1 + e) for g < 0. A few ulp
+     * from the exact value everywhere. g = -inf gives NaN, as in PyTorch. */
+    for (int64_t i = 0; i < n; i++) {
+        float g = gate[i];
+        float e = expf(-fabsf(g));
+        float num = g >= 0.0f ? 1.0f : e;
+        gate[i] = g * (num / (1.0f + e)) * up[i];
+    }
+}

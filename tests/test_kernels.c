@@ -1,0 +1,306 @@
+/*
+ * test_kernels.c - the CPU kernels against float64 references.
+ *
+ * Every matmul configuration (dtype x shape x T) is computed once in double
+ * from the same dtype-rounded weights, then mc_cpu_matmul is run with 1 and
+ * 2 threads under each instruction set this CPU has (the detected one, AVX2
+ * by capping with MOECL_CPU_ISA, and forced scalar) and compared by
+ * normalised error. Conversions are checked bit-exactly on all 65536 inputs.
+ */
+#include "backend/cpu/kernels.h"
+#include "test_util.h"
+
+#include <stdbool.h>
+#include <string.h>
+
+/* ---- instruction-set modes ------------------------------------------------ */
+
+enum { MODE_AUTO, MODE_AVX2, MODE_SCALAR, MODE_COUNT };
+static const char *const mode_names[MODE_COUNT] = {"auto", "avx2", "scalar"};
+
+/* Switch the kernels to a mode; false if this CPU cannot run it (or it
+ * would be the same as auto). */
+static bool set_mode(int mode) {
+    unsetenv("MOECL_CPU_ISA");
+    mc_cpu_force_scalar(false);
+    if (mode == MODE_AVX2) {
+        if (strcmp(mc_cpu_isa(), "avx512") != 0) return false;
+        setenv("MOECL_CPU_ISA", "avx2", 1);
+        mc_cpu_force_scalar(false); /* re-detect under the cap */
+        return strcmp(mc_cpu_isa(), "avx2") == 0;
+    }
+    if (mode == MODE_SCALAR) {
+        mc_cpu_force_scalar(true);
+        return strcmp(mc_cpu_isa(), "scalar") == 0;
+    }
+    return true;
+}
+
+/* ---- independent number-format references --------------------------------- */
+
+/* binary16 from its fields, in double (exact), then to float (exact). */
+static float ref_f16(uint16_t h) {
+    int s = h >> 15, e = (h >> 10) & 0x1f, m = h & 0x3ff;
+    double v;
+    if (e == 0x1f) v = m ? NAN : INFINITY;
+    else if (e == 0) v = ldexp((double)m, -24);
+    else v = ldexp((double)(m + 1024), e - 25);
+    return (float)(s ? -v : v);
+}
+
+static float ref_bf16(uint16_t h) {
+    int s = h >> 15, e = (h >> 7) & 0xff, m = h & 0x7f;
+    double v;
+    if (e == 0xff) v = m ? NAN : INFINITY;
+    else if (e == 0) v = ldexp((double)m, -133);
+    else v = ldexp((double)(m + 128), e - 134);
+    return (float)(s ? -v : v);
+}
+
+static uint32_t bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+
+/* Some binary16 value near f (truncated: any representable value is a fine
+ * weight), subnormals included. */
+static uint16_t trunc_f16(float f) {
+    uint16_t sign = f < 0 ? 0x8000 : 0;
+    float a = fabsf(f);
+    if (a < 0x1p-14f) return sign | (uint16_t)(a * 0x1p24f);
+    int e;
+    double m = frexp(a, &e); /* a = m * 2^e, m in [0.5, 1) */
+    return sign | (uint16_t)((e + 14) << 10) | (uint16_t)((int)(m * 2048) & 0x3ff);
+}
+
+/* ---- conversions ------------------------------------------------------------ */
+
+static void test_conversions(const char *mode) {
+    enum { N = 65536 };
+    uint16_t *h = malloc(N * sizeof *h);
+    float *out = malloc(N * sizeof *out);
+    for (int i = 0; i < N; i++) h[i] = (uint16_t)i;
+
+    for (int dt = MOECL_DTYPE_F16; dt <= MOECL_DTYPE_BF16; dt++) {
+        float (*ref)(uint16_t) = dt == MOECL_DTYPE_F16 ? ref_f16 : ref_bf16;
+        mc_cpu_to_f32((moecl_dtype)dt, h, out, N);
+        int bad = 0;
+        for (int i = 0; i < N; i++) {
+            float r = ref((uint16_t)i);
+            bool ok = isnan(r) ? isnan(out[i]) : bits(out[i]) == bits(r);
+            if (!ok && bad++ < 5)
+                fprintf(stderr, "  %s %s: 0x%04x -> %a (0x%08x), expected %a\n", mode, moecl_dtype_name(dt), i,
+                        (double)out[i], bits(out[i]), (double)r);
+        }
+        CHECKF(bad == 0, "%s %s: %d of 65536 conversions wrong", mode, moecl_dtype_name(dt), bad);
+
+        /* Every length and misalignment of the vector tails; nothing
+         * written past n. */
+        int tail_bad = 0;
+        for (int off = 0; off < 3; off++)
+            for (int n = 0; n <= 40; n++) {
+                float buf[48];
+                for (int i = 0; i < 48; i++) buf[i] = -7.0f;
+                mc_cpu_to_f32((moecl_dtype)dt, h + 0x3c00 + off, buf, n);
+                for (int i = 0; i < 48; i++) {
+                    float want = i < n ? ref((uint16_t)(0x3c00 + off + i)) : -7.0f;
+                    if (bits(buf[i]) != bits(want)) tail_bad++;
+                }
+            }
+        CHECKF(tail_bad == 0, "%s %s: %d wrong elements in tail tests", mode, moecl_dtype_name(dt), tail_bad);
+    }
+
+    float src[37], dst[37];
+    for (int i = 0; i < 37; i++) src[i] = (float)i * 0.37f - 3;
+    mc_cpu_to_f32(MOECL_DTYPE_F32, src, dst, 37);
+    CHECK(memcmp(src, dst, sizeof src) == 0);
+    free(h);
+    free(out);
+}
+
+/* ---- swiglu ------------------------------------------------------------------ */
+
+static void test_swiglu(void) {
+    enum { N = 20000 };
+    float *g = malloc(N * sizeof *g), *u = malloc(N * sizeof *u), *g0 = malloc(N * sizeof *g0);
+    uint64_t s = 7;
+    for (int i = 0; i < N; i++) {
+        /* mostly the range activations live in, plus far tails */
+        float scale = i % 10 == 0 ? 120.0f : 12.0f;
+        g[i] = g0[i] = t_rand_f(&s) * scale;
+        u[i] = t_rand_f(&s) * 4;
+    }
+    g[0] = g0[0] = 0.0f;
+    g[1] = g0[1] = -0.0f;
+    g[2] = g0[2] = 1e-30f;
+    g[3] = g0[3] = -87.5f;
+    g[4] = g0[4] = 89.0f;
+    mc_cpu_swiglu(g, u, N);
+    double worst = 0;
+    int bad = 0;
+    for (int i = 0; i < N; i++) {
+        double x = g0[i], want = x / (1.0 + exp(-x)) * (double)u[i];
+        double err = fabs((double)g[i] - want);
+        /* relative 1e-6; results below float's normal range are judged in
+         * absolute terms */
+        double tol = fmax(1e-6 * fabs(want), 1e-37);
+        if (fabs(want) > 1e-30) worst = fmax(worst, err / fabs(want));
+        if (!(err <= tol) && bad++ < 5)
+            fprintf(stderr, "  swiglu(%a, %a) = %a, want %a\n", (double)g0[i], (double)u[i], (double)g[i], want);
+    }
+    CHECKF(bad == 0, "swiglu: %d of %d beyond 1e-6 relative", bad, N);
+    fprintf(stderr, "swiglu: worst relative error %.3g\n", worst);
+    free(g);
+    free(u);
+    free(g0);
+}
+
+/* ---- matmul ------------------------------------------------------------------ */
+
+static int n_configs = 0;
+static double worst_nerr = 0;
+
+/* Reference in double from the dtype-rounded weights wf[rows, cols]. Also
+ * returns the largest sum_c |w x| / sqrt(cols): the size of a typical
+ * output, a floor for the normaliser (see run_config). */
+static double ref_matmul(const float *wf, const float *X, int64_t T, int64_t rows, int64_t cols, float *Y) {
+    double scale = 0;
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t r = 0; r < rows; r++) {
+            const float *w = wf + r * cols, *x = X + t * cols;
+            double s[4] = {0};
+            int64_t c = 0;
+            for (; c + 4 <= cols; c += 4)
+                for (int j = 0; j < 4; j++) s[j] += (double)w[c + j] * x[c + j];
+            for (; c < cols; c++) s[0] += (double)w[c] * x[c];
+            Y[t * rows + r] = (float)((s[0] + s[1]) + (s[2] + s[3]));
+            double a = 0;
+            for (c = 0; c < cols; c++) a += fabs((double)w[c] * x[c]);
+            scale = fmax(scale, a / sqrt((double)cols));
+        }
+    return scale;
+}
+
+/* max|y - ref| / max(max|ref|, scale). With many outputs this is the usual
+ * normalised error (max|ref| is the larger); with one or two, a dot product
+ * that happens to cancel to near zero would otherwise turn an ordinary float
+ * rounding of the sum into a large "relative" error. */
+static double nerr(const float *y, const float *ref, size_t n, double scale) {
+    double num = 0, den = scale;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)y[i] - (double)ref[i]);
+        if (!(d <= num)) num = isnan(d) ? INFINITY : d;
+        den = fmax(den, fabs((double)ref[i]));
+    }
+    return den > 0 ? num / den : num;
+}
+
+static void run_config(moecl_dtype dt, int64_t rows, int64_t cols, int64_t T, const bool modes[MODE_COUNT]) {
+    uint64_t seed = (uint64_t)(rows * 1000003 + cols * 101 + T * 7 + dt);
+    size_t n = (size_t)(rows * cols);
+    float *wf = malloc(n * sizeof *wf); /* the weights as float */
+    void *wdata = malloc(n * (dt == MOECL_DTYPE_F32 ? 4 : 2));
+    for (size_t i = 0; i < n; i++) {
+        float v = t_rand_f(&seed);
+        if (dt == MOECL_DTYPE_F32) {
+            ((float *)wdata)[i] = wf[i] = v;
+        } else if (dt == MOECL_DTYPE_F16) {
+            uint16_t h = trunc_f16(v);
+            ((uint16_t *)wdata)[i] = h;
+            wf[i] = ref_f16(h);
+        } else {
+            uint16_t h = mc_f32_to_bf16(v);
+            ((uint16_t *)wdata)[i] = h;
+            wf[i] = ref_bf16(h);
+        }
+    }
+    float *X = malloc((size_t)(T * cols) * sizeof *X);
+    for (int64_t i = 0; i < T * cols; i++) X[i] = t_rand_f(&seed);
+    float *ref = malloc((size_t)(T * rows) * sizeof *ref);
+    float *Y = malloc((size_t)(T * rows) * sizeof *Y);
+    double scale = ref_matmul(wf, X, T, rows, cols, ref);
+
+    mc_tensor W = {.type = dt, .rows = rows, .cols = cols, .data = wdata,
+                   .nbytes = n * (dt == MOECL_DTYPE_F32 ? 4 : 2)};
+    for (int mode = 0; mode < MODE_COUNT; mode++) {
+        if (!modes[mode]) continue;
+        set_mode(mode);
+        for (int nt = 1; nt <= 2; nt++) {
+            size_t ss = mc_cpu_matmul_scratch_size(&W, T, nt);
+            if (dt == MOECL_DTYPE_F32 || T <= 8) CHECKF(ss == 0, "scratch %zu for F32 or T=%lld", ss, (long long)T);
+            void *scratch = ss ? aligned_alloc(64, (ss + 63) & ~(size_t)63) : NULL;
+            CHECK(ss == 0 || scratch);
+            for (size_t i = 0; i < (size_t)(T * rows); i++) Y[i] = NAN; /* every output must be written */
+            mc_cpu_matmul(&W, X, T, Y, nt, scratch);
+            double e = nerr(Y, ref, (size_t)(T * rows), scale);
+            worst_nerr = fmax(worst_nerr, e);
+            CHECKF(e <= 1e-5, "%s %s rows=%lld cols=%lld T=%lld threads=%d: nerr %.3g", mode_names[mode],
+                   moecl_dtype_name(dt), (long long)rows, (long long)cols, (long long)T, nt, e);
+            free(scratch);
+            n_configs++;
+        }
+    }
+    /* Without the scratch it asked for, mc_cpu_matmul still gets it right. */
+    set_mode(MODE_AUTO);
+    if (mc_cpu_matmul_scratch_size(&W, T, 2) > 0) {
+        for (size_t i = 0; i < (size_t)(T * rows); i++) Y[i] = NAN;
+        mc_cpu_matmul(&W, X, T, Y, 2, NULL);
+        double e = nerr(Y, ref, (size_t)(T * rows), scale);
+        CHECKF(e <= 1e-5, "no scratch %s rows=%lld cols=%lld T=%lld: nerr %.3g", moecl_dtype_name(dt),
+               (long long)rows, (long long)cols, (long long)T, e);
+    }
+    free(wf);
+    free(wdata);
+    free(X);
+    free(ref);
+    free(Y);
+}
+
+static void test_matmul(const bool modes[MODE_COUNT]) {
+    static const int64_t Ts[] = {1, 2, 3, 5, 7, 8, 13, 64, 67};
+    static const int64_t rows_list[] = {1, 17, 96, 1000};
+    static const int64_t cols_list[] = {1, 7, 33, 64, 1024, 3584};
+    for (int dt = 0; dt < MOECL_DTYPE_COUNT; dt++)
+        for (size_t ri = 0; ri < sizeof rows_list / sizeof *rows_list; ri++)
+            for (size_t ci = 0; ci < sizeof cols_list / sizeof *cols_list; ci++)
+                for (size_t ti = 0; ti < sizeof Ts / sizeof *Ts; ti++) {
+                    int64_t rows = rows_list[ri], cols = cols_list[ci], T = Ts[ti];
+                    /* The largest shape with a subset of T, to keep the run
+                     * short (the double reference dominates). */
+                    if (rows == 1000 && cols == 3584 && (T == 3 || T == 7 || T == 64)) continue;
+                    run_config((moecl_dtype)dt, rows, cols, T, modes);
+                }
+
+    /* Degenerate shapes. */
+    float X[4] = {1, 2, 3, 4}, Y[4] = {5, 5, 5, 5};
+    mc_tensor W0 = {.type = MOECL_DTYPE_F32, .rows = 2, .cols = 0, .data = X, .nbytes = 0};
+    mc_cpu_matmul(&W0, X, 2, Y, 2, NULL);
+    CHECK(Y[0] == 0 && Y[1] == 0 && Y[2] == 0 && Y[3] == 0);
+    Y[0] = 5;
+    mc_cpu_matmul(&W0, X, 0, Y, 2, NULL);
+    CHECK(Y[0] == 5);
+    CHECK(mc_cpu_matmul_scratch_size(&W0, 100, 2) == 0);
+}
+
+int main(void) {
+    bool modes[MODE_COUNT] = {true, false, true};
+    set_mode(MODE_AUTO);
+    const char *isa = mc_cpu_isa();
+    CHECK(!strcmp(isa, "avx512") || !strcmp(isa, "avx2") || !strcmp(isa, "scalar"));
+    modes[MODE_AVX2] = set_mode(MODE_AVX2);
+    fprintf(stderr, "test_kernels: detected ISA %s; testing auto%s and scalar\n", isa,
+            modes[MODE_AVX2] ? ", avx2 (capped)" : "");
+
+    for (int mode = 0; mode < MODE_COUNT; mode++) {
+        if (!modes[mode]) continue;
+        set_mode(mode);
+        test_conversions(mode_names[mode]);
+    }
+    set_mode(MODE_AUTO);
+    test_swiglu();
+    test_matmul(modes);
+    set_mode(MODE_AUTO);
+    fprintf(stderr, "matmul: %d runs, worst normalised error %.3g\n", n_configs, worst_nerr);
+    return t_done("test_kernels");
+}

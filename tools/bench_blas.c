@@ -1,0 +1,345 @@
+/*
+ * bench_blas.c - what this machine can do, and how close the CPU kernels get.
+ *
+ *   bench-blas [--threads N] [--quick] [--sweep]
+ *
+ * (a) memory: read bandwidth of a buffer far larger than L3 (plain parallel
+ *     sum), and the bandwidth mc_cpu_matmul reaches at T=1 on a weight of the
+ *     same size, per dtype (weight bytes / time);
+ * (b) OpenBLAS sgemm GFLOP/s, square and at the expert shapes of
+ *     Mixtral-mini prompts, and mc_cpu_matmul at the same shapes;
+ * (c) with --sweep: GFLOP/s of mc_cpu_matmul against T at expert shapes,
+ *     to place MC_SMALL_T (build once with -DMC_SMALL_T=0 and once
+ *     with -DMC_SMALL_T=1000 to see both paths at every T).
+ *
+ * Each figure is the median of several runs. Thread counts measured: 1 and N
+ * (default: all processors). Not a test: it checks nothing.
+ */
+#include "backend/cpu/kernels.h"
+
+#include <cblas.h>
+#include <omp.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <emmintrin.h>
+#endif
+
+/* For the record in --sweep output: the threshold kernels.c was built with,
+ * when the bench is built with the same -DMC_SMALL_T (else "default"). */
+#ifdef MC_SMALL_T
+#define MC_SMALL_T_BUILD MC_SMALL_T
+#else
+#define MC_SMALL_T_BUILD -1
+#endif
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(double *v, int n) {
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+static void *xalloc(size_t bytes) {
+    void *p = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+    if (!p) {
+        fprintf(stderr, "bench-blas: cannot allocate %zu bytes\n", bytes);
+        exit(1);
+    }
+    return p;
+}
+
+static int g_runs = 7;
+
+/* ---- (a) memory bandwidth ------------------------------------------------- */
+
+/* Sum of n floats read as `streams` sequential streams side by side (the
+ * matvec kernels read 4 weight rows at once; some CPUs need several streams
+ * per core to reach their bandwidth), eight independent accumulators.
+ * SSE2 is baseline on x86-64 and already far faster than memory. */
+static float sum_floats(const float *p, size_t n, int streams) {
+    size_t len = n / (size_t)streams / 32 * 32, i = 0;
+    float s = 0;
+#if defined(__x86_64__) && defined(__GNUC__)
+    __m128 a[8];
+    for (int j = 0; j < 8; j++) a[j] = _mm_setzero_ps();
+    if (streams == 1) {
+        for (; i + 32 <= n; i += 32)
+            for (int j = 0; j < 8; j++) a[j] = _mm_add_ps(a[j], _mm_load_ps(p + i + 4 * j));
+    } else { /* 4 streams */
+        const float *q[4] = {p, p + len, p + 2 * len, p + 3 * len};
+        for (size_t k = 0; k < len; k += 8)
+            for (int j = 0; j < 4; j++) {
+                a[2 * j] = _mm_add_ps(a[2 * j], _mm_load_ps(q[j] + k));
+                a[2 * j + 1] = _mm_add_ps(a[2 * j + 1], _mm_load_ps(q[j] + k + 4));
+            }
+        i = 4 * len;
+    }
+    for (int j = 1; j < 8; j++) a[0] = _mm_add_ps(a[0], a[j]);
+    float t[4];
+    _mm_storeu_ps(t, a[0]);
+    s = t[0] + t[1] + t[2] + t[3];
+#else
+    (void)len;
+#endif
+    for (; i < n; i++) s += p[i];
+    return s;
+}
+
+static volatile float g_sink;
+
+static double bench_read(const float *buf, size_t n, int nth, int streams) {
+    double t[16];
+    for (int r = 0; r < g_runs; r++) {
+        double t0 = now();
+        float total = 0;
+#pragma omp parallel num_threads(nth) reduction(+ : total)
+        {
+            int id = omp_get_thread_num(), nt = omp_get_num_threads();
+            size_t chunk = (n / (size_t)nt + 31) & ~(size_t)31;
+            size_t a = (size_t)id * chunk, b = a + chunk < n ? a + chunk : n;
+            if (a < b) total += sum_floats(buf + a, b - a, streams);
+        }
+        t[r] = now() - t0;
+        g_sink = total;
+    }
+    return (double)n * sizeof(float) / median(t, g_runs) * 1e-9;
+}
+
+/* Seconds per mc_cpu_matmul call: the median of g_runs samples, each the
+ * mean over enough back-to-back calls to take >= 20 ms (short calls are
+ * otherwise all timer and scheduler noise). */
+static double time_matmul(const mc_tensor *W, const float *X, int64_t T, float *Y, int nth, void *scratch) {
+    double t[16];
+    double t0 = now();
+    mc_cpu_matmul(W, X, T, Y, nth, scratch); /* warm-up, and a first estimate */
+    double once = now() - t0;
+    int reps = once >= 20e-3 ? 1 : (int)(20e-3 / (once + 1e-7)) + 1;
+    for (int r = 0; r < g_runs; r++) {
+        t0 = now();
+        for (int k = 0; k < reps; k++) mc_cpu_matmul(W, X, T, Y, nth, scratch);
+        t[r] = (now() - t0) / reps;
+    }
+    return median(t, g_runs);
+}
+
+static float *rand_floats(size_t n, uint32_t seed) {
+    float *x = xalloc(n * sizeof *x);
+    for (size_t i = 0; i < n; i++) {
+        seed = seed * 1664525u + 1013904223u;
+        x[i] = (float)(seed >> 8) * (2.0f / 16777216.0f) - 1.0f;
+    }
+    return x;
+}
+
+static void section_memory(size_t bytes, int nmax) {
+    printf("\n== (a) memory bandwidth: %.0f MiB buffer, median of %d ==\n", (double)bytes / 1048576, g_runs);
+    float *buf = xalloc(bytes);
+    size_t n = bytes / sizeof(float);
+    /* 0x3c00 in every 16-bit half: a finite value as f32, f16 (1.0), bf16. */
+#pragma omp parallel for num_threads(nmax) schedule(static)
+    for (size_t i = 0; i < n; i++) ((uint32_t *)buf)[i] = 0x3c003c00u;
+
+    double raw[2] = {0};
+    int ths[2] = {1, nmax};
+    for (int k = 0; k < (nmax > 1 ? 2 : 1); k++) {
+        double one = bench_read(buf, n, ths[k], 1);
+        raw[k] = bench_read(buf, n, ths[k], 4);
+        printf("read (parallel sum)  threads=%d  1 stream/thread %6.1f GB/s   4 streams/thread %6.1f GB/s\n",
+               ths[k], one, raw[k]);
+        if (one > raw[k]) raw[k] = one;
+    }
+
+    /* The same bytes as a weight matrix, T = 1. */
+    printf("mc_cpu_matmul T=1 over the same bytes (weight bytes / time; fraction of the better read figure):\n");
+    for (int dt = 0; dt < MOECL_DTYPE_COUNT; dt++) {
+        size_t es = dt == MOECL_DTYPE_F32 ? 4 : 2;
+        int64_t cols = (int64_t)(131072 / es); /* 128 KiB rows */
+        int64_t rows = (int64_t)(bytes / es / (size_t)cols);
+        mc_tensor W = {.type = (moecl_dtype)dt, .rows = rows, .cols = cols, .data = buf, .nbytes = bytes};
+        float *X = rand_floats((size_t)cols, 1);
+        float *Y = xalloc((size_t)rows * sizeof *Y);
+        for (int k = 0; k < (nmax > 1 ? 2 : 1); k++) {
+            double s = time_matmul(&W, X, 1, Y, ths[k], NULL);
+            double gbs = (double)rows * (double)cols * (double)es / s * 1e-9;
+            printf("  %-4s rows=%-6lld cols=%-6lld threads=%d  %7.1f GB/s  %5.1f%% of read  (%.2f ms)\n",
+                   moecl_dtype_name((moecl_dtype)dt), (long long)rows, (long long)cols, ths[k], gbs,
+                   100 * gbs / raw[k], s * 1e3);
+        }
+        free(X);
+        free(Y);
+    }
+    free(buf);
+}
+
+/* ---- (b) sgemm and large-T matmul ----------------------------------------- */
+
+/* GFLOP/s of Y[M,N] = X[M,K] · W[N,K]ᵀ through OpenBLAS with nth threads of
+ * its own. */
+static double bench_sgemm(int M, int N, int K, int nth) {
+    float *X = rand_floats((size_t)M * K, 2), *W = rand_floats((size_t)N * K, 3);
+    float *Y = xalloc((size_t)M * N * sizeof(float));
+    openblas_set_num_threads(nth);
+    double t[16];
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, X, K, W, K, 0.0f, Y, N);
+    for (int r = 0; r < g_runs; r++) {
+        double t0 = now();
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, X, K, W, K, 0.0f, Y, N);
+        t[r] = now() - t0;
+    }
+    /* mc_cpu_matmul expects (and keeps) OpenBLAS at one thread. */
+    openblas_set_num_threads(1);
+    free(X);
+    free(W);
+    free(Y);
+    return 2.0 * M * N * K / median(t, g_runs) * 1e-9;
+}
+
+/* A weight [rows, cols] of dtype dt filled from random floats. */
+static mc_tensor make_weight(moecl_dtype dt, int64_t rows, int64_t cols) {
+    size_t n = (size_t)rows * (size_t)cols, es = dt == MOECL_DTYPE_F32 ? 4 : 2;
+    float *f = rand_floats(n, 4);
+    void *d = f;
+    if (dt != MOECL_DTYPE_F32) {
+        uint16_t *h = xalloc(n * 2);
+        for (size_t i = 0; i < n; i++)
+            h[i] = dt == MOECL_DTYPE_BF16 ? mc_f32_to_bf16(f[i]) : (uint16_t)(0x3800 | (i & 0x3ff)); /* f16 in [0.5,1) */
+        free(f);
+        d = h;
+    }
+    return (mc_tensor){.type = dt, .rows = rows, .cols = cols, .data = d, .nbytes = n * es};
+}
+
+/* GFLOP/s of mc_cpu_matmul with T rows of X against W. */
+static double bench_matmul_w(const mc_tensor *W, int64_t T, int nth, double *seconds) {
+    float *X = rand_floats((size_t)(T * W->cols), 5);
+    float *Y = xalloc((size_t)(T * W->rows) * sizeof(float));
+    size_t ss = mc_cpu_matmul_scratch_size(W, T, nth);
+    void *scratch = ss ? xalloc(ss) : NULL;
+    double s = time_matmul(W, X, T, Y, nth, scratch);
+    free(scratch);
+    free(X);
+    free(Y);
+    if (seconds) *seconds = s;
+    return 2.0 * (double)T * (double)W->rows * (double)W->cols / s * 1e-9;
+}
+
+static double bench_matmul(moecl_dtype dt, int64_t T, int64_t rows, int64_t cols, int nth) {
+    mc_tensor W = make_weight(dt, rows, cols);
+    double g = bench_matmul_w(&W, T, nth, NULL);
+    free((void *)W.data);
+    return g;
+}
+
+static void section_gemm(int nmax, bool quick) {
+    printf("\n== (b) GFLOP/s, Y[M,N] = X[M,K] · W[N,K]^T, median of %d ==\n", g_runs);
+    static const int shapes[][3] = {
+        {512, 512, 512}, {1024, 1024, 1024}, {2048, 2048, 2048}, /* square */
+        {128, 3584, 1024}, {128, 1024, 3584},                    /* Mixtral-mini expert, 128-token prompt */
+    };
+    int nshapes = quick ? 4 : 5;
+    int ths[2] = {1, nmax};
+    int nk = nmax > 1 ? 2 : 1;
+    printf("%-16s %-8s %10s %10s %10s %10s %9s\n", "M x N x K", "threads", "sgemm", "mc f32", "mc bf16",
+           "mc f16", "f32/sgemm");
+    for (int i = 0; i < nshapes; i++) {
+        int M = shapes[i][0], N = shapes[i][1], K = shapes[i][2];
+        if (quick && M == 2048) continue;
+        for (int k = 0; k < nk; k++) {
+            double g = bench_sgemm(M, N, K, ths[k]);
+            double f32 = bench_matmul(MOECL_DTYPE_F32, M, N, K, ths[k]);
+            double bf16 = bench_matmul(MOECL_DTYPE_BF16, M, N, K, ths[k]);
+            double f16 = bench_matmul(MOECL_DTYPE_F16, M, N, K, ths[k]);
+            char dims[32];
+            snprintf(dims, sizeof dims, "%dx%dx%d", M, N, K);
+            printf("%-16s %-8d %10.1f %10.1f %10.1f %10.1f %8.0f%%\n", dims, ths[k], g, f32, bf16, f16, 100 * f32 / g);
+        }
+    }
+}
+
+/* ---- (c) T sweep ---------------------------------------------------------- */
+
+static void section_sweep(int nmax, bool quick) {
+    if (MC_SMALL_T_BUILD >= 0)
+        printf("\n== (c) mc_cpu_matmul GFLOP/s against T; built with -DMC_SMALL_T=%d ==\n", (int)MC_SMALL_T_BUILD);
+    else
+        printf("\n== (c) mc_cpu_matmul GFLOP/s against T; default MC_SMALL_T ==\n");
+    static const int64_t shapes[][2] = {{3584, 1024}, {1024, 3584}, {14336, 4096}, {4096, 14336}};
+    static const int64_t Ts[] = {1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256};
+    int ths[2] = {1, nmax};
+    int nk = nmax > 1 ? 2 : 1;
+    for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++) {
+        if (quick && si >= 2) continue;
+        for (int dt = 0; dt < MOECL_DTYPE_COUNT; dt++) {
+            mc_tensor W = make_weight((moecl_dtype)dt, shapes[si][0], shapes[si][1]);
+            for (int k = 0; k < nk; k++) {
+                printf("rows=%-6lld cols=%-5lld %-4s threads=%d:", (long long)shapes[si][0], (long long)shapes[si][1],
+                       moecl_dtype_name((moecl_dtype)dt), ths[k]);
+                for (size_t ti = 0; ti < sizeof Ts / sizeof *Ts; ti++)
+                    printf(" %lld:%.0f", (long long)Ts[ti], bench_matmul_w(&W, Ts[ti], ths[k], NULL));
+                printf("\n");
+                fflush(stdout);
+            }
+            free((void *)W.data);
+        }
+    }
+}
+
+/* Cost of opening a parallel region that does nothing: the floor under every
+ * multi-threaded kernel call, and what OMP_WAIT_POLICY changes. */
+static void section_overhead(int nmax) {
+    if (nmax < 2) return;
+    enum { N = 201 };
+    double t[N];
+    for (int r = 0; r < N; r++) {
+        double t0 = now();
+#pragma omp parallel num_threads(nmax)
+        g_sink = 0;
+        t[r] = now() - t0;
+        /* what a decode step does between kernels: a little serial work */
+        double t1 = now();
+        while (now() - t1 < 50e-6) {
+        }
+    }
+    printf("empty parallel region (%d threads, after 50 us of serial work): %.1f us median\n", nmax,
+           median(t, N) * 1e6);
+}
+
+int main(int argc, char **argv) {
+    int nmax = omp_get_num_procs();
+    bool quick = false, sweep = false;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--threads") && i + 1 < argc) nmax = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--quick")) quick = true;
+        else if (!strcmp(argv[i], "--sweep")) sweep = true;
+        else {
+            fprintf(stderr, "usage: bench-blas [--threads N] [--quick] [--sweep]\n");
+            return 2;
+        }
+    }
+    if (nmax < 1) nmax = 1;
+    if (quick) g_runs = 3;
+    const char *wp = getenv("OMP_WAIT_POLICY");
+    printf("OpenBLAS core: %s\nOpenBLAS config: %s\n", openblas_get_corename(), openblas_get_config());
+    printf("kernels ISA: %s   processors: %d   threads measured: 1 and %d   OMP_WAIT_POLICY=%s\n", mc_cpu_isa(),
+           omp_get_num_procs(), nmax, wp ? wp : "(unset)");
+    openblas_set_num_threads(1);
+    section_overhead(nmax);
+    section_memory(quick ? (size_t)256 << 20 : (size_t)1 << 30, nmax);
+    section_gemm(nmax, quick);
+    if (sweep) section_sweep(nmax, quick);
+    return 0;
+}

@@ -1,0 +1,30 @@
+#!/bin/sh
+# Install moecl's build dependencies (Debian 12 packages) and build it in build/.
+# Safe to run again: packages already present are not reinstalled and the build is incremental.
+# With CI=true the build treats warnings as errors.
+set -eu
+cd "$(dirname "$0")/.."
+
+PACKAGES="gcc libc6-dev meson ninja-build pkg-config libopenblas-dev libcjson-dev \
+ocl-icd-opencl-dev opencl-headers libclblast-dev pocl-opencl-icd clinfo"
+
+missing=""
+for p in $PACKAGES; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+    echo "setup: installing$missing"
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO=sudo
+    $SUDO apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends $missing
+fi
+
+werror=false
+[ "${CI:-}" = "true" ] && werror=true
+if [ ! -f build/build.ninja ]; then
+    meson setup build --buildtype=release -Dwerror=$werror
+else
+    meson configure build -Dwerror=$werror >/dev/null
+fi
+ninja -C build
