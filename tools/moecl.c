@@ -279,6 +279,7 @@ static int cmd_run(const options *o) {
         printf("]");
     }
     printf("\n");
+    fflush(stdout);
     fprintf(stderr, "load: %.2f s | prompt: %d tokens, %.1f tokens/s | generation: %d tokens, %.2f tokens/s\n",
             t_load, n_prompt, n_prompt / t_prompt, n_gen, n_gen > 1 ? (n_gen - 1) / t_gen : 0.0);
     rc = 0;
@@ -444,6 +445,43 @@ static int cmd_generate(int argc, char **argv) {
 }
 
 /* ------------------------------------------------------------------------ */
+/* OpenBLAS kernels                                                         */
+/* ------------------------------------------------------------------------ */
+
+/* OpenBLAS picks its kernels when it is loaded, from the CPU it recognises;
+ * a CPU newer than the OpenBLAS build falls back to the generic "Prescott"
+ * kernels, several times slower. The choice can only be overridden through
+ * OPENBLAS_CORETYPE before the library loads, so the tool sets it and starts
+ * itself again, once, when the CPU has the instructions the faster kernels
+ * need. An explicit OPENBLAS_CORETYPE is always respected. */
+char *openblas_get_corename(void);
+
+static void ensure_fast_blas(char **argv) {
+#if defined(__x86_64__) && defined(__linux__)
+    if (getenv("OPENBLAS_CORETYPE") || getenv("MOECL_BLAS_REEXEC")) return;
+    const char *core = openblas_get_corename();
+    if (!core || (strcmp(core, "Prescott") && strcmp(core, "Core2") && strcmp(core, "Nehalem") &&
+                  strcmp(core, "Katmai") && strcmp(core, "Northwood") && strcmp(core, "Banias")))
+        return;
+    __builtin_cpu_init();
+    const char *want = NULL;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+        __builtin_cpu_supports("avx512cd"))
+        want = "SkylakeX";
+    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        want = "Haswell";
+    if (!want) return;
+    setenv("OPENBLAS_CORETYPE", want, 1);
+    setenv("MOECL_BLAS_REEXEC", "1", 1);
+    execv("/proc/self/exe", argv); /* returns only on failure: carry on with what we have */
+    unsetenv("OPENBLAS_CORETYPE");
+#else
+    (void)argv;
+#endif
+}
+
+/* ------------------------------------------------------------------------ */
 
 static void help(void) {
     printf("moecl %s - Mixture-of-Experts inference\n\n"
@@ -465,6 +503,7 @@ int main(int argc, char **argv) {
         help();
         return argc < 2 ? 2 : 0;
     }
+    ensure_fast_blas(argv);
     const char *cmd = argv[1];
     if (!strcmp(cmd, "generate")) return cmd_generate(argc, argv);
     options o = {0};

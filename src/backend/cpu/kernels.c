@@ -78,6 +78,11 @@
  * memory-bound (T <= 2) fused kernels; 0: none. On Zen 4 the hardware
  * prefetchers do as well alone (1024 cost F16/BF16 ~10%); on a Sapphire
  * Rapids it was within noise either way. */
+/* L2 bytes the fused kernels keep a block of X in (see fused_col_block). */
+#ifndef MC_FUSED_X_BYTES
+#define MC_FUSED_X_BYTES (256 * 1024)
+#endif
+
 #ifndef MC_PREFETCH
 #define MC_PREFETCH 0
 #endif
@@ -203,6 +208,17 @@ static void fused_scalar(moecl_dtype dt, const void *w, int64_t cols, const floa
     }
 }
 
+/* Columns per block of the SIMD fused kernels. With more than one chunk of
+ * tokens (tchunk at a time) every group of weight rows re-reads X, so X is
+ * taken a block of columns at a time, T * block * 4 <= MC_FUSED_X_BYTES, to
+ * keep that block in L2; the partial dots are summed into Y. */
+static inline int64_t fused_col_block(int64_t T, int64_t cols, int64_t tchunk) {
+    if (T <= tchunk) return cols;
+    int64_t kc = (int64_t)(MC_FUSED_X_BYTES / (sizeof(float) * (size_t)T)) / 64 * 64;
+    if (kc < 256) kc = 256;
+    return kc < cols ? kc : cols;
+}
+
 #if MC_X86
 /* ======================================================================== */
 /* AVX-512 kernels                                                          */
@@ -234,9 +250,9 @@ MC_T512 static MC_INLINE __m512 ld512_mask(moecl_dtype dt, const void *p, int64_
  * is memory-bound: it then takes a whole 64-byte line of every row per step
  * (and BF16 skips the widening shuffles). Columns past the last full step
  * go 16 at a time, the last few through one masked step. */
-MC_T512 static MC_INLINE void dot512(moecl_dtype dt, const int R, const int TT, const void *w,
-                                     int64_t cols, const float *x, float *y, int64_t ldy) {
-    const size_t es = elem_size(dt), rb = (size_t)cols * es;
+MC_T512 static MC_INLINE void dot512(moecl_dtype dt, const int R, const int TT, const void *w, size_t rb,
+                                     const float *x, int64_t ldx, int64_t n, float *y, int64_t ldy, bool add) {
+    const size_t es = elem_size(dt);
     const int64_t step = TT <= 2 ? 64 / (int64_t)es : 16; /* elements per row per iteration */
     __m512 acc[4][4];
 #pragma GCC unroll 4
@@ -246,7 +262,7 @@ MC_T512 static MC_INLINE void dot512(moecl_dtype dt, const int R, const int TT, 
 
     int64_t c = 0;
     if (step > 16) {
-        for (; c + step <= cols; c += step) {
+        for (; c + step <= n; c += step) {
 #if MC_PREFETCH > 0
 #pragma GCC unroll 4
             for (int r = 0; r < R; r++)
@@ -270,7 +286,7 @@ MC_T512 static MC_INLINE void dot512(moecl_dtype dt, const int R, const int TT, 
                 }
 #pragma GCC unroll 4
                 for (int t = 0; t < TT; t++) {
-                    __m512 xa = _mm512_loadu_ps(x + t * cols + c), xb = _mm512_loadu_ps(x + t * cols + c + 16);
+                    __m512 xa = _mm512_loadu_ps(x + t * ldx + c), xb = _mm512_loadu_ps(x + t * ldx + c + 16);
                     __m512 xe = _mm512_permutex2var_ps(xa, even, xb), xo = _mm512_permutex2var_ps(xa, odd, xb);
 #pragma GCC unroll 4
                     for (int r = 0; r < R; r++) {
@@ -287,32 +303,32 @@ MC_T512 static MC_INLINE void dot512(moecl_dtype dt, const int R, const int TT, 
                 for (int r = 0; r < R; r++) wv[r] = ld512(dt, (const char *)w + r * rb, c + k);
 #pragma GCC unroll 4
                 for (int t = 0; t < TT; t++) {
-                    __m512 xv = _mm512_loadu_ps(x + t * cols + c + k);
+                    __m512 xv = _mm512_loadu_ps(x + t * ldx + c + k);
 #pragma GCC unroll 4
                     for (int r = 0; r < R; r++) acc[r][t] = _mm512_fmadd_ps(wv[r], xv, acc[r][t]);
                 }
             }
         }
     }
-    for (; c + 16 <= cols; c += 16) {
+    for (; c + 16 <= n; c += 16) {
         __m512 wv[4];
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) wv[r] = ld512(dt, (const char *)w + r * rb, c);
 #pragma GCC unroll 4
         for (int t = 0; t < TT; t++) {
-            __m512 xv = _mm512_loadu_ps(x + t * cols + c);
+            __m512 xv = _mm512_loadu_ps(x + t * ldx + c);
 #pragma GCC unroll 4
             for (int r = 0; r < R; r++) acc[r][t] = _mm512_fmadd_ps(wv[r], xv, acc[r][t]);
         }
     }
-    if (c < cols) {
-        __mmask16 m = (__mmask16)((1u << (cols - c)) - 1);
+    if (c < n) {
+        __mmask16 m = (__mmask16)((1u << (n - c)) - 1);
         __m512 wv[4];
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) wv[r] = ld512_mask(dt, (const char *)w + r * rb, c, m);
 #pragma GCC unroll 4
         for (int t = 0; t < TT; t++) {
-            __m512 xv = _mm512_maskz_loadu_ps(m, x + t * cols + c);
+            __m512 xv = _mm512_maskz_loadu_ps(m, x + t * ldx + c);
 #pragma GCC unroll 4
             for (int r = 0; r < R; r++) acc[r][t] = _mm512_fmadd_ps(wv[r], xv, acc[r][t]);
         }
@@ -320,39 +336,45 @@ MC_T512 static MC_INLINE void dot512(moecl_dtype dt, const int R, const int TT, 
 #pragma GCC unroll 4
     for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
-        for (int t = 0; t < TT; t++) y[t * ldy + r] = _mm512_reduce_add_ps(acc[r][t]);
+        for (int t = 0; t < TT; t++) y[t * ldy + r] = (add ? y[t * ldy + r] : 0.0f) + _mm512_reduce_add_ps(acc[r][t]);
 }
 
 /* Rows [r0, r1) of Y for any T: groups of 4 weight rows, each group dotted
  * with X four tokens at a time (a group re-read for the next four tokens
- * comes from L1/L2, not memory). */
+ * comes from L1, not memory). With more than four tokens the columns go in
+ * blocks (fused_col_block) so that X[T, block] stays in L2 across groups. */
 MC_T512 static MC_INLINE void fused512_dt(moecl_dtype dt, const void *w, int64_t cols, const float *X,
                                           int64_t T, float *Y, int64_t ldy, int64_t r0, int64_t r1) {
-    const size_t rb = (size_t)cols * elem_size(dt);
-    int64_t r = r0;
-    for (; r + 4 <= r1; r += 4) {
-        const char *wr = (const char *)w + (size_t)r * rb;
-        for (int64_t t0 = 0; t0 < T; t0 += 4) {
-            const float *x = X + t0 * cols;
-            float *y = Y + t0 * ldy + r;
-            switch (T - t0) {
-            case 1: dot512(dt, 4, 1, wr, cols, x, y, ldy); break;
-            case 2: dot512(dt, 4, 2, wr, cols, x, y, ldy); break;
-            case 3: dot512(dt, 4, 3, wr, cols, x, y, ldy); break;
-            default: dot512(dt, 4, 4, wr, cols, x, y, ldy); break;
+    const size_t es = elem_size(dt), rb = (size_t)cols * es;
+    const int64_t kc = fused_col_block(T, cols, 4);
+    for (int64_t k0 = 0; k0 < cols; k0 += kc) {
+        const int64_t n = cols - k0 < kc ? cols - k0 : kc;
+        const bool add = k0 > 0;
+        int64_t r = r0;
+        for (; r + 4 <= r1; r += 4) {
+            const char *wr = (const char *)w + (size_t)r * rb + (size_t)k0 * es;
+            for (int64_t t0 = 0; t0 < T; t0 += 4) {
+                const float *x = X + t0 * cols + k0;
+                float *y = Y + t0 * ldy + r;
+                switch (T - t0) {
+                case 1: dot512(dt, 4, 1, wr, rb, x, cols, n, y, ldy, add); break;
+                case 2: dot512(dt, 4, 2, wr, rb, x, cols, n, y, ldy, add); break;
+                case 3: dot512(dt, 4, 3, wr, rb, x, cols, n, y, ldy, add); break;
+                default: dot512(dt, 4, 4, wr, rb, x, cols, n, y, ldy, add); break;
+                }
             }
         }
-    }
-    for (; r < r1; r++) {
-        const char *wr = (const char *)w + (size_t)r * rb;
-        for (int64_t t0 = 0; t0 < T; t0 += 4) {
-            const float *x = X + t0 * cols;
-            float *y = Y + t0 * ldy + r;
-            switch (T - t0) {
-            case 1: dot512(dt, 1, 1, wr, cols, x, y, ldy); break;
-            case 2: dot512(dt, 1, 2, wr, cols, x, y, ldy); break;
-            case 3: dot512(dt, 1, 3, wr, cols, x, y, ldy); break;
-            default: dot512(dt, 1, 4, wr, cols, x, y, ldy); break;
+        for (; r < r1; r++) {
+            const char *wr = (const char *)w + (size_t)r * rb + (size_t)k0 * es;
+            for (int64_t t0 = 0; t0 < T; t0 += 4) {
+                const float *x = X + t0 * cols + k0;
+                float *y = Y + t0 * ldy + r;
+                switch (T - t0) {
+                case 1: dot512(dt, 1, 1, wr, rb, x, cols, n, y, ldy, add); break;
+                case 2: dot512(dt, 1, 2, wr, rb, x, cols, n, y, ldy, add); break;
+                case 3: dot512(dt, 1, 3, wr, rb, x, cols, n, y, ldy, add); break;
+                default: dot512(dt, 1, 4, wr, rb, x, cols, n, y, ldy, add); break;
+                }
             }
         }
     }
@@ -404,9 +426,8 @@ MC_T256 static MC_INLINE float hsum256(__m256 v) {
 
 /* As dot512 with 8 lanes; R <= 4, TT <= 2 so that the accumulators, weights
  * and activation fit in 16 ymm registers. The tail is scalar. */
-MC_T256 static MC_INLINE void dot256(moecl_dtype dt, const int R, const int TT, const void *w,
-                                     int64_t cols, const float *x, float *y, int64_t ldy) {
-    const size_t rb = (size_t)cols * elem_size(dt);
+MC_T256 static MC_INLINE void dot256(moecl_dtype dt, const int R, const int TT, const void *w, size_t rb,
+                                     const float *x, int64_t ldx, int64_t n, float *y, int64_t ldy, bool add) {
     __m256 acc[4][2];
 #pragma GCC unroll 4
     for (int r = 0; r < R; r++)
@@ -414,13 +435,13 @@ MC_T256 static MC_INLINE void dot256(moecl_dtype dt, const int R, const int TT, 
         for (int t = 0; t < TT; t++) acc[r][t] = _mm256_setzero_ps();
 
     int64_t c = 0;
-    for (; c + 8 <= cols; c += 8) {
+    for (; c + 8 <= n; c += 8) {
         __m256 wv[4];
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) wv[r] = ld256(dt, (const char *)w + r * rb, c);
 #pragma GCC unroll 2
         for (int t = 0; t < TT; t++) {
-            __m256 xv = _mm256_loadu_ps(x + t * cols + c);
+            __m256 xv = _mm256_loadu_ps(x + t * ldx + c);
 #pragma GCC unroll 4
             for (int r = 0; r < R; r++) acc[r][t] = _mm256_fmadd_ps(wv[r], xv, acc[r][t]);
         }
@@ -430,28 +451,37 @@ MC_T256 static MC_INLINE void dot256(moecl_dtype dt, const int R, const int TT, 
 #pragma GCC unroll 2
         for (int t = 0; t < TT; t++) {
             float s = hsum256(acc[r][t]);
-            for (int64_t k = c; k < cols; k++)
-                s += load_scalar(dt, (const char *)w + r * rb, k) * x[t * cols + k];
-            y[t * ldy + r] = s;
+            for (int64_t k = c; k < n; k++)
+                s += load_scalar(dt, (const char *)w + r * rb, k) * x[t * ldx + k];
+            y[t * ldy + r] = (add ? y[t * ldy + r] : 0.0f) + s;
         }
 }
 
 MC_T256 static MC_INLINE void fused256_dt(moecl_dtype dt, const void *w, int64_t cols, const float *X,
                                           int64_t T, float *Y, int64_t ldy, int64_t r0, int64_t r1) {
-    const size_t rb = (size_t)cols * elem_size(dt);
-    int64_t r = r0;
-    for (; r + 4 <= r1; r += 4) {
-        const char *wr = (const char *)w + (size_t)r * rb;
-        for (int64_t t0 = 0; t0 < T; t0 += 2) {
-            if (T - t0 == 1) dot256(dt, 4, 1, wr, cols, X + t0 * cols, Y + t0 * ldy + r, ldy);
-            else dot256(dt, 4, 2, wr, cols, X + t0 * cols, Y + t0 * ldy + r, ldy);
+    const size_t es = elem_size(dt), rb = (size_t)cols * es;
+    const int64_t kc = fused_col_block(T, cols, 2);
+    for (int64_t k0 = 0; k0 < cols; k0 += kc) {
+        const int64_t n = cols - k0 < kc ? cols - k0 : kc;
+        const bool add = k0 > 0;
+        int64_t r = r0;
+        for (; r + 4 <= r1; r += 4) {
+            const char *wr = (const char *)w + (size_t)r * rb + (size_t)k0 * es;
+            for (int64_t t0 = 0; t0 < T; t0 += 2) {
+                const float *x = X + t0 * cols + k0;
+                float *y = Y + t0 * ldy + r;
+                if (T - t0 == 1) dot256(dt, 4, 1, wr, rb, x, cols, n, y, ldy, add);
+                else dot256(dt, 4, 2, wr, rb, x, cols, n, y, ldy, add);
+            }
         }
-    }
-    for (; r < r1; r++) {
-        const char *wr = (const char *)w + (size_t)r * rb;
-        for (int64_t t0 = 0; t0 < T; t0 += 2) {
-            if (T - t0 == 1) dot256(dt, 1, 1, wr, cols, X + t0 * cols, Y + t0 * ldy + r, ldy);
-            else dot256(dt, 1, 2, wr, cols, X + t0 * cols, Y + t0 * ldy + r, ldy);
+        for (; r < r1; r++) {
+            const char *wr = (const char *)w + (size_t)r * rb + (size_t)k0 * es;
+            for (int64_t t0 = 0; t0 < T; t0 += 2) {
+                const float *x = X + t0 * cols + k0;
+                float *y = Y + t0 * ldy + r;
+                if (T - t0 == 1) dot256(dt, 1, 1, wr, rb, x, cols, n, y, ldy, add);
+                else dot256(dt, 1, 2, wr, rb, x, cols, n, y, ldy, add);
+            }
         }
     }
 }
