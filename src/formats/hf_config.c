@@ -8,6 +8,7 @@
  * value is range-checked, so the loader can size buffers from it safely.
  */
 #include "hf_config.h"
+#include "json.h"
 
 #include <cjson/cJSON.h>
 
@@ -25,7 +26,7 @@
 
 /* Real configs are a few KB; the cap only keeps a wrong path from loading a
  * weight file into memory. */
-#define HF_MAX_FILE ((long)16 << 20)
+#define HF_MAX_FILE ((size_t)16 << 20)
 #define HF_MAX_DIM (1 << 20)
 #define HF_MAX_LAYERS 4096
 #define HF_MAX_EXPERTS 1024
@@ -37,53 +38,6 @@ static const char k_model_type[] = "mixtral";
 /* ------------------------------------------------------------------------ */
 /* Reading the file                                                         */
 /* ------------------------------------------------------------------------ */
-
-static moecl_status read_config_text(const char *path, char **out, size_t *out_len) {
-    *out = NULL;
-    *out_len = 0;
-    FILE *fp = fopen(path, "rb");
-    if (!fp) return mc_error(MOECL_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    moecl_status st = MOECL_OK;
-    long size = -1;
-    if (fseek(fp, 0, SEEK_END) != 0 || (size = ftell(fp)) < 0 || fseek(fp, 0, SEEK_SET) != 0)
-        st = mc_error(MOECL_ERR_IO, "%s: cannot read: %s", path, strerror(errno));
-    else if (size > HF_MAX_FILE)
-        st = mc_error(MOECL_ERR_FORMAT, "%s: file is %ld bytes, more than the %ld-byte limit for a config",
-                      path, size, HF_MAX_FILE);
-    char *buf = NULL;
-    size_t got = 0;
-    if (st == MOECL_OK && !(buf = malloc((size_t)size + 1)))
-        st = mc_error(MOECL_ERR_NOMEM, "%s: out of memory", path);
-    if (st == MOECL_OK) {
-        got = fread(buf, 1, (size_t)size, fp);
-        if (ferror(fp)) st = mc_error(MOECL_ERR_IO, "%s: cannot read: %s", path, strerror(errno));
-    }
-    fclose(fp);
-    if (st != MOECL_OK) {
-        free(buf);
-        return st;
-    }
-    buf[got] = '\0';
-    *out = buf;
-    *out_len = got;
-    return MOECL_OK;
-}
-
-/* One JSON value followed only by whitespace; text is NUL-terminated at len. */
-static moecl_status parse_json(const char *path, const char *text, size_t len, cJSON **out) {
-    const char *end = NULL;
-    cJSON *j = cJSON_ParseWithLengthOpts(text, len, &end, false);
-    size_t at = end ? (size_t)(end - text) : 0;
-    if (!j) return mc_error(MOECL_ERR_FORMAT, "%s: not valid JSON (error at byte %zu)", path, at);
-    for (size_t i = at; i < len; i++) {
-        if (text[i] == '\0' || !strchr(" \t\r\n", text[i])) {
-            cJSON_Delete(j);
-            return mc_error(MOECL_ERR_FORMAT, "%s: not valid JSON (trailing bytes at byte %zu)", path, i);
-        }
-    }
-    *out = j;
-    return MOECL_OK;
-}
 
 /* ------------------------------------------------------------------------ */
 /* Typed field access                                                       */
@@ -354,10 +308,10 @@ moecl_status mc_hf_config_load(const char *path, mc_hparams *hp) {
 
     char *text;
     size_t len;
-    moecl_status st = read_config_text(path, &text, &len);
+    moecl_status st = mc_read_text_file(path, HF_MAX_FILE, &text, &len);
     if (st != MOECL_OK) return st;
     cJSON *root = NULL;
-    st = parse_json(path, text, len, &root);
+    st = mc_json_parse(path, "file", text, len, &root);
     free(text);
     if (st != MOECL_OK) return st;
 

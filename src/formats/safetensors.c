@@ -12,6 +12,7 @@
  * pointer, and every size product is overflow-checked.
  */
 #include "safetensors.h"
+#include "json.h"
 
 #include <cjson/cJSON.h>
 
@@ -113,64 +114,6 @@ static const char *shape_str(int n_dims, const int64_t *shape, char *buf, size_t
         len += (size_t)snprintf(buf + len, n - len, "%s%" PRId64, i ? ", " : "", shape[i]);
     if (len < n) snprintf(buf + len, n - len, "]");
     return buf;
-}
-
-/* Parse text[0..len) as one JSON value followed only by whitespace (the
- * writer pads headers with spaces). text must be NUL-terminated at len, so
- * the parser can never read past the buffer. */
-static moecl_status parse_json(const char *path, const char *what, const char *text, size_t len,
-                               cJSON **out) {
-    const char *end = NULL;
-    cJSON *j = cJSON_ParseWithLengthOpts(text, len, &end, false);
-    size_t at = end ? (size_t)(end - text) : 0;
-    if (!j) return mc_error(MOECL_ERR_FORMAT, "%s: %s is not valid JSON (error at byte %zu)", path, what, at);
-    for (size_t i = at; i < len; i++) {
-        if (text[i] == '\0' || !strchr(" \t\r\n", text[i])) {
-            cJSON_Delete(j);
-            return mc_error(MOECL_ERR_FORMAT, "%s: %s has trailing bytes after the JSON value (at byte %zu)",
-                            path, what, i);
-        }
-    }
-    *out = j;
-    return MOECL_OK;
-}
-
-/* Read a whole (small) file into a NUL-terminated buffer. */
-static moecl_status read_text_file(const char *path, size_t limit, char **out, size_t *out_len) {
-    *out = NULL;
-    *out_len = 0;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return mc_error(MOECL_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    struct stat sb;
-    moecl_status st = MOECL_OK;
-    char *buf = NULL;
-    size_t got = 0;
-    if (fstat(fd, &sb) != 0) {
-        st = mc_error(MOECL_ERR_IO, "%s: cannot stat: %s", path, strerror(errno));
-    } else if (!S_ISREG(sb.st_mode)) {
-        st = mc_error(MOECL_ERR_IO, "%s: not a regular file", path);
-    } else if ((uint64_t)sb.st_size > limit) {
-        st = mc_error(MOECL_ERR_FORMAT, "%s: file is %lld bytes, more than the %zu-byte limit", path,
-                      (long long)sb.st_size, limit);
-    } else if (!(buf = malloc((size_t)sb.st_size + 1))) {
-        st = mc_error(MOECL_ERR_NOMEM, "%s: out of memory reading %lld bytes", path, (long long)sb.st_size);
-    }
-    while (st == MOECL_OK && got < (size_t)sb.st_size) {
-        ssize_t r = read(fd, buf + got, (size_t)sb.st_size - got);
-        if (r < 0 && errno == EINTR) continue;
-        if (r < 0) st = mc_error(MOECL_ERR_IO, "%s: cannot read: %s", path, strerror(errno));
-        if (r <= 0) break; /* a file that shrank under us: keep what was there */
-        got += (size_t)r;
-    }
-    close(fd);
-    if (st != MOECL_OK) {
-        free(buf);
-        return st;
-    }
-    buf[got] = '\0';
-    *out = buf;
-    *out_len = got;
-    return MOECL_OK;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -427,7 +370,7 @@ static moecl_status parse_file(mc_st_file *f) {
     memcpy(text, p + 8, (size_t)hlen);
     text[hlen] = '\0';
     cJSON *root = NULL;
-    moecl_status st = parse_json(f->path, "header", text, (size_t)hlen, &root);
+    moecl_status st = mc_json_parse(f->path, "header", text, (size_t)hlen, &root);
     free(text);
     if (st != MOECL_OK) return st;
     if (!cJSON_IsObject(root)) {
@@ -655,10 +598,10 @@ static moecl_status open_shards(const char *dir, const char *index_path, const c
 static moecl_status open_index(const char *dir, const char *index_path, mc_st_set *set) {
     char *text;
     size_t len;
-    moecl_status st = read_text_file(index_path, ST_MAX_INDEX, &text, &len);
+    moecl_status st = mc_read_text_file(index_path, ST_MAX_INDEX, &text, &len);
     if (st != MOECL_OK) return st;
     cJSON *root = NULL;
-    st = parse_json(index_path, "file", text, len, &root);
+    st = mc_json_parse(index_path, "file", text, len, &root);
     free(text);
     if (st != MOECL_OK) return st;
 
