@@ -298,6 +298,152 @@ MOECL_API moecl_random_model_params moecl_random_model_default_params(void);
 MOECL_API moecl_status moecl_random_model_write(const char *dir, const moecl_random_model_params *params,
                                                 moecl_progress_fn progress, void *progress_user_data);
 
+/* ------------------------------------------------------------------------ */
+/* Tokenizer                                                                */
+/* ------------------------------------------------------------------------ */
+
+/* A Hugging Face tokenizer.json of the Llama/Mistral kind (Mixtral's): BPE
+ * with byte fallback, SentencePiece-style spaces ("▁"), added and special
+ * tokens. The ids are those Hugging Face tokenizers gives. Other kinds
+ * (WordPiece, Unigram, byte-level BPE, ...) are refused with
+ * MOECL_ERR_UNSUPPORTED rather than tokenized differently.
+ *
+ * Thread safety: a moecl_tokenizer is read-only once loaded and may be used
+ * from any number of threads at once. A moecl_detokenizer must be used by
+ * one thread at a time. */
+typedef struct moecl_tokenizer moecl_tokenizer;
+
+/* Load a tokenizer. path is a tokenizer.json file, or a directory holding
+ * tokenizer.json and, optionally, tokenizer_config.json (bos_token,
+ * eos_token, add_bos_token, chat_template) and generation_config.json
+ * (bos_token_id, eos_token_id), which are read when present. On success *out
+ * owns the tokenizer (free with moecl_tokenizer_free); on failure *out is
+ * NULL and moecl_last_error() names the file and problem: MOECL_ERR_IO (no
+ * file), MOECL_ERR_FORMAT (not JSON, a missing or mistyped field, a merge
+ * naming an unknown token, duplicate ids, byte_fallback without the 256
+ * <0xXX> tokens), MOECL_ERR_UNSUPPORTED (another tokenizer kind).
+ * Thread-safe. */
+MOECL_API moecl_status moecl_tokenizer_load(const char *path, moecl_tokenizer **out);
+
+/* NULL: no-op. Not for the tokenizer of a model (moecl_model_get_tokenizer). */
+MOECL_API void moecl_tokenizer_free(moecl_tokenizer *tok);
+
+/* The tokenizer loaded with a model from its directory's tokenizer.json, or
+ * NULL if the directory has none (or model is NULL). Owned by the model:
+ * valid until moecl_model_free; do not free it. */
+MOECL_API const moecl_tokenizer *moecl_model_get_tokenizer(const moecl_model *model);
+
+/* Number of ids (0 for NULL); the BOS and EOS ids (-1 if none or NULL). */
+MOECL_API int32_t moecl_tokenizer_n_vocab(const moecl_tokenizer *tok);
+MOECL_API int32_t moecl_tokenizer_bos_id(const moecl_tokenizer *tok);
+MOECL_API int32_t moecl_tokenizer_eos_id(const moecl_tokenizer *tok);
+
+/* Flags of moecl_tokenize. */
+#define MOECL_TOKENIZE_NO_BOS        1u /* do not add BOS (or EOS) even if the tokenizer's config says to */
+#define MOECL_TOKENIZE_PARSE_SPECIAL 2u /* special-token strings in the text ("<s>") become their ids;
+                                           without it they are plain text like any other */
+
+/* Tokenize text[0..len) (UTF-8; NUL bytes are text too; text may be NULL if
+ * len is 0). BOS is added first when the tokenizer's config says so (the
+ * Mistral/Mixtral tokenizers do) unless flags has MOECL_TOKENIZE_NO_BOS.
+ * Bytes that are not well-formed UTF-8 are not an error: each such byte
+ * becomes its byte token (<0xXX>) and decodes back to the same byte.
+ *
+ * Buffer rule: on MOECL_OK, tokens[0..*n_tokens) hold the ids. *n_tokens is
+ * always set to the number of ids the text needs (0 on other errors). If
+ * tokens is NULL (n_max must then be 0) nothing is written and MOECL_OK is
+ * returned: that is how to ask for the count. If n_max is smaller than the
+ * count, MOECL_ERR_INVALID_ARG is returned and tokens is left unspecified:
+ * call again with a buffer of *n_tokens. Time is O(n log n) in the length
+ * of the text. Thread-safe. */
+MOECL_API moecl_status moecl_tokenize(const moecl_tokenizer *tok, const char *text, size_t len, uint32_t flags,
+                                      int32_t *tokens, int32_t n_max, int32_t *n_tokens);
+
+/* The vocabulary string of a token ("▁Hello", "<0x0A>", "<s>"), NUL-
+ * terminated; NULL if id is out of range or tok NULL. Owned by tok. */
+MOECL_API const char *moecl_token_text(const moecl_tokenizer *tok, int32_t id);
+
+/* The bytes a token stands for as text (" Hello", "\n" for <0x0A>, "<s>"),
+ * *len of them (a byte token may be "\0"; the string is also NUL-
+ * terminated). A byte token alone may be part of a multi-byte character.
+ * NULL (and *len 0) if id is out of range. len may be NULL. Owned by tok. */
+MOECL_API const char *moecl_token_to_piece(const moecl_tokenizer *tok, int32_t id, size_t *len);
+
+/* Whether id is a special token (<s>, </s>, <unk>, ...). false if out of range. */
+MOECL_API bool moecl_token_is_special(const moecl_tokenizer *tok, int32_t id);
+
+/* Flags of moecl_detokenize and moecl_detokenizer_new. */
+#define MOECL_DETOKENIZE_SKIP_SPECIAL       1u /* special tokens produce no text */
+#define MOECL_DETOKENIZE_KEEP_LEADING_SPACE 2u /* keep the space the decoder drops at the start ("▁Hello" -> " Hello") */
+
+/* Ids to text: the pieces concatenated, then the leading space the
+ * tokenizer's decoder strips removed (so detokenize(tokenize(x)) == x for
+ * valid UTF-8 without "▁"). Bytes are returned as they are, not repaired:
+ * byte tokens that do not form UTF-8 give those bytes back.
+ *
+ * Buffer rule: *len is set to the text's length in bytes (without the NUL).
+ * text NULL with cap 0 asks for the length (MOECL_OK). If cap < *len + 1,
+ * MOECL_ERR_INVALID_ARG and text is left unspecified; otherwise text holds
+ * the NUL-terminated text. An id out of range is MOECL_ERR_INVALID_ARG.
+ * Thread-safe. */
+MOECL_API moecl_status moecl_detokenize(const moecl_tokenizer *tok, const int32_t *ids, int32_t n_ids, uint32_t flags,
+                                        char *text, size_t cap, size_t *len);
+
+/* Streaming detokenization, one token at a time as they are generated: each
+ * push returns only complete UTF-8 characters, holding back the start of a
+ * character whose bytes are split over tokens until it is whole. What all
+ * pushes and the final flush return, concatenated, equals moecl_detokenize
+ * of all the ids with the same flags. */
+typedef struct moecl_detokenizer moecl_detokenizer;
+
+/* tok must outlive the detokenizer. */
+MOECL_API moecl_status moecl_detokenizer_new(const moecl_tokenizer *tok, uint32_t flags, moecl_detokenizer **out);
+
+/* NULL: no-op. */
+MOECL_API void moecl_detokenizer_free(moecl_detokenizer *detok);
+
+/* Add a token. *text receives the bytes now ready (NUL-terminated, *len of
+ * them, possibly none), owned by detok and valid until its next call. A
+ * byte that can no longer become part of a well-formed character is
+ * passed through as it is. */
+MOECL_API moecl_status moecl_detokenizer_push(moecl_detokenizer *detok, int32_t id, const char **text, size_t *len);
+
+/* The bytes still held back (an incomplete character at the end of the
+ * stream), as moecl_detokenizer_push returns them; the detokenizer is then
+ * empty but keeps its place (no leading space is stripped again). */
+MOECL_API moecl_status moecl_detokenizer_flush(moecl_detokenizer *detok, const char **text, size_t *len);
+
+/* Start over as if new (drops held bytes; the next text's leading space is
+ * stripped again). NULL: no-op. */
+MOECL_API void moecl_detokenizer_reset(moecl_detokenizer *detok);
+
+/* Chat: the Mixtral-Instruct format. */
+typedef struct moecl_chat_message {
+    const char *role;    /* "system", "user" or "assistant" */
+    const char *content; /* UTF-8, NUL-terminated; plain text ("[INST]" in it stays text) */
+} moecl_chat_message;
+
+#define MOECL_CHAT_NO_BOS 1u /* no <s>: for appending later turns to a conversation already decoded */
+
+/* Tokenize a conversation for Mixtral-Instruct exactly as mistral-common's
+ * v1 instruct tokenizer does (the reference for Mixtral 8x7B Instruct):
+ *
+ *   <s>[INST] {system}\n\n{user 1} [/INST]{assistant 1}</s>[INST] {user 2} [/INST]
+ *
+ * where each user turn "[INST] ... [/INST]" and each assistant reply is
+ * tokenized on its own (so each starts with "▁"), and <s>, </s> are the
+ * special ids.
+ * System messages, wherever they are, are joined by "\n\n" and put before
+ * the first user message; consecutive messages of one role are joined by
+ * "\n\n". After that the conversation must start and end with a user
+ * message (MOECL_ERR_INVALID_ARG otherwise, or for an unknown role); the
+ * model's reply follows the returned ids. tokenizer_config.json's
+ * chat_template is not interpreted: this is the format for Mistral/Mixtral
+ * vocabularies. Buffer rule, flags and thread safety as moecl_tokenize. */
+MOECL_API moecl_status moecl_chat_tokenize(const moecl_tokenizer *tok, const moecl_chat_message *messages,
+                                           int32_t n_messages, uint32_t flags, int32_t *tokens, int32_t n_max,
+                                           int32_t *n_tokens);
+
 #ifdef __cplusplus
 }
 #endif

@@ -7,6 +7,7 @@
  */
 #include "model.h"
 #include "backend/cpu/kernels.h"
+#include "tokenizer/tokenizer.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -134,6 +135,7 @@ moecl_status moecl_model_load(const char *path, const moecl_model_params *params
     }
     if ((st = mc_hf_config_load(cfg, &m->hp))) goto fail;
     if ((st = mc_st_set_open_dir(path, &m->files))) goto fail;
+    if ((st = mc_tokenizer_load_dir_optional(path, &m->tokenizer))) goto fail;
 
     const mc_hparams *hp = &m->hp;
     ld.total = 3 + (int64_t)hp->n_layer * (7 + 3 * (int64_t)hp->n_expert);
@@ -179,6 +181,7 @@ void moecl_model_free(moecl_model *m) {
     }
     free(m->out_norm);
     mc_st_set_close(&m->files);
+    moecl_tokenizer_free(m->tokenizer);
     free(m->path);
     free(m);
 }

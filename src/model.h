@@ -37,6 +37,7 @@ struct moecl_model {
     float *out_norm;    /* (n_embd) f32 copy */
     mc_tensor lm_head;  /* (n_vocab, n_embd); the embedding when tied */
     mc_layer *layers;   /* [n_layer] */
+    moecl_tokenizer *tokenizer; /* the directory's tokenizer.json; NULL if none */
 };
 
 #endif

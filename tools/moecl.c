@@ -2,7 +2,10 @@
  * moecl - the command-line tool. Each subcommand is also an example of the
  * library API (include/moecl.h); nothing here reaches inside the library.
  *
- *   moecl run      [-m PATH] [--tokens 1,2,3] [-n N] [sampling options] [-t N] [-c N] [--ids]
+ *   moecl run      [-m PATH] [-p TEXT | -f FILE | --tokens 1,2,3] [-n N] [sampling options] [-t N] [-c N] [--ids]
+ *   moecl tokenize   [-m PATH] [--no-bos] [--special] (-p TEXT | -f FILE)
+ *   moecl detokenize [-m PATH] [--special] IDS...
+ *   moecl chat     [-m PATH] [--system TEXT] [-n N] [sampling options] [-t N] [-c N]
  *   moecl info     [-m PATH]
  *   moecl bench    [-m PATH] [-p 128] [-n 64] [-t N] [-r 3]
  *   moecl generate DIR [--preset mini|default|tiny] [--dtype f32|f16|bf16] [--seed S]
@@ -49,12 +52,18 @@ typedef struct options {
     const char *model;
     const char *prompt;
     const char *tokens;
+    const char *prompt_file;
     int n_predict;
     int n_threads;
     int n_ctx;
     int n_prompt;   /* bench */
     int reps;       /* bench */
     bool ids_json;
+    bool no_bos;        /* tokenize, run: no BOS */
+    bool parse_special; /* tokenize, run: "<s>" in the text is the special token */
+    bool time_it;       /* tokenize: measure encoding throughput instead of printing ids */
+    bool chat;          /* run: the prompt is one user message in the Mixtral-Instruct format */
+    const char *system; /* run --chat, chat: a system message */
     bool verbose;
     moecl_sampler_params sp;
 } options;
@@ -93,6 +102,12 @@ static int parse_options(int argc, char **argv, int first, bool bench, options *
         else if ((!strcmp(a, "-p") || !strcmp(a, "--prompt")) && bench) INT(o->n_prompt, 1, 1 << 20);
         else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) { NEED(); o->prompt = v; }
         else if (!strcmp(a, "--tokens")) { NEED(); o->tokens = v; }
+        else if (!strcmp(a, "-f") || !strcmp(a, "--file")) { NEED(); o->prompt_file = v; }
+        else if (!strcmp(a, "--no-bos")) o->no_bos = true;
+        else if (!strcmp(a, "--special")) o->parse_special = true;
+        else if (!strcmp(a, "--time")) o->time_it = true;
+        else if (!strcmp(a, "--chat")) o->chat = true;
+        else if (!strcmp(a, "--system")) { NEED(); o->system = v; }
         else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) INT(o->n_predict, 0, 1 << 20);
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) INT(o->n_threads, 1, 1024);
         else if (!strcmp(a, "-c") || !strcmp(a, "--ctx-size")) INT(o->n_ctx, 1, 1 << 24);
@@ -141,6 +156,39 @@ static moecl_random_model_params default_model_params(void) {
     return p;
 }
 
+/* Copy src to dst (the repository's tokenizer.json into the default model). */
+static bool copy_file(const char *src, const char *dst) {
+    FILE *in = fopen(src, "rb");
+    if (!in) return false;
+    char tmp[4300];
+    if ((size_t)snprintf(tmp, sizeof tmp, "%s.partial", dst) >= sizeof tmp) {
+        fclose(in);
+        return false;
+    }
+    FILE *out = fopen(tmp, "wb");
+    bool ok = out != NULL;
+    char chunk[65536];
+    size_t n;
+    while (ok && (n = fread(chunk, 1, sizeof chunk, in)) > 0) ok = fwrite(chunk, 1, n, out) == n;
+    ok = ok && !ferror(in);
+    if (out && fclose(out) != 0) ok = false;
+    fclose(in);
+    if (ok && rename(tmp, dst) != 0) ok = false;
+    if (!ok) remove(tmp);
+    return ok;
+}
+
+/* The default model's tokenizer is the Mistral v1 vocabulary committed at
+ * models/tokenizer.json (its vocabulary size, 32000, is the model's). */
+static void ensure_default_tokenizer(const char *dir) {
+    char dst[4200], src[4200];
+    snprintf(dst, sizeof dst, "%s/tokenizer.json", dir);
+    snprintf(src, sizeof src, "%s/tokenizer.json", MOECL_MODELS_DIR);
+    struct stat sb;
+    if (stat(dst, &sb) == 0 || stat(src, &sb) != 0) return;
+    if (!copy_file(src, dst)) fprintf(stderr, "moecl: warning: cannot copy %s to %s\n", src, dst);
+}
+
 static const char *resolve_model(const options *o, char *buf, size_t len) {
     if (o->model) return o->model;
     const char *env = getenv("MOECL_MODEL");
@@ -158,6 +206,7 @@ static const char *resolve_model(const options *o, char *buf, size_t len) {
             return NULL;
         }
     }
+    ensure_default_tokenizer(buf);
     return buf;
 }
 
@@ -205,13 +254,199 @@ static int parse_token_list(const char *s, int32_t **out, int *n) {
 }
 
 /* ------------------------------------------------------------------------ */
+/* Text: prompts, tokenize, detokenize                                      */
+/* ------------------------------------------------------------------------ */
+
+/* The prompt text of -p or -f (*text malloc'd, may hold NUL bytes). */
+static int read_prompt(const options *o, char **text, size_t *len) {
+    if (o->prompt && o->prompt_file) return usage_error("%s", "give -p TEXT or -f FILE, not both");
+    if (o->prompt) {
+        *len = strlen(o->prompt);
+        *text = malloc(*len + 1);
+        if (!*text) return 1;
+        memcpy(*text, o->prompt, *len + 1);
+        return 0;
+    }
+    FILE *f = strcmp(o->prompt_file, "-") ? fopen(o->prompt_file, "rb") : stdin;
+    if (!f) {
+        fprintf(stderr, "moecl: cannot open %s: %s\n", o->prompt_file, strerror(errno));
+        return 1;
+    }
+    size_t cap = 1 << 16, n = 0, r;
+    char *buf = malloc(cap);
+    while (buf && (r = fread(buf + n, 1, cap - n - 1, f)) > 0) {
+        n += r;
+        if (n + 1 == cap) {
+            char *nb = realloc(buf, cap *= 2);
+            if (!nb) { free(buf); buf = NULL; }
+            buf = nb;
+        }
+    }
+    bool err = ferror(f);
+    if (f != stdin) fclose(f);
+    if (!buf || err) {
+        free(buf);
+        fprintf(stderr, "moecl: cannot read %s\n", o->prompt_file);
+        return 1;
+    }
+    buf[n] = '\0';
+    *text = buf;
+    *len = n;
+    return 0;
+}
+
+static uint32_t tokenize_flags(const options *o) {
+    return (o->no_bos ? MOECL_TOKENIZE_NO_BOS : 0) | (o->parse_special ? MOECL_TOKENIZE_PARSE_SPECIAL : 0);
+}
+
+/* Tokenize into a malloc'd array: ask for the count, then fill. */
+static int tokenize_alloc(const moecl_tokenizer *tok, const char *text, size_t len, uint32_t flags, int32_t **ids,
+                          int *n) {
+    int32_t cnt = 0;
+    moecl_status st = moecl_tokenize(tok, text, len, flags, NULL, 0, &cnt);
+    if (st) return fail("tokenize", st);
+    *ids = malloc(((size_t)cnt + 1) * sizeof **ids);
+    if (!*ids) return 1;
+    if ((st = moecl_tokenize(tok, text, len, flags, *ids, cnt, &cnt))) {
+        free(*ids);
+        *ids = NULL;
+        return fail("tokenize", st);
+    }
+    *n = cnt;
+    return 0;
+}
+
+/* One user message (after an optional system message) in the
+ * Mixtral-Instruct format. */
+static int chat_tokenize_alloc(const moecl_tokenizer *tok, const char *system, const char *user, uint32_t flags,
+                               int32_t **ids, int *n) {
+    moecl_chat_message m[2] = {{"system", system}, {"user", user}};
+    const moecl_chat_message *msgs = system ? m : m + 1;
+    int32_t nm = system ? 2 : 1, cnt = 0;
+    moecl_status st = moecl_chat_tokenize(tok, msgs, nm, flags, NULL, 0, &cnt);
+    if (st) return fail("chat", st);
+    if (!(*ids = malloc(((size_t)cnt + 1) * sizeof **ids))) return 1;
+    if ((st = moecl_chat_tokenize(tok, msgs, nm, flags, *ids, cnt, &cnt))) {
+        free(*ids);
+        *ids = NULL;
+        return fail("chat", st);
+    }
+    *n = cnt;
+    return 0;
+}
+
+/* A tokenizer alone: -m is a directory or a tokenizer.json; without it the
+ * default model's, which is models/tokenizer.json. */
+static int load_tokenizer(const options *o, moecl_tokenizer **tok) {
+    const char *path = o->model ? o->model : getenv("MOECL_MODEL");
+    char buf[4200];
+    if (!path || !*path) {
+        snprintf(buf, sizeof buf, "%s/tokenizer.json", MOECL_MODELS_DIR);
+        path = buf;
+    }
+    moecl_status st = moecl_tokenizer_load(path, tok);
+    return st ? fail("cannot load the tokenizer", st) : 0;
+}
+
+/* Encoding throughput on prefixes of the text (10 kB, 100 kB, ... and the
+ * whole), one thread, best of 5: time per byte should stay flat. A prefix
+ * is cut back to a character boundary. */
+static int time_tokenize(const moecl_tokenizer *tok, const char *text, size_t len, uint32_t flags) {
+    int32_t *ids = malloc((len + 2) * sizeof *ids);
+    if (!ids) return 1;
+    for (size_t want = 10000;; want *= 10) {
+        size_t n = want < len ? want : len;
+        while (n < len && ((uint8_t)text[n] & 0xC0) == 0x80) n--;
+        double best = 1e30;
+        int32_t cnt = 0;
+        for (int r = 0; r < 5; r++) {
+            double t0 = now_s();
+            moecl_status st = moecl_tokenize(tok, text, n, flags, ids, (int32_t)(len + 2), &cnt);
+            double t = now_s() - t0;
+            if (st) { free(ids); return fail("tokenize", st); }
+            if (t < best) best = t;
+        }
+        printf("%9zu bytes -> %8d tokens: %8.3f ms, %6.2f MB/s, %6.1f ns/byte\n", n, cnt, best * 1e3,
+               (double)n / best / 1e6, best * 1e9 / (double)n);
+        if (n == len) break;
+    }
+    free(ids);
+    return 0;
+}
+
+static int cmd_tokenize(const options *o) {
+    if (!o->prompt && !o->prompt_file) return usage_error("%s", "tokenize needs -p TEXT or -f FILE");
+    char *text = NULL;
+    int32_t *ids = NULL;
+    int n = 0;
+    moecl_tokenizer *tok = NULL;
+    size_t len = 0;
+    int rc = read_prompt(o, &text, &len);
+    if (!rc) rc = load_tokenizer(o, &tok);
+    if (!rc && o->time_it) rc = time_tokenize(tok, text, len, tokenize_flags(o));
+    else if (!rc) rc = tokenize_alloc(tok, text, len, tokenize_flags(o), &ids, &n);
+    if (!rc && !o->time_it) {
+        putchar('[');
+        for (int i = 0; i < n; i++) printf("%s%d", i ? ", " : "", ids[i]);
+        printf("]\n");
+    }
+    free(text);
+    free(ids);
+    moecl_tokenizer_free(tok);
+    return rc;
+}
+
+/* detokenize [-m PATH] [--special] IDS... (ids as separate arguments or comma-separated). */
+static int cmd_detokenize(int argc, char **argv) {
+    options o = {0};
+    int32_t *ids = NULL;
+    int n = 0, rc = 0;
+    bool skip_special = true;
+    for (int i = 2; i < argc && !rc; i++) {
+        if (!strcmp(argv[i], "-m") || !strcmp(argv[i], "--model")) {
+            if (i + 1 >= argc) return usage_error("option %s needs a value", argv[i]);
+            o.model = argv[++i];
+        } else if (!strcmp(argv[i], "--special")) {
+            skip_special = false;
+        } else {
+            int32_t *more;
+            int k;
+            if ((rc = parse_token_list(argv[i], &more, &k))) break;
+            int32_t *all = realloc(ids, ((size_t)n + (size_t)k + 1) * sizeof *all);
+            if (!all) { free(more); rc = 1; break; }
+            ids = all;
+            memcpy(ids + n, more, (size_t)k * sizeof *ids);
+            n += k;
+            free(more);
+        }
+    }
+    moecl_tokenizer *tok = NULL;
+    char *text = NULL;
+    if (!rc) rc = load_tokenizer(&o, &tok);
+    if (!rc) {
+        uint32_t flags = skip_special ? MOECL_DETOKENIZE_SKIP_SPECIAL : 0;
+        size_t len = 0;
+        moecl_status st = moecl_detokenize(tok, ids, n, flags, NULL, 0, &len);
+        if (!st && !(text = malloc(len + 1))) st = MOECL_ERR_NOMEM;
+        if (!st) st = moecl_detokenize(tok, ids, n, flags, text, len + 1, &len);
+        if (st) rc = fail("detokenize", st);
+        else {
+            fwrite(text, 1, len, stdout);
+            putchar('\n');
+        }
+    }
+    free(ids);
+    free(text);
+    moecl_tokenizer_free(tok);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------ */
 /* run                                                                      */
 /* ------------------------------------------------------------------------ */
 
 static int cmd_run(const options *o) {
-    if (o->prompt)
-        return usage_error("%s", "text prompts need the model's tokenizer, which this build cannot read yet; "
-                                 "give token ids with --tokens 1,2,3");
+    if ((o->prompt || o->prompt_file) && o->tokens) return usage_error("%s", "give a text prompt or --tokens, not both");
     moecl_model *model = NULL;
     moecl_context *ctx = NULL;
     moecl_sampler *smpl = NULL;
@@ -222,8 +457,23 @@ static int cmd_run(const options *o) {
     rc = 1;
     moecl_model_info info;
     moecl_model_get_info(model, &info);
+    const moecl_tokenizer *tkz = moecl_model_get_tokenizer(model);
+    moecl_detokenizer *detok = NULL;
 
-    if (o->tokens) {
+    if (o->prompt || o->prompt_file) {
+        if (!tkz) {
+            rc = usage_error("%s", "this model directory has no tokenizer.json: give token ids with --tokens 1,2,3");
+            goto done;
+        }
+        char *text = NULL;
+        size_t len = 0;
+        if ((rc = read_prompt(o, &text, &len))) goto done;
+        if (o->chat) rc = chat_tokenize_alloc(tkz, o->system, text, 0, &prompt, &n_prompt);
+        else rc = tokenize_alloc(tkz, text, len, tokenize_flags(o), &prompt, &n_prompt);
+        free(text);
+        if (rc) goto done;
+        rc = 1;
+    } else if (o->tokens) {
         if ((rc = parse_token_list(o->tokens, &prompt, &n_prompt))) goto done;
         rc = 1;
     } else {
@@ -256,6 +506,13 @@ static int cmd_run(const options *o) {
 
     out_ids = malloc(((size_t)o->n_predict + 1) * sizeof *out_ids);
     if (!out_ids) goto done;
+    /* Text streams out as whole characters; the continuation keeps its
+     * leading space, since it follows the prompt. */
+    if (tkz && !o->ids_json &&
+        (st = moecl_detokenizer_new(tkz, MOECL_DETOKENIZE_SKIP_SPECIAL | MOECL_DETOKENIZE_KEEP_LEADING_SPACE, &detok))) {
+        fail("detokenizer", st);
+        goto done;
+    }
     int n_gen = 0;
     t0 = now_s();
     while (n_gen < o->n_predict) {
@@ -265,12 +522,24 @@ static int cmd_run(const options *o) {
             goto done;
         }
         out_ids[n_gen++] = tok;
-        if (!o->ids_json) {
+        if (detok) {
+            const char *piece;
+            size_t len;
+            /* An id past the tokenizer's vocabulary (a model with padded
+             * embeddings) prints nothing. */
+            if (moecl_detokenizer_push(detok, tok, &piece, &len) == MOECL_OK) fwrite(piece, 1, len, stdout);
+            fflush(stdout);
+        } else if (!o->ids_json) {
             printf("%s%d", n_gen > 1 ? " " : "", tok);
             fflush(stdout);
         }
         if (tok == info.eos_id || n_gen == o->n_predict) break;
         if ((st = moecl_decode(ctx, &tok, 1))) { fail("decode", st); goto done; }
+    }
+    if (detok) {
+        const char *piece;
+        size_t len;
+        if (!moecl_detokenizer_flush(detok, &piece, &len)) fwrite(piece, 1, len, stdout);
     }
     double t_gen = now_s() - t0;
     if (o->ids_json) {
@@ -284,8 +553,125 @@ static int cmd_run(const options *o) {
             t_load, n_prompt, n_prompt / t_prompt, n_gen, n_gen > 1 ? (n_gen - 1) / t_gen : 0.0);
     rc = 0;
 done:
+    moecl_detokenizer_free(detok);
     free(prompt);
     free(out_ids);
+    moecl_sampler_free(smpl);
+    moecl_context_free(ctx);
+    moecl_model_free(model);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------ */
+/* chat                                                                     */
+/* ------------------------------------------------------------------------ */
+
+/* Decode n tokens in batches of at most n_batch. */
+static moecl_status decode_all(moecl_context *ctx, const int32_t *ids, int n, int n_batch) {
+    for (int i = 0; i < n; i += n_batch) {
+        int k = n - i < n_batch ? n - i : n_batch;
+        moecl_status st = moecl_decode(ctx, ids + i, k);
+        if (st) return st;
+    }
+    return MOECL_OK;
+}
+
+/* A multi-turn conversation on stdin/stdout. Each turn appends only its own
+ * tokens ([INST] ... [/INST] and the reply, closed by </s>) to the KV cache,
+ * so the history is never processed twice. */
+static int cmd_chat(const options *o) {
+    moecl_model *model = NULL;
+    moecl_context *ctx = NULL;
+    moecl_sampler *smpl = NULL;
+    moecl_detokenizer *detok = NULL;
+    char *line = NULL;
+    size_t line_cap = 0;
+    int rc = load_model(o, &model, NULL);
+    if (rc) return rc;
+    rc = 1;
+    moecl_model_info info;
+    moecl_model_get_info(model, &info);
+    const moecl_tokenizer *tkz = moecl_model_get_tokenizer(model);
+    if (!tkz) {
+        fprintf(stderr, "moecl: chat needs the model's tokenizer.json\n");
+        goto done;
+    }
+    const int32_t eos = moecl_tokenizer_eos_id(tkz);
+    const int n_batch = 512;
+    moecl_context_params cp = moecl_context_default_params();
+    cp.n_threads = o->n_threads;
+    cp.n_ctx = (uint32_t)o->n_ctx;
+    cp.n_batch = n_batch;
+    moecl_status st = moecl_context_new(model, &cp, &ctx);
+    if (st) { fail("cannot create a context", st); goto done; }
+    if ((st = moecl_sampler_new(&o->sp, &smpl))) { fail("cannot create a sampler", st); goto done; }
+    if ((st = moecl_detokenizer_new(tkz, MOECL_DETOKENIZE_SKIP_SPECIAL, &detok))) { fail("detokenizer", st); goto done; }
+    const int n_ctx = (int)(o->n_ctx ? o->n_ctx : (info.n_ctx_train < 4096 ? info.n_ctx_train : 4096));
+    const bool tty = isatty(0) && isatty(2);
+    int turn = 0;
+    for (;;) {
+        if (tty) fprintf(stderr, "> ");
+        ssize_t got = getline(&line, &line_cap, stdin);
+        if (got < 0) break;
+        while (got > 0 && (line[got - 1] == '\n' || line[got - 1] == '\r')) line[--got] = '\0';
+        if (got == 0) continue;
+
+        int32_t *ids = NULL;
+        int n = 0;
+        /* The first turn opens with <s> and the system message; later turns
+         * append to the conversation in the cache. */
+        if ((rc = chat_tokenize_alloc(tkz, turn == 0 ? o->system : NULL, line, turn ? MOECL_CHAT_NO_BOS : 0, &ids,
+                                      &n)))
+            goto done;
+        rc = 1;
+        if (moecl_seq_length(ctx, 0) + n + o->n_predict + 1 > n_ctx) {
+            fprintf(stderr, "moecl: the conversation no longer fits in the context (%d positions): starting over\n",
+                    n_ctx);
+            free(ids);
+            moecl_seq_truncate(ctx, 0, 0);
+            moecl_sampler_reset(smpl);
+            if ((rc = chat_tokenize_alloc(tkz, o->system, line, 0, &ids, &n))) goto done;
+            rc = 1;
+            if (n + o->n_predict + 1 > n_ctx) {
+                free(ids);
+                fprintf(stderr, "moecl: this message alone does not fit in the context\n");
+                turn = 0;
+                continue;
+            }
+        }
+        for (int i = 0; i < n; i++) moecl_sampler_accept(smpl, ids[i]);
+        st = decode_all(ctx, ids, n, n_batch);
+        free(ids);
+        if (st) { fail("decode", st); goto done; }
+        turn++;
+
+        moecl_detokenizer_reset(detok);
+        int32_t tok = -1;
+        for (int g = 0; g < o->n_predict; g++) {
+            if ((st = moecl_sampler_sample(smpl, moecl_get_logits(ctx, -1), info.n_vocab, &tok))) {
+                fail("sampling", st);
+                goto done;
+            }
+            if ((st = moecl_decode(ctx, &tok, 1))) { fail("decode", st); goto done; }
+            const char *piece;
+            size_t len;
+            if (moecl_detokenizer_push(detok, tok, &piece, &len) == MOECL_OK) fwrite(piece, 1, len, stdout);
+            fflush(stdout);
+            if (tok == eos) break;
+        }
+        /* A reply cut off by -n is closed as the format requires. */
+        if (tok != eos && eos >= 0 && (st = moecl_decode(ctx, &eos, 1))) { fail("decode", st); goto done; }
+        const char *piece;
+        size_t len;
+        if (moecl_detokenizer_flush(detok, &piece, &len) == MOECL_OK) fwrite(piece, 1, len, stdout);
+        fputc('\n', stdout);
+        fflush(stdout);
+        if (o->verbose) fprintf(stderr, "[%d positions in the cache]\n", moecl_seq_length(ctx, 0));
+    }
+    rc = 0;
+done:
+    free(line);
+    moecl_detokenizer_free(detok);
     moecl_sampler_free(smpl);
     moecl_context_free(ctx);
     moecl_model_free(model);
@@ -319,6 +705,12 @@ static int cmd_info(const options *o) {
     printf("%-22s %g\n", "rope theta", (double)in.rope_theta);
     printf("%-22s %g\n", "rms norm eps", (double)in.rms_norm_eps);
     printf("%-22s bos %d, eos %d\n", "special tokens", in.bos_id, in.eos_id);
+    const moecl_tokenizer *tkz = moecl_model_get_tokenizer(model);
+    if (tkz)
+        printf("%-22s %d ids, bos %d, eos %d\n", "tokenizer", moecl_tokenizer_n_vocab(tkz), moecl_tokenizer_bos_id(tkz),
+               moecl_tokenizer_eos_id(tkz));
+    else
+        printf("%-22s none (no tokenizer.json: token ids only)\n", "tokenizer");
     print_count("parameters", in.n_params);
     print_count("active per token", in.n_params_active);
     for (int d = 0; d < MOECL_DTYPE_COUNT; d++)
@@ -486,15 +878,24 @@ static void ensure_fast_blas(char **argv) {
 static void help(void) {
     printf("moecl %s - Mixture-of-Experts inference\n\n"
            "usage:\n"
-           "  moecl run      [-m PATH] [--tokens 1,2,3] [-n N] [--seed S] [--temp T] [--top-k K] [--top-p P]\n"
-           "                 [--min-p P] [--repeat-penalty R] [-t THREADS] [-c CTX] [--ids] [-v]\n"
+           "  moecl run      [-m PATH] [-p TEXT | -f FILE | --tokens 1,2,3] [--chat [--system TEXT]]\n"
+           "                 [--no-bos] [--special] [-n N]\n"
+           "                 [--seed S] [--temp T] [--top-k K] [--top-p P] [--min-p P] [--repeat-penalty R]\n"
+           "                 [-t THREADS] [-c CTX] [--ids] [-v]\n"
+           "  moecl tokenize   [-m PATH] [--no-bos] [--special] [--time] (-p TEXT | -f FILE)  # ids as a JSON array\n"
+           "  moecl detokenize [-m PATH] [--special] IDS...                          # text\n"
+           "  moecl chat     [-m PATH] [--system TEXT] [-n N] [sampling options] [-t THREADS] [-c CTX]\n"
+           "                 # multi-turn Mixtral-Instruct conversation on stdin; run --chat: one turn\n"
            "  moecl info     [-m PATH]\n"
            "  moecl bench    [-m PATH] [-p 128] [-n 64] [-t THREADS] [-r REPS]\n"
            "  moecl generate DIR [--preset mini|default|tiny] [--dtype f32|f16|bf16] [--seed S]\n"
            "                 [--vocab N --hidden N --ff N --layers N --heads N --kv-heads N --head-dim N\n"
            "                  --experts N --top-k N]\n\n"
-           "PATH is a Hugging Face model directory. Without -m: $MOECL_MODEL, else the default model\n"
-           "(random weights) in %s/default, written on first use.\n",
+           "PATH is a Hugging Face model directory (for tokenize/detokenize also a tokenizer.json).\n"
+           "Without -m: $MOECL_MODEL, else the default model (random weights) in %s/default,\n"
+           "written on first use, whose tokenizer is models/tokenizer.json (Mistral v1 vocabulary).\n"
+           "--special: \"<s>\", \"</s>\" in the text are the special tokens, not plain text\n"
+           "(detokenize: print special tokens).\n",
            moecl_version(), MOECL_MODELS_DIR);
 }
 
@@ -506,10 +907,13 @@ int main(int argc, char **argv) {
     ensure_fast_blas(argv);
     const char *cmd = argv[1];
     if (!strcmp(cmd, "generate")) return cmd_generate(argc, argv);
+    if (!strcmp(cmd, "detokenize")) return cmd_detokenize(argc, argv);
     options o = {0};
     int rc = parse_options(argc, argv, 2, !strcmp(cmd, "bench"), &o);
     if (rc) return rc;
     if (!strcmp(cmd, "run")) return cmd_run(&o);
+    if (!strcmp(cmd, "tokenize")) return cmd_tokenize(&o);
+    if (!strcmp(cmd, "chat")) return cmd_chat(&o);
     if (!strcmp(cmd, "info")) return cmd_info(&o);
     if (!strcmp(cmd, "bench")) return cmd_bench(&o);
     return usage_error("unknown command '%s'", cmd);

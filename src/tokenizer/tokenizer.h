@@ -1,0 +1,118 @@
+/*
+ * tokenizer.h - a Hugging Face tokenizer.json of the Llama/Mistral kind:
+ * BPE over UTF-8 characters with byte fallback, SentencePiece-style
+ * whitespace ("▁"), added/special tokens. Internal to src/.
+ *
+ *   text ──split on added tokens──▶ segments ──normalize (prepend ▁,
+ *   ' '→▁)──▶ words ──chars (or <0xXX> bytes)──▶ BPE merges by rank
+ *   (a heap, O(n log n) per word) ──▶ ids
+ *
+ *   ids ──piece bytes (▁→' ', <0xXX>→byte)──▶ concatenation ──drop one
+ *   leading ' '──▶ text
+ */
+#ifndef MOECL_TOKENIZER_H
+#define MOECL_TOKENIZER_H
+
+#include "internal.h"
+
+#include <stdbool.h>
+
+enum mc_tok_kind {
+    MC_TOK_NORMAL = 0,
+    MC_TOK_BYTE = 1,    /* <0xXX>: stands for one raw byte */
+    MC_TOK_SPECIAL = 2, /* an added token with "special": true (<s>, </s>, <unk>) */
+    MC_TOK_ADDED = 3,   /* an added token that is not special */
+    MC_TOK_UNUSED = 4,  /* an id no string names (a gap) */
+};
+
+typedef struct mc_token {
+    char *text;        /* the vocabulary string, NUL-terminated ("▁Hello", "<0x41>") */
+    uint32_t len;      /* bytes of text */
+    uint8_t kind;      /* enum mc_tok_kind */
+    uint8_t byte;      /* MC_TOK_BYTE: the byte */
+    char *piece;       /* decoded bytes, NUL-terminated (" Hello", "A") */
+    uint32_t piece_len;
+} mc_token;
+
+/* One step of the normalizer / pre-tokenizer chain, applied in order. */
+enum mc_norm_op { MC_NORM_PREPEND, MC_NORM_REPLACE, MC_NORM_METASPACE };
+typedef struct mc_norm_step {
+    int op;
+    char *a, *b;           /* PREPEND: a; REPLACE: a -> b; METASPACE: a = replacement */
+    int prepend_scheme;    /* METASPACE: 0 never, 1 always, 2 first */
+    bool split;            /* METASPACE: split into words before each replacement */
+} mc_norm_step;
+
+typedef struct mc_pair_slot {
+    uint64_t key;          /* (left << 32) | right, UINT64_MAX: empty */
+    int32_t rank;
+    int32_t result;
+} mc_pair_slot;
+
+struct moecl_tokenizer {
+    char *path;                 /* for messages */
+    int32_t n_vocab;            /* ids are 0..n_vocab-1 */
+    mc_token *tokens;           /* [n_vocab] */
+    int32_t *str_table;         /* open addressing: vocabulary string -> id, -1 empty */
+    size_t str_mask;
+    mc_pair_slot *pairs;        /* open addressing: (left, right) -> rank, result */
+    size_t pair_mask;
+    int32_t n_merges;
+    int32_t byte_id[256];       /* <0xXX> ids, -1 if absent */
+    int32_t ascii_id[128];      /* single-byte characters, -1 if not in the vocabulary */
+    bool byte_fallback, fuse_unk;
+    int32_t unk_id;             /* -1: none */
+
+    mc_norm_step *norm;         /* the normalizer, then the pre-tokenizer */
+    int n_norm;
+
+    /* Where no vocabulary token has this string ("▁") after other text, BPE
+     * can never merge across "x▁", so a word is cut there into independent
+     * pieces: the same ids, and short words that stay in cache. NULL: off. */
+    char *word_split;
+
+    int32_t *added;             /* ids of added tokens, longest first */
+    int n_added;
+    bool added_first[256];      /* bytes some added token starts with */
+    bool has_nonspecial_added;
+
+    /* decoder */
+    bool dec_metaspace;         /* piece: replacement -> ' ' */
+    char *dec_replacement;
+    int dec_strip_left;         /* leading ' ' removed from the whole text */
+
+    int32_t bos_id, eos_id;     /* -1: none */
+    bool add_bos, add_eos;
+    char *chat_template;        /* tokenizer_config.json's, NULL if none */
+};
+
+/* A growable list of ids. */
+typedef struct mc_ids {
+    int32_t *v;
+    size_t n, cap;
+} mc_ids;
+
+moecl_status mc_ids_push(mc_ids *ids, int32_t id);
+
+/* Parse tokenizer.json text (NUL-terminated at len); path names it in
+ * messages. Fills everything but bos/eos, which the caller settles. */
+moecl_status mc_tokenizer_parse(const char *path, const char *text, size_t len, moecl_tokenizer **out);
+
+/* Settle bos/eos/add_bos from the tokenizer itself and, where the files
+ * exist, dir's tokenizer_config.json and generation_config.json (dir NULL:
+ * none). */
+moecl_status mc_tokenizer_read_configs(moecl_tokenizer *tok, const char *dir);
+
+/* Look a vocabulary string up; -1 if absent. */
+int32_t mc_tokenizer_find(const moecl_tokenizer *tok, const char *s, size_t len);
+
+/* Append the ids of text[0..len) to out (no BOS/EOS). parse_special:
+ * special-token strings in the text become their ids. */
+moecl_status mc_tokenizer_encode(const moecl_tokenizer *tok, const char *text, size_t len, bool parse_special,
+                                 mc_ids *out);
+
+/* The model loader's hook: dir's tokenizer.json (with its configs) into
+ * *out, or *out NULL when the file is absent. A malformed one is an error. */
+moecl_status mc_tokenizer_load_dir_optional(const char *dir, moecl_tokenizer **out);
+
+#endif
