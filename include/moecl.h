@@ -174,8 +174,11 @@ MOECL_API moecl_status moecl_model_get_info(const moecl_model *model, moecl_mode
 typedef struct moecl_context moecl_context;
 
 typedef enum moecl_backend_type {
-    MOECL_BACKEND_AUTO = 0, /* a GPU if there is one, else the CPU */
+    MOECL_BACKEND_AUTO = 0,   /* an OpenCL GPU if there is one (or the device named by `device` or
+                                 MOECL_DEVICE), else the CPU; OpenCL failures fall back to the CPU
+                                 with a warning. A CPU OpenCL device (PoCL) is used only when named. */
     MOECL_BACKEND_CPU = 1,
+    MOECL_BACKEND_OPENCL = 2, /* expert FFNs on an OpenCL device; failing to get one is an error */
 } moecl_backend_type;
 
 typedef struct moecl_context_params {
@@ -187,9 +190,40 @@ typedef struct moecl_context_params {
     moecl_backend_type backend;
     moecl_abort_fn abort_callback; /* NULL: never abort */
     void *abort_user_data;
+    /* OpenCL (MOECL_BACKEND_OPENCL, or AUTO when it finds a device): */
+    const char *device;      /* device index in moecl_device_get_info order, or a case-insensitive
+                                substring of "platform vendor name"; NULL: $MOECL_DEVICE, else the
+                                first GPU, else (OPENCL only) the first device. Not kept. */
+    int32_t gpu_mem_mib;     /* MiB of expert weights on the device; -1 (default): device memory
+                                less headroom; 0: no experts on the device */
+    int32_t gpu_experts;     /* most experts per layer on the device; -1 (default): the budget decides */
+    moecl_dtype device_dtype;/* expert weights on the device: F32 or F16 (arithmetic is F32);
+                                MOECL_DTYPE_COUNT (default): F16 for F16 models, else F32 */
 } moecl_context_params;
 
 MOECL_API moecl_context_params moecl_context_default_params(void);
+
+/* An OpenCL device, as moecl_device_get_info describes it. */
+typedef struct moecl_device_info {
+    char platform[128];     /* "Portable Computing Language" */
+    char vendor[128];
+    char name[128];
+    char version[64];       /* "OpenCL 3.0 PoCL ..." */
+    char driver[64];        /* driver version */
+    bool is_gpu;
+    bool fp16;              /* cl_khr_fp16 (not required: F16 weights are read with vload_half) */
+    uint64_t global_mem;    /* bytes */
+    uint64_t max_alloc;     /* bytes, largest single buffer */
+    int32_t compute_units;
+} moecl_device_info;
+
+/* Number of OpenCL devices over all platforms (0 without an OpenCL
+ * platform). Thread-safe. */
+MOECL_API int32_t moecl_device_count(void);
+
+/* Describe device `index` (0 <= index < moecl_device_count()).
+ * MOECL_ERR_INVALID_ARG for a NULL info or an index out of range. */
+MOECL_API moecl_status moecl_device_get_info(int32_t index, moecl_device_info *info);
 
 /* Create a context for model (which must outlive it). params may be NULL.
  * Thread-safe with respect to the model. */
@@ -198,6 +232,23 @@ MOECL_API moecl_status moecl_context_new(const moecl_model *model, const moecl_c
 
 /* NULL: no-op. */
 MOECL_API void moecl_context_free(moecl_context *ctx);
+
+/* Where the experts of a context run (for `moecl info` and logs). */
+typedef struct moecl_context_backend_info {
+    moecl_backend_type backend; /* MOECL_BACKEND_OPENCL when any expert is on a device, else CPU */
+    char device[128];           /* the OpenCL device's name; "" when none */
+    int32_t n_expert_device;    /* experts, over all layers, on the device */
+    int32_t n_expert_cpu;       /* experts on the CPU */
+    uint64_t device_bytes;      /* bytes of expert weights on the device */
+    moecl_dtype device_dtype;   /* their storage type (F32 or F16) */
+} moecl_context_backend_info;
+
+/* Fill *info. MOECL_ERR_INVALID_ARG for a NULL ctx or info. */
+MOECL_API moecl_status moecl_context_get_backend_info(const moecl_context *ctx, moecl_context_backend_info *info);
+
+/* Where expert `expert` of layer `layer` runs: MOECL_BACKEND_CPU or
+ * MOECL_BACKEND_OPENCL; -1 for a NULL ctx or an index out of range. */
+MOECL_API int32_t moecl_context_expert_backend(const moecl_context *ctx, int32_t layer, int32_t expert);
 
 /* The message of the last failure of a call on ctx ("" if none). Owned by
  * ctx, valid until the next call on ctx. */

@@ -11,6 +11,7 @@
  */
 #include "backend/backend.h"
 #include "backend/cpu/kernels.h"
+#include "backend/opencl/opencl.h"
 #include "model.h"
 #include "ops.h"
 
@@ -93,7 +94,59 @@ const char *moecl_context_last_error(const moecl_context *ctx) { return ctx ? ct
 moecl_context_params moecl_context_default_params(void) {
     moecl_context_params p = {0};
     p.backend = MOECL_BACKEND_AUTO;
+    p.gpu_mem_mib = -1;
+    p.gpu_experts = -1;
+    p.device_dtype = MOECL_DTYPE_COUNT;
     return p;
+}
+
+/* Add the OpenCL backend as backends[1] when asked for (OPENCL), or when
+ * AUTO finds a GPU or a named device. Experts it does not take stay on the
+ * CPU (backends[0]). Only OPENCL turns a failure into an error; AUTO says
+ * what failed and carries on with the CPU. */
+static moecl_status add_opencl(moecl_context *ctx, const moecl_context_params *params) {
+    const bool demanded = params->backend == MOECL_BACKEND_OPENCL;
+    if (!demanded && params->backend != MOECL_BACKEND_AUTO) return MOECL_OK;
+    const char *sel = params->device && *params->device ? params->device : getenv("MOECL_DEVICE");
+    const bool named = sel && *sel;
+    if (params->gpu_mem_mib == 0 || params->gpu_experts == 0) {
+        if (demanded || named)
+            mc_log(MOECL_LOG_WARN, "opencl: a budget of %s leaves every expert on the CPU",
+                   params->gpu_mem_mib == 0 ? "0 MiB" : "0 experts per layer");
+        return MOECL_OK;
+    }
+    mc_opencl_params op = {
+        .selector = sel,
+        .gpu_only = !demanded && !named,
+        .mem_budget = params->gpu_mem_mib < 0 ? -1 : (int64_t)params->gpu_mem_mib << 20,
+        .experts_per_layer = params->gpu_experts,
+        .dtype = params->device_dtype,
+        .n_threads = ctx->n_threads,
+    };
+    if (!demanded && !named && mc_cl_devices(NULL, 0) == 0) {
+        mc_log(MOECL_LOG_INFO, "opencl: no OpenCL device; experts run on the CPU");
+        return MOECL_OK;
+    }
+    mc_backend *be = NULL;
+    int64_t n_placed = 0;
+    moecl_status st = mc_backend_opencl_new(ctx->model, &op, ctx->placement, 1, &n_placed, &be);
+    if (st) {
+        if (demanded) return ctx_keep(ctx, st);
+        if (!named && strstr(moecl_last_error(), "no GPU device")) { /* auto on a machine without a GPU */
+            mc_log(MOECL_LOG_INFO, "opencl: %s; experts run on the CPU", moecl_last_error());
+        } else {
+            mc_log(MOECL_LOG_WARN, "falling back to the CPU backend: %s", moecl_last_error());
+        }
+        mc_clear_error();
+        return MOECL_OK;
+    }
+    if (n_placed == 0) {
+        mc_log(MOECL_LOG_WARN, "opencl: the budget holds no expert; every expert runs on the CPU");
+        mc_backend_free(be);
+        return MOECL_OK;
+    }
+    ctx->backends[ctx->n_backends++] = be;
+    return MOECL_OK;
 }
 
 static void *alloc_floats(size_t a, size_t b, bool *ok) {
@@ -117,7 +170,8 @@ moecl_status moecl_context_new(const moecl_model *model, const moecl_context_par
     if (!params) params = &defaults;
     const mc_hparams *hp = &model->hp;
 
-    if (params->backend != MOECL_BACKEND_AUTO && params->backend != MOECL_BACKEND_CPU)
+    if (params->backend != MOECL_BACKEND_AUTO && params->backend != MOECL_BACKEND_CPU &&
+        params->backend != MOECL_BACKEND_OPENCL)
         return mc_error(MOECL_ERR_INVALID_ARG, "moecl_context_new: unknown backend %d", (int)params->backend);
     uint32_t n_ctx = params->n_ctx ? params->n_ctx : (uint32_t)(hp->n_ctx_train < 4096 ? hp->n_ctx_train : 4096);
     uint32_t n_batch = params->n_batch ? params->n_batch : 512;
@@ -184,6 +238,10 @@ moecl_status moecl_context_new(const moecl_model *model, const moecl_context_par
                         "(KV cache %.1f MiB)",
                         n_ctx, n_seq, 2.0 * (double)hp->n_layer * n_seq * n_ctx * kv_dim * 4 / 1048576.0);
     }
+    if ((st = add_opencl(ctx, params))) {
+        moecl_context_free(ctx);
+        return st;
+    }
     mc_log(MOECL_LOG_INFO, "context: %u positions x %u sequences, batch %u, %d threads, KV cache %.1f MiB", n_ctx,
            n_seq, n_batch, ctx->n_threads, 2.0 * (double)cache_rows * kv_dim * 4 / 1048576.0);
     *out = ctx;
@@ -199,6 +257,31 @@ void moecl_context_free(moecl_context *ctx) {
                     ctx->counts, ctx->att_scratch, ctx->logit_row, ctx->logits, ctx->placement};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     free(ctx);
+}
+
+moecl_status moecl_context_get_backend_info(const moecl_context *ctx, moecl_context_backend_info *info) {
+    if (!ctx || !info) return mc_error(MOECL_ERR_INVALID_ARG, "moecl_context_get_backend_info: NULL argument");
+    memset(info, 0, sizeof *info);
+    const int64_t n = (int64_t)ctx->model->hp.n_layer * ctx->model->hp.n_expert;
+    for (int64_t i = 0; i < n; i++) {
+        if (ctx->placement[i]) info->n_expert_device++;
+        else info->n_expert_cpu++;
+    }
+    info->backend = MOECL_BACKEND_CPU;
+    info->device_dtype = MOECL_DTYPE_F32;
+    if (ctx->n_backends > 1) {
+        info->backend = MOECL_BACKEND_OPENCL;
+        mc_backend_opencl_describe(ctx->backends[1], info->device, sizeof info->device, &info->device_bytes,
+                                   &info->device_dtype);
+    }
+    return MOECL_OK;
+}
+
+int32_t moecl_context_expert_backend(const moecl_context *ctx, int32_t layer, int32_t expert) {
+    if (!ctx || layer < 0 || layer >= ctx->model->hp.n_layer || expert < 0 || expert >= ctx->model->hp.n_expert)
+        return -1;
+    return ctx->placement[(int64_t)layer * ctx->model->hp.n_expert + expert] ? MOECL_BACKEND_OPENCL
+                                                                            : MOECL_BACKEND_CPU;
 }
 
 /* ------------------------------------------------------------------------ */

@@ -10,6 +10,11 @@
  *   - token by token: equal to the one-batch logits (prefill == decode)
  *   - two sequences interleaved in one batch: each equals the reference
  * with 1 and 2 threads.
+ *
+ * usage: test_golden DIR [cpu|opencl|opencl-mixed]
+ *   opencl: every expert on the OpenCL device ($MOECL_DEVICE, else the
+ *   first device); opencl-mixed: half the experts of each layer there, the
+ *   rest on the CPU. Skips (77) when there is no OpenCL device.
  */
 #include "test_util.h"
 
@@ -70,15 +75,24 @@ static bool load_ref(const char *dir, ref *r) {
     return r->logits && len == (size_t)r->n_pos * r->n_vocab * sizeof(float) && r->n_pos <= 64;
 }
 
+static const char *g_backend = "cpu";
+
 static void run_checks(const moecl_model *model, const ref *r, int n_threads) {
     const int V = r->n_vocab, N = r->n_pos, P = r->n_prompt;
     moecl_context_params cp = moecl_context_default_params();
+    cp.backend = MOECL_BACKEND_CPU;
+    if (strncmp(g_backend, "opencl", 6) == 0) {
+        moecl_model_info in;
+        moecl_model_get_info(model, &in);
+        cp.backend = MOECL_BACKEND_OPENCL;
+        if (!strcmp(g_backend, "opencl-mixed")) cp.gpu_experts = in.n_expert / 2 > 0 ? in.n_expert / 2 : 1;
+    }
     cp.n_ctx = 64;
     cp.n_threads = n_threads;
     cp.logits_all = true;
     cp.n_seq_max = 2;
     moecl_context *ctx = NULL;
-    CHECK(moecl_context_new(model, &cp, &ctx) == MOECL_OK);
+    CHECKF(moecl_context_new(model, &cp, &ctx) == MOECL_OK, "%s", moecl_last_error());
     if (!ctx) return;
 
     /* 1. all positions as one batch */
@@ -154,9 +168,15 @@ static void run_checks(const moecl_model *model, const ref *r, int n_threads) {
 
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fprintf(stderr, "usage: test_golden DIR\n");
+        fprintf(stderr, "usage: test_golden DIR [cpu|opencl|opencl-mixed]\n");
         return 1;
     }
+    if (argc > 2) g_backend = argv[2];
+    if (strcmp(g_backend, "cpu") && strcmp(g_backend, "opencl") && strcmp(g_backend, "opencl-mixed")) {
+        fprintf(stderr, "test_golden: unknown backend %s\n", g_backend);
+        return 1;
+    }
+    if (strcmp(g_backend, "cpu") && moecl_device_count() == 0) return t_skip("golden", "no OpenCL device");
     ref r = {0};
     CHECKF(load_ref(argv[1], &r), "cannot read the reference in %s", argv[1]);
     if (t_failures) return t_done("golden");
@@ -167,7 +187,7 @@ int main(int argc, char **argv) {
         moecl_model_info in;
         moecl_model_get_info(model, &in);
         CHECK(in.n_vocab == r.n_vocab);
-        fprintf(stderr, "%s\n", argv[1]);
+        fprintf(stderr, "%s on %s\n", argv[1], g_backend);
         for (int t = 1; t <= 2; t++) run_checks(model, &r, t);
     }
     moecl_model_free(model);

@@ -56,6 +56,28 @@ void mc_backend_check_blas(void);
 /* Backends. */
 moecl_status mc_backend_cpu_new(const moecl_model *model, int n_threads, mc_backend **out);
 
+/* What the OpenCL backend is asked for (src/backend/opencl/). */
+typedef struct mc_opencl_params {
+    const char *selector;  /* device index or name substring; NULL or "": first GPU, see gpu_only */
+    bool gpu_only;         /* without a selector, consider GPUs only (auto never picks PoCL) */
+    int64_t mem_budget;    /* bytes of expert weights on the device; < 0: device memory minus headroom */
+    int experts_per_layer; /* most experts of a layer on the device; < 0: no limit but the budget */
+    moecl_dtype dtype;     /* F32 or F16 on the device; MOECL_DTYPE_COUNT: match the model */
+    int n_threads;         /* for the CPU kernels its matmul delegates to */
+} mc_opencl_params;
+
+/* Open a device, build the kernels, choose which experts the device holds
+ * within the budget and upload them. placement[l * n_expert + e] is set to
+ * `index` for each expert taken, left alone for the others. *n_placed: the
+ * experts taken (0 is a success: the caller may then drop the backend).
+ * Fails with MOECL_ERR_BACKEND (no platform, no matching device, a build or
+ * an allocation failure) leaving placement untouched. */
+moecl_status mc_backend_opencl_new(const moecl_model *model, const mc_opencl_params *params, uint8_t *placement,
+                                   uint8_t index, int64_t *n_placed, mc_backend **out);
+
+/* The OpenCL backend's device name, bytes of expert weights and their dtype. */
+void mc_backend_opencl_describe(const mc_backend *be, char *name, size_t len, uint64_t *bytes, moecl_dtype *dtype);
+
 static inline void mc_backend_free(mc_backend *be) {
     if (be) be->iface->free(be);
 }

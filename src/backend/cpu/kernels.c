@@ -3,13 +3,15 @@
  *
  * Y[T, rows] = X[T, cols] · Wᵀ is computed one of two ways:
  *
- *   T <= MC_SMALL_T   fused kernels. Each weight row is streamed from memory
- *                     once, widened to float32 in registers (F16 with F16C,
- *                     BF16 by a 16-bit shift) and dotted with all T rows of
- *                     X. Decode (1-2 tokens per expert) runs these; they are
- *                     bound by memory bandwidth, so the whole point is to
- *                     read W exactly once.
- *   T >  MC_SMALL_T   OpenBLAS sgemm. F32 weights are used in place; F16 and
+ *   T <= MC_SMALL_T   fused kernels (MC_SMALL_T_16 for F16/BF16 weights).
+ *                     Each weight row is streamed from memory once, widened
+ *                     to float32 in registers (F16 with F16C, BF16 by a
+ *                     16-bit shift) and dotted with all T rows of X. Decode
+ *                     (1-2 tokens per expert) runs these bound by memory
+ *                     bandwidth; from T=4 on they are bound by FMA
+ *                     throughput and still beat OpenBLAS, which is slow at
+ *                     small M, up to the thresholds (measured; see below).
+ *   larger T          OpenBLAS sgemm. F32 weights are used in place; F16 and
  *                     BF16 weights are converted a block of rows at a time
  *                     (a block sized to stay in L2) into the caller's scratch
  *                     and multiplied from there.
@@ -38,6 +40,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define MC_X86 1
@@ -49,11 +52,19 @@
 
 /* ---- tunables (override with -D for experiments; see tools/bench_blas.c) -- */
 
-/* Largest T that uses the fused kernels rather than sgemm. Measured on a
- * Zen 4 (2 vCPU, OpenBLAS 0.3.21 "Cooperlake"): the fused kernels win at
- * every T <= 8 for all dtypes; see the kernels report for the figures. */
+/* Largest T that uses the fused kernels rather than sgemm: MC_SMALL_T for
+ * F32 weights, MC_SMALL_T_16 for F16/BF16 (whose sgemm path also pays for
+ * the conversion). OpenBLAS is slow at small M (0.3.21, 1 thread, Zen 4:
+ * 3 GFLOP/s at M=1, 33 at 16, 67 at 64, 80 at 128 on a 4096x14336 weight),
+ * while the fused kernels, FMA-bound from T=4 on, give 64-76 (F32) and
+ * 87-90 (BF16) GFLOP/s for T = 16..64. At T=128 sgemm wins for F32 (80 vs
+ * 69) but not for BF16 (83-90 fused vs ~76 converted+sgemm); a Sapphire
+ * Rapids with OpenBLAS 0.3.26 gave the same crossovers. */
 #ifndef MC_SMALL_T
-#define MC_SMALL_T 8
+#define MC_SMALL_T 64
+#endif
+#ifndef MC_SMALL_T_16
+#define MC_SMALL_T_16 128
 #endif
 
 /* Thread chunks of W start on multiples of this many rows. */
@@ -62,27 +73,41 @@
 #endif
 
 /* T * rows * cols below this runs on the calling thread: waking the team
- * costs more than the work. */
+ * costs more than the work. Measured on Zen 4 (2 vCPU, KVM), BF16, T=1:
+ * with libgomp's default wait policy a region costs < 1 us and 2 threads
+ * break even at ~32k; with OMP_WAIT_POLICY=passive every region costs
+ * 15-35 us (a futex wake through the hypervisor) and 2 threads only break
+ * even at ~1M, so that policy gets MC_PAR_MIN_WORK_PASSIVE. */
 #ifndef MC_PAR_MIN_WORK
 #define MC_PAR_MIN_WORK 32768
 #endif
+#ifndef MC_PAR_MIN_WORK_PASSIVE
+#define MC_PAR_MIN_WORK_PASSIVE (1 << 20)
+#endif
 
-/* Bytes of float32 weights converted per sgemm call on the F16/BF16 path;
- * the block must stay in L2 (2 MiB per core on Zen 4) next to sgemm's own
- * packed panels. */
+/* Float32 weights converted per sgemm call on the F16/BF16 path: about
+ * MC_CONVERT_BLOCK_BYTES, and never fewer than MC_CONVERT_MIN_ROWS rows,
+ * since every call packs all of X again and thin blocks make sgemm slow.
+ * Zen 4, BF16, T=256, 1 thread: 16-row blocks of a 4096x14336 weight gave
+ * 51 GFLOP/s, 128-row blocks 81 (14336x4096: 50 -> 85). */
 #ifndef MC_CONVERT_BLOCK_BYTES
-#define MC_CONVERT_BLOCK_BYTES (512 * 1024)
+#define MC_CONVERT_BLOCK_BYTES (2 * 1024 * 1024)
+#endif
+#ifndef MC_CONVERT_MIN_ROWS
+#define MC_CONVERT_MIN_ROWS 128
+#endif
+
+/* L2 bytes the fused kernels keep a block of X in (see fused_col_block).
+ * Without the blocking a Sapphire Rapids fell from 112 to 39 GFLOP/s at
+ * T=64 on a 4096x14336 F32 weight. */
+#ifndef MC_FUSED_X_BYTES
+#define MC_FUSED_X_BYTES (256 * 1024)
 #endif
 
 /* Software prefetch distance, in bytes ahead in each weight row, of the
  * memory-bound (T <= 2) fused kernels; 0: none. On Zen 4 the hardware
  * prefetchers do as well alone (1024 cost F16/BF16 ~10%); on a Sapphire
  * Rapids it was within noise either way. */
-/* L2 bytes the fused kernels keep a block of X in (see fused_col_block). */
-#ifndef MC_FUSED_X_BYTES
-#define MC_FUSED_X_BYTES (256 * 1024)
-#endif
-
 #ifndef MC_PREFETCH
 #define MC_PREFETCH 0
 #endif
@@ -111,10 +136,22 @@ static int detect_isa(void) {
 #endif
     const char *cap = getenv("MOECL_CPU_ISA");
     if (cap) {
-        int c = !strcmp(cap, "scalar") ? ISA_SCALAR : !strcmp(cap, "avx2") ? ISA_AVX2 : ISA_AVX512;
-        if (c < best) best = c;
+        int capped = !strcmp(cap, "scalar") ? ISA_SCALAR : !strcmp(cap, "avx2") ? ISA_AVX2 : ISA_AVX512;
+        if (capped < best) best = capped;
     }
     return best;
+}
+
+static atomic_int g_passive = -1; /* OMP_WAIT_POLICY=passive; -1: not read yet */
+
+static double par_min_work(void) {
+    int passive = atomic_load_explicit(&g_passive, memory_order_relaxed);
+    if (passive < 0) {
+        const char *p = getenv("OMP_WAIT_POLICY");
+        passive = p && !strcasecmp(p, "passive");
+        atomic_store_explicit(&g_passive, passive, memory_order_relaxed);
+    }
+    return passive ? MC_PAR_MIN_WORK_PASSIVE : MC_PAR_MIN_WORK;
 }
 
 static int current_isa(void) {
@@ -553,19 +590,20 @@ typedef struct plan {
 static plan make_plan(const mc_tensor *W, int64_t T, int n_threads) {
     plan p = {0};
     int64_t rows = W->rows, cols = W->cols;
-    p.blas = T > MC_SMALL_T && rows <= INT_MAX && cols <= INT_MAX && T <= INT_MAX;
+    int64_t small_t = W->type == MOECL_DTYPE_F32 ? MC_SMALL_T : MC_SMALL_T_16;
+    p.blas = T > small_t && rows <= INT_MAX && cols <= INT_MAX && T <= INT_MAX;
 
     int n = n_threads > 0 ? n_threads : omp_get_num_procs();
     int64_t max_by_rows = (rows + MC_ROW_ALIGN - 1) / MC_ROW_ALIGN;
     if (n > max_by_rows) n = (int)max_by_rows;
     double work = (double)T * (double)rows * (double)cols;
-    if (work < MC_PAR_MIN_WORK || n < 1) n = 1;
+    if (work < par_min_work() || n < 1) n = 1;
     p.n_threads = n;
 
     if (p.blas && W->type != MOECL_DTYPE_F32) {
         int64_t b = (int64_t)(MC_CONVERT_BLOCK_BYTES / ((size_t)cols * sizeof(float)));
         b = b / MC_ROW_ALIGN * MC_ROW_ALIGN;
-        if (b < MC_ROW_ALIGN) b = MC_ROW_ALIGN;
+        if (b < MC_CONVERT_MIN_ROWS) b = MC_CONVERT_MIN_ROWS;
         if (b > rows) b = rows;
         p.block_rows = b;
         p.slice_floats = ((size_t)b * (size_t)cols + 15) & ~(size_t)15;

@@ -1,0 +1,237 @@
+/*
+ * moe_ffn.cl - expert FFNs for tokens gathered per expert, all experts of a
+ * layer in one launch per stage:
+ *
+ *   H = silu(X·W1ᵀ) ⊙ (X·W3ᵀ)      moe_gate_up_vec / moe_gate_up_tiled
+ *   Y = H·W2ᵀ                       moe_down_vec    / moe_down_tiled
+ *
+ * Buffers (rows count from the first row handed to the device):
+ *   X      float [rows, D]           packed token rows
+ *   H      float [rows, F]           hidden activations
+ *   Y      float [rows, D]           expert outputs, unweighted
+ *   W1, W3 wtype [slots, F, D]       gate, up projections of the experts held
+ *   W2     wtype [slots, D, F]       down projections
+ *   groups int4  [n_used]            (slot, first row, rows, 0) per expert
+ *
+ * The launch's last dimension walks the experts. Weights are stored as
+ * float or half (WEIGHT_F16); arithmetic is float either way, and half is
+ * read with vload_half, which needs no cl_khr_fp16.
+ *
+ * The _vec kernels are for few rows per expert (decoding): one work-group
+ * per OUTS outputs, each weight row read once for ROWS token rows at a time. The
+ * _tiled kernels are for many rows (prompts): TS x TS output tiles.
+ */
+#ifndef WGS
+#define WGS 64 /* work-group size of the _vec kernels (a power of two) */
+#endif
+#ifndef ROWS
+#define ROWS 4 /* token rows a _vec work-group reduces together */
+#endif
+#ifndef TS
+#define TS 16 /* tile edge of the _tiled kernels */
+#endif
+#ifndef OUTS
+#define OUTS 1 /* outputs one _vec work-group computes, one after another (CPU devices: fewer, larger groups) */
+#endif
+
+#ifdef WEIGHT_F16
+typedef half wtype;
+#define LOADW(p, i) vload_half((i), (p))
+#else
+typedef float wtype;
+#define LOADW(p, i) ((p)[(i)])
+#endif
+
+inline float silu(float x) { return x / (1.0f + exp(-x)); }
+
+/* Tree-sum the ROWS runs of WGS partial sums in v; the totals land in v[r * WGS]. */
+inline void reduce_rows(__local float *v, int lid) {
+    for (int s = WGS / 2; s > 0; s >>= 1) {
+        if (lid < s)
+            for (int r = 0; r < ROWS; r++) v[r * WGS + lid] += v[r * WGS + lid + s];
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+}
+
+/* ---- few rows: global (⌈F/OUTS⌉·WGS, n_used), local (WGS, 1) ------------ */
+
+__kernel __attribute__((reqd_work_group_size(WGS, 1, 1)))
+void moe_gate_up_vec(__global const float *X, __global const wtype *W1, __global const wtype *W3,
+                     __global float *H, __global const int4 *groups, const int D, const int F) {
+    const int lid = get_local_id(0);
+    const int4 g = groups[get_global_id(1)];
+    __local float s1[ROWS * WGS], s3[ROWS * WGS];
+    for (int f = get_group_id(0) * OUTS; f < (int)(get_group_id(0) + 1) * OUTS && f < F; f++) {
+    const ulong w = ((ulong)g.x * F + f) * D;
+    for (int r0 = 0; r0 < g.z; r0 += ROWS) {
+        float a1[ROWS], a3[ROWS];
+        for (int j = 0; j < ROWS; j++) a1[j] = a3[j] = 0.0f;
+        for (int k = lid; k < D; k += WGS) {
+            const float w1 = LOADW(W1, w + k), w3 = LOADW(W3, w + k);
+            for (int j = 0; j < ROWS; j++) {
+                if (r0 + j < g.z) {
+                    const float x = X[(ulong)(g.y + r0 + j) * D + k];
+                    a1[j] += w1 * x;
+                    a3[j] += w3 * x;
+                }
+            }
+        }
+        for (int j = 0; j < ROWS; j++) {
+            s1[j * WGS + lid] = a1[j];
+            s3[j * WGS + lid] = a3[j];
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+        reduce_rows(s1, lid);
+        reduce_rows(s3, lid);
+        if (lid < ROWS && r0 + lid < g.z)
+            H[(ulong)(g.y + r0 + lid) * F + f] = silu(s1[lid * WGS]) * s3[lid * WGS];
+        barrier(CLK_LOCAL_MEM_FENCE); /* s1, s3 are reused by the next rows */
+    }
+    }
+}
+
+/* global (⌈D/OUTS⌉·WGS, n_used), local (WGS, 1) */
+__kernel __attribute__((reqd_work_group_size(WGS, 1, 1)))
+void moe_down_vec(__global const float *H, __global const wtype *W2, __global float *Y,
+                  __global const int4 *groups, const int D, const int F) {
+    const int lid = get_local_id(0);
+    const int4 g = groups[get_global_id(1)];
+    __local float s[ROWS * WGS];
+    for (int d = get_group_id(0) * OUTS; d < (int)(get_group_id(0) + 1) * OUTS && d < D; d++) {
+    const ulong w = ((ulong)g.x * D + d) * F;
+    for (int r0 = 0; r0 < g.z; r0 += ROWS) {
+        float a[ROWS];
+        for (int j = 0; j < ROWS; j++) a[j] = 0.0f;
+        for (int k = lid; k < F; k += WGS) {
+            const float w2 = LOADW(W2, w + k);
+            for (int j = 0; j < ROWS; j++)
+                if (r0 + j < g.z) a[j] += w2 * H[(ulong)(g.y + r0 + j) * F + k];
+        }
+        for (int j = 0; j < ROWS; j++) s[j * WGS + lid] = a[j];
+        barrier(CLK_LOCAL_MEM_FENCE);
+        reduce_rows(s, lid);
+        if (lid < ROWS && r0 + lid < g.z) Y[(ulong)(g.y + r0 + lid) * D + d] = s[lid * WGS];
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    }
+}
+
+/* ---- many rows: global (⌈F/TS⌉·TS, ⌈max rows/TS⌉·TS, n_used), local (TS, TS, 1) */
+
+__kernel __attribute__((reqd_work_group_size(TS, TS, 1)))
+void moe_gate_up_tiled(__global const float *X, __global const wtype *W1, __global const wtype *W3,
+                       __global float *H, __global const int4 *groups, const int D, const int F) {
+    const int4 g = groups[get_group_id(2)];
+    const int tc = get_local_id(0), tr = get_local_id(1);
+    const int row = get_group_id(1) * TS + tr; /* token row within the expert */
+    const int col = get_group_id(0) * TS + tc; /* output f */
+    const int wf = get_group_id(0) * TS + tr;  /* weight row this item loads */
+    if (get_group_id(1) * TS >= g.z) return;   /* the whole group: this expert has fewer rows */
+    __local float xs[TS][TS + 1], w1s[TS][TS + 1], w3s[TS][TS + 1];
+    const ulong wbase = (ulong)g.x * F * D;
+    float a1 = 0.0f, a3 = 0.0f;
+    for (int k0 = 0; k0 < D; k0 += TS) {
+        const int k = k0 + tc;
+        xs[tr][tc] = (row < g.z && k < D) ? X[(ulong)(g.y + row) * D + k] : 0.0f;
+        const bool in = wf < F && k < D;
+        w1s[tr][tc] = in ? LOADW(W1, wbase + (ulong)wf * D + k) : 0.0f;
+        w3s[tr][tc] = in ? LOADW(W3, wbase + (ulong)wf * D + k) : 0.0f;
+        barrier(CLK_LOCAL_MEM_FENCE);
+        for (int kk = 0; kk < TS; kk++) {
+            const float x = xs[tr][kk];
+            a1 += x * w1s[tc][kk];
+            a3 += x * w3s[tc][kk];
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    if (row < g.z && col < F) H[(ulong)(g.y + row) * F + col] = silu(a1) * a3;
+}
+
+/* global (⌈D/TS⌉·TS, ⌈max rows/TS⌉·TS, n_used), local (TS, TS, 1) */
+__kernel __attribute__((reqd_work_group_size(TS, TS, 1)))
+void moe_down_tiled(__global const float *H, __global const wtype *W2, __global float *Y,
+                    __global const int4 *groups, const int D, const int F) {
+    const int4 g = groups[get_group_id(2)];
+    const int tc = get_local_id(0), tr = get_local_id(1);
+    const int row = get_group_id(1) * TS + tr;
+    const int col = get_group_id(0) * TS + tc; /* output d */
+    const int wd = get_group_id(0) * TS + tr;
+    if (get_group_id(1) * TS >= g.z) return;
+    __local float hs[TS][TS + 1], ws[TS][TS + 1];
+    const ulong wbase = (ulong)g.x * D * F;
+    float a = 0.0f;
+    for (int k0 = 0; k0 < F; k0 += TS) {
+        const int k = k0 + tc;
+        hs[tr][tc] = (row < g.z && k < F) ? H[(ulong)(g.y + row) * F + k] : 0.0f;
+        ws[tr][tc] = (wd < D && k < F) ? LOADW(W2, wbase + (ulong)wd * F + k) : 0.0f;
+        barrier(CLK_LOCAL_MEM_FENCE);
+        for (int kk = 0; kk < TS; kk++) a += hs[tr][kk] * ws[tc][kk];
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    if (row < g.z && col < D) Y[(ulong)(g.y + row) * D + col] = a;
+}
+
+/* ---- few rows on CPU devices: global (F or D, n_used), any local size ----
+ * One work-item per output and ROWS rows at a time, reading its weight row
+ * front to back with 8-wide vector loads: CPU compilers (PoCL) vectorize
+ * this, where the work-group reductions above serialize. */
+
+#ifdef WEIGHT_F16
+#define LOADW8(p, i) vload_half8(0, (p) + (i))
+#else
+#define LOADW8(p, i) vload8(0, (p) + (i))
+#endif
+
+/* dot(w[0..n), x[0..n)) for ROWS rows of x (stride ldx); rows >= nr skipped. */
+#define DOT_ROWS(acc, wp, xp, ldx, n, nr)                                             \
+    for (int j = 0; j < ROWS; j++) acc[j] = 0.0f;                                     \
+    {                                                                                 \
+        int k = 0;                                                                    \
+        float8 v[ROWS];                                                               \
+        for (int j = 0; j < ROWS; j++) v[j] = (float8)(0.0f);                         \
+        for (; k + 8 <= (n); k += 8) {                                                \
+            const float8 w8 = LOADW8(wp, k);                                          \
+            for (int j = 0; j < ROWS; j++)                                            \
+                if (j < (nr)) v[j] += w8 * vload8(0, (xp) + (ulong)j * (ldx) + k);    \
+        }                                                                             \
+        for (int j = 0; j < ROWS; j++) {                                              \
+            const float4 s4 = v[j].lo + v[j].hi;                                      \
+            acc[j] = s4.x + s4.y + s4.z + s4.w;                                       \
+        }                                                                             \
+        for (; k < (n); k++) {                                                        \
+            const float wk = LOADW(wp, k);                                            \
+            for (int j = 0; j < ROWS; j++)                                            \
+                if (j < (nr)) acc[j] += wk * (xp)[(ulong)j * (ldx) + k];              \
+        }                                                                             \
+    }
+
+__kernel void moe_gate_up_rows(__global const float *X, __global const wtype *W1, __global const wtype *W3,
+                               __global float *H, __global const int4 *groups, const int D, const int F) {
+    const int f = get_global_id(0);
+    const int4 g = groups[get_global_id(1)];
+    if (f >= F) return;
+    __global const wtype *w1 = W1 + ((ulong)g.x * F + f) * D, *w3 = W3 + ((ulong)g.x * F + f) * D;
+    for (int r0 = 0; r0 < g.z; r0 += ROWS) {
+        const int nr = min(ROWS, g.z - r0);
+        __global const float *x = X + (ulong)(g.y + r0) * D;
+        float a1[ROWS], a3[ROWS];
+        DOT_ROWS(a1, w1, x, D, D, nr)
+        DOT_ROWS(a3, w3, x, D, D, nr)
+        for (int j = 0; j < nr; j++) H[(ulong)(g.y + r0 + j) * F + f] = silu(a1[j]) * a3[j];
+    }
+}
+
+__kernel void moe_down_rows(__global const float *H, __global const wtype *W2, __global float *Y,
+                            __global const int4 *groups, const int D, const int F) {
+    const int d = get_global_id(0);
+    const int4 g = groups[get_global_id(1)];
+    if (d >= D) return;
+    __global const wtype *w2 = W2 + ((ulong)g.x * D + d) * F;
+    for (int r0 = 0; r0 < g.z; r0 += ROWS) {
+        const int nr = min(ROWS, g.z - r0);
+        __global const float *h = H + (ulong)(g.y + r0) * F;
+        float a[ROWS];
+        DOT_ROWS(a, w2, h, F, F, nr)
+        for (int j = 0; j < nr; j++) Y[(ulong)(g.y + r0 + j) * D + d] = a[j];
+    }
+}
