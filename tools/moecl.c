@@ -6,7 +6,8 @@
  *   moecl tokenize   [-m PATH] [--no-bos] [--special] (-p TEXT | -f FILE)
  *   moecl detokenize [-m PATH] [--special] IDS...
  *   moecl chat     [-m PATH] [--system TEXT] [-n N] [sampling options] [-t N] [-c N]
- *   moecl info     [-m PATH]
+ *   moecl info     [-m PATH] [backend options]
+ *   moecl devices
  *   moecl bench    [-m PATH] [-p 128] [-n 64] [-t N] [-r 3]
  *   moecl generate DIR [--preset mini|default|tiny] [--dtype f32|f16|bf16] [--seed S]
  */
@@ -66,6 +67,12 @@ typedef struct options {
     const char *system; /* run --chat, chat: a system message */
     bool verbose;
     moecl_sampler_params sp;
+    /* backends */
+    moecl_backend_type backend;
+    const char *device;
+    int gpu_mem_mib;    /* -1: default */
+    int gpu_experts;    /* -1: default */
+    moecl_dtype device_dtype;
 } options;
 
 static bool parse_int(const char *s, long lo, long hi, int *out) {
@@ -89,6 +96,10 @@ static bool parse_float(const char *s, float *out) {
 /* Returns 0 on success, 2 on a usage error. */
 static int parse_options(int argc, char **argv, int first, bool bench, options *o) {
     o->sp = moecl_sampler_default_params();
+    o->backend = MOECL_BACKEND_AUTO;
+    o->gpu_mem_mib = -1;
+    o->gpu_experts = -1;
+    o->device_dtype = MOECL_DTYPE_COUNT;
     o->n_predict = 32;
     o->n_prompt = 128;
     o->reps = 3;
@@ -120,6 +131,22 @@ static int parse_options(int argc, char **argv, int first, bool bench, options *
         else if (!strcmp(a, "--repeat-penalty")) FLT(o->sp.repeat_penalty);
         else if (!strcmp(a, "--repeat-last-n")) INT(o->sp.repeat_last_n, 0, 1 << 20);
         else if (!strcmp(a, "--ids")) o->ids_json = true;
+        else if (!strcmp(a, "--backend")) {
+            NEED();
+            if (!strcmp(v, "auto")) o->backend = MOECL_BACKEND_AUTO;
+            else if (!strcmp(v, "cpu")) o->backend = MOECL_BACKEND_CPU;
+            else if (!strcmp(v, "opencl")) o->backend = MOECL_BACKEND_OPENCL;
+            else return usage_error("unknown backend %s (cpu, opencl, auto)", v);
+        }
+        else if (!strcmp(a, "--device")) { NEED(); o->device = v; }
+        else if (!strcmp(a, "--gpu-mem")) INT(o->gpu_mem_mib, 0, INT_MAX);
+        else if (!strcmp(a, "--gpu-experts")) INT(o->gpu_experts, 0, 1 << 20);
+        else if (!strcmp(a, "--device-dtype")) {
+            NEED();
+            if (!strcmp(v, "f32")) o->device_dtype = MOECL_DTYPE_F32;
+            else if (!strcmp(v, "f16")) o->device_dtype = MOECL_DTYPE_F16;
+            else return usage_error("unknown device dtype %s (f32, f16)", v);
+        }
         else if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) o->verbose = true;
         else return usage_error("unknown option %s", a);
 #undef NEED
@@ -442,6 +469,57 @@ static int cmd_detokenize(int argc, char **argv) {
 }
 
 /* ------------------------------------------------------------------------ */
+/* Backends                                                                 */
+/* ------------------------------------------------------------------------ */
+
+static moecl_context_params context_params(const options *o) {
+    moecl_context_params cp = moecl_context_default_params();
+    cp.n_threads = o->n_threads;
+    cp.backend = o->backend;
+    cp.device = o->device;
+    if (o->gpu_mem_mib >= 0) cp.gpu_mem_mib = o->gpu_mem_mib;
+    if (o->gpu_experts >= 0) cp.gpu_experts = o->gpu_experts;
+    if (o->device_dtype != MOECL_DTYPE_COUNT) cp.device_dtype = o->device_dtype;
+    return cp;
+}
+
+/* Where the experts of ctx live, one line per layer ("G" device, "c" CPU). */
+static void print_placement(FILE *f, const moecl_context *ctx, const moecl_model_info *in) {
+    moecl_context_backend_info bi;
+    if (moecl_context_get_backend_info(ctx, &bi) != MOECL_OK) return;
+    if (bi.n_expert_device == 0) {
+        fprintf(f, "%-22s all %d on the CPU\n", "experts placed", bi.n_expert_cpu);
+        return;
+    }
+    fprintf(f, "%-22s %d on %s (%.1f MiB, %s), %d on the CPU\n", "experts placed", bi.n_expert_device, bi.device,
+            (double)bi.device_bytes / 1048576.0, moecl_dtype_name(bi.device_dtype), bi.n_expert_cpu);
+    for (int l = 0; l < in->n_layer; l++) {
+        fprintf(f, "  layer %-3d ", l);
+        for (int e = 0; e < in->n_expert; e++)
+            fputc(moecl_context_expert_backend(ctx, l, e) == MOECL_BACKEND_OPENCL ? 'G' : 'c', f);
+        fputc('\n', f);
+    }
+}
+
+static int cmd_devices(void) {
+    int32_t n = moecl_device_count();
+    if (n == 0) {
+        printf("no OpenCL devices (no OpenCL platform installed, or none has a device); the CPU backend is used\n");
+        return 0;
+    }
+    for (int32_t i = 0; i < n; i++) {
+        moecl_device_info d;
+        if (moecl_device_get_info(i, &d) != MOECL_OK) continue;
+        printf("%d: %s | %s | %s\n", i, d.platform, d.vendor, d.name);
+        printf("   %s, driver %s, %s, %d compute units, fp16 %s\n", d.version, d.driver, d.is_gpu ? "GPU" : "CPU",
+               d.compute_units, d.fp16 ? "yes" : "no");
+        printf("   global memory %.0f MiB, largest buffer %.0f MiB\n", (double)d.global_mem / 1048576.0,
+               (double)d.max_alloc / 1048576.0);
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
 /* run                                                                      */
 /* ------------------------------------------------------------------------ */
 
@@ -487,8 +565,7 @@ static int cmd_run(const options *o) {
         goto done;
     }
 
-    moecl_context_params cp = moecl_context_default_params();
-    cp.n_threads = o->n_threads;
+    moecl_context_params cp = context_params(o);
     cp.n_ctx = (uint32_t)o->n_ctx;
     if (!cp.n_ctx) {
         int want = n_prompt + o->n_predict;
@@ -497,6 +574,7 @@ static int cmd_run(const options *o) {
     cp.n_batch = (uint32_t)n_prompt;
     moecl_status st = moecl_context_new(model, &cp, &ctx);
     if (st) { fail("cannot create a context", st); goto done; }
+    if (o->verbose) print_placement(stderr, ctx, &info);
     if ((st = moecl_sampler_new(&o->sp, &smpl))) { fail("cannot create a sampler", st); goto done; }
     for (int i = 0; i < n_prompt; i++) moecl_sampler_accept(smpl, prompt[i]);
 
@@ -598,8 +676,7 @@ static int cmd_chat(const options *o) {
     }
     const int32_t eos = moecl_tokenizer_eos_id(tkz);
     const int n_batch = 512;
-    moecl_context_params cp = moecl_context_default_params();
-    cp.n_threads = o->n_threads;
+    moecl_context_params cp = context_params(o);
     cp.n_ctx = (uint32_t)o->n_ctx;
     cp.n_batch = n_batch;
     moecl_status st = moecl_context_new(model, &cp, &ctx);
@@ -717,8 +794,16 @@ static int cmd_info(const options *o) {
         if (in.bytes_by_dtype[d])
             printf("%-22s %.1f MiB\n", d == 0 ? "bytes in f32" : d == 1 ? "bytes in f16" : "bytes in bf16",
                    (double)in.bytes_by_dtype[d] / 1048576.0);
+    /* Where the experts would run with these options. */
+    moecl_context_params cp = context_params(o);
+    cp.n_ctx = 16;
+    moecl_context *ctx = NULL;
+    moecl_status st = moecl_context_new(model, &cp, &ctx);
+    if (st == MOECL_OK) print_placement(stdout, ctx, &in);
+    else fail("cannot create a context to place the experts", st);
+    moecl_context_free(ctx);
     moecl_model_free(model);
-    return 0;
+    return st == MOECL_OK ? 0 : 1;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -747,8 +832,7 @@ static int cmd_bench(const options *o) {
         s = s * 6364136223846793005ull + 1442695040888963407ull;
         toks[i] = (int32_t)((s >> 33) % (uint64_t)in.n_vocab);
     }
-    moecl_context_params cp = moecl_context_default_params();
-    cp.n_threads = o->n_threads;
+    moecl_context_params cp = context_params(o);
     cp.n_ctx = (uint32_t)(np + ng + 1);
     cp.n_batch = (uint32_t)np;
     moecl_status st = moecl_context_new(model, &cp, &ctx);
@@ -881,16 +965,23 @@ static void help(void) {
            "  moecl run      [-m PATH] [-p TEXT | -f FILE | --tokens 1,2,3] [--chat [--system TEXT]]\n"
            "                 [--no-bos] [--special] [-n N]\n"
            "                 [--seed S] [--temp T] [--top-k K] [--top-p P] [--min-p P] [--repeat-penalty R]\n"
-           "                 [-t THREADS] [-c CTX] [--ids] [-v]\n"
+           "                 [-t THREADS] [-c CTX] [--ids] [-v] [backend options]\n"
            "  moecl tokenize   [-m PATH] [--no-bos] [--special] [--time] (-p TEXT | -f FILE)  # ids as a JSON array\n"
            "  moecl detokenize [-m PATH] [--special] IDS...                          # text\n"
            "  moecl chat     [-m PATH] [--system TEXT] [-n N] [sampling options] [-t THREADS] [-c CTX]\n"
            "                 # multi-turn Mixtral-Instruct conversation on stdin; run --chat: one turn\n"
-           "  moecl info     [-m PATH]\n"
+           "  moecl info     [-m PATH] [backend options]    # shape, parameters, where each expert runs\n"
+           "  moecl devices                               # OpenCL platforms and devices\n"
            "  moecl bench    [-m PATH] [-p 128] [-n 64] [-t THREADS] [-r REPS]\n"
            "  moecl generate DIR [--preset mini|default|tiny] [--dtype f32|f16|bf16] [--seed S]\n"
            "                 [--vocab N --hidden N --ff N --layers N --heads N --kv-heads N --head-dim N\n"
            "                  --experts N --top-k N]\n\n"
+           "backend options (run, chat, info, bench):\n"
+           "  --backend cpu|opencl|auto   auto: an OpenCL GPU if there is one, else the CPU\n"
+           "  --device SEL                device index or name substring (also $MOECL_DEVICE)\n"
+           "  --gpu-mem MiB               expert weights on the device (default: its memory less headroom)\n"
+           "  --gpu-experts N             at most N experts per layer on the device\n"
+           "  --device-dtype f32|f16      storage of expert weights on the device\n\n"
            "PATH is a Hugging Face model directory (for tokenize/detokenize also a tokenizer.json).\n"
            "Without -m: $MOECL_MODEL, else the default model (random weights) in %s/default,\n"
            "written on first use, whose tokenizer is models/tokenizer.json (Mistral v1 vocabulary).\n"
@@ -915,6 +1006,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "tokenize")) return cmd_tokenize(&o);
     if (!strcmp(cmd, "chat")) return cmd_chat(&o);
     if (!strcmp(cmd, "info")) return cmd_info(&o);
+    if (!strcmp(cmd, "devices")) return cmd_devices();
     if (!strcmp(cmd, "bench")) return cmd_bench(&o);
     return usage_error("unknown command '%s'", cmd);
 }
