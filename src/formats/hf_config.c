@@ -36,27 +36,8 @@ static const char k_arch[] = "MixtralForCausalLM";
 static const char k_model_type[] = "mixtral";
 
 /* ------------------------------------------------------------------------ */
-/* Reading the file                                                         */
-/* ------------------------------------------------------------------------ */
-
-/* ------------------------------------------------------------------------ */
 /* Typed field access                                                       */
 /* ------------------------------------------------------------------------ */
-
-/* A JSON value as words for an error message: the number itself, or its kind. */
-static const char *describe(const cJSON *v, char *buf, size_t n) {
-    if (cJSON_IsNumber(v)) {
-        snprintf(buf, n, "%.15g", v->valuedouble);
-        if (strtod(buf, NULL) != v->valuedouble) snprintf(buf, n, "%.17g", v->valuedouble);
-        return buf;
-    }
-    if (cJSON_IsString(v)) return "a string";
-    if (cJSON_IsNull(v)) return "null";
-    if (cJSON_IsBool(v)) return "a boolean";
-    if (cJSON_IsArray(v)) return "an array";
-    if (cJSON_IsObject(v)) return "an object";
-    return "missing";
-}
 
 /* Absent and null both mean "not given" for optional fields. */
 static const cJSON *field(const cJSON *obj, const char *name) {
@@ -70,11 +51,11 @@ static moecl_status as_int(const char *path, const char *name, const cJSON *v, i
     char buf[40];
     if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble))
         return mc_error(MOECL_ERR_FORMAT, "%s: '%s' is %s, expected an integer", path, name,
-                        describe(v, buf, sizeof buf));
+                        mc_json_describe(v, buf, sizeof buf));
     double d = v->valuedouble;
     if (d < (double)lo || d > (double)hi)
         return mc_error(MOECL_ERR_FORMAT, "%s: '%s' is %s, outside [%lld, %lld]", path, name,
-                        describe(v, buf, sizeof buf), (long long)lo, (long long)hi);
+                        mc_json_describe(v, buf, sizeof buf), (long long)lo, (long long)hi);
     *out = (int32_t)d;
     return MOECL_OK;
 }
@@ -102,14 +83,14 @@ static moecl_status as_positive_float(const char *path, const char *name, const 
     char buf[40];
     if (!cJSON_IsNumber(v))
         return mc_error(MOECL_ERR_FORMAT, "%s: '%s' is %s, expected a number", path, name,
-                        describe(v, buf, sizeof buf));
+                        mc_json_describe(v, buf, sizeof buf));
     double d = v->valuedouble;
     if (!(d > 0.0 && d <= hi))
         return mc_error(MOECL_ERR_FORMAT, "%s: '%s' is %s, expected a number in (0, %g]", path, name,
-                        describe(v, buf, sizeof buf), hi);
+                        mc_json_describe(v, buf, sizeof buf), hi);
     if ((float)d == 0.0f)
         return mc_error(MOECL_ERR_FORMAT, "%s: '%s' is %s, too small for a float", path, name,
-                        describe(v, buf, sizeof buf));
+                        mc_json_describe(v, buf, sizeof buf));
     *out = (float)d;
     return MOECL_OK;
 }
@@ -123,7 +104,7 @@ static moecl_status opt_bool(const char *path, const cJSON *root, const char *na
     }
     if (!cJSON_IsBool(v))
         return mc_error(MOECL_ERR_FORMAT, "%s: '%s' is %s, expected true or false", path, name,
-                        describe(v, buf, sizeof buf));
+                        mc_json_describe(v, buf, sizeof buf));
     *out = cJSON_IsTrue(v);
     return MOECL_OK;
 }
@@ -136,7 +117,7 @@ static moecl_status opt_string(const char *path, const cJSON *obj, const char *n
     if (!v) return MOECL_OK;
     if (!cJSON_IsString(v))
         return mc_error(MOECL_ERR_FORMAT, "%s: '%s' is %s, expected a string", path, name,
-                        describe(v, buf, sizeof buf));
+                        mc_json_describe(v, buf, sizeof buf));
     *out = v->valuestring;
     return MOECL_OK;
 }
@@ -168,7 +149,7 @@ static moecl_status check_architecture(const char *path, const cJSON *root, mc_h
     if (archs) {
         if (!cJSON_IsArray(archs))
             return mc_error(MOECL_ERR_FORMAT, "%s: 'architectures' is %s, expected a list of names", path,
-                            describe(archs, buf, sizeof buf));
+                            mc_json_describe(archs, buf, sizeof buf));
         if (!cJSON_IsString(archs->child))
             return mc_error(MOECL_ERR_FORMAT, "%s: 'architectures' does not start with a name", path);
         if (strcmp(archs->child->valuestring, k_arch) != 0)
@@ -209,7 +190,7 @@ static moecl_status read_rope(const char *path, const cJSON *root, float *theta)
     const cJSON *scaling = field(root, "rope_scaling");
     if (scaling && !cJSON_IsObject(scaling))
         return mc_error(MOECL_ERR_FORMAT, "%s: 'rope_scaling' is %s, expected an object or null", path,
-                        describe(scaling, buf, sizeof buf));
+                        mc_json_describe(scaling, buf, sizeof buf));
     moecl_status st = scaling ? check_rope_type(path, scaling, "rope_scaling") : MOECL_OK;
     if (st == MOECL_OK && scaling && !field(scaling, "rope_type") && !field(scaling, "type"))
         st = mc_error(MOECL_ERR_UNSUPPORTED, "%s: 'rope_scaling' without a type is not supported", path);
@@ -218,7 +199,7 @@ static moecl_status read_rope(const char *path, const cJSON *root, float *theta)
     const cJSON *params = field(root, "rope_parameters");
     if (params && !cJSON_IsObject(params))
         return mc_error(MOECL_ERR_FORMAT, "%s: 'rope_parameters' is %s, expected an object", path,
-                        describe(params, buf, sizeof buf));
+                        mc_json_describe(params, buf, sizeof buf));
     if (params && (st = check_rope_type(path, params, "rope_parameters")) != MOECL_OK) return st;
 
     const cJSON *top = field(root, "rope_theta");

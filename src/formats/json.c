@@ -4,6 +4,7 @@
 #include "json.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <fcntl.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -69,3 +70,19 @@ moecl_status mc_read_text_file(const char *path, size_t limit, char **out, size_
     return MOECL_OK;
 }
 
+
+/* A JSON value as words for an error message: the number itself, or its kind. */
+const char *mc_json_describe(const cJSON *v, char *buf, size_t n) {
+    if (!v) return "missing";
+    if (cJSON_IsNumber(v)) {
+        snprintf(buf, n, "%.15g", v->valuedouble);
+        if (strtod(buf, NULL) != v->valuedouble) snprintf(buf, n, "%.17g", v->valuedouble);
+        return buf;
+    }
+    if (cJSON_IsString(v)) return "a string";
+    if (cJSON_IsNull(v)) return "null";
+    if (cJSON_IsBool(v)) return "a boolean";
+    if (cJSON_IsArray(v)) return "an array";
+    if (cJSON_IsObject(v)) return "an object";
+    return "an invalid value";
+}

@@ -80,22 +80,6 @@ static char *path_join(const char *dir, const char *name) {
     return p;
 }
 
-/* A JSON value as words for an error message: the number itself, or its kind. */
-static const char *json_describe(const cJSON *v, char *buf, size_t n) {
-    if (!v) return "missing";
-    if (cJSON_IsNumber(v)) {
-        snprintf(buf, n, "%.15g", v->valuedouble);
-        if (strtod(buf, NULL) != v->valuedouble) snprintf(buf, n, "%.17g", v->valuedouble);
-        return buf;
-    }
-    if (cJSON_IsString(v)) return "a string";
-    if (cJSON_IsNull(v)) return "null";
-    if (cJSON_IsBool(v)) return "a boolean";
-    if (cJSON_IsArray(v)) return "an array";
-    if (cJSON_IsObject(v)) return "an object";
-    return "an invalid value";
-}
-
 /* v as an integer in [0, max]. cJSON keeps numbers as doubles, so integral
  * and in-range are checked on the double before it is converted. */
 static bool json_uint(const cJSON *v, uint64_t max, uint64_t *out) {
@@ -177,7 +161,7 @@ static moecl_status parse_dtype(const mc_st_file *f, const char *name, const cJS
     if (!v) return entry_error(MOECL_ERR_FORMAT, f, name, msg, "missing 'dtype'");
     if (!cJSON_IsString(v))
         return entry_error(MOECL_ERR_FORMAT, f, name, msg, "'dtype' is %s, expected a string",
-                           json_describe(v, num, sizeof num));
+                           mc_json_describe(v, num, sizeof num));
     for (size_t i = 0; i < sizeof k_dtypes / sizeof k_dtypes[0]; i++) {
         if (strcmp(v->valuestring, k_dtypes[i].name) != 0) continue;
         if (k_dtypes[i].type < 0)
@@ -194,7 +178,7 @@ static moecl_status parse_shape(const mc_st_file *f, const char *name, const cJS
     if (!v) return entry_error(MOECL_ERR_FORMAT, f, name, msg, "missing 'shape'");
     if (!cJSON_IsArray(v))
         return entry_error(MOECL_ERR_FORMAT, f, name, msg, "'shape' is %s, expected an array of integers",
-                           json_describe(v, num, sizeof num));
+                           mc_json_describe(v, num, sizeof num));
     int n = 0;
     for (const cJSON *d = v->child; d; d = d->next, n++) {
         if (n == ST_MAX_DIMS)
@@ -204,7 +188,7 @@ static moecl_status parse_shape(const mc_st_file *f, const char *name, const cJS
         if (!json_uint(d, ST_MAX_DIM, &u))
             return entry_error(MOECL_ERR_FORMAT, f, name, msg,
                                "shape[%d] is %s, expected an integer in [0, 2^40]", n,
-                               json_describe(d, num, sizeof num));
+                               mc_json_describe(d, num, sizeof num));
         t->shape[n] = (int64_t)u;
     }
     t->n_dims = n;
@@ -234,13 +218,13 @@ static moecl_status parse_offsets(const mc_st_file *f, const char *name, const c
                            cJSON_GetArraySize(v));
     if (!cJSON_IsArray(v))
         return entry_error(MOECL_ERR_FORMAT, f, name, msg, "'data_offsets' is %s, expected [begin, end]",
-                           json_describe(v, num, sizeof num));
+                           mc_json_describe(v, num, sizeof num));
     uint64_t off[2];
     for (int i = 0; i < 2; i++) {
         const cJSON *o = cJSON_GetArrayItem(v, i);
         if (!json_uint(o, UINT64_MAX, &off[i]))
             return entry_error(MOECL_ERR_FORMAT, f, name, msg, "data_offsets[%d] is %s, expected an integer >= 0",
-                               i, json_describe(o, num, sizeof num));
+                               i, mc_json_describe(o, num, sizeof num));
     }
     if (off[0] > off[1])
         return entry_error(MOECL_ERR_FORMAT, f, name, msg, "data_offsets [%" PRIu64 ", %" PRIu64 "] are reversed",
@@ -269,7 +253,7 @@ static moecl_status parse_entry(const mc_st_file *f, const cJSON *e, st_data dat
     char msg[256], num[40];
     if (!cJSON_IsObject(e))
         return entry_error(MOECL_ERR_FORMAT, f, name, msg, "entry is %s, expected an object",
-                           json_describe(e, num, sizeof num));
+                           mc_json_describe(e, num, sizeof num));
     moecl_status st = parse_dtype(f, name, cJSON_GetObjectItemCaseSensitive(e, "dtype"), &t->type);
     if (st == MOECL_OK) st = parse_shape(f, name, cJSON_GetObjectItemCaseSensitive(e, "shape"), t);
     if (st == MOECL_OK) st = parse_offsets(f, name, cJSON_GetObjectItemCaseSensitive(e, "data_offsets"), data, t);
@@ -284,11 +268,11 @@ static moecl_status check_metadata(const mc_st_file *f, const cJSON *m) {
     char num[40];
     if (!cJSON_IsObject(m))
         return mc_error(MOECL_ERR_FORMAT, "%s: '__metadata__' is %s, expected an object of strings", f->path,
-                        json_describe(m, num, sizeof num));
+                        mc_json_describe(m, num, sizeof num));
     for (const cJSON *kv = m->child; kv; kv = kv->next)
         if (!cJSON_IsString(kv))
             return mc_error(MOECL_ERR_FORMAT, "%s: '__metadata__' value '%s' is %s, expected a string", f->path,
-                            kv->string, json_describe(kv, num, sizeof num));
+                            kv->string, mc_json_describe(kv, num, sizeof num));
     return MOECL_OK;
 }
 
@@ -483,7 +467,7 @@ static moecl_status read_weight_map(const char *index_path, const cJSON *root, s
         return mc_error(MOECL_ERR_FORMAT, "%s: not a JSON object", index_path);
     if (!cJSON_IsObject(wm))
         return mc_error(MOECL_ERR_FORMAT, "%s: 'weight_map' is %s, expected an object", index_path,
-                        json_describe(wm, num, sizeof num));
+                        mc_json_describe(wm, num, sizeof num));
     int n = cJSON_GetArraySize(wm);
     if (n <= 0) return mc_error(MOECL_ERR_FORMAT, "%s: 'weight_map' is empty", index_path);
 
@@ -499,7 +483,7 @@ static moecl_status read_weight_map(const char *index_path, const cJSON *root, s
     for (const cJSON *kv = wm->child; kv && st == MOECL_OK; kv = kv->next, i++) {
         if (!cJSON_IsString(kv))
             st = mc_error(MOECL_ERR_FORMAT, "%s: tensor '%s' maps to %s, expected a shard file name", index_path,
-                          kv->string, json_describe(kv, num, sizeof num));
+                          kv->string, mc_json_describe(kv, num, sizeof num));
         else if (!plain_file_name(kv->valuestring))
             st = mc_error(MOECL_ERR_FORMAT,
                           "%s: tensor '%s' maps to shard '%s', which is not a plain file name in the model directory",
