@@ -7,10 +7,14 @@
  *     sum), and the bandwidth mc_cpu_matmul reaches at T=1 on a weight of the
  *     same size, per dtype (weight bytes / time);
  * (b) OpenBLAS sgemm GFLOP/s, square and at the expert shapes of
- *     Mixtral-mini prompts, and mc_cpu_matmul at the same shapes;
- * (c) with --sweep: GFLOP/s of mc_cpu_matmul against T at expert shapes,
- *     to place MC_SMALL_T (build once with -DMC_SMALL_T=0 and once
- *     with -DMC_SMALL_T=1000 to see both paths at every T).
+ *     Mixtral-mini prompts, and mc_cpu_matmul at the same shapes (whichever
+ *     path its thresholds pick: at M=128 F16/BF16 use the fused kernels);
+ * (c) with --sweep: GFLOP/s of mc_cpu_matmul against T at expert shapes.
+ *     To place MC_SMALL_T / MC_SMALL_T_16, build it twice, with
+ *     -DMC_SMALL_T=0 -DMC_SMALL_T_16=0 (sgemm at every T) and with both
+ *     =100000 (fused kernels at every T), and compare.
+ * First of all, the cost of an empty parallel region: what OMP_WAIT_POLICY
+ * decides (passive: a futex wake per region).
  *
  * Each figure is the median of several runs. Thread counts measured: 1 and N
  * (default: all processors). Not a test: it checks nothing.
@@ -66,10 +70,12 @@ static int g_runs = 7;
 
 /* ---- (a) memory bandwidth ------------------------------------------------- */
 
-/* Sum of n floats read as `streams` sequential streams side by side (the
- * matvec kernels read 4 weight rows at once; some CPUs need several streams
- * per core to reach their bandwidth), eight independent accumulators.
- * SSE2 is baseline on x86-64 and already far faster than memory. */
+/* Sum of n floats read as `streams` (1 or 4) sequential streams side by
+ * side, eight independent accumulators. The matvec kernels read 4 weight
+ * rows at once, and CPUs differ in which pattern they stream faster (a Zen 4
+ * core: one stream, 2x; a Sapphire Rapids core: several, 2x), so both are
+ * measured and the better one is "the read bandwidth". SSE2 is baseline on
+ * x86-64 and already far faster than memory. */
 static float sum_floats(const float *p, size_t n, int streams) {
     size_t len = n / (size_t)streams / 32 * 32, i = 0;
     float s = 0;

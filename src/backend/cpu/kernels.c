@@ -54,12 +54,19 @@
 
 /* Largest T that uses the fused kernels rather than sgemm: MC_SMALL_T for
  * F32 weights, MC_SMALL_T_16 for F16/BF16 (whose sgemm path also pays for
- * the conversion). OpenBLAS is slow at small M (0.3.21, 1 thread, Zen 4:
- * 3 GFLOP/s at M=1, 33 at 16, 67 at 64, 80 at 128 on a 4096x14336 weight),
- * while the fused kernels, FMA-bound from T=4 on, give 64-76 (F32) and
- * 87-90 (BF16) GFLOP/s for T = 16..64. At T=128 sgemm wins for F32 (80 vs
- * 69) but not for BF16 (83-90 fused vs ~76 converted+sgemm); a Sapphire
- * Rapids with OpenBLAS 0.3.26 gave the same crossovers. */
+ * the conversion). Measured with bench-blas --sweep on Zen 4 (OpenBLAS
+ * 0.3.21, 1 thread, 4096x14336 weight, GFLOP/s):
+ *
+ *   T              1    4   16   64   128   192
+ *   F32  sgemm     3   10   32   67    81    88
+ *   F32  fused    12   34   63   81    85    74
+ *   BF16 sgemm     2    9   30   58    71    75   (convert + sgemm)
+ *   BF16 fused    18   62   86   91    88    82
+ *
+ * The other expert shapes (14336x4096, 3584x1024, 1024x3584) and a
+ * Sapphire Rapids (OpenBLAS 0.3.26) agree: the fused kernels win at every
+ * T <= 64 (F32) and <= 128 (F16/BF16); sgemm draws level or ahead at
+ * 1.5-2x those. */
 #ifndef MC_SMALL_T
 #define MC_SMALL_T 64
 #endif
