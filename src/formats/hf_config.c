@@ -287,13 +287,8 @@ moecl_status mc_hf_config_load(const char *path, mc_hparams *hp) {
     memset(hp, 0, sizeof *hp);
     if (!path) return mc_error(MOECL_ERR_INVALID_ARG, "mc_hf_config_load: no path");
 
-    char *text;
-    size_t len;
-    moecl_status st = mc_read_text_file(path, HF_MAX_FILE, &text, &len);
-    if (st != MOECL_OK) return st;
     cJSON *root = NULL;
-    st = mc_json_parse(path, "file", text, len, &root);
-    free(text);
+    moecl_status st = mc_json_load_file(path, HF_MAX_FILE, &root);
     if (st != MOECL_OK) return st;
 
     mc_hparams tmp = {0};

@@ -86,3 +86,14 @@ const char *mc_json_describe(const cJSON *v, char *buf, size_t n) {
     if (cJSON_IsObject(v)) return "an object";
     return "an invalid value";
 }
+
+moecl_status mc_json_load_file(const char *path, size_t limit, cJSON **out) {
+    char *text;
+    size_t len;
+    *out = NULL;
+    moecl_status st = mc_read_text_file(path, limit, &text, &len);
+    if (st != MOECL_OK) return st;
+    st = mc_json_parse(path, "file", text, len, out);
+    free(text);
+    return st;
+}

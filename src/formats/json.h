@@ -18,6 +18,9 @@ moecl_status mc_read_text_file(const char *path, size_t limit, char **out, size_
  * "header"). */
 moecl_status mc_json_parse(const char *path, const char *what, const char *text, size_t len, cJSON **out);
 
+/* Read path (at most limit bytes) and parse it as one JSON value. */
+moecl_status mc_json_load_file(const char *path, size_t limit, cJSON **out);
+
 /* A JSON value as words for an error message: the number itself, or its
  * kind ("a string", "null", ..., "missing" for NULL). buf holds numbers. */
 const char *mc_json_describe(const cJSON *v, char *buf, size_t n);

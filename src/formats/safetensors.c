@@ -580,13 +580,8 @@ static moecl_status open_shards(const char *dir, const char *index_path, const c
 }
 
 static moecl_status open_index(const char *dir, const char *index_path, mc_st_set *set) {
-    char *text;
-    size_t len;
-    moecl_status st = mc_read_text_file(index_path, ST_MAX_INDEX, &text, &len);
-    if (st != MOECL_OK) return st;
     cJSON *root = NULL;
-    st = mc_json_parse(index_path, "file", text, len, &root);
-    free(text);
+    moecl_status st = mc_json_load_file(index_path, ST_MAX_INDEX, &root);
     if (st != MOECL_OK) return st;
 
     st_map_entry *entries = NULL;

@@ -625,12 +625,7 @@ static moecl_status read_optional_json(const char *dir, const char *name, cJSON 
         return mc_error(MOECL_ERR_INVALID_ARG, "%s: path too long", dir);
     struct stat sb;
     if (stat(path, &sb) != 0 && errno == ENOENT) return MOECL_OK;
-    char *text;
-    size_t len;
-    moecl_status st = mc_read_text_file(path, CONFIG_FILE_LIMIT, &text, &len);
-    if (st) return st;
-    st = mc_json_parse(path, "file", text, len, out);
-    free(text);
+    moecl_status st = mc_json_load_file(path, CONFIG_FILE_LIMIT, out);
     if (!st && !cJSON_IsObject(*out)) {
         cJSON_Delete(*out);
         *out = NULL;
