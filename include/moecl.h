@@ -112,15 +112,22 @@ typedef bool (*moecl_abort_fn)(void *user_data);
 
 typedef struct moecl_model moecl_model;
 
-/* Storage types of weights. */
+/* Storage types of weights. The quantized types have GGUF's block layouts:
+ * Q8_0 and Q4_0 blocks of 32 weights, the K-quants super-blocks of 256. */
 typedef enum moecl_dtype {
     MOECL_DTYPE_F32 = 0,
     MOECL_DTYPE_F16 = 1,
     MOECL_DTYPE_BF16 = 2,
+    MOECL_DTYPE_Q8_0 = 3,
+    MOECL_DTYPE_Q4_0 = 4,
+    MOECL_DTYPE_Q4_K = 5,
+    MOECL_DTYPE_Q5_K = 6,
+    MOECL_DTYPE_Q6_K = 7,
     MOECL_DTYPE_COUNT
 } moecl_dtype;
 
-/* Static name of a dtype ("f32", "f16", "bf16"), "?" if out of range. */
+/* Static name of a dtype ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_K",
+ * "q5_K", "q6_K"), "?" if out of range. */
 MOECL_API const char *moecl_dtype_name(moecl_dtype dtype);
 
 typedef struct moecl_model_params {

@@ -50,8 +50,15 @@ static inline uint16_t mc_f32_to_bf16(float f) {
 float mc_f16_to_f32(uint16_t h);
 uint16_t mc_f32_to_f16(float f);
 
-/* Bytes per element of a weight dtype. */
+/* Bytes per element of a float weight dtype; 0 for the quantized types. */
 size_t mc_dtype_size(moecl_dtype t);
+/* Elements per block (1 for the float types, 32 or 256 for the quantized
+ * ones) and bytes per block; 0 for a dtype out of range. */
+int64_t mc_dtype_block(moecl_dtype t);
+size_t mc_dtype_block_bytes(moecl_dtype t);
+/* Bytes of a row of n elements; false if n is not a whole number of blocks
+ * or the size overflows. */
+bool mc_dtype_row_bytes(moecl_dtype t, int64_t n, size_t *out);
 
 /* ---- tensors ------------------------------------------------------------- */
 

@@ -88,6 +88,11 @@ const char *moecl_dtype_name(moecl_dtype dtype) {
     case MOECL_DTYPE_F32: return "f32";
     case MOECL_DTYPE_F16: return "f16";
     case MOECL_DTYPE_BF16: return "bf16";
+    case MOECL_DTYPE_Q8_0: return "q8_0";
+    case MOECL_DTYPE_Q4_0: return "q4_0";
+    case MOECL_DTYPE_Q4_K: return "q4_K";
+    case MOECL_DTYPE_Q5_K: return "q5_K";
+    case MOECL_DTYPE_Q6_K: return "q6_K";
     default: return "?";
     }
 }
@@ -99,6 +104,40 @@ size_t mc_dtype_size(moecl_dtype t) {
     case MOECL_DTYPE_BF16: return 2;
     default: return 0;
     }
+}
+
+int64_t mc_dtype_block(moecl_dtype t) {
+    switch (t) {
+    case MOECL_DTYPE_F32:
+    case MOECL_DTYPE_F16:
+    case MOECL_DTYPE_BF16: return 1;
+    case MOECL_DTYPE_Q8_0:
+    case MOECL_DTYPE_Q4_0: return 32;
+    case MOECL_DTYPE_Q4_K:
+    case MOECL_DTYPE_Q5_K:
+    case MOECL_DTYPE_Q6_K: return 256;
+    default: return 0;
+    }
+}
+
+size_t mc_dtype_block_bytes(moecl_dtype t) {
+    switch (t) {
+    case MOECL_DTYPE_F32: return 4;
+    case MOECL_DTYPE_F16:
+    case MOECL_DTYPE_BF16: return 2;
+    case MOECL_DTYPE_Q8_0: return 34;  /* f16 scale, 32 int8 */
+    case MOECL_DTYPE_Q4_0: return 18;  /* f16 scale, 32 nibbles */
+    case MOECL_DTYPE_Q4_K: return 144; /* f16 d, dmin, 12 bytes of 6-bit scales/mins, 128 bytes of nibbles */
+    case MOECL_DTYPE_Q5_K: return 176; /* as Q4_K plus 32 bytes of high bits */
+    case MOECL_DTYPE_Q6_K: return 210; /* 128 low nibbles, 64 high 2-bits, 16 int8 scales, f16 d */
+    default: return 0;
+    }
+}
+
+bool mc_dtype_row_bytes(moecl_dtype t, int64_t n, size_t *out) {
+    const int64_t blk = mc_dtype_block(t);
+    if (blk <= 0 || n < 0 || n % blk) return false;
+    return mc_mul_size((size_t)(n / blk), mc_dtype_block_bytes(t), out);
 }
 
 /*

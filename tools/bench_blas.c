@@ -171,7 +171,7 @@ static void section_memory(size_t bytes, int nmax) {
 
     /* The same bytes as a weight matrix, T = 1. */
     printf("mc_cpu_matmul T=1 over the same bytes (weight bytes / time; fraction of the better read figure):\n");
-    for (int dt = 0; dt < MOECL_DTYPE_COUNT; dt++) {
+    for (int dt = 0; dt <= MOECL_DTYPE_BF16; dt++) { /* the float types; quantized: see --quant */
         size_t es = dt == MOECL_DTYPE_F32 ? 4 : 2;
         int64_t cols = (int64_t)(131072 / es); /* 128 KiB rows */
         int64_t rows = (int64_t)(bytes / es / (size_t)cols);
@@ -289,7 +289,7 @@ static void section_sweep(int nmax, bool quick) {
     int nk = nmax > 1 ? 2 : 1;
     for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++) {
         if (quick && si >= 2) continue;
-        for (int dt = 0; dt < MOECL_DTYPE_COUNT; dt++) {
+        for (int dt = 0; dt <= MOECL_DTYPE_BF16; dt++) { /* the float types; quantized: see --quant */
             mc_tensor W = make_weight((moecl_dtype)dt, shapes[si][0], shapes[si][1]);
             for (int k = 0; k < nk; k++) {
                 printf("rows=%-6lld cols=%-5lld %-4s threads=%d:", (long long)shapes[si][0], (long long)shapes[si][1],

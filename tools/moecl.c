@@ -792,8 +792,7 @@ static int cmd_info(const options *o) {
     print_count("active per token", in.n_params_active);
     for (int d = 0; d < MOECL_DTYPE_COUNT; d++)
         if (in.bytes_by_dtype[d])
-            printf("%-22s %.1f MiB\n", d == 0 ? "bytes in f32" : d == 1 ? "bytes in f16" : "bytes in bf16",
-                   (double)in.bytes_by_dtype[d] / 1048576.0);
+            printf("bytes in %-13s %.1f MiB\n", moecl_dtype_name((moecl_dtype)d), (double)in.bytes_by_dtype[d] / 1048576.0);
     /* Where the experts would run with these options. */
     moecl_context_params cp = context_params(o);
     cp.n_ctx = 16;
