@@ -15,8 +15,11 @@ void mc_rmsnorm(float *out, const float *x, const float *w, int64_t n, float eps
     for (int64_t i = 0; i < n; i++) out[i] = w[i] * (x[i] * scale);
 }
 
-void mc_rope(float *x, int n_heads, int head_dim, int32_t pos, float theta) {
+void mc_rope(float *x, int n_heads, int head_dim, int32_t pos, float theta, bool interleaved) {
     const int half = head_dim / 2;
+    /* Pair i is (i, i + half) in transformers' rotate-half layout, (2i, 2i + 1)
+     * in the layout of GGUF files, whose converter permuted the Q and K rows. */
+    const int stride = interleaved ? 2 : 1, other = interleaved ? 1 : half;
     for (int i = 0; i < half; i++) {
         /* transformers: inv_freq = 1 / theta^(2i/d) in float32, angle = pos · inv_freq in float32 */
         float inv_freq = 1.0f / powf(theta, (float)(2 * i) / (float)head_dim);
@@ -24,9 +27,10 @@ void mc_rope(float *x, int n_heads, int head_dim, int32_t pos, float theta) {
         float c = cosf(ang), s = sinf(ang);
         for (int h = 0; h < n_heads; h++) {
             float *v = x + (int64_t)h * head_dim;
-            float a = v[i], b = v[i + half];
-            v[i] = a * c - b * s;
-            v[i + half] = b * c + a * s;
+            const int j = i * stride;
+            float a = v[j], b = v[j + other];
+            v[j] = a * c - b * s;
+            v[j + other] = b * c + a * s;
         }
     }
 }

@@ -329,8 +329,8 @@ static moecl_status attention_block(moecl_context *ctx, int il, int64_t T) {
     float *vc = ctx->v_cache + (int64_t)il * ctx->n_seq * ctx->n_ctx * kv_dim;
     for (int64_t t = 0; t < T; t++) {
         const int64_t q_stride = (int64_t)hp->n_head * hp->head_dim;
-        mc_rope(ctx->q + t * q_stride, hp->n_head, hp->head_dim, ctx->tok_pos[t], hp->rope_theta);
-        mc_rope(ctx->k + t * kv_dim, hp->n_head_kv, hp->head_dim, ctx->tok_pos[t], hp->rope_theta);
+        mc_rope(ctx->q + t * q_stride, hp->n_head, hp->head_dim, ctx->tok_pos[t], hp->rope_theta, hp->rope_interleaved);
+        mc_rope(ctx->k + t * kv_dim, hp->n_head_kv, hp->head_dim, ctx->tok_pos[t], hp->rope_theta, hp->rope_interleaved);
         int64_t slot = ((int64_t)ctx->tok_seq[t] * ctx->n_ctx + ctx->tok_pos[t]) * kv_dim;
         memcpy(kc + slot, ctx->k + t * kv_dim, (size_t)kv_dim * sizeof(float));
         memcpy(vc + slot, ctx->v + t * kv_dim, (size_t)kv_dim * sizeof(float));
@@ -398,7 +398,8 @@ static moecl_status moe_block(moecl_context *ctx, int il, int64_t T) {
 static void embed(moecl_context *ctx, const int32_t *tokens, int64_t T) {
     const mc_tensor *E = &ctx->model->tok_embd;
     const int64_t D = E->cols;
-    const size_t row_bytes = (size_t)D * mc_dtype_size(E->type);
+    size_t row_bytes = 0;
+    mc_dtype_row_bytes(E->type, D, &row_bytes); /* checked when the model was loaded */
     for (int64_t t = 0; t < T; t++)
         mc_cpu_to_f32(E->type, (const char *)E->data + (size_t)tokens[t] * row_bytes, ctx->x + t * D, D);
 }

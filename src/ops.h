@@ -18,7 +18,7 @@ void mc_rmsnorm(float *out, const float *x, const float *w, int64_t n, float eps
  * θ_i = pos · theta^(-2i/head_dim) computed in float32 like transformers:
  *   x[i]          ← x[i]·cos θ_i − x[i + head_dim/2]·sin θ_i
  *   x[i + hd/2]   ← x[i + head_dim/2]·cos θ_i + x[i]·sin θ_i            */
-void mc_rope(float *x, int n_heads, int head_dim, int32_t pos, float theta);
+void mc_rope(float *x, int n_heads, int head_dim, int32_t pos, float theta, bool interleaved);
 
 /* Causal grouped-query attention for T tokens over one layer's KV cache.
  * Token t belongs to sequence seq[t] at position pos[t]; its keys are the

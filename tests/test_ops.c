@@ -149,7 +149,7 @@ static void test_rope(void) {
     for (int pi = 0; pi < 4; pi++) {
         int pos = positions[pi];
         memcpy(y, x, sizeof x);
-        mc_rope(y, H, HD, pos, 10000.0f);
+        mc_rope(y, H, HD, pos, 10000.0f, false);
         for (int h = 0; h < H; h++)
             for (int i = 0; i < HD / 2; i++) {
                 double th = pos * pow(10000.0, -2.0 * i / HD);
@@ -161,6 +161,20 @@ static void test_rope(void) {
                        "pos %d head %d i %d", pos, h, i);
             }
         if (pos == 0) CHECK(memcmp(x, y, sizeof x) == 0);
+
+        /* The interleaved form on rows permuted as llama.cpp's converter
+         * permutes Q and K (HF row j*HD/2 + i becomes row 2i + j) gives the
+         * same values, permuted the same way. */
+        float p[H * HD];
+        for (int h = 0; h < H; h++)
+            for (int i = 0; i < HD / 2; i++)
+                for (int j = 0; j < 2; j++) p[h * HD + 2 * i + j] = x[h * HD + j * HD / 2 + i];
+        mc_rope(p, H, HD, pos, 10000.0f, true);
+        for (int h = 0; h < H; h++)
+            for (int i = 0; i < HD / 2; i++)
+                for (int j = 0; j < 2; j++)
+                    CHECKF(p[h * HD + 2 * i + j] == y[h * HD + j * HD / 2 + i], "interleaved pos %d head %d i %d", pos,
+                           h, i);
     }
 }
 

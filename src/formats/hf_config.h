@@ -25,6 +25,7 @@ typedef struct mc_hparams {
     float rms_norm_eps;      /* default 1e-5 */
     float rope_theta;        /* rope_theta or rope_parameters.rope_theta; default 1e6 */
     bool tie_word_embeddings;/* default false */
+    bool rope_interleaved;   /* RoPE pairs (2i, 2i+1): Q/K rows as GGUF converters permute them */
     int32_t bos_id, eos_id;  /* -1 if absent; first element if a list */
 } mc_hparams;
 
