@@ -8,6 +8,7 @@
 #ifndef MOECL_MODEL_H
 #define MOECL_MODEL_H
 
+#include "formats/gguf.h"
 #include "formats/hf_config.h"
 #include "formats/safetensors.h"
 #include "internal.h"
@@ -32,7 +33,8 @@ typedef struct mc_layer {
 struct moecl_model {
     char *path;
     mc_hparams hp;
-    mc_st_set files;
+    mc_st_set files;    /* a Hugging Face directory's safetensors files */
+    mc_gguf *gguf;      /* or a GGUF file; NULL for a directory */
     mc_tensor tok_embd; /* (n_vocab, n_embd) */
     float *out_norm;    /* (n_embd) f32 copy */
     mc_tensor lm_head;  /* (n_vocab, n_embd); the embedding when tied */

@@ -115,4 +115,9 @@ moecl_status mc_tokenizer_encode(const moecl_tokenizer *tok, const char *text, s
  * *out, or *out NULL when the file is absent. A malformed one is an error. */
 moecl_status mc_tokenizer_load_dir_optional(const char *dir, moecl_tokenizer **out);
 
+/* The tokenizer in a GGUF file's tokenizer.ggml.* metadata into *out, or
+ * *out NULL when the file has none (src/tokenizer/tokenizer_gguf.c). */
+struct mc_gguf;
+moecl_status mc_tokenizer_from_gguf(const struct mc_gguf *g, moecl_tokenizer **out);
+
 #endif
