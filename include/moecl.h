@@ -357,6 +357,37 @@ MOECL_API moecl_status moecl_random_model_write(const char *dir, const moecl_ran
                                                 moecl_progress_fn progress, void *progress_user_data);
 
 /* ------------------------------------------------------------------------ */
+/* Quantizing                                                               */
+/* ------------------------------------------------------------------------ */
+
+typedef struct moecl_quantize_params {
+    /* The file type, as llama.cpp's llama-quantize names them:
+     *   "f32", "f16", "bf16", "q8_0", "q4_0"   every matrix in that type
+     *   "q4_K_S", "q4_K_M", "q5_K_S", "q5_K_M", "q6_K"
+     *                      the K-quant recipes: llama.cpp's choice of which
+     *                      tensors get more bits (output, attn_v, attn_k,
+     *                      attn_output, ffn_down by layer)
+     *   "q4_K", "q5_K"     every matrix in that type (llama-quantize --pure)
+     * Norms and the router stay F32. A matrix whose rows are not whole
+     * blocks of the chosen type falls back to Q8_0, then F16. */
+    const char *type;
+    int n_threads;              /* 0: all cores */
+    bool allow_requantize;      /* quantize weights that already are (loses accuracy) */
+    moecl_progress_fn progress; /* NULL: none; returning false cancels */
+    void *progress_user_data;
+} moecl_quantize_params;
+
+MOECL_API moecl_quantize_params moecl_quantize_default_params(void);
+
+/* Write the model at in_path (a Hugging Face directory or a GGUF file) as a
+ * GGUF file at out_path in llama.cpp's layout (architecture "llama", stacked
+ * expert tensors, Q and K rows permuted for its RoPE, the tokenizer as
+ * tokenizer.ggml.* metadata), so llama.cpp loads it too. The file is written
+ * under a temporary name and renamed when complete: on any failure out_path
+ * is left as it was. */
+MOECL_API moecl_status moecl_quantize(const char *in_path, const char *out_path, const moecl_quantize_params *params);
+
+/* ------------------------------------------------------------------------ */
 /* Tokenizer                                                                */
 /* ------------------------------------------------------------------------ */
 

@@ -503,15 +503,3 @@ moecl_status moecl_model_get_info(const moecl_model *m, moecl_model_info *info) 
     return MOECL_OK;
 }
 
-/* TEMP-STUBS: weak stand-ins until gguf.c and tokenizer_gguf.c land. */
-__attribute__((weak)) moecl_status mc_gguf_open(const char *path, mc_gguf **out) { *out = NULL; return mc_error(MOECL_ERR_UNSUPPORTED, "%s: GGUF not built", path); }
-__attribute__((weak)) void mc_gguf_close(mc_gguf *g) { (void)g; }
-__attribute__((weak)) const mc_gguf_tensor *mc_gguf_find_tensor(const mc_gguf *g, const char *n) { (void)g; (void)n; return NULL; }
-__attribute__((weak)) moecl_status mc_gguf_get_float(const mc_gguf *g, const char *k, bool r, double *o) { (void)g; (void)k; (void)r; (void)o; return MOECL_ERR_UNSUPPORTED; }
-__attribute__((weak)) moecl_status mc_gguf_get_int(const mc_gguf *g, const char *k, bool r, int64_t *o) { (void)g; (void)k; (void)r; (void)o; return MOECL_ERR_UNSUPPORTED; }
-__attribute__((weak)) moecl_status mc_gguf_get_str(const mc_gguf *g, const char *k, bool r, mc_gguf_str *o) { (void)g; (void)k; (void)r; (void)o; return MOECL_ERR_UNSUPPORTED; }
-__attribute__((weak)) int64_t mc_gguf_n_tensors(const mc_gguf *g) { (void)g; return 0; }
-__attribute__((weak)) const char *mc_gguf_path(const mc_gguf *g) { (void)g; return ""; }
-__attribute__((weak)) const mc_gguf_tensor *mc_gguf_tensor_at(const mc_gguf *g, int64_t i) { (void)g; (void)i; return NULL; }
-__attribute__((weak)) const char *mc_gguf_type_name(uint32_t t) { (void)t; return NULL; }
-__attribute__((weak)) moecl_status mc_tokenizer_from_gguf(const struct mc_gguf *g, moecl_tokenizer **out) { (void)g; *out = NULL; return MOECL_OK; }

@@ -920,6 +920,41 @@ static int cmd_generate(int argc, char **argv) {
 }
 
 /* ------------------------------------------------------------------------ */
+/* quantize                                                                 */
+/* ------------------------------------------------------------------------ */
+
+static int cmd_quantize(int argc, char **argv) {
+    const char *pos[3] = {NULL, NULL, NULL};
+    int n_pos = 0;
+    moecl_quantize_params p = moecl_quantize_default_params();
+    for (int i = 2; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
+            if (i + 1 >= argc || !parse_int(argv[i + 1], 1, 4096, &p.n_threads))
+                return usage_error("option %s needs a thread count", a);
+            i++;
+        } else if (!strcmp(a, "--allow-requantize")) {
+            p.allow_requantize = true;
+        } else if (a[0] == '-' && a[1]) {
+            return usage_error("unknown option %s", a);
+        } else if (n_pos < 3) {
+            pos[n_pos++] = a;
+        } else {
+            return usage_error("unexpected argument %s", a);
+        }
+    }
+    if (n_pos < 2) return usage_error("%s", "quantize needs IN OUT.gguf [TYPE]");
+    if (pos[2]) p.type = pos[2];
+    p.progress = isatty(2) ? progress_bar : NULL;
+    p.progress_user_data = "quantizing";
+    double t0 = now_s();
+    moecl_status st = moecl_quantize(pos[0], pos[1], &p);
+    if (st) return fail("quantize", st);
+    fprintf(stderr, "wrote %s (%s) in %.1f s\n", pos[1], p.type, now_s() - t0);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
 /* OpenBLAS kernels                                                         */
 /* ------------------------------------------------------------------------ */
 
@@ -974,14 +1009,18 @@ static void help(void) {
            "  moecl bench    [-m PATH] [-p 128] [-n 64] [-t THREADS] [-r REPS]\n"
            "  moecl generate DIR [--preset mini|default|tiny] [--dtype f32|f16|bf16] [--seed S]\n"
            "                 [--vocab N --hidden N --ff N --layers N --heads N --kv-heads N --head-dim N\n"
-           "                  --experts N --top-k N]\n\n"
+           "                  --experts N --top-k N]\n"
+           "  moecl quantize IN OUT.gguf [TYPE] [-t THREADS] [--allow-requantize]\n"
+           "                 # TYPE: q4_K_M (default), q4_K_S, q5_K_M, q5_K_S, q6_K, q8_0, q4_0,\n"
+           "                 # q4_K, q5_K (every matrix that type), f16, bf16, f32\n\n"
            "backend options (run, chat, info, bench):\n"
            "  --backend cpu|opencl|auto   auto: an OpenCL GPU if there is one, else the CPU\n"
            "  --device SEL                device index or name substring (also $MOECL_DEVICE)\n"
            "  --gpu-mem MiB               expert weights on the device (default: its memory less headroom)\n"
            "  --gpu-experts N             at most N experts per layer on the device\n"
            "  --device-dtype f32|f16      storage of expert weights on the device\n\n"
-           "PATH is a Hugging Face model directory (for tokenize/detokenize also a tokenizer.json).\n"
+           "PATH is a Hugging Face model directory or a GGUF file (for tokenize/detokenize also a\n"
+           "tokenizer.json).\n"
            "Without -m: $MOECL_MODEL, else the default model (random weights) in %s/default,\n"
            "written on first use, whose tokenizer is models/tokenizer.json (Mistral v1 vocabulary).\n"
            "--special: \"<s>\", \"</s>\" in the text are the special tokens, not plain text\n"
@@ -998,6 +1037,7 @@ int main(int argc, char **argv) {
     const char *cmd = argv[1];
     if (!strcmp(cmd, "generate")) return cmd_generate(argc, argv);
     if (!strcmp(cmd, "detokenize")) return cmd_detokenize(argc, argv);
+    if (!strcmp(cmd, "quantize")) return cmd_quantize(argc, argv);
     options o = {0};
     int rc = parse_options(argc, argv, 2, !strcmp(cmd, "bench"), &o);
     if (rc) return rc;

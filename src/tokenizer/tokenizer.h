@@ -120,4 +120,9 @@ moecl_status mc_tokenizer_load_dir_optional(const char *dir, moecl_tokenizer **o
 struct mc_gguf;
 moecl_status mc_tokenizer_from_gguf(const struct mc_gguf *g, moecl_tokenizer **out);
 
+/* The tokenizer as tokenizer.ggml.* metadata of a GGUF being written, as
+ * llama.cpp writes a SentencePiece-style vocabulary (tokenizer_gguf_write.c). */
+struct mc_gguf_writer;
+moecl_status mc_tokenizer_write_gguf(const moecl_tokenizer *tok, struct mc_gguf_writer *w);
+
 #endif

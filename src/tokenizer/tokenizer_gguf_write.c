@@ -1,0 +1,91 @@
+/*
+ * tokenizer_gguf_write.c - a tokenizer as GGUF metadata (tokenizer.ggml.*),
+ * the way llama.cpp's converter writes a SentencePiece-style Llama/Mistral
+ * vocabulary: model "llama", every token's string, a score and a type.
+ *
+ * llama.cpp tokenizes such a vocabulary by repeatedly merging the adjacent
+ * pair whose concatenation is the vocabulary token of highest score. Our
+ * tokenizer merges by rank; Hugging Face made those merges from the
+ * SentencePiece scores, in order of the merged token's score. So each token
+ * gets the score -(best rank of a merge producing it): merging by score then
+ * merges in rank order. Tokens no merge produces (characters, bytes,
+ * specials) get 0.
+ */
+#include "formats/gguf.h"
+#include "tokenizer/tokenizer.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* llama.cpp's token types. */
+enum { TT_NORMAL = 1, TT_UNKNOWN = 2, TT_CONTROL = 3, TT_USER_DEFINED = 4, TT_UNUSED = 5, TT_BYTE = 6 };
+
+moecl_status mc_tokenizer_write_gguf(const moecl_tokenizer *tok, mc_gguf_writer *w) {
+    const int32_t n = tok->n_vocab;
+    mc_gguf_str *strs = calloc((size_t)n, sizeof *strs);
+    float *scores = calloc((size_t)n, sizeof *scores);
+    int32_t *types = calloc((size_t)n, sizeof *types);
+    int32_t *best = malloc((size_t)n * sizeof *best);
+    char (*unused)[32] = NULL;
+    int32_t n_unused = 0;
+    moecl_status st = MOECL_OK;
+    if (!strs || !scores || !types || !best) {
+        st = mc_error(MOECL_ERR_NOMEM, "%s: out of memory writing the tokenizer", tok->path);
+        goto done;
+    }
+    for (int32_t i = 0; i < n; i++) best[i] = INT32_MAX;
+    for (size_t i = 0; tok->pairs && i <= tok->pair_mask; i++) {
+        const mc_pair_slot *s = &tok->pairs[i];
+        if (s->key != UINT64_MAX && s->result >= 0 && s->result < n && s->rank < best[s->result])
+            best[s->result] = s->rank;
+    }
+    for (int32_t i = 0; i < n; i++)
+        if (tok->tokens[i].kind == MC_TOK_UNUSED) n_unused++;
+    if (n_unused && !(unused = calloc((size_t)n_unused, sizeof *unused))) {
+        st = mc_error(MOECL_ERR_NOMEM, "%s: out of memory writing the tokenizer", tok->path);
+        goto done;
+    }
+    for (int32_t i = 0, u = 0; i < n; i++) {
+        const mc_token *t = &tok->tokens[i];
+        strs[i].ptr = t->text;
+        strs[i].len = t->len;
+        scores[i] = best[i] == INT32_MAX ? 0.0f : -(float)best[i];
+        switch (t->kind) {
+        case MC_TOK_BYTE: types[i] = TT_BYTE; break;
+        case MC_TOK_SPECIAL: types[i] = i == tok->unk_id ? TT_UNKNOWN : TT_CONTROL; break;
+        case MC_TOK_ADDED: types[i] = TT_USER_DEFINED; break;
+        case MC_TOK_UNUSED: /* a gap in the ids: a unique placeholder string */
+            snprintf(unused[u], sizeof unused[u], "[moecl unused %d]", i);
+            strs[i].ptr = unused[u];
+            strs[i].len = strlen(unused[u]);
+            u++;
+            types[i] = TT_UNUSED;
+            break;
+        default: types[i] = i == tok->unk_id ? TT_UNKNOWN : TT_NORMAL; break;
+        }
+    }
+    if ((st = mc_gguf_writer_set_str(w, "tokenizer.ggml.model", "llama", 5)) ||
+        (st = mc_gguf_writer_set_str_arr(w, "tokenizer.ggml.tokens", strs, (uint64_t)n)) ||
+        (st = mc_gguf_writer_set_arr(w, "tokenizer.ggml.scores", MC_GGUF_FLOAT32, scores, (uint64_t)n)) ||
+        (st = mc_gguf_writer_set_arr(w, "tokenizer.ggml.token_type", MC_GGUF_INT32, types, (uint64_t)n)))
+        goto done;
+    if (tok->bos_id >= 0 && (st = mc_gguf_writer_set_u32(w, "tokenizer.ggml.bos_token_id", (uint32_t)tok->bos_id)))
+        goto done;
+    if (tok->eos_id >= 0 && (st = mc_gguf_writer_set_u32(w, "tokenizer.ggml.eos_token_id", (uint32_t)tok->eos_id)))
+        goto done;
+    if (tok->unk_id >= 0 && (st = mc_gguf_writer_set_u32(w, "tokenizer.ggml.unknown_token_id", (uint32_t)tok->unk_id)))
+        goto done;
+    if ((st = mc_gguf_writer_set_bool(w, "tokenizer.ggml.add_bos_token", tok->add_bos)) ||
+        (st = mc_gguf_writer_set_bool(w, "tokenizer.ggml.add_eos_token", tok->add_eos)))
+        goto done;
+    if (tok->chat_template)
+        st = mc_gguf_writer_set_str(w, "tokenizer.chat_template", tok->chat_template, strlen(tok->chat_template));
+done:
+    free(strs);
+    free(scores);
+    free(types);
+    free(best);
+    free(unused);
+    return st;
+}
