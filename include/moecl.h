@@ -169,6 +169,10 @@ typedef struct moecl_model_info {
     uint64_t n_params;          /* all parameters */
     uint64_t n_params_active;   /* parameters used per token (top-k experts) */
     uint64_t bytes_by_dtype[MOECL_DTYPE_COUNT]; /* weight bytes stored in each dtype */
+    uint64_t bytes_per_token;   /* weight bytes one generated token reads: attention, router, LM head
+                                   and n_expert_used experts per layer (their mean size), in the stored
+                                   types; the bound memory bandwidth puts on generation */
+    moecl_dtype expert_dtype;   /* storage type of the first expert's gate projection */
 } moecl_model_info;
 
 /* Fill *info. Thread-safe. */

@@ -498,6 +498,18 @@ moecl_status moecl_model_get_info(const moecl_model *m, moecl_model_info *info) 
             shared += n;
         if (t->dtype < MOECL_DTYPE_COUNT) info->bytes_by_dtype[t->dtype] += t->nbytes;
     }
+    uint64_t per_token = m->lm_head.nbytes + (uint64_t)hp->n_embd * 4; /* LM head, final norm */
+    for (int il = 0; il < hp->n_layer; il++) {
+        const mc_layer *L = &m->layers[il];
+        uint64_t ex = 0;
+        for (int e = 0; e < hp->n_expert; e++)
+            ex += L->experts[e].w1.nbytes + L->experts[e].w2.nbytes + L->experts[e].w3.nbytes;
+        per_token += L->wq.nbytes + L->wk.nbytes + L->wv.nbytes + L->wo.nbytes;
+        per_token += (uint64_t)hp->n_embd * 4 * (2 + (uint64_t)hp->n_expert); /* norms, router (f32 copies) */
+        per_token += ex / (uint64_t)hp->n_expert * (uint64_t)hp->n_expert_used;
+    }
+    info->bytes_per_token = per_token;
+    info->expert_dtype = m->layers[0].experts[0].w1.type;
     info->n_params = shared + experts;
     info->n_params_active = shared + experts / (uint64_t)hp->n_expert * (uint64_t)hp->n_expert_used;
     return MOECL_OK;

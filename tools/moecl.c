@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -853,14 +854,16 @@ static int cmd_bench(const options *o) {
     qsort(pp, (size_t)o->reps, sizeof(double), cmp_double);
     qsort(tg, (size_t)o->reps, sizeof(double), cmp_double);
 
-    /* Weight bytes one generated token reads: everything but the experts and
-     * the embedding table, plus top-k experts per layer. */
     uint64_t total = 0;
     for (int d = 0; d < MOECL_DTYPE_COUNT; d++) total += in.bytes_by_dtype[d];
-    double bpp = (double)total / (double)in.n_params; /* bytes per parameter */
-    double active = (double)(in.n_params_active - (uint64_t)in.n_vocab * in.n_embd) * bpp;
-    printf("model: %d layers, %d experts top-%d, %.2f GB of weights, %.1f MB read per generated token\n",
-           in.n_layer, in.n_expert, in.n_expert_used, (double)total / 1e9, active / 1e6);
+    const double active = (double)in.bytes_per_token;
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    printf("model: %d layers, %d experts top-%d in %s, %.2f GB of weights, %.1f MB read per generated token\n",
+           in.n_layer, in.n_expert, in.n_expert_used, moecl_dtype_name(in.expert_dtype), (double)total / 1e9,
+           active / 1e6);
+    printf("peak RSS: %.2f GB (%.2f x the weights)\n", (double)ru.ru_maxrss * 1024 / 1e9,
+           (double)ru.ru_maxrss * 1024 / (double)total);
     printf("pp%d: %.2f tokens/s (median of %d)\n", np, pp[o->reps / 2], o->reps);
     printf("tg%d: %.2f tokens/s (median of %d), %.2f GB/s of weights read\n", ng, tg[o->reps / 2], o->reps,
            tg[o->reps / 2] * active / 1e9);
