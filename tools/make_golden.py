@@ -117,6 +117,13 @@ MODELS = {
     "tiny-tied": (109, "f32", 1, dict(SMALL, tie_word_embeddings=True, rope_theta=10000.0,
                                       rms_norm_eps=1e-6),
                   "tie_word_embeddings (no lm_head tensor), rope_theta 1e4, rms_norm_eps 1e-6"),
+    # Every row length (D and F) a multiple of 256, so that the K-quants (256-value super-
+    # blocks) apply to every matrix when tools/convert_gguf.py writes it as a GGUF.
+    "tiny-q": (110, "f32", 1, dict(vocab_size=256, hidden_size=256, intermediate_size=256,
+                                   num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=2, num_local_experts=4,
+                                   num_experts_per_tok=2),
+               "D = F = V = 256 so K-quants apply to every matrix (GGUF quantization tests)"),
 }
 
 DTYPE_INFO = {  # storage dtype -> (torch dtype name, config torch_dtype)
