@@ -31,5 +31,3 @@ __attribute__((weak)) moecl_status mc_gguf_writer_add_tensor(mc_gguf_writer *w, 
 __attribute__((weak)) moecl_status mc_gguf_writer_write_data(mc_gguf_writer *w, const void *d, size_t n) { (void)w; (void)d; (void)n; return MOECL_ERR_UNSUPPORTED; }
 __attribute__((weak)) moecl_status mc_gguf_writer_finish(mc_gguf_writer *w) { (void)w; return MOECL_ERR_UNSUPPORTED; }
 __attribute__((weak)) void mc_gguf_writer_free(mc_gguf_writer *w) { (void)w; }
-__attribute__((weak)) void mc_dequantize_row(moecl_dtype t, const void *s, float *d, int64_t n) { (void)t; (void)s; (void)d; (void)n; }
-__attribute__((weak)) void mc_quantize_row(moecl_dtype t, const float *s, void *d, int64_t n) { (void)t; (void)s; (void)d; (void)n; }

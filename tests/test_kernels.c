@@ -6,8 +6,12 @@
  * 2 threads under each instruction set this CPU has (the detected one, AVX2
  * by capping with MOECL_CPU_ISA, and forced scalar) and compared by
  * normalised error. Conversions are checked bit-exactly on all 65536 inputs.
+ * Quantized weights (Q8_0 .. Q6_K) are compared against a float64 product of
+ * their mc_dequantize_row values, under the same 1e-5 bound (the kernels
+ * keep activations in float32; only accumulation order differs).
  */
 #include "backend/cpu/kernels.h"
+#include "quant/quant.h"
 #include "test_util.h"
 
 #include <stdbool.h>
@@ -222,10 +226,21 @@ static double nerr(const float *y, const float *ref, size_t n, double scale) {
 
 static void run_config(moecl_dtype dt, int64_t rows, int64_t cols, int64_t T, const bool modes[MODE_COUNT]) {
     uint64_t seed = (uint64_t)(rows * 1000003 + cols * 101 + T * 7 + dt);
-    size_t n = (size_t)(rows * cols);
+    size_t n = (size_t)(rows * cols), wbytes;
+    CHECK(mc_dtype_row_bytes(dt, cols, &wbytes));
+    wbytes *= (size_t)rows;
     float *wf = malloc(n * sizeof *wf); /* the weights as float */
-    void *wdata = malloc(n * (dt == MOECL_DTYPE_F32 ? 4 : 2));
-    for (size_t i = 0; i < n; i++) {
+    void *wdata = malloc(wbytes);
+    const bool quant = mc_dtype_block(dt) > 1;
+    /* Quantized: random rows quantized, and the reference computed from
+     * mc_dequantize_row's output (bit-exact with gguf.quants, test_quant). */
+    for (size_t i = 0; quant && i < n; i++) wf[i] = t_rand_f(&seed);
+    for (int64_t r = 0; quant && r < rows; r++) {
+        char *q = (char *)wdata + (size_t)r * (wbytes / (size_t)rows);
+        mc_quantize_row(dt, wf + r * cols, q, cols);
+        mc_dequantize_row(dt, q, wf + r * cols, cols);
+    }
+    for (size_t i = 0; !quant && i < n; i++) {
         float v = t_rand_f(&seed);
         if (dt == MOECL_DTYPE_F32) {
             ((float *)wdata)[i] = wf[i] = v;
@@ -245,8 +260,7 @@ static void run_config(moecl_dtype dt, int64_t rows, int64_t cols, int64_t T, co
     float *Y = malloc((size_t)(T * rows) * sizeof *Y);
     double scale = ref_matmul(wf, X, T, rows, cols, ref);
 
-    mc_tensor W = {.type = dt, .rows = rows, .cols = cols, .data = wdata,
-                   .nbytes = n * (dt == MOECL_DTYPE_F32 ? 4 : 2)};
+    mc_tensor W = {.type = dt, .rows = rows, .cols = cols, .data = wdata, .nbytes = wbytes};
     for (int mode = 0; mode < MODE_COUNT; mode++) {
         if (!modes[mode]) continue;
         set_mode(mode);
@@ -285,7 +299,7 @@ static void test_matmul(const bool modes[MODE_COUNT]) {
     static const int64_t Ts[] = {1, 2, 3, 5, 7, 8, 13, 64, 67, 131};
     static const int64_t rows_list[] = {1, 17, 96, 1000};
     static const int64_t cols_list[] = {1, 7, 33, 64, 1024, 3584};
-    for (int dt = 0; dt < MOECL_DTYPE_COUNT; dt++)
+    for (int dt = 0; dt <= MOECL_DTYPE_BF16; dt++)
         for (size_t ri = 0; ri < sizeof rows_list / sizeof *rows_list; ri++)
             for (size_t ci = 0; ci < sizeof cols_list / sizeof *cols_list; ci++)
                 for (size_t ti = 0; ti < sizeof Ts / sizeof *Ts; ti++) {
@@ -295,6 +309,22 @@ static void test_matmul(const bool modes[MODE_COUNT]) {
                     if (rows == 1000 && cols == 3584 && (T == 3 || T == 7 || T == 13)) continue;
                     run_config((moecl_dtype)dt, rows, cols, T, modes);
                 }
+
+    /* Quantized weights: the fused kernels (T <= 64), the dequantize +
+     * sgemm path (65, 200); columns of one block, several, and past one
+     * dequantized tile (1280 = 1024 + 256); prime row counts (thread chunks
+     * and the 4-row groups end unevenly). */
+    static const int64_t qTs[] = {1, 2, 7, 31, 64, 65, 200};
+    static const int64_t qrows[] = {1, 13, 97};
+    static const int64_t qcols[] = {32, 96, 256, 1280};
+    for (int dt = MOECL_DTYPE_Q8_0; dt < MOECL_DTYPE_COUNT; dt++)
+        for (size_t ri = 0; ri < sizeof qrows / sizeof *qrows; ri++)
+            for (size_t ci = 0; ci < sizeof qcols / sizeof *qcols; ci++)
+                for (size_t ti = 0; ti < sizeof qTs / sizeof *qTs; ti++) {
+                    if (qcols[ci] % mc_dtype_block((moecl_dtype)dt)) continue;
+                    run_config((moecl_dtype)dt, qrows[ri], qcols[ci], qTs[ti], modes);
+                }
+    run_config(MOECL_DTYPE_Q4_K, 300, 4096, 64, modes); /* column blocks at T=64 */
 
     /* Degenerate shapes. */
     float X[4] = {1, 2, 3, 4}, Y[4] = {5, 5, 5, 5};

@@ -1,7 +1,7 @@
 /*
  * bench_blas.c - what this machine can do, and how close the CPU kernels get.
  *
- *   bench-blas [--threads N] [--quick] [--sweep]
+ *   bench-blas [--threads N] [--quick] [--sweep] [--quant]
  *
  * (a) memory: read bandwidth of a buffer far larger than L3 (plain parallel
  *     sum), and the bandwidth mc_cpu_matmul reaches at T=1 on a weight of the
@@ -13,6 +13,9 @@
  *     To place MC_SMALL_T / MC_SMALL_T_16, build it twice, with
  *     -DMC_SMALL_T=0 -DMC_SMALL_T_16=0 (sgemm at every T) and with both
  *     =100000 (fused kernels at every T), and compare.
+ * (d) with --quant: the quantized types at a Mixtral expert shape
+ *     (14336x4096): T=1 and 2 in weight GB/s (and as a fraction of the read
+ *     bandwidth of (a)), T=32 and 128 in GFLOP/s; --quant-only skips (b).
  * First of all, the cost of an empty parallel region: what OMP_WAIT_POLICY
  * decides (passive: a futex wake per region).
  *
@@ -20,6 +23,7 @@
  * (default: all processors). Not a test: it checks nothing.
  */
 #include "backend/cpu/kernels.h"
+#include "quant/quant.h"
 
 #include <cblas.h>
 #include <omp.h>
@@ -67,6 +71,7 @@ static void *xalloc(size_t bytes) {
 }
 
 static int g_runs = 7;
+static double g_read_gbs[2]; /* read bandwidth of (a) at 1 and N threads */
 
 /* ---- (a) memory bandwidth ------------------------------------------------- */
 
@@ -171,16 +176,21 @@ static void section_memory(size_t bytes, int nmax) {
 
     /* The same bytes as a weight matrix, T = 1. */
     printf("mc_cpu_matmul T=1 over the same bytes (weight bytes / time; fraction of the better read figure):\n");
-    for (int dt = 0; dt <= MOECL_DTYPE_BF16; dt++) { /* the float types; quantized: see --quant */
-        size_t es = dt == MOECL_DTYPE_F32 ? 4 : 2;
-        int64_t cols = (int64_t)(131072 / es); /* 128 KiB rows */
-        int64_t rows = (int64_t)(bytes / es / (size_t)cols);
-        mc_tensor W = {.type = (moecl_dtype)dt, .rows = rows, .cols = cols, .data = buf, .nbytes = bytes};
+    for (int dt = 0; dt < MOECL_DTYPE_COUNT; dt++) {
+        /* Float types: 128 KiB rows. Quantized: 16384 weights a row; the
+         * 0x3c00 pattern makes every f16 scale 1.0 (finite). */
+        const bool quant = mc_dtype_block((moecl_dtype)dt) > 1;
+        int64_t cols = quant ? 16384 : (int64_t)(131072 / mc_dtype_size((moecl_dtype)dt));
+        size_t rowb;
+        mc_dtype_row_bytes((moecl_dtype)dt, cols, &rowb);
+        int64_t rows = (int64_t)(bytes / rowb);
+        mc_tensor W = {.type = (moecl_dtype)dt, .rows = rows, .cols = cols, .data = buf, .nbytes = (size_t)rows * rowb};
         float *X = rand_floats((size_t)cols, 1);
         float *Y = xalloc((size_t)rows * sizeof *Y);
         for (int k = 0; k < (nmax > 1 ? 2 : 1); k++) {
             double s = time_matmul(&W, X, 1, Y, ths[k], NULL);
-            double gbs = (double)rows * (double)cols * (double)es / s * 1e-9;
+            double gbs = (double)W.nbytes / s * 1e-9;
+            g_read_gbs[k] = raw[k];
             printf("  %-4s rows=%-6lld cols=%-6lld threads=%d  %7.1f GB/s  %5.1f%% of read  (%.2f ms)\n",
                    moecl_dtype_name((moecl_dtype)dt), (long long)rows, (long long)cols, ths[k], gbs,
                    100 * gbs / raw[k], s * 1e3);
@@ -304,6 +314,48 @@ static void section_sweep(int nmax, bool quick) {
     }
 }
 
+/* ---- (d) quantized weights ------------------------------------------------ */
+
+/* A [rows, cols] weight of quantized type dt: 64 rows of uniform random
+ * floats quantized, repeated (quantizing them all would take longer than
+ * the benchmark). */
+static mc_tensor make_quant_weight(moecl_dtype dt, int64_t rows, int64_t cols) {
+    size_t rb;
+    mc_dtype_row_bytes(dt, cols, &rb);
+    char *d = xalloc(rb * (size_t)rows);
+    float *f = rand_floats((size_t)cols * 64, 6);
+    for (int64_t r = 0; r < rows; r++) {
+        if (r < 64) mc_quantize_row(dt, f + r * cols, d + (size_t)r * rb, cols);
+        else memcpy(d + (size_t)r * rb, d + (size_t)(r % 64) * rb, rb);
+    }
+    free(f);
+    return (mc_tensor){.type = dt, .rows = rows, .cols = cols, .data = d, .nbytes = rb * (size_t)rows};
+}
+
+static void section_quant(int nmax) {
+    printf("\n== (d) quantized weights 14336x4096 (rows x cols), median of %d ==\n", g_runs);
+    printf("%-5s %-8s %10s %7s %10s %7s %12s %12s\n", "type", "threads", "T=1 GB/s", "of read", "T=2 GB/s",
+           "of read", "T=32 GFLOP/s", "T=128 GFLOP/s");
+    int ths[2] = {1, nmax};
+    for (int dt = MOECL_DTYPE_F32; dt < MOECL_DTYPE_COUNT; dt++) {
+        if (dt == MOECL_DTYPE_F16) continue; /* BF16 stands for the 16-bit types */
+        mc_tensor W = mc_dtype_block((moecl_dtype)dt) > 1 ? make_quant_weight((moecl_dtype)dt, 14336, 4096)
+                                                           : make_weight((moecl_dtype)dt, 14336, 4096);
+        for (int k = 0; k < (nmax > 1 ? 2 : 1); k++) {
+            double s1, s2;
+            bench_matmul_w(&W, 1, ths[k], &s1);
+            bench_matmul_w(&W, 2, ths[k], &s2);
+            double g32 = bench_matmul_w(&W, 32, ths[k], NULL), g128 = bench_matmul_w(&W, 128, ths[k], NULL);
+            double b1 = (double)W.nbytes / s1 * 1e-9, b2 = (double)W.nbytes / s2 * 1e-9;
+            double rd = g_read_gbs[k];
+            printf("%-5s %-8d %10.1f %6.0f%% %10.1f %6.0f%% %12.1f %12.1f\n", moecl_dtype_name((moecl_dtype)dt), ths[k],
+                   b1, rd > 0 ? 100 * b1 / rd : 0, b2, rd > 0 ? 100 * b2 / rd : 0, g32, g128);
+            fflush(stdout);
+        }
+        free((void *)W.data);
+    }
+}
+
 /* Cost of opening a parallel region that does nothing: the floor under every
  * multi-threaded kernel call, and what OMP_WAIT_POLICY changes. */
 static void section_overhead(int nmax) {
@@ -326,13 +378,15 @@ static void section_overhead(int nmax) {
 
 int main(int argc, char **argv) {
     int nmax = omp_get_num_procs();
-    bool quick = false, sweep = false;
+    bool quick = false, sweep = false, quant = false, quant_only = false;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--threads") && i + 1 < argc) nmax = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--quick")) quick = true;
         else if (!strcmp(argv[i], "--sweep")) sweep = true;
+        else if (!strcmp(argv[i], "--quant")) quant = true;
+        else if (!strcmp(argv[i], "--quant-only")) quant = quant_only = true;
         else {
-            fprintf(stderr, "usage: bench-blas [--threads N] [--quick] [--sweep]\n");
+            fprintf(stderr, "usage: bench-blas [--threads N] [--quick] [--sweep] [--quant | --quant-only]\n");
             return 2;
         }
     }
@@ -345,7 +399,8 @@ int main(int argc, char **argv) {
     openblas_set_num_threads(1);
     section_overhead(nmax);
     section_memory(quick ? (size_t)256 << 20 : (size_t)1 << 30, nmax);
-    section_gemm(nmax, quick);
+    if (!quant_only) section_gemm(nmax, quick);
     if (sweep) section_sweep(nmax, quick);
+    if (quant) section_quant(nmax);
     return 0;
 }

@@ -69,4 +69,22 @@ void mc_dequantize_row(moecl_dtype t, const void *src, float *dst, int64_t n);
  * and mins per sub-block as llama.cpp's reference quantizers do. */
 void mc_quantize_row(moecl_dtype t, const float *src, void *dst, int64_t n);
 
+/*
+ * Scale and min of sub-block j (0..7) from the 12 scale bytes of a Q4_K or
+ * Q5_K block: eight 6-bit scales (A..H) and eight 6-bit mins (a..h):
+ *
+ *   byte  0..3   EEAAAAAA FFBBBBBB GGCCCCCC HHDDDDDD   (top 2 bits of E..H)
+ *   byte  4..7   eeaaaaaa ffbbbbbb ggcccccc hhdddddd   (top 2 bits of e..h)
+ *   byte  8..11  eeeeEEEE ffffFFFF ggggGGGG hhhhHHHH   (low 4 bits of E..H, e..h)
+ */
+static inline void mc_q4k_scale_min(const uint8_t *s, int j, uint8_t *sc, uint8_t *m) {
+    if (j < 4) {
+        *sc = s[j] & 63;
+        *m = s[j + 4] & 63;
+    } else {
+        *sc = (uint8_t)((s[j + 4] & 0xf) | ((s[j - 4] >> 6) << 4));
+        *m = (uint8_t)((s[j + 4] >> 4) | ((s[j] >> 6) << 4));
+    }
+}
+
 #endif
