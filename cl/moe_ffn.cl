@@ -235,3 +235,84 @@ __kernel void moe_down_rows(__global const float *H, __global const wtype *W2, _
         for (int j = 0; j < nr; j++) Y[(ulong)(g.y + r0 + j) * D + d] = a[j];
     }
 }
+
+/* ---- many rows on CPU devices: global (⌈F/CB⌉, ⌈max rows/RB⌉, n_used), any local size
+ * A work-item computes CB outputs for RB token rows with no local memory and
+ * no barriers (which PoCL turns into loops over the work-group): per 8
+ * weights it loads CB weight vectors and RB row vectors for RB·CB
+ * multiply-adds. Rows and outputs past the end are clamped to the last one
+ * (computed, not stored), so the inner loop has no branches. */
+#ifndef RB
+#define RB 4 /* token rows per work-item of the _blk kernels */
+#endif
+#ifndef CB
+#define CB 2 /* outputs per work-item of the _blk kernels */
+#endif
+
+inline float hsum8(float8 v) {
+    const float4 s = v.lo + v.hi;
+    return (s.x + s.y) + (s.z + s.w);
+}
+
+/* acc[j][c] = dot(w rows wr[c], x rows xr[j]) over n, for j < RB, c < CB */
+#define DOT_BLOCK(NW, acc, wr, xr, n)                                                         \
+    {                                                                                         \
+        float8 v[NW][RB][CB];                                                                 \
+        for (int m = 0; m < NW; m++)                                                          \
+            for (int j = 0; j < RB; j++)                                                      \
+                for (int c = 0; c < CB; c++) v[m][j][c] = (float8)(0.0f);                     \
+        int k = 0;                                                                            \
+        for (; k + 8 <= (n); k += 8) {                                                        \
+            float8 xv[RB];                                                                    \
+            for (int j = 0; j < RB; j++) xv[j] = vload8(0, xr[j] + k);                        \
+            for (int m = 0; m < NW; m++)                                                      \
+                for (int c = 0; c < CB; c++) {                                                \
+                    const float8 w8 = LOADW8(wr[m][c], k);                                    \
+                    for (int j = 0; j < RB; j++) v[m][j][c] = mad(w8, xv[j], v[m][j][c]);     \
+                }                                                                             \
+        }                                                                                     \
+        for (int m = 0; m < NW; m++)                                                          \
+            for (int j = 0; j < RB; j++)                                                      \
+                for (int c = 0; c < CB; c++) acc[m][j][c] = hsum8(v[m][j][c]);                \
+        for (; k < (n); k++)                                                                  \
+            for (int m = 0; m < NW; m++)                                                      \
+                for (int c = 0; c < CB; c++) {                                                \
+                    const float wk = LOADW(wr[m][c], k);                                      \
+                    for (int j = 0; j < RB; j++) acc[m][j][c] += wk * xr[j][k];               \
+                }                                                                             \
+    }
+
+__kernel void moe_gate_up_blk(__global const float *X, __global const wtype *W1, __global const wtype *W3,
+                              __global float *H, __global const int4 *groups, const int D, const int F) {
+    const int f0 = get_global_id(0) * CB, r0 = get_global_id(1) * RB;
+    const int4 g = groups[get_global_id(2)];
+    if (f0 >= F || r0 >= g.z) return;
+    __global const wtype *wr[2][CB];
+    __global const float *xr[RB];
+    for (int c = 0; c < CB; c++) {
+        const ulong o = ((ulong)g.x * F + min(f0 + c, F - 1)) * D;
+        wr[0][c] = W1 + o;
+        wr[1][c] = W3 + o;
+    }
+    for (int j = 0; j < RB; j++) xr[j] = X + (ulong)(g.y + min(r0 + j, g.z - 1)) * D;
+    float acc[2][RB][CB];
+    DOT_BLOCK(2, acc, wr, xr, D)
+    for (int j = 0; j < RB && r0 + j < g.z; j++)
+        for (int c = 0; c < CB && f0 + c < F; c++)
+            H[(ulong)(g.y + r0 + j) * F + f0 + c] = silu(acc[0][j][c]) * acc[1][j][c];
+}
+
+__kernel void moe_down_blk(__global const float *H, __global const wtype *W2, __global float *Y,
+                           __global const int4 *groups, const int D, const int F) {
+    const int d0 = get_global_id(0) * CB, r0 = get_global_id(1) * RB;
+    const int4 g = groups[get_global_id(2)];
+    if (d0 >= D || r0 >= g.z) return;
+    __global const wtype *wr[1][CB];
+    __global const float *xr[RB];
+    for (int c = 0; c < CB; c++) wr[0][c] = W2 + ((ulong)g.x * D + min(d0 + c, D - 1)) * F;
+    for (int j = 0; j < RB; j++) xr[j] = H + (ulong)(g.y + min(r0 + j, g.z - 1)) * F;
+    float acc[1][RB][CB];
+    DOT_BLOCK(1, acc, wr, xr, F)
+    for (int j = 0; j < RB && r0 + j < g.z; j++)
+        for (int c = 0; c < CB && d0 + c < D; c++) Y[(ulong)(g.y + r0 + j) * D + d0 + c] = acc[0][j][c];
+}

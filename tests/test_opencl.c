@@ -12,6 +12,17 @@
  *   fallback: a selector matching nothing, a budget of 0 MiB, a build option
  *     the compiler rejects: AUTO warns and carries on with the CPU (same
  *     logits), OPENCL fails with the message.
+ *   features: a device that reports an old OpenCL C, small work-groups,
+ *     little local memory or a largest allocation below one expert matrix
+ *     (MOECL_CL_TEST_LIMITS) is refused by name and feature.
+ *   allocations: a buffer allocation that fails at load (AUTO: CPU, same
+ *     logits; OPENCL: the error) and in the middle of a decode.
+ *   device failure during a decode: an enqueue or a wait that fails
+ *     (MOECL_CL_FAIL_AT) computes that layer on the CPU, says so, and the
+ *     context goes on with the CPU: logits and the KV cache as on the CPU.
+ *   quantized experts: Q8_0, Q4_0, Q4_K, Q5_K, Q6_K blocks on the device
+ *     (mc_quantize_row), against a float64 FFN over the dequantized weights,
+ *     <= 1e-5; device bytes are the blocks' bytes.
  *   cache: a second start loads the program binary from the cache; a
  *     damaged binary is compiled again.
  *
@@ -23,6 +34,8 @@
 
 #include "backend/backend.h"
 #include "model.h"
+#include "backend/cpu/kernels.h"
+#include "quant/quant.h"
 
 #include <string.h>
 
@@ -205,6 +218,14 @@ static void test_ops(const char *tmp) {
     }
     if (prev) setenv("MOECL_CL_FEW_ROWS", prev, 1);
     else unsetenv("MOECL_CL_FEW_ROWS");
+    /* and the many-row kernels it does not use */
+    setenv("MOECL_CL_PROMPT", di.is_gpu ? "blk" : "tiled", 1);
+    fprintf(stderr, "MOECL_CL_PROMPT=%s:\n", getenv("MOECL_CL_PROMPT"));
+    for (int i = 0; i < 2; i++) {
+        snprintf(dir, sizeof dir, "%s/%s", tmp, moecl_dtype_name(dts[i]));
+        test_ops_model(dir, dts[i], 1e-5);
+    }
+    unsetenv("MOECL_CL_PROMPT");
 }
 
 /* ------------------------------------------------------------------------ */
@@ -310,6 +331,285 @@ static void test_fallback(const char *dir) {
 }
 
 /* ------------------------------------------------------------------------ */
+/* Devices lacking a feature, allocations that fail, a device that fails    */
+/* ------------------------------------------------------------------------ */
+
+/* With env=val: AUTO (the device named) warns with msg and the device name
+ * and gives the CPU's logits; OPENCL fails with msg. */
+static void expect_refused(const moecl_model *m, const float *ref, const char *dev, const char *env, const char *val,
+                           const char *msg) {
+    setenv(env, val, 1);
+    moecl_context_params cp = moecl_context_default_params();
+    cp.device = "0";
+    float got[97];
+    moecl_status st;
+    CHECK(logits_with(m, cp, got, &st));
+    CHECKF(strstr(g_log, "falling back to the CPU backend") && strstr(g_log, msg) && strstr(g_log, dev),
+           "%s=%s: log: %s", env, val, g_log);
+    CHECK(t_nerr(got, ref, 97) == 0.0);
+    cp.backend = MOECL_BACKEND_OPENCL;
+    CHECK(!logits_with(m, cp, got, &st) && st == MOECL_ERR_BACKEND);
+    CHECKF(strstr(moecl_last_error(), msg), "%s=%s: error: %s", env, val, moecl_last_error());
+    fprintf(stderr, "  %s=%s: %s\n", env, val, moecl_last_error());
+    unsetenv(env);
+}
+
+/* The prompt, then one more token: the logits of both steps. */
+static bool two_steps(const moecl_model *m, moecl_backend_type backend, float *a, float *b) {
+    moecl_context_params cp = moecl_context_default_params();
+    cp.backend = backend;
+    cp.n_ctx = 32;
+    cp.n_threads = 2;
+    moecl_context *ctx = NULL;
+    g_log[0] = '\0';
+    if (moecl_context_new(m, &cp, &ctx)) return false;
+    bool ok = moecl_decode(ctx, prompt, 7) == MOECL_OK && moecl_get_logits(ctx, -1);
+    if (ok) memcpy(a, moecl_get_logits(ctx, -1), 97 * sizeof(float));
+    const int32_t next = 3;
+    ok = ok && moecl_decode(ctx, &next, 1) == MOECL_OK && moecl_get_logits(ctx, -1);
+    if (ok) memcpy(b, moecl_get_logits(ctx, -1), 97 * sizeof(float));
+    ok = ok && moecl_seq_length(ctx, 0) == 8;
+    moecl_context_free(ctx);
+    return ok;
+}
+
+/* With env=val the device fails during the decode: both steps still give
+ * the CPU's logits, and the log says what happened. */
+static void expect_survives(const moecl_model *m, const float *ra, const float *rb, const char *env, const char *val,
+                            const char *msg) {
+    setenv(env, val, 1);
+    float a[97], b[97];
+    CHECKF(two_steps(m, MOECL_BACKEND_OPENCL, a, b), "%s=%s: %s", env, val, moecl_last_error());
+    CHECKF(strstr(g_log, msg) && strstr(g_log, "run on the CPU") && strstr(g_log, "not used again"),
+           "%s=%s: log: %s", env, val, g_log);
+    const double ea = t_nerr(a, ra, 97), eb = t_nerr(b, rb, 97);
+    CHECKF(ea <= 1e-5 && eb <= 1e-5, "%s=%s: nerr %.3g, %.3g", env, val, ea, eb);
+    fprintf(stderr, "  %s=%s: decoded on, nerr %.3g / %.3g\n", env, val, ea, eb);
+    unsetenv(env);
+}
+
+static void test_failures(const char *dir) {
+    moecl_model *m = NULL;
+    CHECKF(moecl_model_load(dir, NULL, &m) == MOECL_OK, "%s", moecl_last_error());
+    if (!m) return;
+    moecl_device_info di;
+    CHECK(moecl_device_get_info(0, &di) == MOECL_OK);
+    moecl_log_set(capture, MOECL_LOG_INFO, NULL);
+    fprintf(stderr, "device features and failures:\n");
+    float ref[97], ra[97], rb[97];
+    moecl_status st;
+    moecl_context_params cp = moecl_context_default_params();
+    cp.backend = MOECL_BACKEND_CPU;
+    CHECK(logits_with(m, cp, ref, &st));
+    CHECK(two_steps(m, MOECL_BACKEND_CPU, ra, rb));
+
+    /* a device without what the kernels need */
+    expect_refused(m, ref, di.name, "MOECL_CL_TEST_LIMITS", "clc=11", "takes OpenCL C 1.1; the kernels need 1.2");
+    expect_refused(m, ref, di.name, "MOECL_CL_TEST_LIMITS", "wg=8", "work-groups of 8 work-items");
+    expect_refused(m, ref, di.name, "MOECL_CL_TEST_LIMITS", "local=64", "bytes of local memory");
+    expect_refused(m, ref, di.name, "MOECL_CL_TEST_LIMITS", "max_alloc=4096", "less than one expert matrix");
+    /* tunables shrink to fit a smaller device, which then works */
+    setenv("MOECL_CL_TEST_LIMITS", "wg=64,local=2048", 1);
+    float got[97];
+    cp.backend = MOECL_BACKEND_OPENCL;
+    CHECKF(logits_with(m, cp, got, &st), "%s", moecl_last_error());
+    CHECK(t_nerr(got, ref, 97) <= 1e-5);
+    unsetenv("MOECL_CL_TEST_LIMITS");
+
+    /* a weight buffer that cannot be allocated (the 1st is the groups) */
+    expect_refused(m, ref, di.name, "MOECL_CL_FAIL_ALLOC", "3", "cannot allocate");
+
+    /* the device failing in the middle of a decode */
+    const int L = m->hp.n_layer;
+    char n[32];
+    snprintf(n, sizeof n, "%d", 1 + 3 * L + 1); /* the activations, at the first decode */
+    expect_survives(m, ra, rb, "MOECL_CL_FAIL_ALLOC", n, "cannot allocate activations");
+    expect_survives(m, ra, rb, "MOECL_CL_FAIL_AT", "submit:1", "enqueueing the expert FFNs of layer 0");
+    expect_survives(m, ra, rb, "MOECL_CL_FAIL_AT", "submit:2", "enqueueing the expert FFNs of layer 1");
+    expect_survives(m, ra, rb, "MOECL_CL_FAIL_AT", "wait:1", "waiting for the expert FFNs of layer 0");
+    snprintf(n, sizeof n, "wait:%d", L + 1); /* the second step */
+    expect_survives(m, ra, rb, "MOECL_CL_FAIL_AT", n, "waiting for the expert FFNs of layer 0");
+
+    moecl_log_set(NULL, MOECL_LOG_WARN, NULL);
+    moecl_model_free(m);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Quantized experts                                                        */
+/* ------------------------------------------------------------------------ */
+
+/* Y[n, D] = (silu(X·W1ᵀ) ⊙ X·W3ᵀ)·W2ᵀ in float64. */
+static void ref_ffn(const float *w1, const float *w3, const float *w2, const float *X, int64_t n, int D, int F,
+                    float *Y) {
+    double *h = malloc((size_t)F * sizeof(double));
+    for (int64_t r = 0; r < n; r++) {
+        const float *x = X + r * D;
+        for (int f = 0; f < F; f++) {
+            double a1 = 0, a3 = 0;
+            for (int k = 0; k < D; k++) {
+                a1 += (double)w1[(int64_t)f * D + k] * x[k];
+                a3 += (double)w3[(int64_t)f * D + k] * x[k];
+            }
+            h[f] = a1 / (1.0 + exp(-a1)) * a3;
+        }
+        for (int d = 0; d < D; d++) {
+            double a = 0;
+            for (int f = 0; f < F; f++) a += (double)w2[(int64_t)d * F + f] * h[f];
+            Y[r * D + d] = (float)a;
+        }
+    }
+    free(h);
+}
+
+/* The device's expert FFNs against ref_ffn over deq ([layer][expert][w1, w3, w2]). */
+static void compare_ref(mc_backend *cl, const moecl_model *m, int layer, const int *rows, int64_t r0,
+                        float *const *deq, double bound, const char *what, uint64_t *seed) {
+    const int E = m->hp.n_expert, D = m->hp.n_embd, F = m->hp.n_ff;
+    int ids[64], n_used = 0;
+    int64_t offs[65];
+    offs[0] = r0;
+    for (int e = 0; e < E; e++)
+        if (rows[e]) {
+            ids[n_used] = e;
+            offs[n_used + 1] = offs[n_used] + rows[e];
+            n_used++;
+        }
+    const int64_t R = offs[n_used];
+    float *X = malloc((size_t)R * D * sizeof(float)), *Yr = calloc((size_t)R * D, sizeof(float)),
+          *Yg = calloc((size_t)R * D, sizeof(float));
+    for (int64_t i = 0; i < R * D; i++) X[i] = t_rand_f(seed);
+    for (int i = 0; i < n_used; i++) {
+        float *const *w = deq + ((int64_t)layer * E + ids[i]) * 3;
+        ref_ffn(w[0], w[1], w[2], X + offs[i] * D, offs[i + 1] - offs[i], D, F, Yr + offs[i] * D);
+    }
+    mc_moe_work w = {.layer = layer, .n_used = n_used, .expert_ids = ids, .offsets = offs, .X = X, .Y = Yg};
+    CHECKF(cl->iface->moe_submit(cl, &w) == MOECL_OK, "%s: submit: %s", what, moecl_last_error());
+    CHECKF(cl->iface->moe_wait(cl) == MOECL_OK, "%s: wait: %s", what, moecl_last_error());
+    const double e = t_nerr(Yg + r0 * D, Yr + r0 * D, (size_t)((R - r0) * D));
+    CHECKF(e <= bound, "%s: normalised error %.3g > %.1g", what, e, bound);
+    fprintf(stderr, "  %-44s %5lld rows  nerr %.3g\n", what, (long long)(R - r0), e);
+    free(X);
+    free(Yr);
+    free(Yg);
+}
+
+static void test_quant_type(moecl_model *m, moecl_dtype t) {
+    const int E = m->hp.n_expert, L = m->hp.n_layer;
+    float **deq = calloc((size_t)L * E * 3, sizeof *deq);
+    void **blocks = calloc((size_t)L * E * 3, sizeof *blocks);
+    mc_tensor *saved = calloc((size_t)L * E * 3, sizeof *saved);
+    uint64_t bytes = 0;
+    for (int l = 0; l < L; l++)
+        for (int e = 0; e < E; e++) {
+            mc_expert *x = &m->layers[l].experts[e];
+            mc_tensor *ws[3] = {&x->w1, &x->w3, &x->w2};
+            for (int i = 0; i < 3; i++) {
+                const int64_t k = ((int64_t)l * E + e) * 3 + i, n = ws[i]->rows * ws[i]->cols;
+                size_t rb = 0;
+                CHECK(mc_dtype_row_bytes(t, ws[i]->cols, &rb));
+                deq[k] = malloc((size_t)n * sizeof(float));
+                blocks[k] = malloc(rb * (size_t)ws[i]->rows);
+                mc_cpu_to_f32(ws[i]->type, ws[i]->data, deq[k], n);
+                mc_quantize_row(t, deq[k], blocks[k], n);
+                mc_dequantize_row(t, blocks[k], deq[k], n); /* the weights the device must use */
+                float big = 0;
+                for (int64_t j = 0; j < n; j++) big = fmaxf(big, fabsf(deq[k][j]));
+                CHECKF(big > 0.01f, "%s: the quantized weights are all zero", moecl_dtype_name(t));
+                saved[k] = *ws[i];
+                ws[i]->type = t;
+                ws[i]->data = blocks[k];
+                ws[i]->nbytes = rb * (size_t)ws[i]->rows;
+                bytes += ws[i]->nbytes;
+            }
+        }
+    fprintf(stderr, "%s experts (D=%d, F=%d, E=%d), %.1f KiB on the device:\n", moecl_dtype_name(t), m->hp.n_embd,
+            m->hp.n_ff, E, (double)bytes / 1024.0);
+    uint8_t *place = calloc((size_t)L * E, 1);
+    int64_t n_placed = 0;
+    mc_opencl_params op = {.selector = getenv("MOECL_DEVICE"), .gpu_only = false, .mem_budget = -1,
+                           .experts_per_layer = -1, .dtype = MOECL_DTYPE_COUNT, .n_threads = 2};
+    for (int pass = 0; pass < 2; pass++) { /* the blocks as they are; then dequantized to F32 at upload */
+        op.dtype = pass ? MOECL_DTYPE_F32 : MOECL_DTYPE_COUNT;
+        mc_backend *cl = NULL;
+        CHECKF(mc_backend_opencl_new(m, &op, place, 1, &n_placed, &cl) == MOECL_OK, "%s", moecl_last_error());
+        if (!cl) continue;
+        CHECK(n_placed == (int64_t)L * E);
+        char name[128];
+        uint64_t dev_bytes = 0;
+        moecl_dtype dd;
+        mc_backend_opencl_describe(cl, name, sizeof name, &dev_bytes, &dd);
+        CHECKF(dd == (pass ? MOECL_DTYPE_F32 : t), "device dtype %s", moecl_dtype_name(dd));
+        CHECKF(dev_bytes == (pass ? (uint64_t)L * E * 3 * m->hp.n_ff * m->hp.n_embd * 4 : bytes),
+               "device bytes %llu", (unsigned long long)dev_bytes);
+        uint64_t seed = 7 + (uint64_t)t;
+        int rows[64];
+        char what[128];
+        const char *as = pass ? "as f32" : "as blocks";
+        for (int layer = 0; layer < L; layer++) {
+            memset(rows, 0, sizeof rows);
+            rows[E - 1] = 1;
+            snprintf(what, sizeof what, "%s layer %d: 1 row", as, layer);
+            compare_ref(cl, m, layer, rows, 0, deq, 1e-5, what, &seed);
+            memset(rows, 0, sizeof rows);
+            int left = 13; /* a prime, spread unevenly; some experts get none */
+            for (int e = 0; e < E && left; e++) {
+                rows[e] = e == E - 1 ? left : (int)(t_rand_u64(&seed) % (uint64_t)(left + 1));
+                left -= rows[e];
+            }
+            snprintf(what, sizeof what, "%s layer %d: 13 rows spread", as, layer);
+            compare_ref(cl, m, layer, rows, 0, deq, 1e-5, what, &seed);
+            memset(rows, 0, sizeof rows);
+            rows[1] = 37;
+            snprintf(what, sizeof what, "%s layer %d: 37 rows on one expert", as, layer);
+            compare_ref(cl, m, layer, rows, 0, deq, 1e-5, what, &seed);
+            memset(rows, 0, sizeof rows);
+            for (int e = 0; e < E; e += 2) rows[e] = 3 + 5 * e; /* odd experts have none */
+            snprintf(what, sizeof what, "%s layer %d: every other expert from row 5", as, layer);
+            compare_ref(cl, m, layer, rows, 5, deq, 1e-5, what, &seed);
+        }
+        mc_backend_free(cl);
+    }
+    /* placement counts the blocks' bytes: a budget of L + 1 experts */
+    op.dtype = MOECL_DTYPE_COUNT;
+    op.mem_budget = (int64_t)(bytes / ((uint64_t)L * E) * (uint64_t)(L + 1));
+    mc_backend *cl = NULL;
+    CHECKF(mc_backend_opencl_new(m, &op, place, 1, &n_placed, &cl) == MOECL_OK, "%s", moecl_last_error());
+    CHECKF(n_placed == L + 1, "%lld placed", (long long)n_placed);
+    mc_backend_free(cl);
+    for (int64_t k = 0; k < (int64_t)L * E * 3; k++) {
+        const int64_t l = k / (3 * E), e = k / 3 % E, i = k % 3;
+        mc_expert *x = &m->layers[l].experts[e];
+        mc_tensor *ws[3] = {&x->w1, &x->w3, &x->w2};
+        *ws[i] = saved[k];
+        free(deq[k]);
+        free(blocks[k]);
+    }
+    free(deq);
+    free(blocks);
+    free(saved);
+    free(place);
+}
+
+static void test_quant(const char *tmp) {
+    char dir[4200];
+    moecl_random_model_params p = tiny_params();
+    p.n_embd = 256; /* whole K-quant blocks */
+    p.n_ff = 512;
+    p.n_expert = 8;
+    p.n_head = 4;
+    p.n_head_kv = 2;
+    snprintf(dir, sizeof dir, "%s/quant", tmp);
+    CHECKF(moecl_random_model_write(dir, &p, NULL, NULL) == MOECL_OK, "%s", moecl_last_error());
+    moecl_model *m = NULL;
+    CHECKF(moecl_model_load(dir, NULL, &m) == MOECL_OK, "%s", moecl_last_error());
+    if (!m) return;
+    const moecl_dtype types[5] = {MOECL_DTYPE_Q8_0, MOECL_DTYPE_Q4_0, MOECL_DTYPE_Q4_K, MOECL_DTYPE_Q5_K,
+                                  MOECL_DTYPE_Q6_K};
+    for (int i = 0; i < 5; i++) test_quant_type(m, types[i]);
+    moecl_model_free(m);
+}
+
+/* ------------------------------------------------------------------------ */
 /* The program binary cache                                                 */
 /* ------------------------------------------------------------------------ */
 
@@ -369,6 +669,8 @@ int main(void) {
     CHECK(dir != NULL);
     if (dir) {
         test_fallback(dir);
+        test_failures(dir);
+        test_quant(dir);
         test_cache(dir);
         test_ops(dir);
         remove_dir(dir);

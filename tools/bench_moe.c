@@ -4,10 +4,23 @@
  *
  * usage: bench-moe MODEL_DIR [cpu|opencl] [GPU_EXPERTS per layer, -1 all]
  *                  [PROMPT_TOKENS] [GEN_TOKENS] [DEVICE_DTYPE f32|f16]
+ *        bench-moe --gemm MODEL_DIR [ROWS...]
  * MODEL_DIR is written as "mixtral-mini" random weights when it does not
  * exist. The device: $MOECL_DEVICE, else the first OpenCL device.
+ *
+ * --gemm: one expert's FFN (layer 0, expert 0, F32 weights) for ROWS token
+ * rows (default 32 128 512) on the OpenCL device, three ways: our _tiled
+ * and _blk kernels (the backend's moe_submit/moe_wait, weights resident) and
+ * CLBlast's SGEMM for the three products (the SiLU·mul between them, a
+ * trivial element-wise pass, not counted). Median of 5 after a warm-up.
  */
 #include "moecl.h"
+#include "backend/backend.h"
+#include "backend/cpu/kernels.h"
+#include "backend/opencl/opencl.h"
+#include "model.h"
+
+#include <clblast_c.h>
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,7 +41,126 @@ static int argmax(const float *v, int n) {
     return b;
 }
 
+static int cmp_d(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+#define REPS 5
+
+/* Median seconds of the backend's expert FFN over T rows of expert 0, layer 0. */
+static double time_backend(const moecl_model *m, const char *prompt_kernels, int T) {
+    setenv("MOECL_CL_PROMPT", prompt_kernels, 1);
+    const int L = m->hp.n_layer, E = m->hp.n_expert, D = m->hp.n_embd;
+    uint8_t *place = calloc((size_t)L * E, 1);
+    int64_t n_placed = 0;
+    mc_opencl_params op = {.selector = getenv("MOECL_DEVICE"), .mem_budget = -1, .experts_per_layer = 1,
+                           .dtype = MOECL_DTYPE_F32, .n_threads = 2};
+    mc_backend *be = NULL;
+    if (mc_backend_opencl_new(m, &op, place, 1, &n_placed, &be)) {
+        fprintf(stderr, "%s\n", moecl_last_error());
+        exit(1);
+    }
+    float *X = malloc((size_t)T * D * sizeof(float)), *Y = malloc((size_t)T * D * sizeof(float));
+    for (int64_t i = 0; i < (int64_t)T * D; i++) X[i] = (float)((i * 7919) % 1000) / 1000.0f - 0.5f;
+    int id = 0;
+    int64_t offs[2] = {0, T};
+    mc_moe_work w = {.layer = 0, .n_used = 1, .expert_ids = &id, .offsets = offs, .X = X, .Y = Y};
+    double t[REPS + 1];
+    for (int r = 0; r <= REPS; r++) {
+        double t0 = now_s();
+        if (be->iface->moe_submit(be, &w) || be->iface->moe_wait(be)) {
+            fprintf(stderr, "%s\n", moecl_last_error());
+            exit(1);
+        }
+        t[r] = now_s() - t0;
+    }
+    qsort(t + 1, REPS, sizeof(double), cmp_d);
+    mc_backend_free(be);
+    free(place);
+    free(X);
+    free(Y);
+    unsetenv("MOECL_CL_PROMPT");
+    return t[1 + REPS / 2];
+}
+
+/* Median seconds of X·W1ᵀ, X·W3ᵀ, H·W2ᵀ with CLBlast on the same device. */
+static double time_clblast(const moecl_model *m, int T) {
+    mc_cl_device dev;
+    if (mc_cl_select(getenv("MOECL_DEVICE"), false, &dev)) {
+        fprintf(stderr, "%s\n", moecl_last_error());
+        exit(1);
+    }
+    const size_t D = (size_t)m->hp.n_embd, F = (size_t)m->hp.n_ff;
+    const mc_expert *x = &m->layers[0].experts[0];
+    cl_int err;
+    cl_context ctx = clCreateContext(NULL, 1, &dev.id, NULL, NULL, &err);
+    cl_command_queue q = clCreateCommandQueue(ctx, dev.id, 0, &err);
+    float *tmp = malloc(F * D * sizeof(float));
+    cl_mem w[3];
+    const mc_tensor *ws[3] = {&x->w1, &x->w3, &x->w2};
+    for (int i = 0; i < 3; i++) {
+        mc_cpu_to_f32(ws[i]->type, ws[i]->data, tmp, (int64_t)(F * D));
+        w[i] = clCreateBuffer(ctx, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR, F * D * sizeof(float), tmp, &err);
+    }
+    for (size_t i = 0; i < (size_t)T * F; i++) tmp[i] = (float)(i % 1000) / 1000.0f - 0.5f;
+    cl_mem X = clCreateBuffer(ctx, CL_MEM_READ_WRITE | CL_MEM_COPY_HOST_PTR, (size_t)T * D * sizeof(float), tmp, &err);
+    cl_mem H1 = clCreateBuffer(ctx, CL_MEM_READ_WRITE, (size_t)T * F * sizeof(float), NULL, &err);
+    cl_mem H3 = clCreateBuffer(ctx, CL_MEM_READ_WRITE, (size_t)T * F * sizeof(float), NULL, &err);
+    cl_mem Y = clCreateBuffer(ctx, CL_MEM_READ_WRITE, (size_t)T * D * sizeof(float), NULL, &err);
+    double t[REPS + 1];
+    for (int r = 0; r <= REPS; r++) {
+        double t0 = now_s();
+        CLBlastStatusCode s = 0;
+        s |= CLBlastSgemm(CLBlastLayoutRowMajor, CLBlastTransposeNo, CLBlastTransposeYes, (size_t)T, F, D, 1.0f, X, 0,
+                          D, w[0], 0, D, 0.0f, H1, 0, F, &q, NULL);
+        s |= CLBlastSgemm(CLBlastLayoutRowMajor, CLBlastTransposeNo, CLBlastTransposeYes, (size_t)T, F, D, 1.0f, X, 0,
+                          D, w[1], 0, D, 0.0f, H3, 0, F, &q, NULL);
+        s |= CLBlastSgemm(CLBlastLayoutRowMajor, CLBlastTransposeNo, CLBlastTransposeYes, (size_t)T, D, F, 1.0f, H1,
+                          0, F, w[2], 0, F, 0.0f, Y, 0, D, &q, NULL);
+        clFinish(q);
+        t[r] = now_s() - t0;
+        if (s) {
+            fprintf(stderr, "CLBlast failed: %d\n", (int)s);
+            exit(1);
+        }
+    }
+    qsort(t + 1, REPS, sizeof(double), cmp_d);
+    cl_mem all[7] = {w[0], w[1], w[2], X, H1, H3, Y};
+    for (int i = 0; i < 7; i++) clReleaseMemObject(all[i]);
+    clReleaseCommandQueue(q);
+    clReleaseContext(ctx);
+    free(tmp);
+    return t[1 + REPS / 2];
+}
+
+static int bench_gemm(int argc, char **argv) {
+    moecl_model *m = NULL;
+    if (moecl_model_load(argv[2], NULL, &m)) {
+        fprintf(stderr, "%s\n", moecl_last_error());
+        return 1;
+    }
+    const double flops = 6.0 * m->hp.n_embd * m->hp.n_ff; /* per row: three products */
+    int rows[16] = {32, 128, 512}, n = 3;
+    if (argc > 3) {
+        n = 0;
+        for (int i = 3; i < argc && n < 16; i++) rows[n++] = atoi(argv[i]);
+    }
+    printf("one expert FFN, D=%d F=%d, F32 weights: ms (GFLOP/s)\n", m->hp.n_embd, m->hp.n_ff);
+    printf("%6s %18s %18s %18s\n", "rows", "tiled", "blk", "clblast");
+    for (int i = 0; i < n; i++) {
+        const int T = rows[i];
+        double a = time_backend(m, "tiled", T), b = time_backend(m, "blk", T), c = time_clblast(m, T);
+        printf("%6d %9.2f (%5.1f) %9.2f (%5.1f) %9.2f (%5.1f)\n", T, a * 1e3, flops * T / a * 1e-9, b * 1e3,
+               flops * T / b * 1e-9, c * 1e3, flops * T / c * 1e-9);
+        fflush(stdout);
+    }
+    moecl_model_free(m);
+    return 0;
+}
+
 int main(int argc, char **argv) {
+    if (argc > 2 && !strcmp(argv[1], "--gemm")) return bench_gemm(argc, argv);
     if (argc < 2) {
         fprintf(stderr, "usage: bench-moe MODEL_DIR [cpu|opencl] [GPU_EXPERTS] [PROMPT] [GEN] [f32|f16]\n");
         return 1;

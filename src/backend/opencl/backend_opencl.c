@@ -1,42 +1,80 @@
 /*
  * backend_opencl.c - the OpenCL backend: expert FFNs on an OpenCL device.
  *
- * At creation the backend opens a device, builds cl/moe_ffn.cl, chooses
- * which experts of each layer it holds within a memory budget and uploads
- * their weights once. moe_submit then enqueues, without blocking: one write
- * of the packed rows of all its experts of the layer, one grouped launch of
- * gate+up (SiLU·mul fused), one of down, one read back; moe_wait blocks.
+ * At creation the backend opens a device, checks it has what the kernels
+ * need, chooses which experts of each layer it holds within a memory budget,
+ * builds the programs those experts' weight types need (cl/moe_ffn.cl for
+ * F32/F16, cl/moe_ffn_q.cl once per quantized type) and uploads the weights
+ * once. moe_submit then enqueues, without blocking: one write of the packed
+ * rows of all its experts of the layer, one grouped launch of gate+up
+ * (SiLU·mul fused), one of down, one read back; moe_wait blocks.
  * Attention and the LM head stay on the CPU: matmul delegates to the CPU
  * kernels.
+ *
+ * A device that fails in the middle of a decode (an enqueue, an allocation
+ * or the wait) does not lose the call: the backend logs the error, computes
+ * that work on the CPU and never touches the device again.
+ *
+ * Test hooks (environment, read when the backend is created):
+ *   MOECL_CL_TEST_LIMITS=clc=11,wg=8,local=1024,max_alloc=4096
+ *                          pretend the device reports these (OpenCL C
+ *                          version major*10+minor, bytes)
+ *   MOECL_CL_FAIL_ALLOC=N  the N-th buffer allocation (from 1) and every
+ *                          later one fail
+ *   MOECL_CL_FAIL_AT=submit:N | wait:N
+ *                          the N-th moe_submit / moe_wait (from 1) fails as
+ *                          if the device had returned CL_OUT_OF_RESOURCES
+ * Tuning: MOECL_CL_FEW_ROWS=vec|rows, MOECL_CL_PROMPT=tiled|blk choose the
+ * kernels (defaults by device type).
  */
 #include "backend/backend.h"
 #include "backend/opencl/opencl.h"
 #include "backend/cpu/kernels.h"
+#include "quant/quant.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 /* Few rows per expert: matrix-vector kernels (_vec on GPUs, _rows on CPU
- * devices, where PoCL serializes work-group reductions); more: tiled. */
+ * devices, where PoCL serializes work-group reductions); more: tiled (GPUs)
+ * or register-blocked (_blk, CPU devices). */
 #define VEC_MAX_ROWS 8
+#define QRB 4  /* token rows per work-item of the quantized kernels */
+#define BLK_RB 4
+#define BLK_CB 2
+#define MIN_CLC 12 /* OpenCL C 1.2 */
+
+/* The kernels, one table: family file, name. */
+enum { K_GU_VEC, K_DN_VEC, K_GU_TILED, K_DN_TILED, K_GU_ROWS, K_DN_ROWS, K_GU_BLK, K_DN_BLK, K_FLOAT_N };
+enum { K_GU_Q, K_DN_Q, K_QUANT_N };
+static const char *const float_kernels[K_FLOAT_N] = {
+    "moe_gate_up_vec", "moe_down_vec", "moe_gate_up_tiled", "moe_down_tiled",
+    "moe_gate_up_rows", "moe_down_rows", "moe_gate_up_blk", "moe_down_blk",
+};
+static const char *const quant_kernels[K_QUANT_N] = {"moeq_gate_up", "moeq_down"};
 
 typedef struct cl_layer {
     int n_slots;          /* experts of this layer held */
-    cl_mem w1, w3;        /* [n_slots, n_ff, n_embd] */
-    cl_mem w2;            /* [n_slots, n_embd, n_ff] */
+    moecl_dtype t13, t2;  /* storage on the device of w1/w3 and of w2 */
+    size_t b13, b2;       /* bytes of one expert's w1 (= w3) and w2 on the device */
+    cl_mem w1, w3;        /* [n_slots, n_ff, n_embd] elements, b13 bytes per slot */
+    cl_mem w2;            /* [n_slots, n_embd, n_ff] elements, b2 bytes per slot */
 } cl_layer;
 
 typedef struct ocl_backend {
     mc_cl_device dev;
     cl_context ctx;
     cl_command_queue queue;
-    cl_program prog;
-    cl_kernel gate_up_vec, down_vec, gate_up_tiled, down_tiled;
-    cl_kernel gate_up_rows, down_rows; /* the few-row kernels of CPU devices */
-    bool few_rows_rows;   /* few rows: _rows kernels (CPU devices), else _vec; $MOECL_CL_FEW_ROWS=vec|rows */
-    size_t wgs, ts, outs; /* tunables the program was built with */
-    moecl_dtype dtype;    /* F32 or F16 weights on the device */
+    cl_program prog[MOECL_DTYPE_COUNT];  /* per device weight type; F32 and F16 share the float file */
+    cl_kernel kf[K_FLOAT_N];             /* float kernels, built for fdtype */
+    cl_kernel kq[MOECL_DTYPE_COUNT][K_QUANT_N];
+    bool cpu_device;      /* PoCL and other CPU devices: _rows and _blk kernels */
+    bool few_rows_rows;   /* few rows: _rows kernels, else _vec; $MOECL_CL_FEW_ROWS=vec|rows */
+    bool prompt_blk;      /* many rows: _blk kernels, else _tiled; $MOECL_CL_PROMPT=blk|tiled */
+    size_t wgs, ts, outs; /* tunables the float program was built with */
+    moecl_dtype fdtype;   /* F32 or F16: storage of float weights on the device */
     int32_t *slot;        /* [n_layer * n_expert] slot on the device, -1: not here */
     cl_layer *layers;     /* [n_layer] */
     cl_mem x, h, y;       /* [cap_rows, n_embd], [cap_rows, n_ff], [cap_rows, n_embd] */
@@ -44,8 +82,13 @@ typedef struct ocl_backend {
     size_t cap_rows;
     cl_int *groups_host;  /* [n_expert * 4], read by the pending write */
     bool pending;         /* work enqueued and not waited for */
-    mc_backend *cpu;      /* matmul */
+    mc_moe_work last;     /* the pending work, recomputed on the CPU if the wait fails */
+    bool failed;          /* the device failed during a decode: everything runs on the CPU */
+    mc_backend *cpu;      /* matmul, and the experts once the device failed */
     uint64_t weight_bytes;
+    /* test hooks */
+    long n_allocs, fail_alloc_at;
+    long n_submits, n_waits, fail_submit_at, fail_wait_at;
 } ocl_backend;
 
 #define CL_CHECK(call, what)                                                                             \
@@ -54,6 +97,25 @@ typedef struct ocl_backend {
         if (err_ != CL_SUCCESS)                                                                          \
             return mc_error(MOECL_ERR_BACKEND, "opencl: %s on %s: %s", what, o->dev.name, mc_cl_strerror(err_)); \
     } while (0)
+
+static bool is_quant(moecl_dtype t) { return mc_dtype_block(t) > 1; }
+
+/* "3.5 MiB", "12.0 KiB", "640 bytes" */
+static const char *human(uint64_t bytes, char *buf, size_t len) {
+    if (bytes >= ((uint64_t)1 << 20)) snprintf(buf, len, "%.1f MiB", (double)bytes / 1048576.0);
+    else if (bytes >= 1024) snprintf(buf, len, "%.1f KiB", (double)bytes / 1024.0);
+    else snprintf(buf, len, "%llu bytes", (unsigned long long)bytes);
+    return buf;
+}
+
+/* Every buffer comes from here, so that a test can make allocations fail. */
+static cl_mem alloc_buf(ocl_backend *o, cl_mem_flags flags, size_t bytes, cl_int *err) {
+    if (o->fail_alloc_at > 0 && ++o->n_allocs >= o->fail_alloc_at) {
+        *err = CL_MEM_OBJECT_ALLOCATION_FAILURE;
+        return NULL;
+    }
+    return clCreateBuffer(o->ctx, flags, bytes, NULL, err);
+}
 
 /* ------------------------------------------------------------------------ */
 /* Expert FFNs                                                              */
@@ -70,15 +132,63 @@ static moecl_status reserve_rows(mc_backend *be, size_t rows) {
         if (bufs[i]) clReleaseMemObject(bufs[i]);
     o->x = o->h = o->y = NULL;
     o->cap_rows = 0;
-    cl_int e1, e2, e3;
-    o->x = clCreateBuffer(o->ctx, CL_MEM_READ_ONLY, cap * D * sizeof(float), NULL, &e1);
-    o->h = clCreateBuffer(o->ctx, CL_MEM_READ_WRITE, cap * F * sizeof(float), NULL, &e2);
-    o->y = clCreateBuffer(o->ctx, CL_MEM_WRITE_ONLY, cap * D * sizeof(float), NULL, &e3);
+    cl_int e1 = CL_SUCCESS, e2 = CL_SUCCESS, e3 = CL_SUCCESS;
+    o->x = alloc_buf(o, CL_MEM_READ_ONLY, cap * D * sizeof(float), &e1);
+    if (!e1) o->h = alloc_buf(o, CL_MEM_READ_WRITE, cap * F * sizeof(float), &e2);
+    if (!e1 && !e2) o->y = alloc_buf(o, CL_MEM_WRITE_ONLY, cap * D * sizeof(float), &e3);
     if (e1 || e2 || e3)
         return mc_error(MOECL_ERR_BACKEND, "opencl: cannot allocate activations for %zu rows on %s: %s", cap,
                         o->dev.name, mc_cl_strerror(e1 ? e1 : e2 ? e2 : e3));
     o->cap_rows = cap;
     return MOECL_OK;
+}
+
+static moecl_status set_args(ocl_backend *o, cl_kernel k, cl_mem in, cl_mem wa, cl_mem wb, cl_mem out, cl_int D,
+                             cl_int F) {
+    cl_int err = 0, i = 0;
+    err |= clSetKernelArg(k, (cl_uint)i++, sizeof(cl_mem), &in);
+    err |= clSetKernelArg(k, (cl_uint)i++, sizeof(cl_mem), &wa);
+    if (wb) err |= clSetKernelArg(k, (cl_uint)i++, sizeof(cl_mem), &wb);
+    err |= clSetKernelArg(k, (cl_uint)i++, sizeof(cl_mem), &out);
+    err |= clSetKernelArg(k, (cl_uint)i++, sizeof(cl_mem), &o->groups);
+    err |= clSetKernelArg(k, (cl_uint)i++, sizeof(cl_int), &D);
+    err |= clSetKernelArg(k, (cl_uint)i++, sizeof(cl_int), &F);
+    CL_CHECK(err, "setting kernel arguments");
+    return MOECL_OK;
+}
+
+/* One stage (gate+up: down = false) over n_out outputs with weights of type t. */
+static moecl_status launch(ocl_backend *o, bool down, moecl_dtype t, size_t n_out, int64_t max_rows, size_t n_used) {
+    const char *what = down ? "launching the down projection" : "launching the gate and up projections";
+    if (is_quant(t)) {
+        size_t g[3] = {n_out, ((size_t)max_rows + QRB - 1) / QRB, n_used};
+        CL_CHECK(clEnqueueNDRangeKernel(o->queue, o->kq[t][down], 3, NULL, g, NULL, 0, NULL, NULL), what);
+        return MOECL_OK;
+    }
+    const int d = down ? 1 : 0;
+    if (max_rows <= VEC_MAX_ROWS && o->few_rows_rows) {
+        size_t g[2] = {n_out, n_used};
+        CL_CHECK(clEnqueueNDRangeKernel(o->queue, o->kf[K_GU_ROWS + d], 2, NULL, g, NULL, 0, NULL, NULL), what);
+    } else if (max_rows <= VEC_MAX_ROWS) {
+        size_t g[2] = {(n_out + o->outs - 1) / o->outs * o->wgs, n_used}, l[2] = {o->wgs, 1};
+        CL_CHECK(clEnqueueNDRangeKernel(o->queue, o->kf[K_GU_VEC + d], 2, NULL, g, l, 0, NULL, NULL), what);
+    } else if (o->prompt_blk) {
+        size_t g[3] = {(n_out + BLK_CB - 1) / BLK_CB, ((size_t)max_rows + BLK_RB - 1) / BLK_RB, n_used};
+        CL_CHECK(clEnqueueNDRangeKernel(o->queue, o->kf[K_GU_BLK + d], 3, NULL, g, NULL, 0, NULL, NULL), what);
+    } else {
+        const size_t ts = o->ts;
+        size_t g[3] = {(n_out + ts - 1) / ts * ts, ((size_t)max_rows + ts - 1) / ts * ts, n_used};
+        size_t l[3] = {ts, ts, 1};
+        CL_CHECK(clEnqueueNDRangeKernel(o->queue, o->kf[K_GU_TILED + d], 3, NULL, g, l, 0, NULL, NULL), what);
+    }
+    return MOECL_OK;
+}
+
+static cl_kernel stage_kernel(ocl_backend *o, bool down, moecl_dtype t, int64_t max_rows) {
+    if (is_quant(t)) return o->kq[t][down];
+    const int d = down ? 1 : 0;
+    if (max_rows <= VEC_MAX_ROWS) return o->kf[(o->few_rows_rows ? K_GU_ROWS : K_GU_VEC) + d];
+    return o->kf[(o->prompt_blk ? K_GU_BLK : K_GU_TILED) + d];
 }
 
 static moecl_status enqueue(mc_backend *be, const mc_moe_work *w) {
@@ -87,6 +197,9 @@ static moecl_status enqueue(mc_backend *be, const mc_moe_work *w) {
     const cl_int D = hp->n_embd, F = hp->n_ff;
     const int64_t r0 = w->offsets[0], rows = w->offsets[w->n_used] - r0;
     const cl_layer *L = &o->layers[w->layer];
+    if (o->fail_submit_at > 0 && o->n_submits == o->fail_submit_at)
+        return mc_error(MOECL_ERR_BACKEND, "opencl: enqueueing the expert FFNs of layer %d on %s: %s (injected)",
+                        w->layer, o->dev.name, mc_cl_strerror(CL_OUT_OF_RESOURCES));
     moecl_status st = reserve_rows(be, (size_t)rows);
     if (st) return st;
 
@@ -109,73 +222,53 @@ static moecl_status enqueue(mc_backend *be, const mc_moe_work *w) {
     CL_CHECK(clEnqueueWriteBuffer(o->queue, o->groups, CL_FALSE, 0, (size_t)w->n_used * 4 * sizeof(cl_int),
                                   o->groups_host, 0, NULL, NULL),
              "writing the groups");
-
-    const bool vec = max_rows <= VEC_MAX_ROWS, rows_k = vec && o->few_rows_rows;
-    cl_kernel gu = vec ? o->gate_up_vec : o->gate_up_tiled, dn = vec ? o->down_vec : o->down_tiled;
-    if (rows_k) {
-        gu = o->gate_up_rows;
-        dn = o->down_rows;
-    }
-    cl_int err = 0;
-    err |= clSetKernelArg(gu, 0, sizeof(cl_mem), &o->x);
-    err |= clSetKernelArg(gu, 1, sizeof(cl_mem), &L->w1);
-    err |= clSetKernelArg(gu, 2, sizeof(cl_mem), &L->w3);
-    err |= clSetKernelArg(gu, 3, sizeof(cl_mem), &o->h);
-    err |= clSetKernelArg(gu, 4, sizeof(cl_mem), &o->groups);
-    err |= clSetKernelArg(gu, 5, sizeof(cl_int), &D);
-    err |= clSetKernelArg(gu, 6, sizeof(cl_int), &F);
-    err |= clSetKernelArg(dn, 0, sizeof(cl_mem), &o->h);
-    err |= clSetKernelArg(dn, 1, sizeof(cl_mem), &L->w2);
-    err |= clSetKernelArg(dn, 2, sizeof(cl_mem), &o->y);
-    err |= clSetKernelArg(dn, 3, sizeof(cl_mem), &o->groups);
-    err |= clSetKernelArg(dn, 4, sizeof(cl_int), &D);
-    err |= clSetKernelArg(dn, 5, sizeof(cl_int), &F);
-    CL_CHECK(err, "setting kernel arguments");
-
-    const size_t ts = o->ts, n_used = (size_t)w->n_used;
-    if (rows_k) {
-        size_t g1[2] = {(size_t)F, n_used}, g2[2] = {(size_t)D, n_used};
-        CL_CHECK(clEnqueueNDRangeKernel(o->queue, gu, 2, NULL, g1, NULL, 0, NULL, NULL), "launching gate_up_rows");
-        CL_CHECK(clEnqueueNDRangeKernel(o->queue, dn, 2, NULL, g2, NULL, 0, NULL, NULL), "launching down_rows");
-    } else if (vec) {
-        const size_t per = o->outs;
-        size_t g1[2] = {((size_t)F + per - 1) / per * o->wgs, n_used};
-        size_t g2[2] = {((size_t)D + per - 1) / per * o->wgs, n_used};
-        size_t l[2] = {o->wgs, 1};
-        CL_CHECK(clEnqueueNDRangeKernel(o->queue, gu, 2, NULL, g1, l, 0, NULL, NULL), "launching gate_up_vec");
-        CL_CHECK(clEnqueueNDRangeKernel(o->queue, dn, 2, NULL, g2, l, 0, NULL, NULL), "launching down_vec");
-    } else {
-        const size_t rt = ((size_t)max_rows + ts - 1) / ts * ts;
-        size_t g1[3] = {((size_t)F + ts - 1) / ts * ts, rt, n_used};
-        size_t g2[3] = {((size_t)D + ts - 1) / ts * ts, rt, n_used};
-        size_t l[3] = {ts, ts, 1};
-        CL_CHECK(clEnqueueNDRangeKernel(o->queue, gu, 3, NULL, g1, l, 0, NULL, NULL), "launching gate_up_tiled");
-        CL_CHECK(clEnqueueNDRangeKernel(o->queue, dn, 3, NULL, g2, l, 0, NULL, NULL), "launching down_tiled");
-    }
+    if ((st = set_args(o, stage_kernel(o, false, L->t13, max_rows), o->x, L->w1, L->w3, o->h, D, F))) return st;
+    if ((st = set_args(o, stage_kernel(o, true, L->t2, max_rows), o->h, L->w2, NULL, o->y, D, F))) return st;
+    if ((st = launch(o, false, L->t13, (size_t)F, max_rows, (size_t)w->n_used))) return st;
+    if ((st = launch(o, true, L->t2, (size_t)D, max_rows, (size_t)w->n_used))) return st;
     CL_CHECK(clEnqueueReadBuffer(o->queue, o->y, CL_FALSE, 0, xbytes, w->Y + r0 * D, 0, NULL, NULL),
              "reading the outputs");
     CL_CHECK(clFlush(o->queue), "flushing the queue");
     return MOECL_OK;
 }
 
+/* The device failed (the error is the thread's last): say so, stop using
+ * it, and compute w on the CPU so that the decode goes on. */
+static moecl_status fall_back(mc_backend *be, const mc_moe_work *w) {
+    ocl_backend *o = be->impl;
+    mc_log(MOECL_LOG_ERROR,
+           "opencl: %s; layer %d's experts of this call and all expert FFNs from now on run on the CPU "
+           "(the device %s is not used again by this context)",
+           moecl_last_error(), w->layer, o->dev.name);
+    o->failed = true;
+    clFinish(o->queue); /* nothing may still read or write host memory; its error is the one above */
+    mc_clear_error();
+    return o->cpu->iface->moe_submit(o->cpu, w);
+}
+
 static moecl_status ocl_moe_submit(mc_backend *be, const mc_moe_work *w) {
     ocl_backend *o = be->impl;
     if (w->n_used <= 0) return MOECL_OK;
-    o->pending = true;
+    if (o->failed) return o->cpu->iface->moe_submit(o->cpu, w);
+    o->n_submits++;
     moecl_status st = enqueue(be, w);
-    if (st) {
-        clFinish(o->queue); /* nothing may still read or write host memory */
-        o->pending = false;
-    }
-    return st;
+    if (st) return fall_back(be, w);
+    o->pending = true;
+    o->last = *w; /* its arrays belong to the caller and live until the wait */
+    return MOECL_OK;
 }
 
 static moecl_status ocl_moe_wait(mc_backend *be) {
     ocl_backend *o = be->impl;
     if (!o->pending) return MOECL_OK;
     o->pending = false;
-    CL_CHECK(clFinish(o->queue), "waiting for the expert FFNs");
-    return MOECL_OK;
+    o->n_waits++;
+    cl_int err = clFinish(o->queue);
+    if (o->fail_wait_at > 0 && o->n_waits == o->fail_wait_at) err = CL_OUT_OF_RESOURCES;
+    if (err == CL_SUCCESS) return MOECL_OK;
+    mc_error(MOECL_ERR_BACKEND, "opencl: waiting for the expert FFNs of layer %d on %s: %s%s", o->last.layer,
+             o->dev.name, mc_cl_strerror(err), o->fail_wait_at > 0 ? " (injected)" : "");
+    return fall_back(be, &o->last);
 }
 
 static moecl_status ocl_matmul(mc_backend *be, const mc_tensor *W, const float *X, int64_t T, float *Y) {
@@ -196,11 +289,13 @@ static void ocl_free(mc_backend *be) {
         cl_mem m[4] = {o->x, o->h, o->y, o->groups};
         for (int i = 0; i < 4; i++)
             if (m[i]) clReleaseMemObject(m[i]);
-        cl_kernel k[6] = {o->gate_up_vec, o->down_vec,     o->gate_up_tiled,
-                          o->down_tiled,  o->gate_up_rows, o->down_rows};
-        for (int i = 0; i < 6; i++)
-            if (k[i]) clReleaseKernel(k[i]);
-        if (o->prog) clReleaseProgram(o->prog);
+        for (int i = 0; i < K_FLOAT_N; i++)
+            if (o->kf[i]) clReleaseKernel(o->kf[i]);
+        for (int t = 0; t < MOECL_DTYPE_COUNT; t++) {
+            for (int i = 0; i < K_QUANT_N; i++)
+                if (o->kq[t][i]) clReleaseKernel(o->kq[t][i]);
+            if (o->prog[t]) clReleaseProgram(o->prog[t]);
+        }
         if (o->queue) clReleaseCommandQueue(o->queue);
         if (o->ctx) clReleaseContext(o->ctx);
         mc_backend_free(o->cpu);
@@ -221,67 +316,158 @@ static const mc_backend_i ocl_iface = {
 };
 
 /* ------------------------------------------------------------------------ */
-/* Creation: device, program, placement, weights                            */
+/* Creation: device, features, programs                                     */
 /* ------------------------------------------------------------------------ */
+
+static long env_long(const char *name) {
+    const char *s = getenv(name);
+    return s && *s ? strtol(s, NULL, 10) : 0;
+}
+
+static void read_test_hooks(ocl_backend *o) {
+    o->fail_alloc_at = env_long("MOECL_CL_FAIL_ALLOC");
+    const char *at = getenv("MOECL_CL_FAIL_AT");
+    long n = 0;
+    if (at && sscanf(at, "submit:%ld", &n) == 1) o->fail_submit_at = n;
+    if (at && sscanf(at, "wait:%ld", &n) == 1) o->fail_wait_at = n;
+    const char *lim = getenv("MOECL_CL_TEST_LIMITS"); /* "clc=11,wg=8,local=1024,max_alloc=4096" */
+    for (const char *p = lim; p && *p;) {
+        char key[32];
+        unsigned long long v;
+        if (sscanf(p, "%31[a-z_]=%llu", key, &v) == 2) {
+            if (!strcmp(key, "clc")) o->dev.clc_version = (int)v;
+            if (!strcmp(key, "wg")) o->dev.max_wg = (size_t)v;
+            if (!strcmp(key, "local")) o->dev.local_mem = v;
+            if (!strcmp(key, "max_alloc")) o->dev.max_alloc = v;
+        }
+        p = strchr(p, ',');
+        if (p) p++;
+    }
+}
+
+/* What the kernels need, against what the device has; the tunables follow. */
+static moecl_status check_device(ocl_backend *o) {
+    const mc_cl_device *d = &o->dev;
+    if (!d->available)
+        return mc_error(MOECL_ERR_BACKEND, "opencl: device %s is not available or has no compiler", d->name);
+    if (d->clc_version < MIN_CLC)
+        return mc_error(MOECL_ERR_BACKEND, "opencl: device %s takes OpenCL C %d.%d; the kernels need %d.%d", d->name,
+                        d->clc_version / 10, d->clc_version % 10, MIN_CLC / 10, MIN_CLC % 10);
+    /* the _vec kernels: WGS work-items, 2 * ROWS(4) * WGS floats of local memory;
+     * the _tiled ones: TS * TS work-items, 3 * TS * (TS + 1) floats */
+    o->wgs = 64;
+    while (o->wgs > 4 && (o->wgs > d->max_wg || 2 * 4 * o->wgs * sizeof(float) > d->local_mem)) o->wgs /= 2;
+    o->ts = 16;
+    while (o->ts > 4 && (o->ts * o->ts > d->max_wg || 3 * o->ts * (o->ts + 1) * sizeof(float) > d->local_mem))
+        o->ts /= 2;
+    if (d->max_wg < 16)
+        return mc_error(MOECL_ERR_BACKEND, "opencl: device %s allows work-groups of %zu work-items; the kernels need 16",
+                        d->name, d->max_wg);
+    const uint64_t need = 3 * 4 * 5 * sizeof(float);
+    if (d->local_mem < need)
+        return mc_error(MOECL_ERR_BACKEND,
+                        "opencl: device %s has %llu bytes of local memory; the kernels need %llu", d->name,
+                        (unsigned long long)d->local_mem, (unsigned long long)need);
+    return MOECL_OK;
+}
 
 static moecl_status open_device(ocl_backend *o, const mc_opencl_params *p) {
     moecl_status st = mc_cl_select(p->selector, p->gpu_only, &o->dev);
     if (st) return st;
+    read_test_hooks(o);
+    if ((st = check_device(o))) return st;
     cl_int err;
     o->ctx = clCreateContext(NULL, 1, &o->dev.id, NULL, NULL, &err);
     CL_CHECK(err, "clCreateContext");
     o->queue = clCreateCommandQueue(o->ctx, o->dev.id, 0, &err);
     CL_CHECK(err, "clCreateCommandQueue");
-
-    size_t max_wg = 0;
-    clGetDeviceInfo(o->dev.id, CL_DEVICE_MAX_WORK_GROUP_SIZE, sizeof max_wg, &max_wg, NULL);
-    o->wgs = 64;
-    while (o->wgs > 1 && o->wgs > max_wg) o->wgs /= 2;
-    o->ts = max_wg >= 256 ? 16 : max_wg >= 64 ? 8 : 4;
-    const char *fr = getenv("MOECL_CL_FEW_ROWS");
-    o->few_rows_rows = fr && !strcmp(fr, "rows") ? true : fr && !strcmp(fr, "vec") ? false : !o->dev.is_gpu;
+    o->cpu_device = !o->dev.is_gpu;
+    const char *fr = getenv("MOECL_CL_FEW_ROWS"), *pr = getenv("MOECL_CL_PROMPT");
+    o->few_rows_rows = fr && !strcmp(fr, "rows") ? true : fr && !strcmp(fr, "vec") ? false : o->cpu_device;
+    o->prompt_blk = pr && !strcmp(pr, "blk") ? true : pr && !strcmp(pr, "tiled") ? false : o->cpu_device;
     o->outs = 1; /* GPUs want many small groups (CPU devices use the _rows kernels) */
+    const char *wait = getenv("OMP_WAIT_POLICY");
+    static bool warned; /* once a process */
+    if (o->cpu_device && (!wait || strcasecmp(wait, "passive")) && !warned) {
+        warned = true;
+        mc_log(MOECL_LOG_WARN,
+               "opencl: %s is a CPU device sharing the cores with OpenMP, whose threads spin between parallel "
+               "regions and slow the device's kernels down (3x on decode measured with PoCL): start the program "
+               "with OMP_WAIT_POLICY=passive",
+               o->dev.name);
+    }
+    return MOECL_OK;
+}
+
+/* Build the program for device weight type t (once) and create its kernels. */
+static moecl_status build_for(ocl_backend *o, moecl_dtype t) {
+    if (o->prog[t]) return MOECL_OK;
     char opts[256];
-    snprintf(opts, sizeof opts, "-cl-mad-enable -DWGS=%zu -DTS=%zu -DOUTS=%zu%s", o->wgs, o->ts, o->outs,
-             o->dtype == MOECL_DTYPE_F16 ? " -DWEIGHT_F16" : "");
-    if ((st = mc_cl_build(o->ctx, &o->dev, "moe_ffn.cl", opts, &o->prog))) return st;
-    const char *names[6] = {"moe_gate_up_vec", "moe_down_vec",     "moe_gate_up_tiled",
-                            "moe_down_tiled",  "moe_gate_up_rows", "moe_down_rows"};
-    cl_kernel *ks[6] = {&o->gate_up_vec, &o->down_vec,     &o->gate_up_tiled,
-                        &o->down_tiled,  &o->gate_up_rows, &o->down_rows};
-    for (int i = 0; i < 6; i++) {
-        *ks[i] = clCreateKernel(o->prog, names[i], &err);
-        CL_CHECK(err, names[i]);
-    }
-    return MOECL_OK;
-}
-
-/* Copy one weight matrix, converted to the device dtype, into slot `slot` of buf. */
-static moecl_status upload(ocl_backend *o, cl_mem buf, int slot, const mc_tensor *t, float *tmp32, uint16_t *tmp16) {
-    const size_t n = (size_t)t->rows * (size_t)t->cols;
-    const size_t ws = o->dtype == MOECL_DTYPE_F16 ? 2 : 4;
-    const void *src;
-    if (o->dtype == MOECL_DTYPE_F16 && t->type == MOECL_DTYPE_F16) {
-        src = t->data;
-    } else {
-        mc_cpu_to_f32(t->type, t->data, tmp32, (int64_t)n);
-        if (o->dtype == MOECL_DTYPE_F16) {
-            for (size_t i = 0; i < n; i++) tmp16[i] = mc_f32_to_f16(tmp32[i]);
-            src = tmp16;
-        } else {
-            src = tmp32;
+    moecl_status st;
+    cl_int err;
+    if (!is_quant(t)) {
+        snprintf(opts, sizeof opts, "-cl-mad-enable -DWGS=%zu -DTS=%zu -DOUTS=%zu -DRB=%d -DCB=%d%s", o->wgs, o->ts,
+                 o->outs, BLK_RB, BLK_CB, t == MOECL_DTYPE_F16 ? " -DWEIGHT_F16" : "");
+        if ((st = mc_cl_build(o->ctx, &o->dev, "moe_ffn.cl", opts, &o->prog[t]))) return st;
+        for (int i = 0; i < K_FLOAT_N; i++) {
+            o->kf[i] = clCreateKernel(o->prog[t], float_kernels[i], &err);
+            CL_CHECK(err, float_kernels[i]);
         }
+        return MOECL_OK;
     }
-    CL_CHECK(clEnqueueWriteBuffer(o->queue, buf, CL_TRUE, (size_t)slot * n * ws, n * ws, src, 0, NULL, NULL),
-             "uploading expert weights");
+    snprintf(opts, sizeof opts, "-DQTYPE=%d -DQRB=%d", (int)t, QRB);
+    if ((st = mc_cl_build(o->ctx, &o->dev, "moe_ffn_q.cl", opts, &o->prog[t]))) return st;
+    for (int i = 0; i < K_QUANT_N; i++) {
+        o->kq[t][i] = clCreateKernel(o->prog[t], quant_kernels[i], &err);
+        CL_CHECK(err, quant_kernels[i]);
+    }
     return MOECL_OK;
 }
 
-/* How many experts each layer puts on the device. */
-static int64_t plan_placement(const moecl_model *m, const ocl_backend *o, const mc_opencl_params *p, int *n_of) {
+/* ------------------------------------------------------------------------ */
+/* Placement and weights                                                    */
+/* ------------------------------------------------------------------------ */
+
+/* Device storage of a model matrix: its own block format when quantized
+ * and the caller asked to match the model, else the float dtype. */
+static moecl_dtype device_type(const ocl_backend *o, const mc_tensor *t, bool match) {
+    return match && is_quant(t->type) ? t->type : o->fdtype;
+}
+
+static size_t device_bytes(moecl_dtype t, const mc_tensor *w) {
+    size_t row = 0;
+    mc_dtype_row_bytes(t, w->cols, &row); /* the model loader checked the shapes */
+    return row * (size_t)w->rows;
+}
+
+/* Storage types and sizes of each layer's experts. The experts of a layer
+ * share one type per matrix (GGUF stacks them); a layer whose experts
+ * differ, or whose gate and up differ, keeps the float dtype. */
+static void layer_types(const moecl_model *m, ocl_backend *o, bool match) {
+    const mc_hparams *hp = &m->hp;
+    for (int l = 0; l < hp->n_layer; l++) {
+        const mc_expert *x = m->layers[l].experts;
+        bool same13 = x[0].w1.type == x[0].w3.type, same2 = true;
+        for (int e = 1; e < hp->n_expert; e++) {
+            same13 &= x[e].w1.type == x[0].w1.type && x[e].w3.type == x[0].w1.type;
+            same2 &= x[e].w2.type == x[0].w2.type;
+        }
+        cl_layer *L = &o->layers[l];
+        L->t13 = same13 ? device_type(o, &x[0].w1, match) : o->fdtype;
+        L->t2 = same2 ? device_type(o, &x[0].w2, match) : o->fdtype;
+        L->b13 = device_bytes(L->t13, &x[0].w1);
+        L->b2 = device_bytes(L->t2, &x[0].w2);
+    }
+}
+
+/* How many experts each layer puts on the device: round-robin over the
+ * layers while the budget lasts, at most cap per layer and no buffer larger
+ * than the device's largest allocation. Fails when the device cannot hold a
+ * single expert matrix in one allocation. */
+static moecl_status plan_placement(const moecl_model *m, ocl_backend *o, const mc_opencl_params *p, int *n_of,
+                                   int64_t *total) {
     const mc_hparams *hp = &m->hp;
     const int E = hp->n_expert, L = hp->n_layer;
-    const uint64_t mat = (uint64_t)hp->n_ff * (uint64_t)hp->n_embd * (o->dtype == MOECL_DTYPE_F16 ? 2 : 4);
     int64_t budget = p->mem_budget;
     if (budget < 0) { /* device memory less headroom for activations, the driver and other programs */
         uint64_t head = o->dev.global_mem / 10;
@@ -290,11 +476,98 @@ static int64_t plan_placement(const moecl_model *m, const ocl_backend *o, const 
     }
     int cap = E;
     if (p->experts_per_layer >= 0 && p->experts_per_layer < cap) cap = p->experts_per_layer;
-    if (mat && o->dev.max_alloc / mat < (uint64_t)cap) cap = (int)(o->dev.max_alloc / mat);
-    int64_t total = mat ? budget / (int64_t)(3 * mat) : 0;
-    if (total > (int64_t)cap * L) total = (int64_t)cap * L;
-    for (int l = 0; l < L; l++) n_of[l] = (int)(total / L + (l < total % L));
-    return total;
+    *total = 0;
+    for (int l = 0; l < L; l++) n_of[l] = 0;
+    for (int l = 0; l < L && cap > 0; l++) {
+        const cl_layer *cl = &o->layers[l];
+        const size_t mat = cl->b13 > cl->b2 ? cl->b13 : cl->b2;
+        char a[32], b[32];
+        if (mat > o->dev.max_alloc)
+            return mc_error(MOECL_ERR_BACKEND,
+                            "opencl: device %s allocates at most %s in one buffer, less than one expert "
+                            "matrix of layer %d (%s as %s)",
+                            o->dev.name, human(o->dev.max_alloc, a, sizeof a), l, human(mat, b, sizeof b),
+                            moecl_dtype_name(cl->b13 >= cl->b2 ? cl->t13 : cl->t2));
+    }
+    bool grew = true;
+    for (int round = 0; round < cap && grew; round++) {
+        grew = false;
+        for (int l = 0; l < L; l++) {
+            const cl_layer *cl = &o->layers[l];
+            const int64_t bytes = (int64_t)(2 * cl->b13 + cl->b2);
+            const uint64_t n = (uint64_t)n_of[l] + 1;
+            if (n_of[l] != round || bytes > budget || n * cl->b13 > o->dev.max_alloc || n * cl->b2 > o->dev.max_alloc)
+                continue;
+            budget -= bytes;
+            n_of[l]++;
+            (*total)++;
+            grew = true;
+        }
+    }
+    return MOECL_OK;
+}
+
+/* Copy one weight matrix, in device type t, into slot `slot` of buf. */
+static moecl_status upload(ocl_backend *o, cl_mem buf, int slot, moecl_dtype t, size_t bytes, const mc_tensor *w,
+                           float *tmp32, uint16_t *tmp16) {
+    const size_t n = (size_t)w->rows * (size_t)w->cols;
+    const void *src = w->data;
+    if (t != w->type) {
+        if (is_quant(w->type)) mc_dequantize_row(w->type, w->data, tmp32, (int64_t)n);
+        else mc_cpu_to_f32(w->type, w->data, tmp32, (int64_t)n);
+        src = tmp32;
+        if (t == MOECL_DTYPE_F16) {
+            for (size_t i = 0; i < n; i++) tmp16[i] = mc_f32_to_f16(tmp32[i]);
+            src = tmp16;
+        }
+    }
+    CL_CHECK(clEnqueueWriteBuffer(o->queue, buf, CL_TRUE, (size_t)slot * bytes, bytes, src, 0, NULL, NULL),
+             "uploading expert weights");
+    return MOECL_OK;
+}
+
+/* Allocate and fill the weight buffers of the experts placed. */
+static moecl_status upload_all(const moecl_model *model, ocl_backend *o, const int *n_of) {
+    const mc_hparams *hp = &model->hp;
+    const int E = hp->n_expert;
+    const size_t n = (size_t)hp->n_ff * (size_t)hp->n_embd;
+    bool convert = false;
+    for (int l = 0; l < hp->n_layer; l++)
+        if (n_of[l]) {
+            const mc_expert *x = &model->layers[l].experts[0];
+            convert |= o->layers[l].t13 != x->w1.type || o->layers[l].t2 != x->w2.type;
+        }
+    float *tmp32 = convert ? malloc(n * sizeof(float)) : NULL;
+    uint16_t *tmp16 = convert ? malloc(n * sizeof(uint16_t)) : NULL;
+    moecl_status st = MOECL_OK;
+    if (convert && (!tmp32 || !tmp16)) st = mc_error(MOECL_ERR_NOMEM, "opencl: out of memory for weight conversion");
+    cl_int err;
+    for (int l = 0; l < hp->n_layer && !st; l++) {
+        cl_layer *cl = &o->layers[l];
+        if (!n_of[l]) continue;
+        const size_t b[3] = {cl->b13, cl->b13, cl->b2};
+        const moecl_dtype t[3] = {cl->t13, cl->t13, cl->t2};
+        cl_mem *bufs[3] = {&cl->w1, &cl->w3, &cl->w2};
+        for (int i = 0; i < 3 && !st; i++) {
+            const size_t bytes = (size_t)n_of[l] * b[i];
+            char hb[32];
+            *bufs[i] = alloc_buf(o, CL_MEM_READ_ONLY, bytes, &err);
+            if (err)
+                st = mc_error(MOECL_ERR_BACKEND, "opencl: cannot allocate %s for the experts of layer %d on %s: %s",
+                              human(bytes, hb, sizeof hb), l, o->dev.name, mc_cl_strerror(err));
+        }
+        cl->n_slots = n_of[l];
+        for (int e = 0; e < n_of[l] && !st; e++) { /* the first experts of each layer */
+            const mc_expert *x = &model->layers[l].experts[e];
+            const mc_tensor *w[3] = {&x->w1, &x->w3, &x->w2};
+            for (int i = 0; i < 3 && !st; i++) st = upload(o, *bufs[i], e, t[i], b[i], w[i], tmp32, tmp16);
+            o->slot[(int64_t)l * E + e] = e;
+        }
+        o->weight_bytes += (uint64_t)n_of[l] * (2 * cl->b13 + cl->b2);
+    }
+    free(tmp32);
+    free(tmp16);
+    return st;
 }
 
 moecl_status mc_backend_opencl_new(const moecl_model *model, const mc_opencl_params *p, uint8_t *placement,
@@ -303,6 +576,16 @@ moecl_status mc_backend_opencl_new(const moecl_model *model, const mc_opencl_par
     *n_placed = 0;
     const mc_hparams *hp = &model->hp;
     const int E = hp->n_expert, L = hp->n_layer;
+    moecl_dtype dt = p->dtype;
+    const mc_tensor *w0 = &model->layers[0].experts[0].w1;
+    const bool match = dt == MOECL_DTYPE_COUNT || dt == w0->type;
+    if (dt == MOECL_DTYPE_COUNT) /* match the model; float weights other than F16 go to the device as F32 */
+        dt = w0->type == MOECL_DTYPE_F16 ? MOECL_DTYPE_F16 : MOECL_DTYPE_F32;
+    if (is_quant(dt) && dt == w0->type) dt = MOECL_DTYPE_F32; /* the float dtype of any float matrices */
+    if (dt != MOECL_DTYPE_F32 && dt != MOECL_DTYPE_F16)
+        return mc_error(MOECL_ERR_INVALID_ARG,
+                        "opencl: device dtype %s not supported (f32, f16, or the model's own quantized type)",
+                        moecl_dtype_name(dt));
     mc_backend *be = calloc(1, sizeof *be);
     ocl_backend *o = calloc(1, sizeof *o);
     if (be) {
@@ -315,61 +598,31 @@ moecl_status mc_backend_opencl_new(const moecl_model *model, const mc_opencl_par
         free(o);
         return mc_error(MOECL_ERR_NOMEM, "opencl: out of memory");
     }
-    moecl_dtype dt = p->dtype;
-    if (dt == MOECL_DTYPE_COUNT) /* match the model: 16-bit floats stay F16 only when they are F16 */
-        dt = model->layers[0].experts[0].w1.type == MOECL_DTYPE_F16 ? MOECL_DTYPE_F16 : MOECL_DTYPE_F32;
-    if (dt != MOECL_DTYPE_F32 && dt != MOECL_DTYPE_F16) {
-        ocl_free(be);
-        return mc_error(MOECL_ERR_INVALID_ARG, "opencl: device dtype %s not supported (f32 or f16)",
-                        moecl_dtype_name(dt));
-    }
-    o->dtype = dt;
+    o->fdtype = dt;
     o->slot = malloc((size_t)L * (size_t)E * sizeof(int32_t));
     o->layers = calloc((size_t)L, sizeof *o->layers);
     o->groups_host = calloc((size_t)E * 4, sizeof(cl_int));
     int *n_of = calloc((size_t)L, sizeof(int));
+    int64_t total = 0;
     moecl_status st = (o->slot && o->layers && o->groups_host && n_of)
                           ? mc_backend_cpu_new(model, p->n_threads, &o->cpu)
                           : mc_error(MOECL_ERR_NOMEM, "opencl: out of memory");
     if (!st) st = open_device(o, p);
-    if (st) {
-        free(n_of);
-        ocl_free(be);
-        return st;
+    if (!st) {
+        for (int64_t i = 0; i < (int64_t)L * E; i++) o->slot[i] = -1;
+        layer_types(model, o, match);
+        st = plan_placement(model, o, p, n_of, &total);
     }
-    for (int64_t i = 0; i < (int64_t)L * E; i++) o->slot[i] = -1;
-    int64_t total = plan_placement(model, o, p, n_of);
-
-    cl_int err;
-    o->groups = clCreateBuffer(o->ctx, CL_MEM_READ_ONLY, (size_t)E * 4 * sizeof(cl_int), NULL, &err);
-    if (err) st = mc_error(MOECL_ERR_BACKEND, "opencl: clCreateBuffer: %s", mc_cl_strerror(err));
-    const size_t n = (size_t)hp->n_ff * (size_t)hp->n_embd, ws = dt == MOECL_DTYPE_F16 ? 2 : 4;
-    float *tmp32 = total ? malloc(n * sizeof(float)) : NULL;
-    uint16_t *tmp16 = total && dt == MOECL_DTYPE_F16 ? malloc(n * sizeof(uint16_t)) : NULL;
-    if (!st && total && (!tmp32 || (dt == MOECL_DTYPE_F16 && !tmp16)))
-        st = mc_error(MOECL_ERR_NOMEM, "opencl: out of memory for weight conversion");
-    for (int l = 0; l < L && !st; l++) {
-        cl_layer *cl = &o->layers[l];
-        if (!n_of[l]) continue;
-        const size_t bytes = (size_t)n_of[l] * n * ws;
-        cl_mem *bufs[3] = {&cl->w1, &cl->w3, &cl->w2};
-        for (int i = 0; i < 3 && !st; i++) {
-            *bufs[i] = clCreateBuffer(o->ctx, CL_MEM_READ_ONLY, bytes, NULL, &err);
-            if (err)
-                st = mc_error(MOECL_ERR_BACKEND, "opencl: cannot allocate %.1f MiB for layer %d on %s: %s",
-                              (double)bytes / 1048576.0, l, o->dev.name, mc_cl_strerror(err));
-        }
-        cl->n_slots = n_of[l];
-        for (int e = 0; e < n_of[l] && !st; e++) { /* the first experts of each layer */
-            const mc_expert *x = &model->layers[l].experts[e];
-            if (!(st = upload(o, cl->w1, e, &x->w1, tmp32, tmp16)) && !(st = upload(o, cl->w3, e, &x->w3, tmp32, tmp16)))
-                st = upload(o, cl->w2, e, &x->w2, tmp32, tmp16);
-            o->slot[(int64_t)l * E + e] = e;
-        }
-        o->weight_bytes += 3 * bytes;
+    for (int l = 0; l < L && !st; l++) /* the programs the placed experts need */
+        if (n_of[l] && !(st = build_for(o, o->layers[l].t13))) st = build_for(o, o->layers[l].t2);
+    if (!st) {
+        cl_int err;
+        o->groups = alloc_buf(o, CL_MEM_READ_ONLY, (size_t)E * 4 * sizeof(cl_int), &err);
+        if (err)
+            st = mc_error(MOECL_ERR_BACKEND, "opencl: cannot allocate a buffer on %s: %s", o->dev.name,
+                          mc_cl_strerror(err));
     }
-    free(tmp32);
-    free(tmp16);
+    if (!st) st = upload_all(model, o, n_of);
     if (st) {
         free(n_of);
         ocl_free(be);
@@ -377,9 +630,11 @@ moecl_status mc_backend_opencl_new(const moecl_model *model, const mc_opencl_par
     }
     for (int l = 0; l < L; l++)
         for (int e = 0; e < n_of[l]; e++) placement[(int64_t)l * E + e] = index;
-    mc_log(MOECL_LOG_INFO, "opencl: %s (%s, %s): %lld of %lld experts on the device as %s, %.1f MiB; layer 0: %d of %d",
+    mc_log(MOECL_LOG_INFO,
+           "opencl: %s (%s, %s): %lld of %lld experts on the device as %s/%s, %.1f MiB; layer 0: %d of %d",
            o->dev.name, o->dev.platform_name, o->dev.version, (long long)total, (long long)L * E,
-           moecl_dtype_name(dt), (double)o->weight_bytes / 1048576.0, n_of[0], E);
+           moecl_dtype_name(o->layers[0].t13), moecl_dtype_name(o->layers[0].t2),
+           (double)o->weight_bytes / 1048576.0, n_of[0], E);
     free(n_of);
     *n_placed = total;
     *out = be;
@@ -390,5 +645,5 @@ void mc_backend_opencl_describe(const mc_backend *be, char *name, size_t len, ui
     const ocl_backend *o = be->impl;
     snprintf(name, len, "%s", o->dev.name);
     *bytes = o->weight_bytes;
-    *dtype = o->dtype;
+    *dtype = o->layers[0].t13;
 }

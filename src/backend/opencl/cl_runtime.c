@@ -50,6 +50,9 @@ static void describe(cl_platform_id p, cl_device_id d, int index, mc_cl_device *
     if (clGetPlatformInfo(p, CL_PLATFORM_NAME, sizeof tmp, tmp, NULL) != CL_SUCCESS) tmp[0] = '\0';
     tmp[sizeof tmp - 1] = '\0';
     snprintf(out->platform_name, sizeof out->platform_name, "%s", tmp);
+    if (clGetPlatformInfo(p, CL_PLATFORM_VENDOR, sizeof tmp, tmp, NULL) != CL_SUCCESS) tmp[0] = '\0';
+    tmp[sizeof tmp - 1] = '\0';
+    snprintf(out->platform_vendor, sizeof out->platform_vendor, "%s", tmp);
     info_str(d, CL_DEVICE_VENDOR, out->vendor, sizeof out->vendor);
     info_str(d, CL_DEVICE_NAME, out->name, sizeof out->name);
     info_str(d, CL_DEVICE_VERSION, out->version, sizeof out->version);
@@ -65,6 +68,20 @@ static void describe(cl_platform_id p, cl_device_id d, int index, mc_cl_device *
     out->global_mem = mem;
     out->max_alloc = alloc;
     out->compute_units = (int)cu;
+    char clc[128];
+    int major = 0, minor = 0;
+    info_str(d, CL_DEVICE_OPENCL_C_VERSION, clc, sizeof clc); /* "OpenCL C 1.2 PoCL" */
+    if (sscanf(clc, "OpenCL C %d.%d", &major, &minor) == 2) out->clc_version = major * 10 + minor;
+    size_t wg = 0;
+    cl_ulong local = 0;
+    cl_bool avail = CL_FALSE, comp = CL_FALSE;
+    clGetDeviceInfo(d, CL_DEVICE_MAX_WORK_GROUP_SIZE, sizeof wg, &wg, NULL);
+    clGetDeviceInfo(d, CL_DEVICE_LOCAL_MEM_SIZE, sizeof local, &local, NULL);
+    clGetDeviceInfo(d, CL_DEVICE_AVAILABLE, sizeof avail, &avail, NULL);
+    clGetDeviceInfo(d, CL_DEVICE_COMPILER_AVAILABLE, sizeof comp, &comp, NULL);
+    out->max_wg = wg;
+    out->local_mem = local;
+    out->available = avail && comp;
     size_t n = 0;
     if (clGetDeviceInfo(d, CL_DEVICE_EXTENSIONS, 0, NULL, &n) == CL_SUCCESS && n) {
         char *ext = malloc(n + 1);
@@ -128,8 +145,9 @@ moecl_status mc_cl_select(const char *selector, bool gpu_only, mc_cl_device *out
         if (pick < 0 && !gpu_only) pick = 0;
     } else {
         for (int i = 0; i < n && pick < 0; i++) {
-            char label[400];
-            snprintf(label, sizeof label, "%s %s %s", all[i].platform_name, all[i].vendor, all[i].name);
+            char label[520];
+            snprintf(label, sizeof label, "%s %s %s %s", all[i].platform_name, all[i].platform_vendor, all[i].vendor,
+                     all[i].name);
             if (contains_nocase(label, selector)) pick = i;
         }
     }

@@ -28,6 +28,7 @@ typedef struct mc_cl_device {
     cl_device_id id;
     int index;               /* position in the list of all devices, all platforms */
     char platform_name[128];
+    char platform_vendor[128]; /* "The pocl project", "NVIDIA Corporation" */
     char vendor[128];
     char name[128];
     char version[64];        /* "OpenCL 3.0 ..." */
@@ -37,6 +38,10 @@ typedef struct mc_cl_device {
     uint64_t global_mem;     /* bytes */
     uint64_t max_alloc;      /* bytes, largest single buffer */
     int compute_units;
+    int clc_version;         /* OpenCL C version the compiler takes, major * 10 + minor */
+    size_t max_wg;           /* largest work-group */
+    uint64_t local_mem;      /* bytes of local memory per work-group */
+    bool available;          /* CL_DEVICE_AVAILABLE and CL_DEVICE_COMPILER_AVAILABLE */
 } mc_cl_device;
 
 /* All devices of all platforms, in platform order, into out[0..cap).
@@ -46,7 +51,8 @@ int mc_cl_devices(mc_cl_device *out, int cap);
 
 /* Choose a device. selector: NULL or "" for the first GPU (or, when there
  * is none and gpu_only is false, the first device), a decimal index into
- * mc_cl_devices(), or a case-insensitive substring of "platform name vendor".
+ * mc_cl_devices(), or a case-insensitive substring of "platform platform-vendor
+ * vendor name" (so "pocl", "nvidia", "intel" work).
  * MOECL_ERR_BACKEND with a message listing the devices when nothing matches. */
 moecl_status mc_cl_select(const char *selector, bool gpu_only, mc_cl_device *out);
 
