@@ -209,7 +209,8 @@ typedef struct moecl_context_params {
                                 less headroom; 0: no experts on the device */
     int32_t gpu_experts;     /* most experts per layer on the device; -1 (default): the budget decides */
     moecl_dtype device_dtype;/* expert weights on the device: F32 or F16 (arithmetic is F32);
-                                MOECL_DTYPE_COUNT (default): F16 for F16 models, else F32 */
+                                MOECL_DTYPE_COUNT (default): as the model stores them (quantized
+                                blocks stay quantized, F16 stays F16), BF16 as F32 */
 } moecl_context_params;
 
 MOECL_API moecl_context_params moecl_context_default_params(void);
@@ -251,7 +252,7 @@ typedef struct moecl_context_backend_info {
     int32_t n_expert_device;    /* experts, over all layers, on the device */
     int32_t n_expert_cpu;       /* experts on the CPU */
     uint64_t device_bytes;      /* bytes of expert weights on the device */
-    moecl_dtype device_dtype;   /* their storage type (F32 or F16) */
+    moecl_dtype device_dtype;   /* their storage type (F32, F16, or the model's quantized type) */
 } moecl_context_backend_info;
 
 /* Fill *info. MOECL_ERR_INVALID_ARG for a NULL ctx or info. */
