@@ -306,11 +306,11 @@ moecl_status moecl_quantize(const char *in_path, const char *out_path, const moe
     moecl_status st = moecl_model_load(in_path, NULL, &m);
     if (st) return st;
     const mc_hparams *hp = &m->hp;
-    if (!params->allow_requantize && is_quantized(m->layers[0].experts[0].w1.type) && r->base != m->layers[0].experts[0].w1.type) {
+    const moecl_dtype src_type = m->layers[0].experts[0].w1.type;
+    if (!params->allow_requantize && is_quantized(src_type) && r->base != src_type) {
         moecl_model_free(m);
         return mc_error(MOECL_ERR_INVALID_ARG, "%s: the weights are already quantized (%s); requantizing to %s loses "
-                        "accuracy: allow it explicitly", in_path, moecl_dtype_name(m->layers[0].experts[0].w1.type),
-                        r->name);
+                        "accuracy: allow it explicitly", in_path, moecl_dtype_name(src_type), r->name);
     }
 
     job j = {.out = out_path, .r = r, .hp = hp, .allow_requantize = params->allow_requantize,

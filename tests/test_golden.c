@@ -145,7 +145,9 @@ static void run_checks(const moecl_model *model, const ref *r, int n_threads) {
         double e = t_nerr(moecl_get_logits(ctx, -1), batch_logits + (size_t)i * V, (size_t)V);
         if (e > worst) worst = e;
     }
-    CHECKF(worst <= 1e-5, "token by token vs one batch: %.3g", worst);
+    /* Few rows take 8-bit activations on quantized weights: decode differs from prefill by that. */
+    const double tbt = g_argmax || BOUND < 1e-5 ? 1e-5 : BOUND;
+    CHECKF(worst <= tbt, "token by token vs one batch: %.3g > %.3g", worst, tbt);
     fprintf(stderr, "  threads %d: token by token vs one batch: %.3g\n", n_threads, worst);
 
     /* 4. two sequences interleaved: seq 1 gets tokens[0..N), seq 0 gets tokens[0..P) */

@@ -407,11 +407,29 @@ moecl_status mc_st_open(const char *path, mc_st_file *f) {
     return MOECL_OK;
 }
 
+moecl_status mc_st_open_memory(const void *data, size_t size, const char *name, mc_st_file *f) {
+    if (!f) return mc_error(MOECL_ERR_INVALID_ARG, "mc_st_open_memory: no output file");
+    memset(f, 0, sizeof *f);
+    if (!data && size) return mc_error(MOECL_ERR_INVALID_ARG, "mc_st_open_memory: no data");
+    if (!name) name = "(memory)";
+    mc_st_file tmp = {.map = (void *)data, .map_size = size, .borrowed = true};
+    if (!(tmp.path = strdup(name))) return mc_error(MOECL_ERR_NOMEM, "%s: out of memory", name);
+    moecl_status st = size < 8 ? mc_error(MOECL_ERR_FORMAT, "%s: file is %zu bytes, too short for the 8-byte header "
+                                          "length", name, size)
+                               : parse_file(&tmp);
+    if (st != MOECL_OK) {
+        mc_st_close(&tmp);
+        return st;
+    }
+    *f = tmp;
+    return MOECL_OK;
+}
+
 void mc_st_close(mc_st_file *f) {
     if (!f) return;
     for (int i = 0; i < f->n_tensors; i++) free(f->tensors[i].name);
     free(f->tensors);
-    if (f->map) munmap(f->map, f->map_size);
+    if (f->map && !f->borrowed) munmap(f->map, f->map_size);
     free(f->path);
     memset(f, 0, sizeof *f);
 }

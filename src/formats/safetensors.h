@@ -30,6 +30,7 @@ typedef struct mc_st_file {
     char *path;
     void *map;          /* mmap of the whole file */
     size_t map_size;
+    bool borrowed;      /* map belongs to the caller (mc_st_open_memory): not unmapped */
     int n_tensors;
     mc_st_tensor *tensors;  /* sorted by name */
 } mc_st_file;
@@ -44,6 +45,9 @@ typedef struct mc_st_set {
  * naming the path and problem, and *f is left zeroed. */
 moecl_status mc_st_open(const char *path, mc_st_file *f);
 void mc_st_close(mc_st_file *f);
+/* Validate a file already in memory (tests, fuzzing): data must outlive f,
+ * name is used in messages; otherwise as mc_st_open. */
+moecl_status mc_st_open_memory(const void *data, size_t size, const char *name, mc_st_file *f);
 
 /* Open a model directory: model.safetensors.index.json if present (each
  * shard it names is opened once; the tensor -> shard map is checked against

@@ -111,6 +111,20 @@ int32_t mc_tokenizer_find(const moecl_tokenizer *tok, const char *s, size_t len)
 moecl_status mc_tokenizer_encode(const moecl_tokenizer *tok, const char *text, size_t len, bool parse_special,
                                  mc_ids *out);
 
+/* Building blocks the loaders share (tokenizer_load.c). alloc_vocab: the
+ * n_vocab tokens (zeroed) and an empty string table; str_insert: index
+ * tokens[id] by its text, returning the id already there or -1;
+ * alloc_pairs: an empty merge table for up to n pairs; pair_insert: add a
+ * merge (a repeated pair keeps its first rank); byte_token: "<0xXX>"'s byte;
+ * finish: the added-token list, word_split and every token's piece, once
+ * tokens, kinds, byte_fallback and the normalizer/decoder are settled. */
+moecl_status mc_tokenizer_alloc_vocab(moecl_tokenizer *tok, int32_t n_vocab);
+int32_t mc_tokenizer_str_insert(moecl_tokenizer *tok, int32_t id);
+moecl_status mc_tokenizer_alloc_pairs(moecl_tokenizer *tok, size_t n);
+void mc_tokenizer_pair_insert(moecl_tokenizer *tok, int32_t left, int32_t right, int32_t rank, int32_t result);
+bool mc_tokenizer_byte_token(const char *s, size_t len, uint8_t *out);
+moecl_status mc_tokenizer_finish(moecl_tokenizer *tok);
+
 /* The model loader's hook: dir's tokenizer.json (with its configs) into
  * *out, or *out NULL when the file is absent. A malformed one is an error. */
 moecl_status mc_tokenizer_load_dir_optional(const char *dir, moecl_tokenizer **out);
@@ -119,6 +133,9 @@ moecl_status mc_tokenizer_load_dir_optional(const char *dir, moecl_tokenizer **o
  * *out NULL when the file has none (src/tokenizer/tokenizer_gguf.c). */
 struct mc_gguf;
 moecl_status mc_tokenizer_from_gguf(const struct mc_gguf *g, moecl_tokenizer **out);
+/* The same from a GGUF file's path (moecl_tokenizer_load's GGUF case); a
+ * file without a tokenizer is MOECL_ERR_FORMAT. */
+moecl_status mc_tokenizer_load_gguf(const char *path, moecl_tokenizer **out);
 
 /* The tokenizer as tokenizer.ggml.* metadata of a GGUF being written, as
  * llama.cpp writes a SentencePiece-style vocabulary (tokenizer_gguf_write.c). */

@@ -703,6 +703,16 @@ done:
 /* Public: loading and freeing                                              */
 /* ------------------------------------------------------------------------ */
 
+/* A file that starts with GGUF's magic. */
+static bool is_gguf_file(const char *path) {
+    char magic[4] = {0};
+    FILE *f = fopen(path, "rb");
+    if (!f) return false;
+    bool yes = fread(magic, 1, 4, f) == 4 && !memcmp(magic, "GGUF", 4);
+    fclose(f);
+    return yes;
+}
+
 moecl_status moecl_tokenizer_load(const char *path, moecl_tokenizer **out) {
     if (!out) return mc_error(MOECL_ERR_INVALID_ARG, "moecl_tokenizer_load: out is NULL");
     *out = NULL;
@@ -711,6 +721,7 @@ moecl_status moecl_tokenizer_load(const char *path, moecl_tokenizer **out) {
     struct stat sb;
     if (stat(path, &sb) != 0) return mc_error(MOECL_ERR_IO, "%s: no such file or directory", path);
     bool is_dir = S_ISDIR(sb.st_mode);
+    if (!is_dir && is_gguf_file(path)) return mc_tokenizer_load_gguf(path, out);
     char file[4096];
     if ((size_t)snprintf(file, sizeof file, is_dir ? "%s/tokenizer.json" : "%s", path) >= sizeof file)
         return mc_error(MOECL_ERR_INVALID_ARG, "%s: path too long", path);
@@ -751,6 +762,45 @@ void moecl_tokenizer_free(moecl_tokenizer *tok) {
     free(tok->chat_template);
     free(tok->path);
     free(tok);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Shared with tokenizer_gguf.c                                             */
+/* ------------------------------------------------------------------------ */
+
+moecl_status mc_tokenizer_alloc_vocab(moecl_tokenizer *tok, int32_t n_vocab) {
+    tok->n_vocab = n_vocab;
+    if (!(tok->tokens = calloc((size_t)n_vocab, sizeof *tok->tokens)))
+        return mc_error(MOECL_ERR_NOMEM, "%s: out of memory", tok->path);
+    tok->str_mask = pow2_at_least((size_t)n_vocab * 2) - 1;
+    if (!(tok->str_table = malloc((tok->str_mask + 1) * sizeof *tok->str_table)))
+        return mc_error(MOECL_ERR_NOMEM, "%s: out of memory", tok->path);
+    memset(tok->str_table, 0xff, (tok->str_mask + 1) * sizeof *tok->str_table);
+    return MOECL_OK;
+}
+
+int32_t mc_tokenizer_str_insert(moecl_tokenizer *tok, int32_t id) { return str_insert(tok, id); }
+
+moecl_status mc_tokenizer_alloc_pairs(moecl_tokenizer *tok, size_t n) {
+    tok->pair_mask = pow2_at_least(n * 2 + 16) - 1;
+    if (!(tok->pairs = malloc((tok->pair_mask + 1) * sizeof *tok->pairs)))
+        return mc_error(MOECL_ERR_NOMEM, "%s: out of memory", tok->path);
+    for (size_t i = 0; i <= tok->pair_mask; i++) tok->pairs[i].key = UINT64_MAX;
+    return MOECL_OK;
+}
+
+void mc_tokenizer_pair_insert(moecl_tokenizer *tok, int32_t left, int32_t right, int32_t rank, int32_t result) {
+    (void)pair_insert(tok, left, right, rank, result);
+}
+
+bool mc_tokenizer_byte_token(const char *s, size_t len, uint8_t *out) { return byte_token_value(s, len, out); }
+
+moecl_status mc_tokenizer_finish(moecl_tokenizer *tok) {
+    moecl_status st;
+    if ((st = collect_added(tok)) || (st = find_word_split(tok))) return st;
+    for (int32_t id = 0; id < tok->n_vocab; id++)
+        if ((st = make_piece(tok, &tok->tokens[id]))) return st;
+    return MOECL_OK;
 }
 
 moecl_status mc_tokenizer_load_dir_optional(const char *dir, moecl_tokenizer **out) {

@@ -1,0 +1,446 @@
+/*
+ * tokenizer_gguf.c - the tokenizer in a GGUF file's metadata
+ * (tokenizer.ggml.*), read into the same moecl_tokenizer that a Hugging Face
+ * tokenizer.json of the Llama/Mistral kind gives.
+ *
+ * Supported: tokenizer.ggml.model "llama", llama.cpp's SentencePiece ("SPM")
+ * vocabulary. Its tokens, scores and token types become the vocabulary;
+ * CONTROL and UNKNOWN tokens are special added tokens, USER_DEFINED ones
+ * plain added tokens (matched in any text), BYTE ones <0xXX> byte fallback.
+ * The normalizer is HF's legacy Llama one, which is llama.cpp's too: "▁"
+ * before every piece of text between added tokens (add_space_prefix), then
+ * ' ' -> "▁"; the decoder undoes it and drops one leading space.
+ *
+ * The merge order comes from one of two places:
+ *
+ *   tokenizer.ggml.merges present ("left right", as tokenizer.json's):
+ *       merge by rank, exactly as tokenizer.json does.
+ *   otherwise, by score, as llama.cpp and SentencePiece do: of the adjacent
+ *       pairs whose concatenation is a vocabulary token, merge the one whose
+ *       token has the highest score, the leftmost on ties. That is BPE by rank
+ *       over a pair table holding, for every normal token T and every split
+ *       of T into two normal tokens L + R, the pair (L, R) -> T with rank =
+ *       the place of T's score among all distinct scores, highest first:
+ *       equal scores get equal ranks, and the heap takes the leftmost.
+ *
+ *       Tokenizer symbols start as vocabulary characters or byte tokens, as
+ *       in HF; llama.cpp starts from characters and may merge one the
+ *       vocabulary lacks into a longer token. No token of a vocabulary that
+ *       SentencePiece trained holds a character it lacks (the Mistral one has
+ *       none), so the two agree there.
+ *
+ * "gpt2" (byte-level BPE with a regex pre-tokenizer) and the other models
+ * are refused as MOECL_ERR_UNSUPPORTED.
+ */
+#include "formats/gguf.h"
+#include "tokenizer/tokenizer.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* llama.cpp's token types (tokenizer.ggml.token_type). */
+enum { TT_NORMAL = 1, TT_UNKNOWN = 2, TT_CONTROL = 3, TT_USER_DEFINED = 4, TT_UNUSED = 5, TT_BYTE = 6 };
+
+#define MAX_VOCAB (1 << 24)
+
+/* Length of the well-formed UTF-8 sequence at s[0..n), 0 if none starts there. */
+static int utf8_len(const uint8_t *s, size_t n) {
+    uint8_t c = s[0];
+    if (c < 0x80) return 1;
+    int len;
+    uint8_t lo = 0x80, hi = 0xBF;
+    if (c >= 0xC2 && c <= 0xDF) len = 2;
+    else if (c >= 0xE0 && c <= 0xEF) {
+        len = 3;
+        if (c == 0xE0) lo = 0xA0;
+        if (c == 0xED) hi = 0x9F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        len = 4;
+        if (c == 0xF0) lo = 0x90;
+        if (c == 0xF4) hi = 0x8F;
+    } else return 0;
+    if ((size_t)len > n || s[1] < lo || s[1] > hi) return 0;
+    for (int i = 2; i < len; i++)
+        if ((s[i] & 0xC0) != 0x80) return 0;
+    return len;
+}
+
+/* Well-formed UTF-8 without NUL bytes. */
+static bool valid_text(const char *p, uint64_t n) {
+    const uint8_t *s = (const uint8_t *)p;
+    for (uint64_t i = 0; i < n;) {
+        int l = s[i] ? utf8_len(s + i, (size_t)(n - i)) : 0;
+        if (!l) return false;
+        i += (uint64_t)l;
+    }
+    return true;
+}
+
+static char *dup_n(const char *s, size_t n) {
+    char *d = malloc(n + 1);
+    if (d) {
+        if (n) memcpy(d, s, n);
+        d[n] = '\0';
+    }
+    return d;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Metadata helpers                                                         */
+/* ------------------------------------------------------------------------ */
+
+static bool is_int_type(mc_gguf_vtype t) {
+    return t <= MC_GGUF_INT32 || t == MC_GGUF_UINT64 || t == MC_GGUF_INT64;
+}
+
+/* An array of n values of some integer (ints) or float (!ints) type; absent
+ * and !required: *out NULL. */
+static moecl_status get_num_array(const mc_gguf *g, const char *key, bool ints, bool required, uint64_t n,
+                                  const mc_gguf_kv **out) {
+    const mc_gguf_kv *kv = mc_gguf_find_kv(g, key);
+    *out = kv;
+    if (!kv && !required) return MOECL_OK;
+    if (!kv) return mc_error(MOECL_ERR_FORMAT, "%s: metadata key '%s' is missing", mc_gguf_path(g), key);
+    bool ok = kv->type == MC_GGUF_ARRAY &&
+              (ints ? is_int_type(kv->arr_type) : kv->arr_type == MC_GGUF_FLOAT32 || kv->arr_type == MC_GGUF_FLOAT64);
+    if (!ok)
+        return mc_error(MOECL_ERR_FORMAT, "%s: metadata key '%s' is %s%s, expected an array of %s", mc_gguf_path(g),
+                        key, kv->type == MC_GGUF_ARRAY ? "an array of " : "of type ",
+                        mc_gguf_vtype_name(kv->type == MC_GGUF_ARRAY ? kv->arr_type : kv->type),
+                        ints ? "integers" : "float32");
+    if (kv->n != n)
+        return mc_error(MOECL_ERR_FORMAT, "%s: metadata key '%s' has %llu values, tokenizer.ggml.tokens has %llu",
+                        mc_gguf_path(g), key, (unsigned long long)kv->n, (unsigned long long)n);
+    return MOECL_OK;
+}
+
+/* A token id key: absent leaves *id; present must name a token. */
+static moecl_status get_id(const mc_gguf *g, const char *key, int32_t n_vocab, int32_t *id) {
+    int64_t v = INT64_MIN;
+    moecl_status st = mc_gguf_get_int(g, key, false, &v);
+    if (st || v == INT64_MIN) return st;
+    if (v < 0 || v >= n_vocab)
+        return mc_error(MOECL_ERR_FORMAT, "%s: metadata key '%s' = %lld is not a token id (0..%d)", mc_gguf_path(g),
+                        key, (long long)v, n_vocab - 1);
+    *id = (int32_t)v;
+    return MOECL_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* The vocabulary                                                           */
+/* ------------------------------------------------------------------------ */
+
+static moecl_status read_tokens(moecl_tokenizer *tok, const mc_gguf_kv *tokens,
+                                const mc_gguf_kv *types) {
+    const char *P = tok->path;
+    moecl_status st = mc_tokenizer_alloc_vocab(tok, (int32_t)tokens->n);
+    if (st) return st;
+    int n_bytes = 0;
+    for (int32_t id = 0; id < tok->n_vocab; id++) {
+        mc_token *t = &tok->tokens[id];
+        const mc_gguf_str *s = &tokens->strs[id];
+        int64_t type = mc_gguf_arr_int(types, (uint64_t)id);
+        if (type < TT_NORMAL || type > TT_BYTE)
+            return mc_error(MOECL_ERR_FORMAT, "%s: tokenizer.ggml.token_type[%d] = %lld is not a token type (1..6)",
+                            P, id, (long long)type);
+        if (s->len > 65536 || !valid_text(s->ptr, s->len))
+            return mc_error(MOECL_ERR_FORMAT, "%s: tokenizer.ggml.tokens[%d] is not valid UTF-8 text without NUL "
+                            "bytes (or is longer than 64 KiB)", P, id);
+        if (s->len == 0 && type != TT_UNUSED)
+            return mc_error(MOECL_ERR_FORMAT, "%s: tokenizer.ggml.tokens[%d] is empty", P, id);
+        if (!(t->text = dup_n(s->ptr, (size_t)s->len))) return mc_error(MOECL_ERR_NOMEM, "%s: out of memory", P);
+        t->len = (uint32_t)s->len;
+        switch (type) {
+        case TT_NORMAL: t->kind = MC_TOK_NORMAL; break;
+        case TT_UNKNOWN:
+        case TT_CONTROL: t->kind = MC_TOK_SPECIAL; break;
+        case TT_USER_DEFINED:
+            t->kind = MC_TOK_ADDED;
+            tok->has_nonspecial_added = true;
+            break;
+        case TT_UNUSED: t->kind = MC_TOK_UNUSED; continue; /* never matched: keep it out of the string table */
+        default:
+            if (!mc_tokenizer_byte_token(t->text, t->len, &t->byte))
+                return mc_error(MOECL_ERR_FORMAT, "%s: tokenizer.ggml.tokens[%d] \"%s\" has type BYTE but is not "
+                                "<0xXX>", P, id, t->text);
+            t->kind = MC_TOK_BYTE;
+            n_bytes++;
+        }
+        if (type == TT_UNKNOWN && tok->unk_id < 0) tok->unk_id = id; /* unless unknown_token_id says otherwise */
+        int32_t o = mc_tokenizer_str_insert(tok, id);
+        if (o >= 0)
+            return mc_error(MOECL_ERR_FORMAT, "%s: tokenizer.ggml.tokens[%d] \"%s\" repeats tokens[%d]", P, id,
+                            t->text, o);
+    }
+
+    /* Byte fallback: all 256 <0xXX> tokens, or none (unknown characters become <unk>). */
+    tok->byte_fallback = n_bytes > 0;
+    for (int b = 0; b < 256; b++) {
+        char name[8];
+        snprintf(name, sizeof name, "<0x%02X>", b);
+        int32_t id = mc_tokenizer_find(tok, name, 6);
+        tok->byte_id[b] = id >= 0 && tok->tokens[id].kind == MC_TOK_BYTE ? id : -1;
+        if (tok->byte_fallback && tok->byte_id[b] < 0)
+            return mc_error(MOECL_ERR_FORMAT, "%s: tokenizer.ggml.tokens has %d byte tokens but not %s (byte "
+                            "fallback needs all 256)", P, n_bytes, name);
+    }
+    for (int c = 0; c < 128; c++) {
+        char s = (char)c;
+        tok->ascii_id[c] = mc_tokenizer_find(tok, &s, 1);
+    }
+    return MOECL_OK;
+}
+
+/* tokenizer.ggml.merges: "left right", ranked by position. */
+static moecl_status read_merges(moecl_tokenizer *tok, const mc_gguf_kv *merges) {
+    const char *P = tok->path;
+    if (merges->n > (uint64_t)INT32_MAX / 4) return mc_error(MOECL_ERR_FORMAT, "%s: too many merges", P);
+    moecl_status st = mc_tokenizer_alloc_pairs(tok, (size_t)merges->n);
+    if (st) return st;
+    char *buf = NULL;
+    size_t cap = 0;
+    for (uint64_t i = 0; i < merges->n && !st; i++) {
+        const mc_gguf_str *m = &merges->strs[i];
+        const char *sp = m->len ? memchr(m->ptr, ' ', (size_t)m->len) : NULL;
+        size_t ll = sp ? (size_t)(sp - m->ptr) : 0, rl = sp ? (size_t)m->len - ll - 1 : 0;
+        if (!sp || !ll || !rl || memchr(sp + 1, ' ', rl)) {
+            st = mc_error(MOECL_ERR_FORMAT, "%s: tokenizer.ggml.merges[%llu] is not \"left right\"", P,
+                          (unsigned long long)i);
+            break;
+        }
+        int32_t a = mc_tokenizer_find(tok, m->ptr, ll), b = mc_tokenizer_find(tok, sp + 1, rl);
+        if (a < 0 || b < 0) {
+            st = mc_error(MOECL_ERR_FORMAT, "%s: tokenizer.ggml.merges[%llu] names \"%.*s\", which is not in the "
+                          "vocabulary", P, (unsigned long long)i, (int)(a < 0 ? ll : rl), a < 0 ? m->ptr : sp + 1);
+            break;
+        }
+        if (ll + rl > cap) {
+            cap = (ll + rl) * 2;
+            char *nb = realloc(buf, cap);
+            if (!nb) {
+                st = mc_error(MOECL_ERR_NOMEM, "%s: out of memory", P);
+                break;
+            }
+            buf = nb;
+        }
+        memcpy(buf, m->ptr, ll);
+        memcpy(buf + ll, sp + 1, rl);
+        int32_t c = mc_tokenizer_find(tok, buf, ll + rl);
+        if (c < 0) {
+            st = mc_error(MOECL_ERR_FORMAT, "%s: tokenizer.ggml.merges[%llu] makes \"%.*s\", which is not in the "
+                          "vocabulary", P, (unsigned long long)i, (int)(ll + rl), buf);
+            break;
+        }
+        mc_tokenizer_pair_insert(tok, a, b, (int32_t)i, c);
+    }
+    free(buf);
+    return st;
+}
+
+/* Every split of a normal token into two normal tokens: visit(left, right). */
+typedef struct split_ctx {
+    moecl_tokenizer *tok;
+    const int32_t *rank; /* by token id */
+    size_t n;
+} split_ctx;
+
+static size_t splits_of(split_ctx *c, int32_t id, bool insert) {
+    const mc_token *t = &c->tok->tokens[id];
+    size_t found = 0;
+    for (uint32_t k = (uint32_t)utf8_len((const uint8_t *)t->text, t->len); k < t->len;
+         k += (uint32_t)utf8_len((const uint8_t *)t->text + k, t->len - k)) {
+        int32_t l = mc_tokenizer_find(c->tok, t->text, k), r = mc_tokenizer_find(c->tok, t->text + k, t->len - k);
+        if (l < 0 || r < 0 || c->tok->tokens[l].kind != MC_TOK_NORMAL || c->tok->tokens[r].kind != MC_TOK_NORMAL)
+            continue;
+        found++;
+        if (insert) mc_tokenizer_pair_insert(c->tok, l, r, c->rank[id], id);
+    }
+    return found;
+}
+
+typedef struct scored {
+    float score;
+    int32_t id;
+} scored;
+
+static int by_score_desc(const void *a, const void *b) {
+    float x = ((const scored *)a)->score, y = ((const scored *)b)->score;
+    return x > y ? -1 : x < y ? 1 : 0;
+}
+
+/* The pair table from scores (see the top of the file); no scores: all 0. */
+static moecl_status pairs_from_scores(moecl_tokenizer *tok, const mc_gguf_kv *scores_kv) {
+    const char *P = tok->path;
+    const int32_t n = tok->n_vocab;
+    scored *order = malloc((size_t)n * sizeof *order);
+    int32_t *rank = malloc((size_t)n * sizeof *rank);
+    moecl_status st = MOECL_OK;
+    if (!order || !rank) {
+        st = mc_error(MOECL_ERR_NOMEM, "%s: out of memory", P);
+        goto done;
+    }
+    split_ctx c = {.tok = tok, .rank = rank};
+    int32_t n_cand = 0;
+    size_t n_pairs = 0;
+    for (int32_t id = 0; id < n; id++) {
+        double s = scores_kv ? mc_gguf_arr_float(scores_kv, (uint64_t)id) : 0.0;
+        if (!isfinite(s) || fabs(s) > 3.4e38) {
+            st = mc_error(MOECL_ERR_FORMAT, "%s: tokenizer.ggml.scores[%d] is not a finite float32", P, id);
+            goto done;
+        }
+        rank[id] = -1;
+        if (tok->tokens[id].kind != MC_TOK_NORMAL) continue;
+        size_t k = splits_of(&c, id, false);
+        if (k) {
+            order[n_cand++] = (scored){(float)s, id};
+            n_pairs += k;
+        }
+    }
+    /* Dense ranks: equal scores, equal rank (the heap then takes the leftmost pair). The sort
+     * is not stable, which does not matter: only the score decides a rank. */
+    qsort(order, (size_t)n_cand, sizeof *order, by_score_desc);
+    int32_t r = -1;
+    for (int32_t i = 0; i < n_cand; i++) {
+        if (i == 0 || order[i].score != order[i - 1].score) r++;
+        rank[order[i].id] = r;
+    }
+    if (n_cand > 1 && r == 0)
+        mc_log(MOECL_LOG_WARN, "%s: every token has the same score and there are no tokenizer.ggml.merges: the merge "
+               "order is lost (llama.cpp writes such files from a tokenizer.json alone), so the text is tokenized "
+               "as llama.cpp would, not as tokenizer.json would", P);
+    if ((st = mc_tokenizer_alloc_pairs(tok, n_pairs))) goto done;
+    for (int32_t i = 0; i < n_cand; i++) splits_of(&c, order[i].id, true);
+done:
+    free(order);
+    free(rank);
+    return st;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Normalizer, decoder, special ids                                         */
+/* ------------------------------------------------------------------------ */
+
+static moecl_status add_norm(moecl_tokenizer *tok, int op, const char *a, const char *b) {
+    mc_norm_step *n = realloc(tok->norm, (size_t)(tok->n_norm + 1) * sizeof *n);
+    if (!n) return mc_error(MOECL_ERR_NOMEM, "%s: out of memory", tok->path);
+    tok->norm = n;
+    mc_norm_step *s = &tok->norm[tok->n_norm++];
+    *s = (mc_norm_step){.op = op, .a = dup_n(a, strlen(a)), .b = b ? dup_n(b, strlen(b)) : NULL};
+    if (!s->a || (b && !s->b)) return mc_error(MOECL_ERR_NOMEM, "%s: out of memory", tok->path);
+    return MOECL_OK;
+}
+
+static moecl_status read_settings(moecl_tokenizer *tok, const mc_gguf *g) {
+    const char *P = tok->path;
+    bool space_prefix = true, extra_ws = false;
+    moecl_status st;
+    if ((st = mc_gguf_get_bool(g, "tokenizer.ggml.add_space_prefix", false, &space_prefix)) ||
+        (st = mc_gguf_get_bool(g, "tokenizer.ggml.remove_extra_whitespaces", false, &extra_ws)))
+        return st;
+    if (extra_ws)
+        return mc_error(MOECL_ERR_UNSUPPORTED, "%s: tokenizer.ggml.remove_extra_whitespaces is not supported", P);
+    const mc_gguf_kv *cmap = mc_gguf_find_kv(g, "tokenizer.ggml.precompiled_charsmap");
+    if (cmap && !(cmap->type == MC_GGUF_ARRAY && cmap->n == 0))
+        return mc_error(MOECL_ERR_UNSUPPORTED, "%s: tokenizer.ggml.precompiled_charsmap (a SentencePiece "
+                        "normalizer) is not supported", P);
+
+    /* HF's legacy Llama normalizer, llama.cpp's SPM rule: the decoder's mirror image. */
+    if (space_prefix && (st = add_norm(tok, MC_NORM_PREPEND, "\xe2\x96\x81", NULL))) return st;
+    if ((st = add_norm(tok, MC_NORM_REPLACE, " ", "\xe2\x96\x81"))) return st;
+    tok->dec_metaspace = true;
+    if (!(tok->dec_replacement = dup_n("\xe2\x96\x81", 3))) return mc_error(MOECL_ERR_NOMEM, "%s: out of memory", P);
+    tok->dec_strip_left = space_prefix ? 1 : 0;
+    tok->fuse_unk = true;
+
+    /* Special ids: llama.cpp's defaults for this model where a key is absent. */
+    const int32_t n = tok->n_vocab;
+    tok->bos_id = n > 1 ? 1 : -1;
+    tok->eos_id = n > 2 ? 2 : -1;
+    int32_t pad = -1;
+    tok->add_bos = true;
+    tok->add_eos = false;
+    if ((st = get_id(g, "tokenizer.ggml.bos_token_id", n, &tok->bos_id)) ||
+        (st = get_id(g, "tokenizer.ggml.eos_token_id", n, &tok->eos_id)) ||
+        (st = get_id(g, "tokenizer.ggml.unknown_token_id", n, &tok->unk_id)) ||
+        (st = get_id(g, "tokenizer.ggml.padding_token_id", n, &pad)) ||
+        (st = mc_gguf_get_bool(g, "tokenizer.ggml.add_bos_token", false, &tok->add_bos)) ||
+        (st = mc_gguf_get_bool(g, "tokenizer.ggml.add_eos_token", false, &tok->add_eos)))
+        return st;
+    if (tok->add_bos && tok->bos_id < 0) tok->add_bos = false;
+    if (tok->add_eos && tok->eos_id < 0) tok->add_eos = false;
+
+    mc_gguf_str tmpl = {0};
+    if ((st = mc_gguf_get_str(g, "tokenizer.chat_template", false, &tmpl))) return st;
+    if (tmpl.ptr) {
+        if (memchr(tmpl.ptr, '\0', (size_t)tmpl.len))
+            return mc_error(MOECL_ERR_FORMAT, "%s: tokenizer.chat_template holds a NUL byte", P);
+        if (!(tok->chat_template = dup_n(tmpl.ptr, (size_t)tmpl.len)))
+            return mc_error(MOECL_ERR_NOMEM, "%s: out of memory", P);
+    }
+    return MOECL_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* The whole tokenizer                                                      */
+/* ------------------------------------------------------------------------ */
+
+moecl_status mc_tokenizer_from_gguf(const mc_gguf *g, moecl_tokenizer **out) {
+    *out = NULL;
+    const char *path = mc_gguf_path(g);
+    mc_gguf_str model = {0};
+    moecl_status st = mc_gguf_get_str(g, "tokenizer.ggml.model", false, &model);
+    if (st) return st;
+    const mc_gguf_kv *tokens_kv = mc_gguf_find_kv(g, "tokenizer.ggml.tokens");
+    if (!model.ptr && !tokens_kv) return MOECL_OK; /* no tokenizer in this file */
+    if (!model.ptr)
+        return mc_error(MOECL_ERR_FORMAT, "%s: tokenizer.ggml.tokens without tokenizer.ggml.model", path);
+    if ((model.len == 4 && !memcmp(model.ptr, "none", 4)) || (model.len == 8 && !memcmp(model.ptr, "no_vocab", 8)))
+        return MOECL_OK;
+    if (!(model.len == 5 && !memcmp(model.ptr, "llama", 5)))
+        return mc_error(MOECL_ERR_UNSUPPORTED, "%s: tokenizer.ggml.model \"%.*s\" is not supported (moecl reads "
+                        "\"llama\", SentencePiece-style vocabularies; \"gpt2\" byte-level BPE needs a regex "
+                        "pre-tokenizer it does not have)", path, (int)(model.len > 32 ? 32 : model.len), model.ptr);
+
+    const mc_gguf_kv *types_kv, *scores_kv, *merges_kv = NULL;
+    if ((st = mc_gguf_get_arr(g, "tokenizer.ggml.tokens", true, MC_GGUF_STRING, &tokens_kv))) return st;
+    if (tokens_kv->n == 0 || tokens_kv->n > MAX_VOCAB)
+        return mc_error(MOECL_ERR_FORMAT, "%s: tokenizer.ggml.tokens has %llu tokens (1..%d)", path,
+                        (unsigned long long)tokens_kv->n, MAX_VOCAB);
+    if ((st = get_num_array(g, "tokenizer.ggml.token_type", true, true, tokens_kv->n, &types_kv)) ||
+        (st = get_num_array(g, "tokenizer.ggml.scores", false, false, tokens_kv->n, &scores_kv)) ||
+        (st = mc_gguf_get_arr(g, "tokenizer.ggml.merges", false, MC_GGUF_STRING, &merges_kv)))
+        return st;
+
+    moecl_tokenizer *tok = calloc(1, sizeof *tok);
+    if (!tok || !(tok->path = dup_n(path, strlen(path)))) {
+        free(tok);
+        return mc_error(MOECL_ERR_NOMEM, "%s: out of memory", path);
+    }
+    tok->bos_id = tok->eos_id = tok->unk_id = -1;
+    if ((st = read_tokens(tok, tokens_kv, types_kv))) goto fail;
+    if ((st = merges_kv ? read_merges(tok, merges_kv) : pairs_from_scores(tok, scores_kv))) goto fail;
+    if ((st = read_settings(tok, g))) goto fail;
+    if ((st = mc_tokenizer_finish(tok))) goto fail;
+    for (int32_t id = 0; id < tok->n_vocab; id++) { /* unused ids read back as nothing, as in tokenizer.json */
+        mc_token *t = &tok->tokens[id];
+        if (t->kind == MC_TOK_UNUSED) t->piece[t->piece_len = 0] = '\0';
+    }
+    *out = tok;
+    return MOECL_OK;
+fail:
+    moecl_tokenizer_free(tok);
+    return st;
+}
+
+moecl_status mc_tokenizer_load_gguf(const char *path, moecl_tokenizer **out) {
+    *out = NULL;
+    mc_gguf *g = NULL;
+    moecl_status st = mc_gguf_open(path, &g);
+    if (!st) st = mc_tokenizer_from_gguf(g, out);
+    mc_gguf_close(g); /* the tokenizer keeps copies, nothing in the mapping */
+    if (!st && !*out)
+        st = mc_error(MOECL_ERR_FORMAT, "%s: the GGUF file has no tokenizer (no tokenizer.ggml.* metadata)", path);
+    return st;
+}
