@@ -9,7 +9,9 @@
  * SentencePiece scores, in order of the merged token's score. So each token
  * gets the score -(best rank of a merge producing it): merging by score then
  * merges in rank order. Tokens no merge produces (characters, bytes,
- * specials) get 0.
+ * specials) get 0. The merges themselves are written too
+ * (tokenizer.ggml.merges, "left right" in rank order), which llama.cpp
+ * ignores for this model and moecl uses to reproduce tokenizer.json exactly.
  */
 #include "formats/gguf.h"
 #include "tokenizer/tokenizer.h"
@@ -20,6 +22,61 @@
 
 /* llama.cpp's token types. */
 enum { TT_NORMAL = 1, TT_UNKNOWN = 2, TT_CONTROL = 3, TT_USER_DEFINED = 4, TT_UNUSED = 5, TT_BYTE = 6 };
+
+typedef struct merge {
+    int32_t rank, left, right;
+} merge;
+
+static int cmp_merge(const void *a, const void *b) {
+    const merge *x = a, *y = b;
+    return (x->rank > y->rank) - (x->rank < y->rank);
+}
+
+/* tokenizer.ggml.merges: every merge as "left right", in rank order. */
+static moecl_status write_merges(const moecl_tokenizer *tok, mc_gguf_writer *w) {
+    size_t n = 0, bytes = 0;
+    for (size_t i = 0; tok->pairs && i <= tok->pair_mask; i++) n += tok->pairs[i].key != UINT64_MAX;
+    if (!n) return MOECL_OK;
+    merge *ms = malloc(n * sizeof *ms);
+    mc_gguf_str *strs = malloc(n * sizeof *strs);
+    char *text = NULL;
+    moecl_status st = MOECL_OK;
+    if (!ms || !strs) {
+        st = mc_error(MOECL_ERR_NOMEM, "%s: out of memory writing the merges", tok->path);
+        goto done;
+    }
+    n = 0;
+    for (size_t i = 0; i <= tok->pair_mask; i++) {
+        const mc_pair_slot *s = &tok->pairs[i];
+        if (s->key == UINT64_MAX) continue;
+        ms[n].rank = s->rank;
+        ms[n].left = (int32_t)(s->key >> 32);
+        ms[n].right = (int32_t)(uint32_t)s->key;
+        bytes += tok->tokens[ms[n].left].len + tok->tokens[ms[n].right].len + 1;
+        n++;
+    }
+    qsort(ms, n, sizeof *ms, cmp_merge);
+    if (!(text = malloc(bytes ? bytes : 1))) {
+        st = mc_error(MOECL_ERR_NOMEM, "%s: out of memory writing the merges", tok->path);
+        goto done;
+    }
+    char *p = text;
+    for (size_t i = 0; i < n; i++) {
+        const mc_token *l = &tok->tokens[ms[i].left], *r = &tok->tokens[ms[i].right];
+        strs[i].ptr = p;
+        strs[i].len = (uint64_t)l->len + 1 + r->len;
+        memcpy(p, l->text, l->len);
+        p[l->len] = ' ';
+        memcpy(p + l->len + 1, r->text, r->len);
+        p += strs[i].len;
+    }
+    st = mc_gguf_writer_set_str_arr(w, "tokenizer.ggml.merges", strs, (uint64_t)n);
+done:
+    free(ms);
+    free(strs);
+    free(text);
+    return st;
+}
 
 moecl_status mc_tokenizer_write_gguf(const moecl_tokenizer *tok, mc_gguf_writer *w) {
     const int32_t n = tok->n_vocab;
@@ -68,7 +125,8 @@ moecl_status mc_tokenizer_write_gguf(const moecl_tokenizer *tok, mc_gguf_writer 
     if ((st = mc_gguf_writer_set_str(w, "tokenizer.ggml.model", "llama", 5)) ||
         (st = mc_gguf_writer_set_str_arr(w, "tokenizer.ggml.tokens", strs, (uint64_t)n)) ||
         (st = mc_gguf_writer_set_arr(w, "tokenizer.ggml.scores", MC_GGUF_FLOAT32, scores, (uint64_t)n)) ||
-        (st = mc_gguf_writer_set_arr(w, "tokenizer.ggml.token_type", MC_GGUF_INT32, types, (uint64_t)n)))
+        (st = mc_gguf_writer_set_arr(w, "tokenizer.ggml.token_type", MC_GGUF_INT32, types, (uint64_t)n)) ||
+        (st = write_merges(tok, w)))
         goto done;
     if (tok->bos_id >= 0 && (st = mc_gguf_writer_set_u32(w, "tokenizer.ggml.bos_token_id", (uint32_t)tok->bos_id)))
         goto done;
