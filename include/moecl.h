@@ -138,8 +138,12 @@ typedef struct moecl_model_params {
 MOECL_API moecl_model_params moecl_model_default_params(void);
 
 /* Load a model. path is a Hugging Face model directory (config.json and
- * model.safetensors, or shards listed by model.safetensors.index.json).
- * Weight files are memory-mapped, not copied. params may be NULL for the
+ * model.safetensors, or shards listed by model.safetensors.index.json), or a
+ * GGUF file (versions 2 and 3) as llama.cpp writes Mixtral: architecture
+ * "llama" with experts, stacked or per-expert expert tensors, weights in any
+ * moecl_dtype, the tokenizer from its tokenizer.ggml.* metadata. Weight files
+ * are memory-mapped, not copied: a quantized model computes on its blocks
+ * and occupies about its file size. params may be NULL for the
  * defaults. On success *out owns the model (free with moecl_model_free); on
  * failure *out is NULL and moecl_last_error() names the file and problem.
  * Thread-safe. */
@@ -410,7 +414,11 @@ typedef struct moecl_tokenizer moecl_tokenizer;
 /* Load a tokenizer. path is a tokenizer.json file, or a directory holding
  * tokenizer.json and, optionally, tokenizer_config.json (bos_token,
  * eos_token, add_bos_token, chat_template) and generation_config.json
- * (bos_token_id, eos_token_id), which are read when present. On success *out
+ * (bos_token_id, eos_token_id), which are read when present, or a GGUF file
+ * (its tokenizer.ggml.* metadata, SentencePiece-style "llama" vocabularies:
+ * merged by tokenizer.ggml.merges when present, else by score as llama.cpp
+ * does; a GGUF without a tokenizer is MOECL_ERR_FORMAT, another tokenizer
+ * model MOECL_ERR_UNSUPPORTED). On success *out
  * owns the tokenizer (free with moecl_tokenizer_free); on failure *out is
  * NULL and moecl_last_error() names the file and problem: MOECL_ERR_IO (no
  * file), MOECL_ERR_FORMAT (not JSON, a missing or mistyped field, a merge
