@@ -26,6 +26,7 @@
 #include "quant/quant.h"
 
 #include <cblas.h>
+#include <math.h>
 #include <omp.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -376,6 +377,51 @@ static void section_overhead(int nmax) {
            median(t, N) * 1e6);
 }
 
+/* --act-error: what 8-bit activations cost in accuracy. One Gaussian row
+ * against a Gaussian 4096x4096 weight in each quantized type, the default
+ * kernels (int8 activations where the CPU has VNNI) against the float
+ * kernels on the same quantized weight. */
+static double gauss(uint64_t *s) {
+    *s = *s * 6364136223846793005ull + 1442695040888963407ull;
+    double u = ((double)(*s >> 11) + 0.5) / 9007199254740992.0;
+    *s = *s * 6364136223846793005ull + 1442695040888963407ull;
+    double v = (double)(*s >> 11) / 9007199254740992.0;
+    return sqrt(-2.0 * log(u)) * cos(6.283185307179586 * v);
+}
+
+static void section_act_error(void) {
+    const int64_t rows = 4096, cols = 4096;
+    float *w = xalloc((size_t)(rows * cols) * sizeof(float)), *x = xalloc((size_t)cols * sizeof(float));
+    float *y0 = xalloc((size_t)rows * sizeof(float)), *y1 = xalloc((size_t)rows * sizeof(float));
+    uint64_t s = 7;
+    for (int64_t i = 0; i < rows * cols; i++) w[i] = (float)gauss(&s);
+    for (int64_t i = 0; i < cols; i++) x[i] = (float)gauss(&s);
+    printf("8-bit activations vs float activations, T=1, 4096x4096 Gaussian (RMS error / RMS output):\n");
+    for (int t = MOECL_DTYPE_Q8_0; t < MOECL_DTYPE_COUNT; t++) {
+        size_t rb = 0;
+        mc_dtype_row_bytes((moecl_dtype)t, cols, &rb);
+        char *q = xalloc(rb * (size_t)rows);
+        for (int64_t r = 0; r < rows; r++) mc_quantize_row((moecl_dtype)t, w + r * cols, q + (size_t)r * rb, cols);
+        mc_tensor W = {.type = (moecl_dtype)t, .rows = rows, .cols = cols, .data = q, .nbytes = rb * (size_t)rows};
+        mc_cpu_force_scalar(true);
+        mc_cpu_matmul(&W, x, 1, y0, 1, NULL);
+        mc_cpu_force_scalar(false);
+        mc_cpu_matmul(&W, x, 1, y1, 1, NULL);
+        double se = 0, sr = 0;
+        for (int64_t r = 0; r < rows; r++) {
+            se += ((double)y1[r] - y0[r]) * ((double)y1[r] - y0[r]);
+            sr += (double)y0[r] * y0[r];
+        }
+        printf("  %-5s %.2e%s\n", moecl_dtype_name((moecl_dtype)t), sqrt(se / sr),
+               mc_cpu_quant_int8((moecl_dtype)t, 1) ? "" : "  (float path on this CPU: no int8 kernels)");
+        free(q);
+    }
+    free(w);
+    free(x);
+    free(y0);
+    free(y1);
+}
+
 int main(int argc, char **argv) {
     int nmax = omp_get_num_procs();
     bool quick = false, sweep = false, quant = false, quant_only = false;
@@ -385,8 +431,11 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--sweep")) sweep = true;
         else if (!strcmp(argv[i], "--quant")) quant = true;
         else if (!strcmp(argv[i], "--quant-only")) quant = quant_only = true;
-        else {
-            fprintf(stderr, "usage: bench-blas [--threads N] [--quick] [--sweep] [--quant | --quant-only]\n");
+        else if (!strcmp(argv[i], "--act-error")) {
+            section_act_error();
+            return 0;
+        } else {
+            fprintf(stderr, "usage: bench-blas [--threads N] [--quick] [--sweep] [--quant | --quant-only] [--act-error]\n");
             return 2;
         }
     }
