@@ -19,6 +19,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+
+#include "gguf_dump.h"
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -764,7 +766,15 @@ static void print_count(const char *label, uint64_t n) {
     printf("%-22s %llu (%.2f B)\n", label, (unsigned long long)n, (double)n / 1e9);
 }
 
+static bool is_gguf_path(const char *p) {
+    size_t n = strlen(p);
+    return n >= 5 && !strcmp(p + n - 5, ".gguf");
+}
+
 static int cmd_info(const options *o) {
+    char pbuf[4096];
+    const char *path = resolve_model(o, pbuf, sizeof pbuf);
+    if (!path) return 1;
     moecl_model *model = NULL;
     int rc = load_model(o, &model, NULL);
     if (rc) return rc;
@@ -803,6 +813,10 @@ static int cmd_info(const options *o) {
     else fail("cannot create a context to place the experts", st);
     moecl_context_free(ctx);
     moecl_model_free(model);
+    if (st == MOECL_OK && is_gguf_path(path)) { /* the file itself: metadata and tensor table */
+        printf("\n");
+        if (gguf_dump_print(path, -1)) return fail("info", MOECL_ERR_FORMAT);
+    }
     return st == MOECL_OK ? 0 : 1;
 }
 

@@ -46,8 +46,9 @@ static uint64_t walk_value(uint64_t h, const mc_gguf_kv *kv) {
         } else if (kv->arr_type == MC_GGUF_ARRAY) {
             h = walk_value(h, &kv->items[i]);
         } else {
+            double d = mc_gguf_arr_float(kv, i);
             h ^= (uint64_t)mc_gguf_arr_int(kv, i);
-            h ^= (uint64_t)(int64_t)mc_gguf_arr_float(kv, i);
+            h = mix(h, &d, sizeof d);
         }
     }
     return h;
