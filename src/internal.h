@@ -60,6 +60,9 @@ size_t mc_dtype_block_bytes(moecl_dtype t);
  * or the size overflows. */
 bool mc_dtype_row_bytes(moecl_dtype t, int64_t n, size_t *out);
 
+/* "[a, b, c]" of n_dims sizes into buf (truncated to n bytes); returns buf. */
+const char *mc_shape_str(int n_dims, const int64_t *shape, char *buf, size_t n);
+
 /* ---- tensors ------------------------------------------------------------- */
 
 /* A 2-D (or 1-D, cols == 1... see below) weight matrix in row-major order, as

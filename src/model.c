@@ -111,14 +111,9 @@ static bool find(loader *ld, const char *name, found *f) {
 }
 
 static moecl_status shape_error(loader *ld, const char *name, const found *f, int n, const int64_t *want) {
-    char got[96] = "", exp[96] = "";
-    size_t len = 0;
-    for (int i = 0; i < f->n_dims && len < sizeof got - 24; i++)
-        len += (size_t)snprintf(got + len, sizeof got - len, "%s%lld", i ? ", " : "", (long long)f->shape[i]);
-    len = 0;
-    for (int i = 0; i < n && len < sizeof exp - 24; i++)
-        len += (size_t)snprintf(exp + len, sizeof exp - len, "%s%lld", i ? ", " : "", (long long)want[i]);
-    return mc_error(MOECL_ERR_FORMAT, "%s: tensor '%s' has shape [%s], expected [%s]", ld->dir, name, got, exp);
+    char got[96], exp[96];
+    return mc_error(MOECL_ERR_FORMAT, "%s: tensor '%s' has shape %s, expected %s", ld->dir, name,
+                    mc_shape_str(f->n_dims, f->shape, got, sizeof got), mc_shape_str(n, want, exp, sizeof exp));
 }
 
 static moecl_status progress(loader *ld) {

@@ -4,6 +4,7 @@
 #include "internal.h"
 
 #include <stdarg.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -104,6 +105,14 @@ size_t mc_dtype_size(moecl_dtype t) {
     case MOECL_DTYPE_BF16: return 2;
     default: return 0;
     }
+}
+
+const char *mc_shape_str(int n_dims, const int64_t *shape, char *buf, size_t n) {
+    size_t len = (size_t)snprintf(buf, n, "[");
+    for (int i = 0; i < n_dims && len < n; i++)
+        len += (size_t)snprintf(buf + len, n - len, "%s%" PRId64, i ? ", " : "", shape[i]);
+    if (len < n) snprintf(buf + len, n - len, "]");
+    return buf;
 }
 
 int64_t mc_dtype_block(moecl_dtype t) {

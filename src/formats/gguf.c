@@ -472,13 +472,6 @@ static moecl_status rd_kvs(rd *r, uint64_t n_kv) {
 /* Reading: tensors                                                         */
 /* ------------------------------------------------------------------------ */
 
-static const char *shape_str(int n_dims, const int64_t *ne, char *buf, size_t n) {
-    size_t len = (size_t)snprintf(buf, n, "[");
-    for (int i = 0; i < n_dims && len < n; i++)
-        len += (size_t)snprintf(buf + len, n - len, "%s%" PRId64, i ? ", " : "", ne[i]);
-    if (len < n) snprintf(buf + len, n - len, "]");
-    return buf;
-}
 
 static moecl_status rd_tensor_info(rd *r, mc_gguf_tensor *t) {
     mc_gguf *g = r->g;
@@ -509,7 +502,7 @@ static moecl_status rd_tensor_info(rd *r, mc_gguf_tensor *t) {
     char sh[128];
     if (!tensor_nbytes(ti, t->n_dims, t->ne, &nbytes, &why))
         return fmt_error(g, "tensor '%s': shape %s of type %s: %s (block size %" PRIu32 ")", name,
-                         shape_str(t->n_dims, t->ne, sh, sizeof sh), ti->name, why, ti->block);
+                         mc_shape_str(t->n_dims, t->ne, sh, sizeof sh), ti->name, why, ti->block);
     t->nbytes = (size_t)nbytes;
     return MOECL_OK;
 }
@@ -1080,7 +1073,7 @@ moecl_status mc_gguf_writer_add_tensor(mc_gguf_writer *w, const char *name, uint
     char sh[128];
     if (!tensor_nbytes(ti, n_dims, ne, &nbytes, &why))
         return mc_error(MOECL_ERR_INVALID_ARG, "%s: tensor '%s': shape %s of type %s: %s", w->path, name,
-                        shape_str(n_dims, ne, sh, sizeof sh), ti->name, why);
+                        mc_shape_str(n_dims, ne, sh, sizeof sh), ti->name, why);
     padded = nbytes + (w->alignment - nbytes % w->alignment) % w->alignment;
     if (padded < nbytes || __builtin_add_overflow(w->data_size, padded, &end))
         return mc_error(MOECL_ERR_INVALID_ARG, "%s: tensor '%s': the data section overflows", w->path, name);

@@ -92,13 +92,6 @@ static bool json_uint(const cJSON *v, uint64_t max, uint64_t *out) {
     return true;
 }
 
-static const char *shape_str(int n_dims, const int64_t *shape, char *buf, size_t n) {
-    size_t len = (size_t)snprintf(buf, n, "[");
-    for (int i = 0; i < n_dims && len < n; i++)
-        len += (size_t)snprintf(buf + len, n - len, "%s%" PRId64, i ? ", " : "", shape[i]);
-    if (len < n) snprintf(buf + len, n - len, "]");
-    return buf;
-}
 
 /* ------------------------------------------------------------------------ */
 /* Reading one file: mapping                                                */
@@ -202,7 +195,7 @@ static moecl_status shape_nbytes(const mc_st_file *f, const char *name, const mc
         if (!mc_mul_size(n, (size_t)t->shape[i], &n)) {
             char msg[256], sh[128];
             return entry_error(MOECL_ERR_FORMAT, f, name, msg, "shape %s is too large (its byte size overflows)",
-                               shape_str(t->n_dims, t->shape, sh, sizeof sh));
+                               mc_shape_str(t->n_dims, t->shape, sh, sizeof sh));
         }
     }
     *out = n;
@@ -241,7 +234,7 @@ static moecl_status parse_offsets(const mc_st_file *f, const char *name, const c
         return entry_error(MOECL_ERR_FORMAT, f, name, msg,
                            "data_offsets [%" PRIu64 ", %" PRIu64 "] hold %" PRIu64
                            " bytes, but shape %s of %s needs %zu (size mismatch)",
-                           off[0], off[1], off[1] - off[0], shape_str(t->n_dims, t->shape, sh, sizeof sh),
+                           off[0], off[1], off[1] - off[0], mc_shape_str(t->n_dims, t->shape, sh, sizeof sh),
                            dtype_st_name(t->type), need);
     t->data = data.base + off[0];
     t->nbytes = need;

@@ -36,7 +36,7 @@ moecl_status mc_ids_push(mc_ids *ids, int32_t id) {
 
 /* Length of the well-formed UTF-8 sequence at s[0..n), or 0 if s[0] does not
  * start one (RFC 3629: no overlongs, no surrogates, nothing past U+10FFFF). */
-static int utf8_len(const uint8_t *s, size_t n) {
+int mc_utf8_len(const uint8_t *s, size_t n) {
     uint8_t c = s[0];
     if (c < 0x80) return 1;
     int len;
@@ -142,7 +142,7 @@ static moecl_status bpe_word(const moecl_tokenizer *tok, const uint8_t *w, size_
     sym *s = sc->s;
     int32_t ns = 0;
     for (size_t i = 0; i < n;) {
-        int len = utf8_len(w + i, n - i);
+        int len = mc_utf8_len(w + i, n - i);
         int32_t id = -1;
         if (len == 1) id = tok->ascii_id[w[i]];
         else if (len > 1) id = mc_tokenizer_find(tok, (const char *)w + i, (size_t)len);
@@ -496,7 +496,7 @@ static bool incomplete_tail(const uint8_t *s, size_t i, size_t n) {
     if (c == 0xE0) tmp[1] = 0xA0;
     if (c == 0xF4 || c == 0xED) tmp[1] = 0x80;
     for (size_t k = i + 1; k < n; k++) tmp[k - i] = s[k];
-    return utf8_len(tmp, (size_t)len) == len;
+    return mc_utf8_len(tmp, (size_t)len) == len;
 }
 
 moecl_status moecl_detokenizer_push(moecl_detokenizer *d, int32_t id, const char **text, size_t *len) {
@@ -515,7 +515,7 @@ moecl_status moecl_detokenizer_push(moecl_detokenizer *d, int32_t id, const char
     const uint8_t *s = (const uint8_t *)b->p;
     size_t n = b->n, keep = n;
     for (size_t i = n > 3 ? n - 3 : 0; i < n; i++) {
-        if (incomplete_tail(s, i, n) && utf8_len(s + i, n - i) == 0) {
+        if (incomplete_tail(s, i, n) && mc_utf8_len(s + i, n - i) == 0) {
             keep = i;
             break;
         }

@@ -94,6 +94,10 @@ typedef struct mc_ids {
 
 moecl_status mc_ids_push(mc_ids *ids, int32_t id);
 
+/* Length of the well-formed UTF-8 sequence at s[0..n), or 0 if s[0] does not
+ * start one (RFC 3629: no overlongs, no surrogates, nothing past U+10FFFF). */
+int mc_utf8_len(const uint8_t *s, size_t n);
+
 /* Parse tokenizer.json text (NUL-terminated at len); path names it in
  * messages. Fills everything but bos/eos, which the caller settles. */
 moecl_status mc_tokenizer_parse(const char *path, const char *text, size_t len, moecl_tokenizer **out);

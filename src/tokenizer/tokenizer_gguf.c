@@ -45,33 +45,12 @@ enum { TT_NORMAL = 1, TT_UNKNOWN = 2, TT_CONTROL = 3, TT_USER_DEFINED = 4, TT_UN
 
 #define MAX_VOCAB (1 << 24)
 
-/* Length of the well-formed UTF-8 sequence at s[0..n), 0 if none starts there. */
-static int utf8_len(const uint8_t *s, size_t n) {
-    uint8_t c = s[0];
-    if (c < 0x80) return 1;
-    int len;
-    uint8_t lo = 0x80, hi = 0xBF;
-    if (c >= 0xC2 && c <= 0xDF) len = 2;
-    else if (c >= 0xE0 && c <= 0xEF) {
-        len = 3;
-        if (c == 0xE0) lo = 0xA0;
-        if (c == 0xED) hi = 0x9F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        len = 4;
-        if (c == 0xF0) lo = 0x90;
-        if (c == 0xF4) hi = 0x8F;
-    } else return 0;
-    if ((size_t)len > n || s[1] < lo || s[1] > hi) return 0;
-    for (int i = 2; i < len; i++)
-        if ((s[i] & 0xC0) != 0x80) return 0;
-    return len;
-}
 
 /* Well-formed UTF-8 without NUL bytes. */
 static bool valid_text(const char *p, uint64_t n) {
     const uint8_t *s = (const uint8_t *)p;
     for (uint64_t i = 0; i < n;) {
-        int l = s[i] ? utf8_len(s + i, (size_t)(n - i)) : 0;
+        int l = s[i] ? mc_utf8_len(s + i, (size_t)(n - i)) : 0;
         if (!l) return false;
         i += (uint64_t)l;
     }
@@ -249,8 +228,8 @@ typedef struct split_ctx {
 static size_t splits_of(split_ctx *c, int32_t id, bool insert) {
     const mc_token *t = &c->tok->tokens[id];
     size_t found = 0;
-    for (uint32_t k = (uint32_t)utf8_len((const uint8_t *)t->text, t->len); k < t->len;
-         k += (uint32_t)utf8_len((const uint8_t *)t->text + k, t->len - k)) {
+    for (uint32_t k = (uint32_t)mc_utf8_len((const uint8_t *)t->text, t->len); k < t->len;
+         k += (uint32_t)mc_utf8_len((const uint8_t *)t->text + k, t->len - k)) {
         int32_t l = mc_tokenizer_find(c->tok, t->text, k), r = mc_tokenizer_find(c->tok, t->text + k, t->len - k);
         if (l < 0 || r < 0 || c->tok->tokens[l].kind != MC_TOK_NORMAL || c->tok->tokens[r].kind != MC_TOK_NORMAL)
             continue;
