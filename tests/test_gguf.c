@@ -96,14 +96,6 @@ static void put_scalar(FILE *f, mc_gguf_vtype t, const uint8_t *p) {
     }
 }
 
-static size_t vsize(mc_gguf_vtype t) {
-    switch (t) {
-    case MC_GGUF_UINT8: case MC_GGUF_INT8: case MC_GGUF_BOOL: return 1;
-    case MC_GGUF_UINT16: case MC_GGUF_INT16: return 2;
-    case MC_GGUF_UINT32: case MC_GGUF_INT32: case MC_GGUF_FLOAT32: return 4;
-    default: return 8;
-    }
-}
 
 static void put_array(FILE *f, const mc_gguf_kv *kv) {
     fprintf(f, "array %s %llu [", mc_gguf_vtype_name(kv->arr_type), (unsigned long long)kv->n);
@@ -114,7 +106,7 @@ static void put_array(FILE *f, const mc_gguf_kv *kv) {
         else if (kv->arr_type == MC_GGUF_ARRAY)
             put_array(f, &kv->items[i]);
         else
-            put_scalar(f, kv->arr_type, (const uint8_t *)kv->data + i * vsize(kv->arr_type));
+            put_scalar(f, kv->arr_type, (const uint8_t *)kv->data + i * mc_gguf_vtype_size(kv->arr_type));
     }
     fputc(']', f);
 }

@@ -39,14 +39,6 @@ static uint64_t le(const unsigned char *p, int n) {
     return v;
 }
 
-static size_t vsize(mc_gguf_vtype t) {
-    switch (t) {
-    case MC_GGUF_UINT8: case MC_GGUF_INT8: case MC_GGUF_BOOL: return 1;
-    case MC_GGUF_UINT16: case MC_GGUF_INT16: return 2;
-    case MC_GGUF_UINT32: case MC_GGUF_INT32: case MC_GGUF_FLOAT32: return 4;
-    default: return 8;
-    }
-}
 
 /* One fixed-size value at p (little-endian, maybe unaligned). */
 static void put_scalar(mc_gguf_vtype t, const unsigned char *p) {
@@ -83,7 +75,7 @@ static void put_array(const mc_gguf_kv *kv) {
         else if (kv->arr_type == MC_GGUF_ARRAY)
             putchar('{'), put_array(&kv->items[i]), putchar('}');
         else
-            put_scalar(kv->arr_type, (const unsigned char *)kv->data + i * vsize(kv->arr_type));
+            put_scalar(kv->arr_type, (const unsigned char *)kv->data + i * mc_gguf_vtype_size(kv->arr_type));
     }
     if (kv->n > MAX_ITEMS) fputs(", ...", stdout);
 }

@@ -163,8 +163,7 @@ const char *mc_gguf_vtype_name(mc_gguf_vtype t) {
     return (unsigned)t <= MC_GGUF_FLOAT64 ? k_vtype_names[t] : "unknown";
 }
 
-/* Bytes of one fixed-size value; 0 for STRING, ARRAY and unknown types. */
-static size_t vtype_size(uint32_t t) {
+size_t mc_gguf_vtype_size(uint32_t t) {
     switch (t) {
     case MC_GGUF_UINT8: case MC_GGUF_INT8: case MC_GGUF_BOOL: return 1;
     case MC_GGUF_UINT16: case MC_GGUF_INT16: return 2;
@@ -178,7 +177,7 @@ static size_t vtype_size(uint32_t t) {
 static uint64_t vtype_min_bytes(uint32_t t) {
     if (t == MC_GGUF_STRING) return 8;      /* the length */
     if (t == MC_GGUF_ARRAY) return 4 + 8;   /* element type and count */
-    return vtype_size(t);
+    return mc_gguf_vtype_size(t);
 }
 
 static uint64_t ld_le(const uint8_t *p, int n) {
@@ -411,7 +410,7 @@ static moecl_status rd_value(rd *r, const char *key, uint32_t type, int depth, m
         kv->strs = s;
         return MOECL_OK;
     }
-    size_t sz = vtype_size(type);
+    size_t sz = mc_gguf_vtype_size(type);
     if (sz == 0) return fmt_error(r->g, "key '%s' has unknown value type %" PRIu32, key, type);
     const uint8_t *p = NULL;
     if ((st = take(r, sz, "value", &p))) return st;
@@ -799,7 +798,7 @@ moecl_status mc_gguf_get_arr(const mc_gguf *g, const char *key, bool required, m
 
 int64_t mc_gguf_arr_int(const mc_gguf_kv *arr, uint64_t i) {
     bool ok;
-    size_t sz = vtype_size(arr->arr_type);
+    size_t sz = mc_gguf_vtype_size(arr->arr_type);
     int64_t v = scalar_int(arr->arr_type, (const uint8_t *)arr->data + i * sz, &ok);
     if (!ok && arr->arr_type == MC_GGUF_UINT64) return INT64_MAX; /* saturate */
     return v;
@@ -807,7 +806,7 @@ int64_t mc_gguf_arr_int(const mc_gguf_kv *arr, uint64_t i) {
 
 double mc_gguf_arr_float(const mc_gguf_kv *arr, uint64_t i) {
     bool ok;
-    size_t sz = vtype_size(arr->arr_type);
+    size_t sz = mc_gguf_vtype_size(arr->arr_type);
     return scalar_float(arr->arr_type, (const uint8_t *)arr->data + i * sz, &ok);
 }
 
@@ -957,7 +956,7 @@ static moecl_status set_scalar(mc_gguf_writer *w, const char *key, mc_gguf_vtype
     moecl_status st = wr_key(w, key, "set");
     if (st) return st;
     buf_le(&w->kv, (uint64_t)t, 4);
-    buf_le(&w->kv, bits, (int)vtype_size(t));
+    buf_le(&w->kv, bits, (int)mc_gguf_vtype_size(t));
     return wr_done(w);
 }
 
@@ -997,7 +996,7 @@ moecl_status mc_gguf_writer_set_str(mc_gguf_writer *w, const char *key, const ch
 
 moecl_status mc_gguf_writer_set_arr(mc_gguf_writer *w, const char *key, mc_gguf_vtype elem, const void *data,
                                     uint64_t n) {
-    size_t sz = vtype_size(elem), bytes;
+    size_t sz = mc_gguf_vtype_size(elem), bytes;
     if (sz == 0)
         return mc_error(MOECL_ERR_INVALID_ARG, "mc_gguf_writer_set_arr: '%s': element type %s is not fixed-size",
                         key ? key : "", mc_gguf_vtype_name(elem));
@@ -1033,7 +1032,7 @@ static void put_array(wr_buf *b, const mc_gguf_kv *kv) {
     else if (kv->arr_type == MC_GGUF_ARRAY)
         for (uint64_t i = 0; i < kv->n; i++) put_array(b, &kv->items[i]);
     else
-        buf_put(b, kv->data, (size_t)kv->n * vtype_size(kv->arr_type));
+        buf_put(b, kv->data, (size_t)kv->n * mc_gguf_vtype_size(kv->arr_type));
 }
 
 moecl_status mc_gguf_writer_copy_kv(mc_gguf_writer *w, const mc_gguf_kv *kv) {
@@ -1049,7 +1048,7 @@ moecl_status mc_gguf_writer_copy_kv(mc_gguf_writer *w, const mc_gguf_kv *kv) {
     else if (kv->type == MC_GGUF_STRING)
         buf_str(&w->kv, kv->strs[0].ptr, kv->strs[0].len);
     else
-        buf_put(&w->kv, kv->data, vtype_size(kv->type));
+        buf_put(&w->kv, kv->data, mc_gguf_vtype_size(kv->type));
     return wr_done(w);
 }
 

@@ -114,6 +114,8 @@ double mc_gguf_arr_float(const mc_gguf_kv *arr, uint64_t i);
 /* "q4_K", "f32", ... for any ggml type; NULL for numbers that are not one. */
 const char *mc_gguf_type_name(uint32_t ggml_type);
 const char *mc_gguf_vtype_name(mc_gguf_vtype t);
+/* Bytes of one fixed-size value; 0 for STRING, ARRAY and unknown types. */
+size_t mc_gguf_vtype_size(uint32_t t);
 /* The ggml type of a moecl dtype. */
 uint32_t mc_gguf_type_of(moecl_dtype t);
 

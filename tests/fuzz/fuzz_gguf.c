@@ -28,18 +28,10 @@ static uint64_t mix(uint64_t h, const void *p, size_t n) {
     return h;
 }
 
-static size_t vsize(mc_gguf_vtype t) {
-    switch (t) {
-    case MC_GGUF_UINT8: case MC_GGUF_INT8: case MC_GGUF_BOOL: return 1;
-    case MC_GGUF_UINT16: case MC_GGUF_INT16: return 2;
-    case MC_GGUF_UINT32: case MC_GGUF_INT32: case MC_GGUF_FLOAT32: return 4;
-    default: return 8;
-    }
-}
 
 static uint64_t walk_value(uint64_t h, const mc_gguf_kv *kv) {
     if (kv->type == MC_GGUF_STRING) return mix(h, kv->strs[0].ptr, (size_t)kv->strs[0].len);
-    if (kv->type != MC_GGUF_ARRAY) return mix(h, kv->data, vsize(kv->type));
+    if (kv->type != MC_GGUF_ARRAY) return mix(h, kv->data, mc_gguf_vtype_size(kv->type));
     for (uint64_t i = 0; i < kv->n; i++) {
         if (kv->arr_type == MC_GGUF_STRING) {
             h = mix(h, kv->strs[i].ptr, (size_t)kv->strs[i].len);
