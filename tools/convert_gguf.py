@@ -50,15 +50,14 @@ What llama.cpp does, and so this script does
   Q5_1 are not types moecl reads; the golden files never need the fallback, since tiny-q
   has every row length a multiple of 256.)
 * Tokenizer.  If HF_DIR has ``tokenizer.json`` of the Llama/Mistral SentencePiece-BPE kind
-  (BPE with byte_fallback), the vocabulary is written as convert_hf_to_gguf's
-  ``_set_vocab_llama_hf`` does (via gguf-py's ``LlamaHfVocab`` and ``SpecialVocab``):
-  ``tokenizer.ggml.model = "llama"``, ``pre = "default"``, tokens, scores (all -1000.0,
-  as llama.cpp writes them for a tokenizer.json-only directory), token_type (BYTE for
-  <0xNN>, UNKNOWN for the unk token, CONTROL for special added tokens such as <s> </s>,
-  NORMAL otherwise), bos/eos/unk ids and add_bos/add_eos (from tokenizer_config.json when
-  present, else <s>, </s>, the model's unk_token, add_bos true, add_eos false).  We also store ``tokenizer.ggml.merges`` (which llama.cpp
-  ignores for a "llama" vocabulary) so a reader can reproduce the BPE merge order exactly.
-  Without tokenizer.json no tokenizer.* keys are written.
+  (BPE with byte_fallback), tools/gguf_vocab.py writes it: ``tokenizer.ggml.model =
+  "llama"``, ``pre = "default"``, tokens and token types as convert_hf_to_gguf's
+  ``_set_vocab_llama_hf`` derives them (BYTE for <0xNN>, UNKNOWN for the unk token, CONTROL
+  for special added tokens, NORMAL otherwise), scores = -(rank of the first merge making the
+  token) so that llama.cpp's score-ordered merging follows the BPE order (its own converter
+  writes -1000.0 for every token of a tokenizer.json-only directory, which loses that order),
+  ``tokenizer.ggml.merges``, bos/eos/unk ids and add_bos/add_eos. This is what ``moecl
+  quantize`` writes too. Without tokenizer.json no tokenizer.* keys are written.
 
 Quantizers
 ----------
@@ -456,43 +455,16 @@ def tensor_plan(cfg, W, layout):
 # --------------------------------------------------------------------------------------
 
 def write_tokenizer(writer, hf_dir):
-    """tokenizer.ggml.* as convert_hf_to_gguf's _set_vocab_llama_hf; False if none."""
-    gguf = _gguf()
-    if not os.path.isfile(os.path.join(hf_dir, "tokenizer.json")):
+    """tokenizer.ggml.* from tokenizer.json (tools/gguf_vocab.py): tokens and types as
+    llama.cpp's converter derives them, scores from the merge ranks (llama.cpp's own
+    tokenizer.json-only path writes -1000 everywhere and so loses the merge order) and the
+    merges themselves, as moecl quantize writes them; False if there is no tokenizer.json."""
+    path = os.path.join(hf_dir, "tokenizer.json")
+    if not os.path.isfile(path):
         return False
-    from pathlib import Path
-    vocab = gguf.LlamaHfVocab(Path(hf_dir))
-    tokens, scores, toktypes = [], [], []
-    for text, score, toktype in vocab.all_tokens():
-        tokens.append(text)
-        scores.append(score)
-        toktypes.append(toktype)
-    # Without tokenizer_config.json transformers does not know which tokens are special,
-    # and LlamaHfVocab would mark <s> and </s> NORMAL.  Use tokenizer.json's own flags, as
-    # the SentencePiece path of convert_hf_to_gguf types them: the model's unk_token
-    # UNKNOWN, other added tokens with "special": true CONTROL.
-    with open(os.path.join(hf_dir, "tokenizer.json"), encoding="utf-8") as f:
-        tj = json.load(f)
-    unk = tj["model"].get("unk_token")
-    for at in tj.get("added_tokens", []):
-        i = at["id"]
-        if i < len(toktypes) and at.get("special"):
-            toktypes[i] = (gguf.TokenType.UNKNOWN if at["content"] == unk
-                           else gguf.TokenType.CONTROL)
-    writer.add_tokenizer_model("llama")
-    writer.add_tokenizer_pre("default")
-    writer.add_token_list(tokens)
-    writer.add_token_scores(scores)
-    writer.add_token_types(toktypes)
-    special = gguf.SpecialVocab(Path(hf_dir), load_merges=True, n_vocab=len(tokens))
-    # Fill what tokenizer_config.json would have said (Mistral/Llama defaults).
-    ids = {t.decode("utf-8", "replace"): i for i, t in enumerate(tokens)}
-    for typ, text in (("bos", "<s>"), ("eos", "</s>"), ("unk", unk)):
-        if special.special_token_ids.get(typ) is None and text in ids:
-            special.special_token_ids[typ] = ids[text]
-    special.add_special_token.setdefault("bos", True)
-    special.add_special_token.setdefault("eos", False)
-    special.add_to_gguf(writer)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from gguf_vocab import write_llama_vocab
+    write_llama_vocab(writer, path)
     return True
 
 
