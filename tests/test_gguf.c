@@ -30,19 +30,7 @@ static const char *tpath(char *buf, size_t n, const char *name) {
     return buf;
 }
 
-static unsigned char *read_file(const char *path, size_t *n) {
-    FILE *fp = fopen(path, "rb");
-    *n = 0;
-    if (!fp) return NULL;
-    fseek(fp, 0, SEEK_END);
-    long size = ftell(fp);
-    fseek(fp, 0, SEEK_SET);
-    unsigned char *buf = malloc((size_t)size + 1);
-    if (buf) *n = fread(buf, 1, (size_t)size, fp);
-    if (buf) buf[*n] = 0;
-    fclose(fp);
-    return buf;
-}
+static unsigned char *read_file(const char *path, size_t *n) { return (unsigned char *)t_read_file(path, n); }
 
 static void write_file(const char *path, const void *data, size_t n) {
     FILE *fp = fopen(path, "wb");

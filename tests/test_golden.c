@@ -33,23 +33,6 @@
 static double BOUND = 1e-4; /* max|Δ| / max|ref| */
 static bool g_argmax = true;
 
-static char *read_file(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        free(buf);
-        buf = NULL;
-    }
-    fclose(f);
-    if (buf) buf[n] = 0;
-    if (len) *len = (size_t)n;
-    return buf;
-}
-
 static int argmax(const float *v, int n) {
     int b = 0;
     for (int i = 1; i < n; i++) if (v[i] > v[b]) b = i;
@@ -65,7 +48,7 @@ typedef struct ref {
 static bool load_ref(const char *dir, const char *logits_file, ref *r) {
     char path[4096];
     snprintf(path, sizeof path, "%s/reference.json", dir);
-    char *text = read_file(path, NULL);
+    char *text = t_read_file(path, NULL);
     if (!text) return false;
     cJSON *j = cJSON_Parse(text);
     free(text);
@@ -80,7 +63,7 @@ static bool load_ref(const char *dir, const char *logits_file, ref *r) {
     else snprintf(path, sizeof path, "%s/%s", dir, lf);
     cJSON_Delete(j);
     size_t len;
-    r->logits = (float *)read_file(path, &len);
+    r->logits = (float *)t_read_file(path, &len);
     return r->logits && len == (size_t)r->n_pos * r->n_vocab * sizeof(float) && r->n_pos <= 64;
 }
 

@@ -11,20 +11,6 @@
 
 #include <sys/stat.h>
 
-static char *slurp(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = malloc((size_t)n + 1);
-    if (fread(b, 1, (size_t)n, f) != (size_t)n) n = 0;
-    b[n] = 0;
-    fclose(f);
-    *len = (size_t)n;
-    return b;
-}
-
 static void spit(const char *path, const char *data, size_t len) {
     FILE *f = fopen(path, "wb");
     if (!f) return;
@@ -48,7 +34,7 @@ static void expect(const char *what, const char *dir, moecl_status want, const c
 /* Replace the first occurrence of a with b (same length or not) in a file. */
 static bool edit(const char *path, const char *a, const char *b) {
     size_t len;
-    char *d = slurp(path, &len);
+    char *d = t_read_file(path, &len);
     if (!d) return false;
     char *p = memmem(d, len, a, strlen(a));
     if (!p) { free(d); return false; }
@@ -96,7 +82,7 @@ int main(void) {
     snprintf(cfg, sizeof cfg, "%s/config.json", dir);
     snprintf(st, sizeof st, "%s/model.safetensors", dir);
     size_t cfg_len, st_len;
-    char *cfg_text = slurp(cfg, &cfg_len), *st_data = slurp(st, &st_len);
+    char *cfg_text = t_read_file(cfg, &cfg_len), *st_data = t_read_file(st, &st_len);
 #define RESTORE() (spit(cfg, cfg_text, cfg_len), spit(st, st_data, st_len))
 
     expect("good model", dir, MOECL_OK, NULL, NULL);

@@ -29,23 +29,6 @@
 
 static const char *g_data, *g_tmp;
 
-static char *read_all(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        free(buf);
-        buf = NULL;
-    }
-    fclose(f);
-    if (buf) buf[n] = 0;
-    if (len) *len = (size_t)n;
-    return buf;
-}
-
 typedef struct ref {
     int n_pos, n_vocab;
     int32_t tokens[64];
@@ -55,7 +38,7 @@ typedef struct ref {
 static bool load_ref(const char *dir, ref *r) {
     char path[8192];
     snprintf(path, sizeof path, "%s/reference.json", dir);
-    char *text = read_all(path, NULL);
+    char *text = t_read_file(path, NULL);
     if (!text) return false;
     cJSON *j = cJSON_Parse(text);
     free(text);
@@ -67,7 +50,7 @@ static bool load_ref(const char *dir, ref *r) {
     snprintf(path, sizeof path, "%s/%s", dir, cJSON_GetObjectItem(j, "logits_file")->valuestring);
     cJSON_Delete(j);
     size_t len;
-    r->logits = (float *)read_all(path, &len);
+    r->logits = (float *)t_read_file(path, &len);
     return r->logits && len == (size_t)r->n_pos * (size_t)r->n_vocab * sizeof(float);
 }
 

@@ -33,18 +33,7 @@ static void write_file(const char *path, const void *data, size_t n) {
     CHECK(fclose(fp) == 0);
 }
 
-static unsigned char *read_file(const char *path, size_t *n) {
-    FILE *fp = fopen(path, "rb");
-    *n = 0;
-    if (!fp) return NULL;
-    fseek(fp, 0, SEEK_END);
-    long size = ftell(fp);
-    fseek(fp, 0, SEEK_SET);
-    unsigned char *buf = malloc((size_t)size + 1);
-    if (buf) *n = fread(buf, 1, (size_t)size, fp);
-    fclose(fp);
-    return buf;
-}
+static unsigned char *read_file(const char *path, size_t *n) { return (unsigned char *)t_read_file(path, n); }
 
 static void put_le64(unsigned char *p, uint64_t v) {
     for (int i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i));

@@ -49,6 +49,24 @@ static inline int t_skip(const char *name, const char *why) {
     return 77;
 }
 
+/* The whole file, NUL-terminated (malloc'd), its length in *len (may be
+ * NULL); NULL if it cannot be opened or read. */
+static inline char *t_read_file(const char *path, size_t *len) {
+    if (len) *len = 0;
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long size = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = size >= 0 ? malloc((size_t)size + 1) : NULL;
+    size_t n = buf ? fread(buf, 1, (size_t)size, f) : 0;
+    fclose(f);
+    if (!buf) return NULL;
+    buf[n] = 0;
+    if (len) *len = n;
+    return buf;
+}
+
 /* max|a-b| / max|b|: the normalised error used throughout. */
 static inline double t_nerr(const float *a, const float *b, size_t n) {
     double num = 0, den = 0;
