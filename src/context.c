@@ -9,12 +9,14 @@
  *     scatter: x += Σ w·y
  *   → final RMSNorm and LM head for the rows whose logits are kept.
  */
+#include "arch/arch.h"
 #include "backend/backend.h"
 #include "backend/cpu/kernels.h"
 #include "backend/opencl/opencl.h"
 #include "model.h"
 #include "ops.h"
 
+#include <math.h>
 #include <omp.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -51,6 +53,7 @@ struct moecl_context {
     int32_t *r_expert;    /* [B, top-k] */
     float *r_weight;      /* [B, top-k] */
     float *gx, *gy;       /* [B * top-k, n_embd] gathered rows, expert outputs */
+    float *fh1, *fh3;     /* [B, max(n_ff_dense, n_ff_shexp)] a dense FFN's hidden activations */
     mc_gather_plan plan;
     int64_t *counts;      /* [n_expert] */
     float *att_scratch;   /* [n_threads, n_ctx] */
@@ -221,6 +224,9 @@ moecl_status moecl_context_new(const moecl_model *model, const moecl_context_par
     ctx->r_weight = alloc_floats(B, K, &ok);
     ctx->gx = alloc_floats(B * K, D, &ok);
     ctx->gy = alloc_floats(B * K, D, &ok);
+    const size_t F_host = (size_t)(hp->n_ff_dense > hp->n_ff_shexp ? hp->n_ff_dense : hp->n_ff_shexp);
+    ctx->fh1 = alloc_floats(B, F_host, &ok);
+    ctx->fh3 = alloc_floats(B, F_host, &ok);
     ctx->plan.order = calloc((size_t)hp->n_expert, sizeof(int32_t));
     ctx->plan.offsets = calloc((size_t)hp->n_expert + 1, sizeof(int64_t));
     ctx->plan.row = calloc(B * K, sizeof(int64_t));
@@ -253,7 +259,7 @@ void moecl_context_free(moecl_context *ctx) {
     for (int i = 0; i < ctx->n_backends; i++) mc_backend_free(ctx->backends[i]);
     void *bufs[] = {ctx->k_cache, ctx->v_cache, ctx->seq_len, ctx->seq_count, ctx->x, ctx->xn, ctx->xo, ctx->q,
                     ctx->k, ctx->v, ctx->att, ctx->proj, ctx->tok_seq, ctx->tok_pos, ctx->r_expert,
-                    ctx->r_weight, ctx->gx, ctx->gy, ctx->plan.order, ctx->plan.offsets, ctx->plan.row,
+                    ctx->r_weight, ctx->gx, ctx->gy, ctx->fh1, ctx->fh3, ctx->plan.order, ctx->plan.offsets, ctx->plan.row,
                     ctx->counts, ctx->att_scratch, ctx->logit_row, ctx->logits, ctx->placement};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     free(ctx);
@@ -312,11 +318,32 @@ static moecl_status matmul(moecl_context *ctx, const mc_tensor *W, const float *
     return ctx_keep(ctx, be->iface->matmul(be, W, X, T, Y));
 }
 
+static void add_bias(float *y, const float *b, int64_t T, int64_t n) {
+    if (!b) return;
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t i = 0; i < n; i++) y[t * n + i] += b[i];
+}
+
+/* QK-norm of T rows of n_heads * head_dim: each head with a head_dim weight,
+ * or each whole row with a row-long one (w's length tells which). */
+static void qk_norm(float *x, const float *w, int64_t T, int n_heads, int head_dim, bool per_head, float eps) {
+    if (!w) return;
+    const int64_t row = (int64_t)n_heads * head_dim;
+    for (int64_t t = 0; t < T; t++) {
+        if (!per_head) {
+            mc_rmsnorm(x + t * row, x + t * row, w, row, eps);
+            continue;
+        }
+        for (int h = 0; h < n_heads; h++) mc_rmsnorm(x + t * row + (int64_t)h * head_dim, x + t * row + (int64_t)h * head_dim, w, head_dim, eps);
+    }
+}
+
 static moecl_status attention_block(moecl_context *ctx, int il, int64_t T) {
     const moecl_model *m = ctx->model;
     const mc_hparams *hp = &m->hp;
     const mc_layer *L = &m->layers[il];
     const int64_t D = hp->n_embd, kv_dim = (int64_t)hp->n_head_kv * hp->head_dim;
+    const int64_t q_dim = (int64_t)hp->n_head * hp->head_dim;
     moecl_status st;
 
     for (int64_t t = 0; t < T; t++)
@@ -324,12 +351,17 @@ static moecl_status attention_block(moecl_context *ctx, int il, int64_t T) {
     if ((st = matmul(ctx, &L->wq, ctx->xn, T, ctx->q))) return st;
     if ((st = matmul(ctx, &L->wk, ctx->xn, T, ctx->k))) return st;
     if ((st = matmul(ctx, &L->wv, ctx->xn, T, ctx->v))) return st;
+    add_bias(ctx->q, L->bq, T, q_dim);
+    add_bias(ctx->k, L->bk, T, kv_dim);
+    add_bias(ctx->v, L->bv, T, kv_dim);
+    const bool per_head = hp->qk_norm == MC_QK_NORM_HEAD;
+    qk_norm(ctx->q, L->q_norm, T, hp->n_head, hp->head_dim, per_head, hp->rms_norm_eps);
+    qk_norm(ctx->k, L->k_norm, T, hp->n_head_kv, hp->head_dim, per_head, hp->rms_norm_eps);
 
     float *kc = ctx->k_cache + (int64_t)il * ctx->n_seq * ctx->n_ctx * kv_dim;
     float *vc = ctx->v_cache + (int64_t)il * ctx->n_seq * ctx->n_ctx * kv_dim;
     for (int64_t t = 0; t < T; t++) {
-        const int64_t q_stride = (int64_t)hp->n_head * hp->head_dim;
-        mc_rope(ctx->q + t * q_stride, hp->n_head, hp->head_dim, ctx->tok_pos[t], hp->rope_theta, hp->rope_interleaved);
+        mc_rope(ctx->q + t * q_dim, hp->n_head, hp->head_dim, ctx->tok_pos[t], hp->rope_theta, hp->rope_interleaved);
         mc_rope(ctx->k + t * kv_dim, hp->n_head_kv, hp->head_dim, ctx->tok_pos[t], hp->rope_theta, hp->rope_interleaved);
         int64_t slot = ((int64_t)ctx->tok_seq[t] * ctx->n_ctx + ctx->tok_pos[t]) * kv_dim;
         memcpy(kc + slot, ctx->k + t * kv_dim, (size_t)kv_dim * sizeof(float));
@@ -343,11 +375,24 @@ static moecl_status attention_block(moecl_context *ctx, int il, int64_t T) {
     };
     mc_attention(&a);
     if ((st = matmul(ctx, &L->wo, ctx->att, T, ctx->proj))) return st;
+    add_bias(ctx->proj, L->bo, T, D);
     for (int64_t i = 0; i < T * D; i++) ctx->x[i] += ctx->proj[i];
     return MOECL_OK;
 }
 
-static moecl_status moe_block(moecl_context *ctx, int il, int64_t T) {
+/* out[T, D] = (silu(xn·W1ᵀ) ⊙ xn·W3ᵀ)·W2ᵀ on the host backend: a dense
+ * layer's FFN or the shared expert. */
+static moecl_status host_ffn(moecl_context *ctx, const mc_expert *f, int64_t T, float *out) {
+    moecl_status st;
+    if ((st = matmul(ctx, &f->w1, ctx->xn, T, ctx->fh1))) return st;
+    if ((st = matmul(ctx, &f->w3, ctx->xn, T, ctx->fh3))) return st;
+    mc_cpu_swiglu(ctx->fh1, ctx->fh3, T * f->w1.rows);
+    return matmul(ctx, &f->w2, ctx->fh1, T, out);
+}
+
+/* The routed experts: route, gather, run on the backends holding them,
+ * scatter x += Σ w·y. */
+static moecl_status routed_experts(moecl_context *ctx, int il, int64_t T) {
     const moecl_model *m = ctx->model;
     const mc_hparams *hp = &m->hp;
     const mc_layer *L = &m->layers[il];
@@ -355,9 +400,7 @@ static moecl_status moe_block(moecl_context *ctx, int il, int64_t T) {
     const int K = hp->n_expert_used, E = hp->n_expert;
     const uint8_t *place = ctx->placement + (int64_t)il * E;
 
-    for (int64_t t = 0; t < T; t++)
-        mc_rmsnorm(ctx->xn + t * D, ctx->x + t * D, L->ffn_norm, D, hp->rms_norm_eps);
-    mc_route(ctx->xn, L->router, T, (int)D, E, K, ctx->r_expert, ctx->r_weight);
+    mc_route_rule(ctx->xn, L->router, T, (int)D, E, K, hp->norm_topk, ctx->r_expert, ctx->r_weight);
     mc_gather_plan_build(&ctx->plan, ctx->r_expert, T, K, E, place, ctx->counts);
     mc_gather(&ctx->plan, ctx->xn, T, K, (int)D, ctx->gx);
 
@@ -392,6 +435,35 @@ static moecl_status moe_block(moecl_context *ctx, int il, int64_t T) {
     }
     if (st) return ctx_keep(ctx, st);
     mc_scatter_add(&ctx->plan, ctx->gy, ctx->r_weight, T, K, (int)D, ctx->x);
+    return MOECL_OK;
+}
+
+/* The FFN half of a layer: a dense FFN, or the routed experts plus, when the
+ * layer has one, the shared expert scaled by sigmoid(xn · gate). */
+static moecl_status moe_block(moecl_context *ctx, int il, int64_t T) {
+    const moecl_model *m = ctx->model;
+    const mc_hparams *hp = &m->hp;
+    const mc_layer *L = &m->layers[il];
+    const int64_t D = hp->n_embd;
+    moecl_status st;
+
+    for (int64_t t = 0; t < T; t++)
+        mc_rmsnorm(ctx->xn + t * D, ctx->x + t * D, L->ffn_norm, D, hp->rms_norm_eps);
+    if (!L->experts) {
+        if ((st = host_ffn(ctx, &L->ffn, T, ctx->proj))) return st;
+        for (int64_t i = 0; i < T * D; i++) ctx->x[i] += ctx->proj[i];
+        return MOECL_OK;
+    }
+    if ((st = routed_experts(ctx, il, T))) return st;
+    if (L->shexp_gate) {
+        if ((st = host_ffn(ctx, &L->shexp, T, ctx->proj))) return st;
+        for (int64_t t = 0; t < T; t++) {
+            double g = 0;
+            for (int64_t i = 0; i < D; i++) g += (double)ctx->xn[t * D + i] * L->shexp_gate[i];
+            const float s = (float)(1.0 / (1.0 + exp(-g)));
+            for (int64_t i = 0; i < D; i++) ctx->x[t * D + i] += s * ctx->proj[t * D + i];
+        }
+    }
     return MOECL_OK;
 }
 

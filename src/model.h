@@ -1,9 +1,12 @@
 /*
- * model.h - a loaded Mixtral model: hyperparameters and weights.
+ * model.h - a loaded model: hyperparameters and weights.
  *
  * Large matrices point into the memory-mapped weight files and keep their
- * stored dtype. Small vectors the host reads every token (norms, the router)
- * are converted to float32 copies owned by the model.
+ * stored dtype. Small vectors the host reads every token (norms, biases, the
+ * router) are converted to float32 copies owned by the model. A layer holds
+ * every tensor any family may need; those its family lacks are NULL (a
+ * vector) or have data == NULL (a matrix), and the forward pass tests
+ * presence rather than asking which family runs.
  */
 #ifndef MOECL_MODEL_H
 #define MOECL_MODEL_H
@@ -25,9 +28,16 @@ typedef struct mc_layer {
     mc_tensor wk;       /* (n_head_kv * head_dim, n_embd) */
     mc_tensor wv;       /* (n_head_kv * head_dim, n_embd) */
     mc_tensor wo;       /* (n_embd, n_head * head_dim) */
+    float *bq, *bk, *bv;/* (q_dim), (kv_dim), (kv_dim) biases or NULL */
+    float *bo;          /* (n_embd) bias or NULL */
+    float *q_norm;      /* QK-norm weights or NULL: (head_dim) per head, or (q_dim) over the projection */
+    float *k_norm;      /* (head_dim) or (kv_dim) */
     float *ffn_norm;    /* (n_embd) f32 copy */
-    float *router;      /* (n_expert, n_embd) f32 copy: routing is float32 on the host */
-    mc_expert *experts; /* [n_expert] */
+    float *router;      /* (n_expert, n_embd) f32 copy: routing is float32 on the host; NULL: dense layer */
+    mc_expert *experts; /* [n_expert]; NULL: a dense layer */
+    mc_expert ffn;      /* a dense layer's FFN (n_ff_dense wide); data NULL in MoE layers */
+    mc_expert shexp;    /* the shared expert (n_ff_shexp wide); data NULL without one */
+    float *shexp_gate;  /* (n_embd) its sigmoid gate, or NULL */
 } mc_layer;
 
 struct moecl_model {
@@ -41,5 +51,8 @@ struct moecl_model {
     mc_layer *layers;   /* [n_layer] */
     moecl_tokenizer *tokenizer; /* the directory's tokenizer.json; NULL if none */
 };
+
+/* The storage type of the routed experts (of the first MoE layer). */
+moecl_dtype mc_model_expert_dtype(const moecl_model *m);
 
 #endif

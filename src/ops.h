@@ -54,6 +54,10 @@ void mc_topk(const float *v, int n, int k, int32_t *idx, float *val);
  * sum to 1. expert/weight: [T, k]. */
 void mc_route(const float *xn, const float *router_w, int64_t T, int n_embd, int n_expert, int k,
               int32_t *expert, float *weight);
+/* The same with the family's rule: renorm false keeps the top-k softmax
+ * probabilities as they are (they sum to less than 1). */
+void mc_route_rule(const float *xn, const float *router_w, int64_t T, int n_embd, int n_expert, int k, bool renorm,
+                   int32_t *expert, float *weight);
 
 /* The gather plan: the T*k (token, expert) pairs ordered by expert group,
  * where group_of[e] orders the experts (e.g. by the backend that holds them;

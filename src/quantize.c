@@ -3,9 +3,10 @@
  *
  * The source is any model moecl loads (a Hugging Face directory or a GGUF
  * file); the output is what llama.cpp's converter followed by llama-quantize
- * would write: architecture "llama", llama.cpp's tensor names with the experts
- * of a layer stacked in 3-D tensors, Q and K rows permuted for its
- * interleaved RoPE, the tokenizer as metadata. Matrices are converted row by
+ * would write: the family's GGUF architecture and keys and llama.cpp's tensor
+ * names (src/arch/), the experts of a layer stacked in 3-D tensors, Q and K
+ * rows permuted where llama.cpp's RoPE for the family wants them
+ * interleaved (Mixtral, as "llama"), the tokenizer as metadata. Matrices are converted row by
  * row (dequantize to float32, permute, quantize), a chunk of rows at a time
  * and in parallel, so memory stays at one chunk per thread.
  *
@@ -14,6 +15,7 @@
  * moecl computes with.
  */
 #include "model.h"
+#include "arch/arch.h"
 #include "quant/quant.h"
 #include "tokenizer/tokenizer.h"
 
@@ -219,9 +221,11 @@ static void add_mat(entry *e, int *n, const char *name, const mc_tensor *t, moec
 /* Metadata                                                                 */
 /* ------------------------------------------------------------------------ */
 
-static bool skip_copied_key(const char *key) {
+static bool skip_copied_key(const char *key, const char *arch) {
+    const size_t n = strlen(arch);
     return !strcmp(key, "general.file_type") || !strcmp(key, "general.quantization_version") ||
-           !strcmp(key, "general.alignment") || !strncmp(key, "llama.", 6) || !strcmp(key, "general.architecture");
+           !strcmp(key, "general.alignment") || (!strncmp(key, arch, n) && key[n] == '.') ||
+           !strcmp(key, "general.architecture");
 }
 
 static moecl_status write_metadata(job *j, const moecl_model *m, const char *in_path) {
@@ -232,11 +236,14 @@ static moecl_status write_metadata(job *j, const moecl_model *m, const char *in_
     do {                        \
         if ((st = (x))) return st; \
     } while (0)
-    TRY(mc_gguf_writer_set_str(w, "general.architecture", "llama", 5));
+    const mc_arch *A = hp->arch;
+    const char *arch = A->gguf_arch;
+    char key[128];
+    TRY(mc_gguf_writer_set_str(w, "general.architecture", arch, strlen(arch)));
     if (m->gguf) { /* keep what the source says about itself and its tokenizer */
         for (int64_t i = 0; i < mc_gguf_n_kv(m->gguf); i++) {
             const mc_gguf_kv *kv = mc_gguf_kv_at(m->gguf, i);
-            if (!skip_copied_key(kv->key)) TRY(mc_gguf_writer_copy_kv(w, kv));
+            if (!skip_copied_key(kv->key, arch)) TRY(mc_gguf_writer_copy_kv(w, kv));
         }
     } else {
         const char *base = strrchr(in_path, '/');
@@ -245,22 +252,23 @@ static moecl_status write_metadata(job *j, const moecl_model *m, const char *in_
     }
     TRY(mc_gguf_writer_set_u32(w, "general.file_type", (uint32_t)j->r->ftype));
     TRY(mc_gguf_writer_set_u32(w, "general.quantization_version", 2));
-    TRY(mc_gguf_writer_set_u32(w, "llama.vocab_size", (uint32_t)hp->n_vocab));
-    TRY(mc_gguf_writer_set_u32(w, "llama.context_length", (uint32_t)hp->n_ctx_train));
-    TRY(mc_gguf_writer_set_u32(w, "llama.embedding_length", (uint32_t)hp->n_embd));
-    TRY(mc_gguf_writer_set_u32(w, "llama.block_count", (uint32_t)hp->n_layer));
-    TRY(mc_gguf_writer_set_u32(w, "llama.feed_forward_length", (uint32_t)hp->n_ff));
-    TRY(mc_gguf_writer_set_u32(w, "llama.rope.dimension_count", (uint32_t)hp->head_dim));
-    TRY(mc_gguf_writer_set_u32(w, "llama.attention.head_count", (uint32_t)hp->n_head));
-    TRY(mc_gguf_writer_set_u32(w, "llama.attention.head_count_kv", (uint32_t)hp->n_head_kv));
-    if (hp->head_dim * hp->n_head != hp->n_embd) {
-        TRY(mc_gguf_writer_set_u32(w, "llama.attention.key_length", (uint32_t)hp->head_dim));
-        TRY(mc_gguf_writer_set_u32(w, "llama.attention.value_length", (uint32_t)hp->head_dim));
+#define KEY(s) (snprintf(key, sizeof key, "%s.%s", arch, s), key)
+    /* The family's integer keys; the head size only where it is not n_embd / n_head. */
+    const bool explicit_hd = hp->head_dim * hp->n_head != hp->n_embd;
+    for (int i = 0; i < A->n_keys; i++) {
+        const mc_arch_key *k = &A->keys[i];
+        if (!k->gguf || (k->hp == MC_HP_HEAD_DIM && !explicit_hd) ||
+            (k->hp == MC_HP_N_FF_DENSE && hp->n_ff_dense == 0))
+            continue;
+        TRY(mc_gguf_writer_set_u32(w, KEY(k->gguf), (uint32_t)*mc_hp_field((mc_hparams *)hp, k->hp)));
     }
-    TRY(mc_gguf_writer_set_f32(w, "llama.attention.layer_norm_rms_epsilon", hp->rms_norm_eps));
-    TRY(mc_gguf_writer_set_f32(w, "llama.rope.freq_base", hp->rope_theta));
-    TRY(mc_gguf_writer_set_u32(w, "llama.expert_count", (uint32_t)hp->n_expert));
-    TRY(mc_gguf_writer_set_u32(w, "llama.expert_used_count", (uint32_t)hp->n_expert_used));
+    if (explicit_hd) TRY(mc_gguf_writer_set_u32(w, KEY("attention.value_length"), (uint32_t)hp->head_dim));
+    TRY(mc_gguf_writer_set_u32(w, KEY("rope.dimension_count"), (uint32_t)hp->head_dim));
+    TRY(mc_gguf_writer_set_f32(w, KEY("attention.layer_norm_rms_epsilon"), hp->rms_norm_eps));
+    TRY(mc_gguf_writer_set_f32(w, KEY("rope.freq_base"), hp->rope_theta));
+    /* Only where the model's router rule is not the one llama.cpp assumes for the family. */
+    if (hp->norm_topk != A->gguf_norm_topk) TRY(mc_gguf_writer_set_bool(w, KEY("expert_weights_norm"), hp->norm_topk));
+#undef KEY
     if (!m->gguf && m->tokenizer) TRY(mc_tokenizer_write_gguf(m->tokenizer, w));
 #undef TRY
     return MOECL_OK;
@@ -306,7 +314,7 @@ moecl_status moecl_quantize(const char *in_path, const char *out_path, const moe
     moecl_status st = moecl_model_load(in_path, NULL, &m);
     if (st) return st;
     const mc_hparams *hp = &m->hp;
-    const moecl_dtype src_type = m->layers[0].experts[0].w1.type;
+    const moecl_dtype src_type = mc_model_expert_dtype(m);
     if (!params->allow_requantize && is_quantized(src_type) && r->base != src_type) {
         moecl_model_free(m);
         return mc_error(MOECL_ERR_INVALID_ARG, "%s: the weights are already quantized (%s); requantizing to %s loses "
@@ -316,33 +324,56 @@ moecl_status moecl_quantize(const char *in_path, const char *out_path, const moe
     job j = {.out = out_path, .r = r, .hp = hp, .allow_requantize = params->allow_requantize,
              .progress = params->progress, .progress_user = params->progress_user_data};
     j.n_threads = params->n_threads > 0 ? params->n_threads : omp_get_num_procs();
-    const int L = hp->n_layer, max_entries = 3 + 10 * L;
+    const int L = hp->n_layer, max_entries = 3 + 24 * L;
     entry *es = calloc((size_t)max_entries, sizeof *es);
     if (!es) {
         moecl_model_free(m);
         return mc_error(MOECL_ERR_NOMEM, "%s: out of memory", out_path);
     }
     const bool has_output = !hp->tie_word_embeddings || m->lm_head.data != m->tok_embd.data;
-    const bool permute = !hp->rope_interleaved; /* HF rows: permute; GGUF rows already are */
+    /* HF rows: permute where llama.cpp wants them interleaved; GGUF rows already are as it wants */
+    const bool permute = hp->arch->gguf_rope_interleaved && !hp->rope_interleaved;
+    const int64_t D = hp->n_embd, q_dim = (int64_t)hp->n_head * hp->head_dim;
+    const int64_t kv_dim = (int64_t)hp->n_head_kv * hp->head_dim;
     int n = 0;
-    add_mat(es, &n, "token_embd.weight", &m->tok_embd,
-            choose(r, K_EMBD, 0, hp, m->tok_embd.cols, has_output), false);
+    char nm[64];
+#define NM(t, il) (snprintf(nm, sizeof nm, mc_arch_gguf_name(t), il), nm)
+    add_mat(es, &n, NM(MC_TN_TOK_EMBD, 0), &m->tok_embd, choose(r, K_EMBD, 0, hp, m->tok_embd.cols, has_output), false);
     for (int il = 0; il < L; il++) {
         const mc_layer *ly = &m->layers[il];
-        char nm[64];
-#define NM(s) (snprintf(nm, sizeof nm, "blk.%d." s, il), nm)
-        add_f32(es, &n, NM("attn_norm.weight"), ly->attn_norm, hp->n_embd, 1);
-        add_mat(es, &n, NM("attn_q.weight"), &ly->wq, choose(r, K_Q, il, hp, ly->wq.cols, has_output), permute);
-        add_mat(es, &n, NM("attn_k.weight"), &ly->wk, choose(r, K_K, il, hp, ly->wk.cols, has_output), permute);
-        add_mat(es, &n, NM("attn_v.weight"), &ly->wv, choose(r, K_V, il, hp, ly->wv.cols, has_output), false);
-        add_mat(es, &n, NM("attn_output.weight"), &ly->wo, choose(r, K_O, il, hp, ly->wo.cols, has_output), false);
-        add_f32(es, &n, NM("ffn_norm.weight"), ly->ffn_norm, hp->n_embd, 1);
-        add_f32(es, &n, NM("ffn_gate_inp.weight"), ly->router, hp->n_embd, hp->n_expert);
-        const char *xn[3] = {"ffn_gate_exps.weight", "ffn_up_exps.weight", "ffn_down_exps.weight"};
+        add_f32(es, &n, NM(MC_TN_ATTN_NORM, il), ly->attn_norm, D, 1);
+        add_mat(es, &n, NM(MC_TN_ATTN_Q, il), &ly->wq, choose(r, K_Q, il, hp, ly->wq.cols, has_output), permute);
+        add_mat(es, &n, NM(MC_TN_ATTN_K, il), &ly->wk, choose(r, K_K, il, hp, ly->wk.cols, has_output), permute);
+        add_mat(es, &n, NM(MC_TN_ATTN_V, il), &ly->wv, choose(r, K_V, il, hp, ly->wv.cols, has_output), false);
+        add_mat(es, &n, NM(MC_TN_ATTN_OUT, il), &ly->wo, choose(r, K_O, il, hp, ly->wo.cols, has_output), false);
+        /* Optional tensors: what the layer has. The biases and QK-norms of a
+         * family whose rows are permuted would need permuting too; none has them. */
+        const float *vecs[6] = {ly->bq, ly->bk, ly->bv, ly->bo, ly->q_norm, ly->k_norm};
+        const mc_tn vt[6] = {MC_TN_ATTN_Q_BIAS, MC_TN_ATTN_K_BIAS, MC_TN_ATTN_V_BIAS, MC_TN_ATTN_OUT_BIAS,
+                             MC_TN_ATTN_Q_NORM, MC_TN_ATTN_K_NORM};
+        const bool head = hp->qk_norm == MC_QK_NORM_HEAD;
+        const int64_t vn[6] = {q_dim, kv_dim, kv_dim, D, head ? hp->head_dim : q_dim, head ? hp->head_dim : kv_dim};
+        for (int k = 0; k < 6; k++)
+            if (vecs[k]) add_f32(es, &n, NM(vt[k], il), vecs[k], vn[k], 1);
+        add_f32(es, &n, NM(MC_TN_FFN_NORM, il), ly->ffn_norm, D, 1);
+        const mc_expert *dense = ly->experts ? (ly->shexp.w1.data ? &ly->shexp : NULL) : &ly->ffn;
+        if (dense) {
+            const bool sh = ly->experts != NULL;
+            const mc_tn dt[3] = {sh ? MC_TN_SHEXP_GATE : MC_TN_FFN_GATE, sh ? MC_TN_SHEXP_UP : MC_TN_FFN_UP,
+                                 sh ? MC_TN_SHEXP_DOWN : MC_TN_FFN_DOWN};
+            const mc_tensor *dm[3] = {&dense->w1, &dense->w3, &dense->w2};
+            const enum kind dk[3] = {K_GATE, K_UP, K_DOWN};
+            for (int k = 0; k < 3; k++)
+                add_mat(es, &n, NM(dt[k], il), dm[k], choose(r, dk[k], il, hp, dm[k]->cols, has_output), false);
+            if (sh) add_f32(es, &n, NM(MC_TN_SHEXP_INP, il), ly->shexp_gate, D, 1);
+        }
+        if (!ly->experts) continue;
+        add_f32(es, &n, NM(MC_TN_ROUTER, il), ly->router, D, hp->n_expert);
+        const mc_tn xn[3] = {MC_TN_EXPS_GATE, MC_TN_EXPS_UP, MC_TN_EXPS_DOWN};
         const enum kind xk[3] = {K_GATE, K_UP, K_DOWN};
         for (int k = 0; k < 3; k++) {
             entry *x = &es[n++];
-            snprintf(x->name, sizeof x->name, "blk.%d.%s", il, xn[k]);
+            snprintf(x->name, sizeof x->name, mc_arch_gguf_name(xn[k]), il);
             x->what = E_EXPERTS;
             x->layer = il;
             x->which = k;
@@ -352,11 +383,12 @@ moecl_status moecl_quantize(const char *in_path, const char *out_path, const moe
             x->ne[2] = hp->n_expert;
             x->type = choose(r, xk[k], il, hp, x->ne[0], has_output);
         }
-#undef NM
     }
-    add_f32(es, &n, "output_norm.weight", m->out_norm, hp->n_embd, 1);
+    add_f32(es, &n, NM(MC_TN_OUTPUT_NORM, 0), m->out_norm, D, 1);
     if (has_output)
-        add_mat(es, &n, "output.weight", &m->lm_head, choose(r, K_OUTPUT, 0, hp, m->lm_head.cols, has_output), false);
+        add_mat(es, &n, NM(MC_TN_OUTPUT, 0), &m->lm_head, choose(r, K_OUTPUT, 0, hp, m->lm_head.cols, has_output),
+                false);
+#undef NM
     j.total = n;
 
     st = mc_gguf_writer_new(out_path, 32, &j.w);

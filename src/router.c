@@ -1,5 +1,5 @@
 /*
- * router.c - Mixtral's router on the host, and the gather / scatter that
+ * router.c - the router on the host, and the gather / scatter that
  * turn per-token expert choices into one matrix per expert.
  *
  *   tokens   x[0..T)        each picks k experts with weights
@@ -51,6 +51,11 @@ void mc_topk(const float *v, int n, int k, int32_t *idx, float *val) {
 
 void mc_route(const float *xn, const float *router_w, int64_t T, int n_embd, int n_expert, int k,
               int32_t *expert, float *weight) {
+    mc_route_rule(xn, router_w, T, n_embd, n_expert, k, true, expert, weight);
+}
+
+void mc_route_rule(const float *xn, const float *router_w, int64_t T, int n_embd, int n_expert, int k, bool renorm,
+                   int32_t *expert, float *weight) {
     float probs[1024]; /* n_expert <= 1024 is checked when the config is read */
     for (int64_t t = 0; t < T; t++) {
         const float *x = xn + t * n_embd;
@@ -64,6 +69,7 @@ void mc_route(const float *xn, const float *router_w, int64_t T, int n_embd, int
         int32_t *ei = expert + t * k;
         float *wi = weight + t * k;
         mc_topk(probs, n_expert, k, ei, wi);
+        if (!renorm) continue; /* the softmax probabilities themselves (OLMoE, Qwen2-MoE) */
         double s = 0;
         for (int j = 0; j < k; j++) s += wi[j];
         for (int j = 0; j < k; j++) wi[j] = (float)(wi[j] / s);

@@ -1,6 +1,8 @@
 /*
- * hf_config.c - the hyperparameters of a Mixtral model from a Hugging Face
- * config.json.
+ * hf_config.c - the hyperparameters of a model from a Hugging Face
+ * config.json, read through its family's entry in the table of
+ * architectures (src/arch/): which keys hold which value, which options
+ * apply, which keys name something not implemented.
  *
  * A config is small, but it comes from the same untrusted place as the
  * weights: every field is type-checked (cJSON numbers are doubles, so an
@@ -8,6 +10,7 @@
  * value is range-checked, so the loader can size buffers from it safely.
  */
 #include "hf_config.h"
+#include "arch/arch.h"
 #include "json.h"
 
 #include <cjson/cJSON.h>
@@ -27,13 +30,6 @@
 /* Real configs are a few KB; the cap only keeps a wrong path from loading a
  * weight file into memory. */
 #define HF_MAX_FILE ((size_t)16 << 20)
-#define HF_MAX_DIM (1 << 20)
-#define HF_MAX_LAYERS 4096
-#define HF_MAX_EXPERTS 1024
-#define HF_MAX_CTX (1 << 30)
-
-static const char k_arch[] = "MixtralForCausalLM";
-static const char k_model_type[] = "mixtral";
 
 /* ------------------------------------------------------------------------ */
 /* Typed field access                                                       */
@@ -140,28 +136,35 @@ static moecl_status token_id(const char *path, const cJSON *root, const char *na
 /* The pieces of a Mixtral config                                           */
 /* ------------------------------------------------------------------------ */
 
+/* The family: from 'architectures' (its first name), else from 'model_type';
+ * when both are given they must name the same family. */
 static moecl_status check_architecture(const char *path, const cJSON *root, mc_hparams *hp) {
     const cJSON *archs = field(root, "architectures");
     const char *model_type;
-    char buf[40];
+    char buf[40], names[256];
     moecl_status st = opt_string(path, root, "model_type", &model_type);
     if (st != MOECL_OK) return st;
+    const mc_arch *arch = NULL;
     if (archs) {
         if (!cJSON_IsArray(archs))
             return mc_error(MOECL_ERR_FORMAT, "%s: 'architectures' is %s, expected a list of names", path,
                             mc_json_describe(archs, buf, sizeof buf));
         if (!cJSON_IsString(archs->child))
             return mc_error(MOECL_ERR_FORMAT, "%s: 'architectures' does not start with a name", path);
-        if (strcmp(archs->child->valuestring, k_arch) != 0)
+        if (!(arch = mc_arch_by_hf(archs->child->valuestring)))
             return mc_error(MOECL_ERR_UNSUPPORTED, "%s: architecture '%.64s' is not supported (moecl runs %s)",
-                            path, archs->child->valuestring, k_arch);
+                            path, archs->child->valuestring, mc_arch_list(0, names, sizeof names));
     } else if (!model_type) {
         return mc_error(MOECL_ERR_FORMAT, "%s: neither 'architectures' nor 'model_type' is given", path);
     }
-    if (model_type && strcmp(model_type, k_model_type) != 0)
+    if (model_type && !arch && !(arch = mc_arch_by_model_type(model_type)))
         return mc_error(MOECL_ERR_UNSUPPORTED, "%s: model_type '%.64s' is not supported (moecl runs %s)", path,
-                        model_type, k_model_type);
-    snprintf(hp->architecture, sizeof hp->architecture, "%s", k_arch);
+                        model_type, mc_arch_list(1, names, sizeof names));
+    if (model_type && strcmp(model_type, arch->hf_model_type) != 0)
+        return mc_error(MOECL_ERR_UNSUPPORTED, "%s: model_type '%.64s' is not supported with architecture %s "
+                        "(expected '%s')", path, model_type, arch->hf_arch, arch->hf_model_type);
+    hp->arch = arch;
+    snprintf(hp->architecture, sizeof hp->architecture, "%s", arch->hf_arch);
     return MOECL_OK;
 }
 
@@ -185,7 +188,7 @@ static moecl_status check_rope_type(const char *path, const cJSON *obj, const ch
     return MOECL_OK;
 }
 
-static moecl_status read_rope(const char *path, const cJSON *root, float *theta) {
+static moecl_status read_rope(const char *path, const cJSON *root, float def, float *theta) {
     char buf[40];
     const cJSON *scaling = field(root, "rope_scaling");
     if (scaling && !cJSON_IsObject(scaling))
@@ -204,7 +207,7 @@ static moecl_status read_rope(const char *path, const cJSON *root, float *theta)
 
     const cJSON *top = field(root, "rope_theta");
     const cJSON *nested = params ? field(params, "rope_theta") : NULL;
-    float a = 1e6f, b = 0;
+    float a = def, b = 0;
     if (top && (st = as_positive_float(path, "rope_theta", top, 1e12, &a)) != MOECL_OK) return st;
     if (nested && (st = as_positive_float(path, "rope_parameters.rope_theta", nested, 1e12, &b)) != MOECL_OK)
         return st;
@@ -217,7 +220,7 @@ static moecl_status read_rope(const char *path, const cJSON *root, float *theta)
 
 /* Quantized checkpoints (GPTQ, AWQ, FP8, bitsandbytes) keep weights in types
  * moecl does not read; say so here rather than at the first odd tensor. */
-static moecl_status check_unsupported_features(const char *path, const cJSON *root) {
+static moecl_status check_unsupported_features(const char *path, const cJSON *root, const mc_arch *arch) {
     const cJSON *q = field(root, "quantization_config");
     if (q) {
         const cJSON *m = cJSON_IsObject(q) ? field(q, "quant_method") : NULL;
@@ -229,48 +232,100 @@ static moecl_status check_unsupported_features(const char *path, const cJSON *ro
     if (st != MOECL_OK) return st;
     if (act && strcmp(act, "silu") != 0)
         return mc_error(MOECL_ERR_UNSUPPORTED, "%s: hidden_act '%.32s' is not supported (only silu)", path, act);
+    /* Keys of the family that switch on something moecl does not implement. */
+    for (const char *const *k = arch->hf_refused; k && *k; k++) {
+        const cJSON *v = field(root, *k);
+        char buf[40];
+        if (v && !cJSON_IsFalse(v))
+            return mc_error(MOECL_ERR_UNSUPPORTED, "%s: '%s' is %s: not supported by moecl (%s)", path, *k,
+                            mc_json_describe(v, buf, sizeof buf), arch->name);
+    }
     return MOECL_OK;
 }
 
+/* The integer hyperparameters at the keys the family names, in its order
+ * (so that ranges can depend on earlier values). */
 static moecl_status read_dims(const char *path, const cJSON *root, mc_hparams *hp) {
+    const mc_arch *arch = hp->arch;
     moecl_status st;
-    if ((st = req_int(path, root, "vocab_size", 1, HF_MAX_DIM, &hp->n_vocab)) ||
-        (st = req_int(path, root, "hidden_size", 1, HF_MAX_DIM, &hp->n_embd)) ||
-        (st = req_int(path, root, "intermediate_size", 1, HF_MAX_DIM, &hp->n_ff)) ||
-        (st = req_int(path, root, "num_hidden_layers", 1, HF_MAX_LAYERS, &hp->n_layer)) ||
-        (st = req_int(path, root, "num_attention_heads", 1, HF_MAX_DIM, &hp->n_head)) ||
-        (st = req_int(path, root, "num_local_experts", 1, HF_MAX_EXPERTS, &hp->n_expert)) ||
-        (st = req_int(path, root, "num_experts_per_tok", 1, hp->n_expert, &hp->n_expert_used)) ||
-        (st = opt_int(path, root, "num_key_value_heads", 1, hp->n_head, hp->n_head, &hp->n_head_kv)) ||
-        (st = opt_int(path, root, "max_position_embeddings", 1, HF_MAX_CTX, 32768, &hp->n_ctx_train)) ||
-        (st = opt_int(path, root, "sliding_window", 0, HF_MAX_CTX, 0, &hp->sliding_window)))
-        return st;
+    for (int i = 0; i < arch->n_keys; i++) {
+        const mc_arch_key *k = &arch->keys[i];
+        int32_t *out = mc_hp_field(hp, k->hp);
+        int64_t lo, hi;
+        mc_hp_range(k->hp, hp, &lo, &hi);
+        if (k->hp == MC_HP_HEAD_DIM) { /* explicit, else hidden_size / num_attention_heads */
+            if (k->hf && field(root, k->hf)) {
+                if ((st = req_int(path, root, k->hf, lo, hi, out))) return st;
+            } else if (hp->n_embd % hp->n_head != 0) {
+                return mc_error(MOECL_ERR_FORMAT, "%s: hidden_size (%d) is not a multiple of num_attention_heads (%d)",
+                                path, hp->n_embd, hp->n_head);
+            } else {
+                *out = hp->n_embd / hp->n_head;
+            }
+            continue;
+        }
+        const int64_t def = k->hp == MC_HP_N_HEAD_KV ? hp->n_head : k->def;
+        if (!k->hf) *out = (int32_t)def;
+        else if (k->required) st = req_int(path, root, k->hf, lo, hi, out);
+        else st = opt_int(path, root, k->hf, lo, hi, (int32_t)def, out);
+        if (st) return st;
+    }
     if (hp->n_head % hp->n_head_kv != 0)
         return mc_error(MOECL_ERR_FORMAT, "%s: num_attention_heads (%d) is not a multiple of num_key_value_heads (%d)",
                         path, hp->n_head, hp->n_head_kv);
-
-    if (field(root, "head_dim")) {
-        if ((st = req_int(path, root, "head_dim", 1, HF_MAX_DIM, &hp->head_dim))) return st;
-    } else if (hp->n_embd % hp->n_head != 0) {
-        return mc_error(MOECL_ERR_FORMAT, "%s: hidden_size (%d) is not a multiple of num_attention_heads (%d)",
-                        path, hp->n_embd, hp->n_head);
-    } else {
-        hp->head_dim = hp->n_embd / hp->n_head;
-    }
     /* RoPE rotates pairs of dimensions. */
     if (hp->head_dim % 2 != 0)
         return mc_error(MOECL_ERR_FORMAT, "%s: head_dim (%d) must be even", path, hp->head_dim);
     return MOECL_OK;
 }
 
+/* Which layers have a dense FFN: those in mlp_only_layers and those off the
+ * decoder_sparse_step grid ((il + 1) % step != 0), as transformers decides. */
+static moecl_status read_dense_layers(const char *path, const cJSON *root, mc_hparams *hp) {
+    if (!hp->arch->dense_layers) return MOECL_OK;
+    bool any = false;
+    for (int il = 0; il < hp->n_layer; il++)
+        if ((il + 1) % hp->sparse_step != 0) {
+            mc_hp_set_dense(hp, il);
+            any = true;
+        }
+    const cJSON *list = field(root, "mlp_only_layers");
+    char buf[40];
+    if (list && !cJSON_IsArray(list))
+        return mc_error(MOECL_ERR_FORMAT, "%s: 'mlp_only_layers' is %s, expected a list of layer numbers", path,
+                        mc_json_describe(list, buf, sizeof buf));
+    for (const cJSON *v = list ? list->child : NULL; v; v = v->next) {
+        int32_t il;
+        moecl_status st = as_int(path, "mlp_only_layers[]", v, 0, hp->n_layer - 1, &il);
+        if (st) return st;
+        mc_hp_set_dense(hp, il);
+        any = true;
+    }
+    if (any && hp->n_ff_dense <= 0)
+        return mc_error(MOECL_ERR_FORMAT, "%s: dense layers (mlp_only_layers, decoder_sparse_step) need "
+                        "'intermediate_size'", path);
+    if (!any) hp->n_ff_dense = 0;
+    return MOECL_OK;
+}
+
 static moecl_status read_config(const char *path, const cJSON *root, mc_hparams *hp) {
     moecl_status st;
-    if ((st = check_architecture(path, root, hp)) || (st = check_unsupported_features(path, root)) ||
-        (st = read_dims(path, root, hp)) || (st = read_rope(path, root, &hp->rope_theta)) ||
+    if ((st = check_architecture(path, root, hp))) return st;
+    const mc_arch *arch = hp->arch;
+    bool attn_bias = false;
+    hp->norm_topk = arch->norm_topk;
+    if ((st = check_unsupported_features(path, root, arch)) || (st = read_dims(path, root, hp)) ||
+        (st = read_dense_layers(path, root, hp)) || (st = read_rope(path, root, arch->rope_theta_default, &hp->rope_theta)) ||
         (st = opt_bool(path, root, "tie_word_embeddings", false, &hp->tie_word_embeddings)) ||
+        (arch->hf_attn_bias && (st = opt_bool(path, root, arch->hf_attn_bias, false, &attn_bias))) ||
+        (arch->hf_norm_topk && (st = opt_bool(path, root, arch->hf_norm_topk, arch->norm_topk, &hp->norm_topk))) ||
         (st = token_id(path, root, "bos_token_id", hp->n_vocab, &hp->bos_id)) ||
         (st = token_id(path, root, "eos_token_id", hp->n_vocab, &hp->eos_id)))
         return st;
+    hp->attn_bias = attn_bias;
+    hp->qkv_bias = arch->qkv_bias || attn_bias;
+    hp->qk_norm = arch->qk_norm;
+    hp->shared_expert = arch->shared_expert;
 
     const cJSON *eps = field(root, "rms_norm_eps");
     hp->rms_norm_eps = 1e-5f;

@@ -447,6 +447,7 @@ static void layer_types(const moecl_model *m, ocl_backend *o, bool match) {
     const mc_hparams *hp = &m->hp;
     for (int l = 0; l < hp->n_layer; l++) {
         const mc_expert *x = m->layers[l].experts;
+        if (!x) continue; /* a dense layer: nothing to hold */
         bool same13 = x[0].w1.type == x[0].w3.type, same2 = true;
         for (int e = 1; e < hp->n_expert; e++) {
             same13 &= x[e].w1.type == x[0].w1.type && x[e].w3.type == x[0].w1.type;
@@ -496,7 +497,8 @@ static moecl_status plan_placement(const moecl_model *m, ocl_backend *o, const m
             const cl_layer *cl = &o->layers[l];
             const int64_t bytes = (int64_t)(2 * cl->b13 + cl->b2);
             const uint64_t n = (uint64_t)n_of[l] + 1;
-            if (n_of[l] != round || bytes > budget || n * cl->b13 > o->dev.max_alloc || n * cl->b2 > o->dev.max_alloc)
+            if (!m->layers[l].experts || n_of[l] != round || bytes > budget || n * cl->b13 > o->dev.max_alloc ||
+                n * cl->b2 > o->dev.max_alloc)
                 continue;
             budget -= bytes;
             n_of[l]++;
@@ -577,7 +579,9 @@ moecl_status mc_backend_opencl_new(const moecl_model *model, const mc_opencl_par
     const mc_hparams *hp = &model->hp;
     const int E = hp->n_expert, L = hp->n_layer;
     moecl_dtype dt = p->dtype;
-    const mc_tensor *w0 = &model->layers[0].experts[0].w1;
+    int l0 = 0; /* the first layer with experts */
+    while (l0 < L - 1 && !model->layers[l0].experts) l0++;
+    const mc_tensor *w0 = &model->layers[l0].experts[0].w1;
     const bool match = dt == MOECL_DTYPE_COUNT || dt == w0->type;
     if (dt == MOECL_DTYPE_COUNT) /* match the model; float weights other than F16 go to the device as F32 */
         dt = w0->type == MOECL_DTYPE_F16 ? MOECL_DTYPE_F16 : MOECL_DTYPE_F32;

@@ -1,0 +1,57 @@
+/*
+ * arch_mixtral.c - Mixtral (MixtralForCausalLM; llama.cpp writes it as
+ * "llama" with experts).
+ *
+ * Every layer: attention without biases or QK-norm, then a router over
+ * num_local_experts experts, softmax, top-k, the k weights renormalised.
+ * llama.cpp's converter permutes the Q and K rows for its interleaved RoPE.
+ */
+#include "arch.h"
+
+static const mc_arch_key k_keys[] = {
+    {MC_HP_N_VOCAB, "vocab_size", "vocab_size", true, 0},
+    {MC_HP_N_EMBD, "hidden_size", "embedding_length", true, 0},
+    {MC_HP_N_FF, "intermediate_size", "feed_forward_length", true, 0},
+    {MC_HP_N_LAYER, "num_hidden_layers", "block_count", true, 0},
+    {MC_HP_N_HEAD, "num_attention_heads", "attention.head_count", true, 0},
+    {MC_HP_N_HEAD_KV, "num_key_value_heads", "attention.head_count_kv", false, 0},
+    {MC_HP_HEAD_DIM, "head_dim", "attention.key_length", false, 0},
+    {MC_HP_N_EXPERT, "num_local_experts", "expert_count", true, 0},
+    {MC_HP_N_EXPERT_USED, "num_experts_per_tok", "expert_used_count", true, 0},
+    {MC_HP_N_CTX_TRAIN, "max_position_embeddings", "context_length", false, 32768},
+    {MC_HP_SLIDING_WINDOW, "sliding_window", NULL, false, 0},
+};
+
+const mc_arch mc_arch_mixtral = {
+    .name = "mixtral",
+    .hf_arch = "MixtralForCausalLM",
+    .hf_model_type = "mixtral",
+    .gguf_arch = "llama",
+    .keys = k_keys,
+    .n_keys = (int)(sizeof k_keys / sizeof k_keys[0]),
+    .hf_names = {
+        [MC_TN_TOK_EMBD] = "model.embed_tokens.weight",
+        [MC_TN_OUTPUT_NORM] = "model.norm.weight",
+        [MC_TN_OUTPUT] = "lm_head.weight",
+        [MC_TN_ATTN_NORM] = "model.layers.%d.input_layernorm.weight",
+        [MC_TN_ATTN_Q] = "model.layers.%d.self_attn.q_proj.weight",
+        [MC_TN_ATTN_K] = "model.layers.%d.self_attn.k_proj.weight",
+        [MC_TN_ATTN_V] = "model.layers.%d.self_attn.v_proj.weight",
+        [MC_TN_ATTN_OUT] = "model.layers.%d.self_attn.o_proj.weight",
+        [MC_TN_FFN_NORM] = "model.layers.%d.post_attention_layernorm.weight",
+        [MC_TN_ROUTER] = "model.layers.%d.block_sparse_moe.gate.weight",
+        [MC_TN_EXP_GATE] = "model.layers.%d.block_sparse_moe.experts.%d.w1.weight",
+        [MC_TN_EXP_UP] = "model.layers.%d.block_sparse_moe.experts.%d.w3.weight",
+        [MC_TN_EXP_DOWN] = "model.layers.%d.block_sparse_moe.experts.%d.w2.weight",
+        /* transformers 5 in memory (and in files it saves with the fused layout) */
+        [MC_TN_EXPS_GATE_UP] = "model.layers.%d.mlp.experts.gate_up_proj",
+        [MC_TN_EXPS_DOWN] = "model.layers.%d.mlp.experts.down_proj",
+    },
+    .hf_alt = {
+        [MC_TN_ROUTER] = "model.layers.%d.mlp.gate.weight",
+    },
+    .norm_topk = true,
+    .gguf_norm_topk = true,
+    .gguf_rope_interleaved = true,
+    .rope_theta_default = 1e6f,
+};
