@@ -233,8 +233,10 @@ typedef struct moecl_device_info {
     int32_t compute_units;
 } moecl_device_info;
 
-/* Number of OpenCL devices over all platforms (0 without an OpenCL
- * platform). Thread-safe. */
+/* Number of OpenCL devices over all platforms. 0 when there are none, and
+ * then moecl_last_error() says why: the OpenCL library (libOpenCL.so.1,
+ * opened at run time; $MOECL_OPENCL_LIBRARY names another) cannot be loaded,
+ * or no platform has a device. Thread-safe. */
 MOECL_API int32_t moecl_device_count(void);
 
 /* Describe device `index` (0 <= index < moecl_device_count()).

@@ -20,6 +20,7 @@
 #include <string.h>
 #include <sys/resource.h>
 
+#include "backend/cpu/kernels.h" /* mc_cpu_isa, for 'moecl info' */
 #include "gguf_dump.h"
 #include <sys/stat.h>
 #include <time.h>
@@ -506,8 +507,8 @@ static void print_placement(FILE *f, const moecl_context *ctx, const moecl_model
 
 static int cmd_devices(void) {
     int32_t n = moecl_device_count();
-    if (n == 0) {
-        printf("no OpenCL devices (no OpenCL platform installed, or none has a device); the CPU backend is used\n");
+    if (n == 0) { /* moecl_last_error() says why: no OpenCL library, or no platform with a device */
+        printf("no OpenCL devices: %s; the CPU backend is used\n", moecl_last_error());
         return 0;
     }
     for (int32_t i = 0; i < n; i++) {
@@ -804,6 +805,7 @@ static int cmd_info(const options *o) {
     for (int d = 0; d < MOECL_DTYPE_COUNT; d++)
         if (in.bytes_by_dtype[d])
             printf("bytes in %-13s %.1f MiB\n", moecl_dtype_name((moecl_dtype)d), (double)in.bytes_by_dtype[d] / 1048576.0);
+    printf("%-22s %s\n", "CPU kernels", mc_cpu_isa());
     /* Where the experts would run with these options. */
     moecl_context_params cp = context_params(o);
     cp.n_ctx = 16;

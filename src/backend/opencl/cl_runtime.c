@@ -94,6 +94,7 @@ static void describe(cl_platform_id p, cl_device_id d, int index, mc_cl_device *
 }
 
 int mc_cl_devices(mc_cl_device *out, int cap) {
+    if (!mc_cl_available()) return 0;
     cl_uint np = 0;
     if (clGetPlatformIDs(0, NULL, &np) != CL_SUCCESS || np == 0) return 0;
     cl_platform_id *plats = calloc(np, sizeof *plats);
@@ -125,6 +126,8 @@ static bool contains_nocase(const char *hay, const char *needle) {
 #define MAX_DEVICES 64
 
 moecl_status mc_cl_select(const char *selector, bool gpu_only, mc_cl_device *out) {
+    if (!mc_cl_available())
+        return mc_error(MOECL_ERR_BACKEND, "opencl: the OpenCL backend is unavailable: %s", mc_cl_unavailable_reason());
     mc_cl_device *all = calloc(MAX_DEVICES, sizeof *all);
     if (!all) return mc_error(MOECL_ERR_NOMEM, "opencl: out of memory");
     int n = mc_cl_devices(all, MAX_DEVICES);
@@ -339,7 +342,15 @@ moecl_status mc_cl_build(cl_context ctx, const mc_cl_device *dev, const char *fi
 /* Public: listing devices                                                  */
 /* ------------------------------------------------------------------------ */
 
-int32_t moecl_device_count(void) { return mc_cl_devices(NULL, 0); }
+int32_t moecl_device_count(void) {
+    if (!mc_cl_available()) {
+        mc_error(MOECL_ERR_BACKEND, "opencl: %s", mc_cl_unavailable_reason());
+        return 0;
+    }
+    int n = mc_cl_devices(NULL, 0);
+    if (n == 0) mc_error(MOECL_ERR_BACKEND, "opencl: no OpenCL platform has a device (is an ICD installed?)");
+    return n;
+}
 
 moecl_status moecl_device_get_info(int32_t index, moecl_device_info *info) {
     if (!info) return mc_error(MOECL_ERR_INVALID_ARG, "moecl_device_get_info: info is NULL");
