@@ -518,7 +518,7 @@ int main(int argc, char **argv) {
     if (!st) st = mc_tokenizer_from_gguf(g, &by_rank);
     CHECKF(st == MOECL_OK && by_rank, "tokenizer from %s: %s", argv[1], moecl_last_error());
     CHECK(moecl_tokenizer_load(argv[2], &json) == MOECL_OK);
-    CHECK(mc_json_load_file(argv[3], (size_t)64 << 20, &refs) == MOECL_OK);
+    CHECK(mc_json_load_file(argv[3], MC_JSON_DATA, &refs) == MOECL_OK);
     CHECK(moecl_tokenizer_load(argv[1], &public_load) == MOECL_OK && public_load);
     if (!g || !by_rank || !json || !refs || !public_load) return t_done("test_tokenizer_gguf");
     const char *no_merges[] = {"tokenizer.ggml.merges", NULL};
