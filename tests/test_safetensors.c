@@ -303,11 +303,11 @@ static void test_header_length(void) {
     write_raw(p, UINT64_MAX, "{}", 8);
     OPEN_FAILS(p, MOECL_ERR_FORMAT, "runs past the end");
 
-    /* A length that fits in the file but exceeds the 100 MB cap: a sparse
+    /* A length that fits in the file but exceeds the 16 MiB cap: a sparse
      * file, so the test costs no disk. */
-    write_raw(p, 100000001, "{}", 0);
-    CHECK(truncate(p, 8 + 100000001 + 16) == 0);
-    OPEN_FAILS(p, MOECL_ERR_FORMAT, "exceeds the 100000000-byte limit");
+    write_raw(p, (16 << 20) + 1, "{}", 0);
+    CHECK(truncate(p, 8 + (16 << 20) + 1 + 16) == 0);
+    OPEN_FAILS(p, MOECL_ERR_FORMAT, "exceeds the 16777216-byte limit");
 }
 
 static void test_bad_json(void) {

@@ -663,13 +663,13 @@ int main(int argc, char **argv) {
     size_t len;
     cJSON *refs = NULL;
     CHECK(mc_read_text_file(argv[2], (size_t)64 << 20, &text, &len) == MOECL_OK);
-    CHECK(text && mc_json_parse(argv[2], "file", text, len, &refs) == MOECL_OK);
+    CHECK(text && mc_json_parse(argv[2], MC_JSON_DATA, text, len, &refs) == MOECL_OK);
     free(text);
     /* The Metaspace form: the same file with no normalizer and a Metaspace
      * pre-tokenizer and decoder (prepend_scheme "first"). */
     CHECK(mc_read_text_file(argv[1], (size_t)64 << 20, &text, &len) == MOECL_OK);
     cJSON *j = NULL;
-    CHECK(text && mc_json_parse(argv[1], "file", text, len, &j) == MOECL_OK);
+    CHECK(text && mc_json_parse(argv[1], MC_JSON_DATA, text, len, &j) == MOECL_OK);
     free(text);
     if (j) {
         cJSON_ReplaceItemInObject(j, "normalizer", cJSON_CreateNull());
@@ -695,7 +695,7 @@ int main(int argc, char **argv) {
     moecl_tokenizer *strm = NULL;
     CHECK(mc_read_text_file(argv[1], (size_t)64 << 20, &text, &len) == MOECL_OK);
     j = NULL;
-    CHECK(text && mc_json_parse(argv[1], "file", text, len, &j) == MOECL_OK);
+    CHECK(text && mc_json_parse(argv[1], MC_JSON_DATA, text, len, &j) == MOECL_OK);
     free(text);
     if (j) {
         cJSON *merges = cJSON_GetObjectItem(cJSON_GetObjectItem(j, "model"), "merges"), *e;

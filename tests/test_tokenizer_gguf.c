@@ -504,6 +504,65 @@ static void test_broken(const mc_gguf *g) {
     moecl_tokenizer_free(tok);
 }
 
+static int cmp_float_desc(const void *a, const void *b) {
+    float x = *(const float *)a, y = *(const float *)b;
+    return x > y ? -1 : x < y ? 1 : 0;
+}
+
+/* The merge table built from scores (tries, linear) against its definition
+ * evaluated the slow way, as the loader did before: every split of every
+ * normal token at a character boundary into two normal tokens, ranked by
+ * the token's score among those of all tokens that have a split. */
+static void test_pairs_definition(const moecl_tokenizer *tok, const mc_gguf *g) {
+    const mc_gguf_kv *scores = mc_gguf_find_kv(g, "tokenizer.ggml.scores");
+    CHECK(scores);
+    if (!scores) return;
+    const int32_t n = tok->n_vocab;
+    int32_t *splits = calloc((size_t)n, sizeof *splits);
+    float *cand = malloc((size_t)n * sizeof *cand);
+    int n_cand = 0, n_pairs = 0;
+    for (int32_t id = 0; id < n; id++) {
+        const mc_token *t = &tok->tokens[id];
+        if (t->kind != MC_TOK_NORMAL) continue;
+        for (uint32_t k = 1; k < t->len; k++) {
+            if (((uint8_t)t->text[k] & 0xC0) == 0x80) continue;
+            int32_t l = mc_tokenizer_find(tok, t->text, k), r = mc_tokenizer_find(tok, t->text + k, t->len - k);
+            if (l >= 0 && r >= 0 && tok->tokens[l].kind == MC_TOK_NORMAL && tok->tokens[r].kind == MC_TOK_NORMAL)
+                splits[id]++;
+        }
+        n_pairs += splits[id];
+        if (splits[id]) cand[n_cand++] = (float)mc_gguf_arr_float(scores, (uint64_t)id);
+    }
+    CHECKF(tok->n_merges == n_pairs, "%d pairs from scores, %d by definition", tok->n_merges, n_pairs);
+    /* every slot: a split of its result, with the rank = distinct candidate scores above the result's */
+    qsort(cand, (size_t)n_cand, sizeof *cand, cmp_float_desc);
+    int n_distinct = 0;
+    for (int c = 0; c < n_cand; c++)
+        if (c == 0 || cand[c] != cand[n_distinct - 1]) cand[n_distinct++] = cand[c];
+    int bad = 0, seen = 0;
+    for (size_t i = 0; i <= tok->pair_mask; i++) {
+        const mc_pair_slot *sl = &tok->pairs[i];
+        if (sl->key == UINT64_MAX) continue;
+        seen++;
+        const mc_token *l = &tok->tokens[sl->key >> 32], *r = &tok->tokens[(uint32_t)sl->key];
+        const mc_token *t = &tok->tokens[sl->result];
+        float sc = (float)mc_gguf_arr_float(scores, (uint64_t)sl->result);
+        int lo = 0, hi = n_distinct; /* the first distinct score <= sc: how many are above */
+        while (lo < hi) {
+            int mid = (lo + hi) / 2;
+            if (cand[mid] > sc) lo = mid + 1;
+            else hi = mid;
+        }
+        if (!(splits[sl->result] && l->kind == MC_TOK_NORMAL && r->kind == MC_TOK_NORMAL &&
+              l->len + r->len == t->len && !memcmp(t->text, l->text, l->len) &&
+              !memcmp(t->text + l->len, r->text, r->len) && sl->rank == lo) && bad++ < 5)
+            fprintf(stderr, "pair %s + %s -> %s rank %d, expected rank %d\n", l->text, r->text, t->text, sl->rank, lo);
+    }
+    CHECKF(bad == 0 && seen == n_pairs, "%d of %d pairs differ from the definition", bad, seen);
+    free(splits);
+    free(cand);
+}
+
 int main(int argc, char **argv) {
     if (argc != 4) {
         fprintf(stderr, "usage: test_tokenizer_gguf VOCAB.gguf tokenizer.json refs.json\n");
@@ -518,7 +577,7 @@ int main(int argc, char **argv) {
     if (!st) st = mc_tokenizer_from_gguf(g, &by_rank);
     CHECKF(st == MOECL_OK && by_rank, "tokenizer from %s: %s", argv[1], moecl_last_error());
     CHECK(moecl_tokenizer_load(argv[2], &json) == MOECL_OK);
-    CHECK(mc_json_load_file(argv[3], (size_t)64 << 20, &refs) == MOECL_OK);
+    CHECK(mc_json_load_file(argv[3], MC_JSON_DATA, &refs) == MOECL_OK);
     CHECK(moecl_tokenizer_load(argv[1], &public_load) == MOECL_OK && public_load);
     if (!g || !by_rank || !json || !refs || !public_load) return t_done("test_tokenizer_gguf");
     const char *no_merges[] = {"tokenizer.ggml.merges", NULL};
@@ -536,6 +595,7 @@ int main(int argc, char **argv) {
     test_random(json, by_rank, "GGUF by rank");
     test_random(json, by_score, "GGUF by score");
     test_rank_vs_score(by_rank, by_score);
+    test_pairs_definition(by_score, g);
     test_broken(g);
 
     moecl_tokenizer_free(json);

@@ -27,6 +27,7 @@
  * - arrays may nest up to MAX_DEPTH levels (ggml itself refuses nesting).
  */
 #include "gguf.h"
+#include "util/fileio.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -638,19 +639,14 @@ moecl_status mc_gguf_open(const char *path, mc_gguf **out) {
         free(g);
         return mc_error(MOECL_ERR_NOMEM, "%s: out of memory", path);
     }
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        moecl_status st = mc_error(MOECL_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    int fd;
+    struct stat sb;
+    moecl_status st = mc_open_regular(path, &fd, &sb);
+    if (st != MOECL_OK) {
         mc_gguf_close(g);
         return st;
     }
-    struct stat sb;
-    moecl_status st = MOECL_OK;
-    if (fstat(fd, &sb) != 0) {
-        st = mc_error(MOECL_ERR_IO, "%s: cannot stat: %s", path, strerror(errno));
-    } else if (!S_ISREG(sb.st_mode)) {
-        st = mc_error(MOECL_ERR_IO, "%s: not a regular file", path);
-    } else if (sb.st_size == 0) {
+    if (sb.st_size == 0) {
         st = mc_error(MOECL_ERR_FORMAT, "%s: the file is empty, not a GGUF file", path);
     } else if ((uint64_t)sb.st_size > SIZE_MAX) {
         st = mc_error(MOECL_ERR_IO, "%s: file is %lld bytes, too large to map here", path, (long long)sb.st_size);

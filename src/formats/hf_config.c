@@ -24,14 +24,6 @@
 #include <string.h>
 
 /* ------------------------------------------------------------------------ */
-/* Limits                                                                   */
-/* ------------------------------------------------------------------------ */
-
-/* Real configs are a few KB; the cap only keeps a wrong path from loading a
- * weight file into memory. */
-#define HF_MAX_FILE ((size_t)16 << 20)
-
-/* ------------------------------------------------------------------------ */
 /* Typed field access                                                       */
 /* ------------------------------------------------------------------------ */
 
@@ -343,7 +335,7 @@ moecl_status mc_hf_config_load(const char *path, mc_hparams *hp) {
     if (!path) return mc_error(MOECL_ERR_INVALID_ARG, "mc_hf_config_load: no path");
 
     cJSON *root = NULL;
-    moecl_status st = mc_json_load_file(path, HF_MAX_FILE, &root);
+    moecl_status st = mc_json_load_file(path, MC_JSON_CONFIG, &root);
     if (st != MOECL_OK) return st;
 
     mc_hparams tmp = {0};

@@ -13,6 +13,7 @@
  */
 #include "safetensors.h"
 #include "json.h"
+#include "util/fileio.h"
 
 #include <cjson/cJSON.h>
 
@@ -32,14 +33,9 @@
 /* Limits and dtypes                                                        */
 /* ------------------------------------------------------------------------ */
 
-/* The reference implementation refuses headers above 100 MB; checking the
- * length field against it keeps a hostile file from making us allocate. */
-#define ST_MAX_HEADER ((uint64_t)100000000)
 /* No real dimension comes near 2^40; larger ones only serve overflows. */
 #define ST_MAX_DIM ((uint64_t)1 << 40)
 #define ST_MAX_DIMS 4
-/* An index lists one short line per tensor: a few MB for the largest models. */
-#define ST_MAX_INDEX ((size_t)64 << 20)
 
 static const char k_metadata_key[] = "__metadata__";
 static const char k_index_name[] = "model.safetensors.index.json";
@@ -100,15 +96,11 @@ static bool json_uint(const cJSON *v, uint64_t max, uint64_t *out) {
 static moecl_status map_file(const char *path, mc_st_file *f) {
     f->path = strdup(path);
     if (!f->path) return mc_error(MOECL_ERR_NOMEM, "%s: out of memory", path);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return mc_error(MOECL_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    int fd;
     struct stat sb;
-    moecl_status st = MOECL_OK;
-    if (fstat(fd, &sb) != 0) {
-        st = mc_error(MOECL_ERR_IO, "%s: cannot stat: %s", path, strerror(errno));
-    } else if (!S_ISREG(sb.st_mode)) {
-        st = mc_error(MOECL_ERR_IO, "%s: not a regular file", path);
-    } else if (sb.st_size < 8) {
+    moecl_status st = mc_open_regular(path, &fd, &sb);
+    if (st != MOECL_OK) return st;
+    if (sb.st_size < 8) {
         st = mc_error(MOECL_ERR_FORMAT, "%s: file is %lld bytes, too short for the 8-byte header length",
                       path, (long long)sb.st_size);
     } else if ((uint64_t)sb.st_size > SIZE_MAX) {
@@ -337,9 +329,11 @@ static moecl_status parse_file(mc_st_file *f) {
     if (hlen > f->map_size - 8)
         return mc_error(MOECL_ERR_FORMAT, "%s: header length %" PRIu64 " runs past the end of the file (%zu bytes)",
                         f->path, hlen, f->map_size);
-    if (hlen > ST_MAX_HEADER)
-        return mc_error(MOECL_ERR_FORMAT, "%s: header length %" PRIu64 " exceeds the %" PRIu64 "-byte limit",
-                        f->path, hlen, ST_MAX_HEADER);
+    /* Checked against the limit before anything is allocated (json.c; the
+     * reference implementation allows 100 MB, real headers take a few MB). */
+    if (hlen > mc_json_max_bytes(MC_JSON_ST_HEADER))
+        return mc_error(MOECL_ERR_FORMAT, "%s: header length %" PRIu64 " exceeds the %zu-byte limit", f->path, hlen,
+                        mc_json_max_bytes(MC_JSON_ST_HEADER));
 
     /* A NUL-terminated copy: the header in the mapping is not terminated. */
     char *text = malloc((size_t)hlen + 1);
@@ -347,7 +341,7 @@ static moecl_status parse_file(mc_st_file *f) {
     memcpy(text, p + 8, (size_t)hlen);
     text[hlen] = '\0';
     cJSON *root = NULL;
-    moecl_status st = mc_json_parse(f->path, "header", text, (size_t)hlen, &root);
+    moecl_status st = mc_json_parse(f->path, MC_JSON_ST_HEADER, text, (size_t)hlen, &root);
     free(text);
     if (st != MOECL_OK) return st;
     if (!cJSON_IsObject(root)) {
@@ -592,7 +586,7 @@ static moecl_status open_shards(const char *dir, const char *index_path, const c
 
 static moecl_status open_index(const char *dir, const char *index_path, mc_st_set *set) {
     cJSON *root = NULL;
-    moecl_status st = mc_json_load_file(index_path, ST_MAX_INDEX, &root);
+    moecl_status st = mc_json_load_file(index_path, MC_JSON_ST_INDEX, &root);
     if (st != MOECL_OK) return st;
 
     st_map_entry *entries = NULL;

@@ -137,6 +137,12 @@ moecl_status mc_tokenizer_load_dir_optional(const char *dir, moecl_tokenizer **o
  * *out NULL when the file has none (src/tokenizer/tokenizer_gguf.c). */
 struct mc_gguf;
 moecl_status mc_tokenizer_from_gguf(const struct mc_gguf *g, moecl_tokenizer **out);
+/* The same with a progress callback, polled while the merge table is built
+ * from scores (returning false cancels: MOECL_ERR_ABORTED); the fraction
+ * reported is 0, the tensors coming later. *work (may be NULL) gets the
+ * trie steps taken, which the tests bound by the vocabulary's bytes. */
+moecl_status mc_tokenizer_from_gguf_ex(const struct mc_gguf *g, moecl_progress_fn progress, void *progress_user,
+                                       uint64_t *work, moecl_tokenizer **out);
 /* The same from a GGUF file's path (moecl_tokenizer_load's GGUF case); a
  * file without a tokenizer is MOECL_ERR_FORMAT. */
 moecl_status mc_tokenizer_load_gguf(const char *path, moecl_tokenizer **out);

@@ -218,25 +218,181 @@ static moecl_status read_merges(moecl_tokenizer *tok, const mc_gguf_kv *merges) 
     return st;
 }
 
-/* Every split of a normal token into two normal tokens: visit(left, right). */
-typedef struct split_ctx {
-    moecl_tokenizer *tok;
-    const int32_t *rank; /* by token id */
-    size_t n;
-} split_ctx;
+/* Every split of a normal token T into two normal tokens L + R. Hashing both
+ * halves at every split point costs O(len^2) per token (a 64 KiB token: 4
+ * G byte hashes). Instead two tries of the normal tokens, one of their
+ * bytes read forward and one backward, are walked along T: the forward walk
+ * meets every prefix of T that is a token, the backward walk every suffix,
+ * each in one step per byte, and stops where no token goes on. The work is
+ * at most 4 steps per byte of the normal tokens (two inserts, two walks). */
 
-static size_t splits_of(split_ctx *c, int32_t id, bool insert) {
-    const mc_token *t = &c->tok->tokens[id];
-    size_t found = 0;
-    for (uint32_t k = (uint32_t)mc_utf8_len((const uint8_t *)t->text, t->len); k < t->len;
-         k += (uint32_t)mc_utf8_len((const uint8_t *)t->text + k, t->len - k)) {
-        int32_t l = mc_tokenizer_find(c->tok, t->text, k), r = mc_tokenizer_find(c->tok, t->text + k, t->len - k);
-        if (l < 0 || r < 0 || c->tok->tokens[l].kind != MC_TOK_NORMAL || c->tok->tokens[r].kind != MC_TOK_NORMAL)
-            continue;
-        found++;
-        if (insert) mc_tokenizer_pair_insert(c->tok, l, r, c->rank[id], id);
+typedef struct trie_edge {
+    uint64_t key; /* (node << 8 | byte) + 1; 0: empty slot */
+    int32_t child;
+} trie_edge;
+
+typedef struct trie {
+    trie_edge *edges; /* open addressing, at most half full */
+    size_t mask, n_edges;
+    int32_t *token;   /* by node: the normal token ending there, or -1 */
+    size_t n_nodes, cap_nodes;
+} trie;
+
+typedef struct split {
+    int32_t left, right, result;
+} split;
+
+typedef struct split_builder {
+    moecl_tokenizer *tok;
+    trie fwd, bwd;
+    split *splits;
+    size_t n_splits, cap_splits;
+    uint64_t work, next_poll; /* trie steps taken; when to poll progress next */
+    moecl_progress_fn progress;
+    void *progress_user;
+} split_builder;
+
+#define POLL_STEPS ((uint64_t)1 << 18) /* steps between progress calls: about a millisecond */
+
+static size_t edge_slot(uint64_t key, size_t mask) { return (size_t)((key * 0x9E3779B97F4A7C15ull) >> 20) & mask; }
+
+static bool trie_init(trie *t) {
+    memset(t, 0, sizeof *t);
+    t->mask = 1023;
+    t->cap_nodes = 512;
+    t->edges = calloc(t->mask + 1, sizeof *t->edges);
+    t->token = malloc(t->cap_nodes * sizeof *t->token);
+    if (!t->edges || !t->token) return false;
+    t->token[0] = -1;
+    t->n_nodes = 1;
+    return true;
+}
+
+static void trie_free(trie *t) {
+    free(t->edges);
+    free(t->token);
+}
+
+/* The child of node by byte b, or -1; one step of work (plus probes). */
+static int32_t trie_child(const trie *t, int32_t node, uint8_t b, uint64_t *work) {
+    const uint64_t key = ((uint64_t)node << 8 | b) + 1;
+    for (size_t i = edge_slot(key, t->mask);; i = (i + 1) & t->mask) {
+        ++*work;
+        if (t->edges[i].key == key) return t->edges[i].child;
+        if (!t->edges[i].key) return -1;
     }
-    return found;
+}
+
+static bool trie_grow(trie *t) {
+    size_t mask = t->mask * 2 + 1;
+    trie_edge *e = calloc(mask + 1, sizeof *e);
+    if (!e) return false;
+    for (size_t i = 0; i <= t->mask; i++) {
+        if (!t->edges[i].key) continue;
+        size_t j = edge_slot(t->edges[i].key, mask);
+        while (e[j].key) j = (j + 1) & mask;
+        e[j] = t->edges[i];
+    }
+    free(t->edges);
+    t->edges = e;
+    t->mask = mask;
+    return true;
+}
+
+/* Add text (read backward if rev) as token id. False: out of memory. */
+static bool trie_insert(trie *t, const uint8_t *text, uint32_t len, bool rev, int32_t id, uint64_t *work) {
+    int32_t node = 0;
+    for (uint32_t k = 0; k < len; k++) {
+        const uint8_t b = text[rev ? len - 1 - k : k];
+        int32_t c = trie_child(t, node, b, work);
+        if (c < 0) {
+            if ((t->n_edges + 1) * 2 > t->mask + 1 && !trie_grow(t)) return false;
+            if (t->n_nodes == t->cap_nodes) {
+                int32_t *nt = realloc(t->token, t->cap_nodes * 2 * sizeof *nt);
+                if (!nt) return false;
+                t->token = nt;
+                t->cap_nodes *= 2;
+            }
+            c = (int32_t)t->n_nodes++;
+            t->token[c] = -1;
+            const uint64_t key = ((uint64_t)node << 8 | b) + 1;
+            size_t i = edge_slot(key, t->mask);
+            while (t->edges[i].key) i = (i + 1) & t->mask;
+            t->edges[i] = (trie_edge){key, c};
+            t->n_edges++;
+        }
+        node = c;
+    }
+    t->token[node] = id;
+    return true;
+}
+
+static moecl_status poll_progress(split_builder *b) {
+    if (!b->progress || b->work < b->next_poll) return MOECL_OK;
+    b->next_poll = b->work + POLL_STEPS;
+    /* The tensors, which the load's fraction counts, come later: still 0. */
+    if (!b->progress(0.0f, b->progress_user))
+        return mc_error(MOECL_ERR_ABORTED, "%s: loading cancelled by the progress callback (while building the "
+                        "merge table from tokenizer.ggml.scores)", b->tok->path);
+    return MOECL_OK;
+}
+
+/* Append T = tokens[id]'s splits to b->splits. left_at: scratch of T's length. */
+static moecl_status splits_of(split_builder *b, int32_t id, int32_t *left_at) {
+    const mc_token *t = &b->tok->tokens[id];
+    const uint8_t *s = (const uint8_t *)t->text;
+    const uint32_t n = t->len;
+    /* left_at[k]: the token T[0, k), for 0 < k < n */
+    int32_t node = 0;
+    uint32_t reach = 0; /* prefixes T[0, k) for k <= reach were walked */
+    for (uint32_t k = 1; k < n; k++) {
+        left_at[k] = -1;
+        if (node >= 0 && (node = trie_child(&b->fwd, node, s[k - 1], &b->work)) >= 0) {
+            left_at[k] = b->fwd.token[node];
+            reach = k;
+        }
+    }
+    /* suffixes T[k, n), from the shortest: stop where no token ends that way, or no prefix is left */
+    node = 0;
+    for (uint32_t k = n - 1; k >= 1 && node >= 0; k--) {
+        node = trie_child(&b->bwd, node, s[k], &b->work);
+        if (node < 0 || k > reach || left_at[k] < 0 || b->bwd.token[node] < 0) continue;
+        if ((s[k] & 0xC0) == 0x80) continue; /* never for valid UTF-8 halves; kept as the old rule */
+        if (b->n_splits == b->cap_splits) {
+            size_t cap = b->cap_splits ? b->cap_splits * 2 : 4096;
+            split *ns = realloc(b->splits, cap * sizeof *ns);
+            if (!ns) return mc_error(MOECL_ERR_NOMEM, "%s: out of memory", b->tok->path);
+            b->splits = ns;
+            b->cap_splits = cap;
+        }
+        b->splits[b->n_splits++] = (split){left_at[k], b->bwd.token[node], id};
+    }
+    return poll_progress(b);
+}
+
+/* Both tries, then every normal token's splits. */
+static moecl_status find_splits(split_builder *b) {
+    moecl_tokenizer *tok = b->tok;
+    const char *P = tok->path;
+    if (!trie_init(&b->fwd) || !trie_init(&b->bwd)) return mc_error(MOECL_ERR_NOMEM, "%s: out of memory", P);
+    uint32_t longest = 0;
+    moecl_status st;
+    for (int32_t id = 0; id < tok->n_vocab; id++) {
+        const mc_token *t = &tok->tokens[id];
+        if (t->kind != MC_TOK_NORMAL) continue;
+        if (!trie_insert(&b->fwd, (const uint8_t *)t->text, t->len, false, id, &b->work) ||
+            !trie_insert(&b->bwd, (const uint8_t *)t->text, t->len, true, id, &b->work))
+            return mc_error(MOECL_ERR_NOMEM, "%s: out of memory", P);
+        if (t->len > longest) longest = t->len;
+        if ((st = poll_progress(b))) return st;
+    }
+    int32_t *left_at = malloc(((size_t)longest + 1) * sizeof *left_at);
+    if (!left_at) return mc_error(MOECL_ERR_NOMEM, "%s: out of memory", P);
+    st = MOECL_OK;
+    for (int32_t id = 0; id < tok->n_vocab && !st; id++)
+        if (tok->tokens[id].kind == MC_TOK_NORMAL) st = splits_of(b, id, left_at);
+    free(left_at);
+    return st;
 }
 
 typedef struct scored {
@@ -250,19 +406,18 @@ static int by_score_desc(const void *a, const void *b) {
 }
 
 /* The pair table from scores (see the top of the file); no scores: all 0. */
-static moecl_status pairs_from_scores(moecl_tokenizer *tok, const mc_gguf_kv *scores_kv) {
+static moecl_status pairs_from_scores(moecl_tokenizer *tok, const mc_gguf_kv *scores_kv, moecl_progress_fn progress,
+                                      void *progress_user, uint64_t *work) {
     const char *P = tok->path;
     const int32_t n = tok->n_vocab;
     scored *order = malloc((size_t)n * sizeof *order);
     int32_t *rank = malloc((size_t)n * sizeof *rank);
+    split_builder b = {.tok = tok, .progress = progress, .progress_user = progress_user, .next_poll = POLL_STEPS};
     moecl_status st = MOECL_OK;
     if (!order || !rank) {
         st = mc_error(MOECL_ERR_NOMEM, "%s: out of memory", P);
         goto done;
     }
-    split_ctx c = {.tok = tok, .rank = rank};
-    int32_t n_cand = 0;
-    size_t n_pairs = 0;
     for (int32_t id = 0; id < n; id++) {
         double s = scores_kv ? mc_gguf_arr_float(scores_kv, (uint64_t)id) : 0.0;
         if (!isfinite(s) || fabs(s) > 3.4e38) {
@@ -270,12 +425,15 @@ static moecl_status pairs_from_scores(moecl_tokenizer *tok, const mc_gguf_kv *sc
             goto done;
         }
         rank[id] = -1;
-        if (tok->tokens[id].kind != MC_TOK_NORMAL) continue;
-        size_t k = splits_of(&c, id, false);
-        if (k) {
-            order[n_cand++] = (scored){(float)s, id};
-            n_pairs += k;
-        }
+    }
+    if ((st = find_splits(&b))) goto done;
+    /* The tokens that are made by a split, by score, highest first. */
+    int32_t n_cand = 0;
+    for (size_t i = 0; i < b.n_splits; i++) {
+        const int32_t id = b.splits[i].result;
+        if (rank[id] == -2) continue;
+        rank[id] = -2;
+        order[n_cand++] = (scored){(float)(scores_kv ? mc_gguf_arr_float(scores_kv, (uint64_t)id) : 0.0), id};
     }
     /* Dense ranks: equal scores, equal rank (the heap then takes the leftmost pair). The sort
      * is not stable, which does not matter: only the score decides a rank. */
@@ -289,9 +447,16 @@ static moecl_status pairs_from_scores(moecl_tokenizer *tok, const mc_gguf_kv *sc
         mc_log(MOECL_LOG_WARN, "%s: every token has the same score and there are no tokenizer.ggml.merges: the merge "
                "order is lost (llama.cpp writes such files from a tokenizer.json alone), so the text is tokenized "
                "as llama.cpp would, not as tokenizer.json would", P);
-    if ((st = mc_tokenizer_alloc_pairs(tok, n_pairs))) goto done;
-    for (int32_t i = 0; i < n_cand; i++) splits_of(&c, order[i].id, true);
+    if ((st = mc_tokenizer_alloc_pairs(tok, b.n_splits))) goto done;
+    /* Best rank first, as before: a pair names one token, so the order only shapes the table. */
+    for (size_t i = 0; i < b.n_splits; i++)
+        mc_tokenizer_pair_insert(tok, b.splits[i].left, b.splits[i].right, rank[b.splits[i].result],
+                                 b.splits[i].result);
 done:
+    if (work) *work = b.work;
+    trie_free(&b.fwd);
+    trie_free(&b.bwd);
+    free(b.splits);
     free(order);
     free(rank);
     return st;
@@ -366,7 +531,13 @@ static moecl_status read_settings(moecl_tokenizer *tok, const mc_gguf *g) {
 /* ------------------------------------------------------------------------ */
 
 moecl_status mc_tokenizer_from_gguf(const mc_gguf *g, moecl_tokenizer **out) {
+    return mc_tokenizer_from_gguf_ex(g, NULL, NULL, NULL, out);
+}
+
+moecl_status mc_tokenizer_from_gguf_ex(const mc_gguf *g, moecl_progress_fn progress, void *progress_user,
+                                       uint64_t *work, moecl_tokenizer **out) {
     *out = NULL;
+    if (work) *work = 0;
     const char *path = mc_gguf_path(g);
     mc_gguf_str model = {0};
     moecl_status st = mc_gguf_get_str(g, "tokenizer.ggml.model", false, &model);
@@ -399,7 +570,8 @@ moecl_status mc_tokenizer_from_gguf(const mc_gguf *g, moecl_tokenizer **out) {
     }
     tok->bos_id = tok->eos_id = tok->unk_id = -1;
     if ((st = read_tokens(tok, tokens_kv, types_kv))) goto fail;
-    if ((st = merges_kv ? read_merges(tok, merges_kv) : pairs_from_scores(tok, scores_kv))) goto fail;
+    if ((st = merges_kv ? read_merges(tok, merges_kv) : pairs_from_scores(tok, scores_kv, progress, progress_user, work)))
+        goto fail;
     if ((st = read_settings(tok, g))) goto fail;
     if ((st = mc_tokenizer_finish(tok))) goto fail;
     for (int32_t id = 0; id < tok->n_vocab; id++) { /* unused ids read back as nothing, as in tokenizer.json */

@@ -6,15 +6,15 @@
  */
 #include "tokenizer/tokenizer.h"
 #include "formats/json.h"
+#include "util/fileio.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
-#define TOKENIZER_FILE_LIMIT ((size_t)256 << 20)
-#define CONFIG_FILE_LIMIT ((size_t)16 << 20)
 
 /* ------------------------------------------------------------------------ */
 /* Hash tables                                                              */
@@ -567,7 +567,7 @@ moecl_status mc_tokenizer_parse(const char *path, const char *text, size_t len, 
     }
     tok->bos_id = tok->eos_id = tok->unk_id = -1;
     cJSON *root = NULL;
-    moecl_status st = mc_json_parse(path, "tokenizer.json", text, len, &root);
+    moecl_status st = mc_json_parse(path, MC_JSON_TOKENIZER, text, len, &root);
     if (st) goto fail;
     if (!cJSON_IsObject(root)) {
         st = mc_error(MOECL_ERR_FORMAT, "%s: tokenizer.json is %s, expected an object", path, type_name(root));
@@ -618,14 +618,14 @@ fail:
 /* ------------------------------------------------------------------------ */
 
 /* Read dir/name if it exists: *out NULL (and OK) if it does not. */
-static moecl_status read_optional_json(const char *dir, const char *name, cJSON **out) {
+static moecl_status read_optional_json(const char *dir, const char *name, mc_json_kind kind, cJSON **out) {
     *out = NULL;
     char path[4096];
     if ((size_t)snprintf(path, sizeof path, "%s/%s", dir, name) >= sizeof path)
         return mc_error(MOECL_ERR_INVALID_ARG, "%s: path too long", dir);
     struct stat sb;
     if (stat(path, &sb) != 0 && errno == ENOENT) return MOECL_OK;
-    moecl_status st = mc_json_load_file(path, CONFIG_FILE_LIMIT, out);
+    moecl_status st = mc_json_load_file(path, kind, out);
     if (!st && !cJSON_IsObject(*out)) {
         cJSON_Delete(*out);
         *out = NULL;
@@ -673,7 +673,7 @@ moecl_status mc_tokenizer_read_configs(moecl_tokenizer *tok, const char *dir) {
     if (tok->eos_id < 0) tok->eos_id = mc_tokenizer_find(tok, "</s>", 4);
     if (!dir) return MOECL_OK;
     cJSON *cfg = NULL, *gen = NULL;
-    moecl_status st = read_optional_json(dir, "tokenizer_config.json", &cfg);
+    moecl_status st = read_optional_json(dir, "tokenizer_config.json", MC_JSON_TOKENIZER_CONFIG, &cfg);
     if (st) return st;
     const char *file = "tokenizer_config.json";
     if (cfg && ((st = config_token(tok, file, cfg, "bos_token", &tok->bos_id)) ||
@@ -686,7 +686,7 @@ moecl_status mc_tokenizer_read_configs(moecl_tokenizer *tok, const char *dir) {
         st = mc_error(MOECL_ERR_NOMEM, "%s: out of memory", dir);
         goto done;
     }
-    if ((st = read_optional_json(dir, "generation_config.json", &gen))) goto done;
+    if ((st = read_optional_json(dir, "generation_config.json", MC_JSON_CONFIG, &gen))) goto done;
     file = "generation_config.json";
     if (gen && ((st = config_id(tok, file, gen, "bos_token_id", &tok->bos_id)) ||
                 (st = config_id(tok, file, gen, "eos_token_id", &tok->eos_id))))
@@ -706,11 +706,13 @@ done:
 /* A file that starts with GGUF's magic. */
 static bool is_gguf_file(const char *path) {
     char magic[4] = {0};
-    FILE *f = fopen(path, "rb");
-    if (!f) return false;
-    bool yes = fread(magic, 1, 4, f) == 4 && !memcmp(magic, "GGUF", 4);
-    fclose(f);
-    return yes;
+    int fd;
+    if (mc_open_regular(path, &fd, NULL) != MOECL_OK) return false; /* the JSON reader says why */
+    ssize_t r;
+    do r = read(fd, magic, 4);
+    while (r < 0 && errno == EINTR);
+    close(fd);
+    return r == 4 && !memcmp(magic, "GGUF", 4);
 }
 
 moecl_status moecl_tokenizer_load(const char *path, moecl_tokenizer **out) {
@@ -727,7 +729,7 @@ moecl_status moecl_tokenizer_load(const char *path, moecl_tokenizer **out) {
         return mc_error(MOECL_ERR_INVALID_ARG, "%s: path too long", path);
     char *text;
     size_t len;
-    moecl_status st = mc_read_text_file(file, TOKENIZER_FILE_LIMIT, &text, &len);
+    moecl_status st = mc_read_text_file(file, mc_json_max_bytes(MC_JSON_TOKENIZER), &text, &len);
     if (st) return st;
     moecl_tokenizer *tok;
     st = mc_tokenizer_parse(file, text, len, &tok);
