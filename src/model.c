@@ -341,8 +341,8 @@ static moecl_status gguf_hparams(const mc_gguf *g, mc_hparams *hp) {
     hp->eos_id = id >= 0 && id < hp->n_vocab ? (int32_t)id : -1;
     hp->tie_word_embeddings = !mc_gguf_find_tensor(g, "output.weight");
     hp->rope_interleaved = true; /* the converter permuted the Q and K rows */
-    hp->sliding_window = 0;
-    return MOECL_OK;
+    /* llama.cpp's key for it; moecl quantize writes it */
+    return gg_int(g, arch, "attention.sliding_window", false, 0, GG_MAX_CTX, 0, &hp->sliding_window);
 }
 
 static bool has_suffix(const char *s, const char *suffix) {
