@@ -331,8 +331,8 @@ static moecl_status check_output(const char *in_path, const char *out_path) {
         struct stat sb;
         if ((size_t)snprintf(p, sizeof p, "%s/%s", in_path, e->d_name) < sizeof p && stat(p, &sb) == 0 &&
             S_ISREG(sb.st_mode) && sb.st_dev == out.st_dev && sb.st_ino == out.st_ino)
-            st = mc_error(MOECL_ERR_INVALID_ARG, "%s: is %s of the input directory; writing it would destroy the "
-                          "input", out_path, p);
+            st = mc_error(MOECL_ERR_INVALID_ARG, "%s: is the input's file %s; writing it would destroy the input",
+                          out_path, p);
     }
     closedir(d);
     return st;

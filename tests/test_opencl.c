@@ -766,8 +766,8 @@ int main(void) {
     const char *sel = getenv("MOECL_DEVICE");
     mc_cl_device dev;
     if (mc_cl_select(sel && *sel ? sel : "0", false, &dev) != MOECL_OK) {
-        fprintf(stderr, "MOECL_DEVICE=%s: %s\n", sel, moecl_last_error());
-        return 1;
+        fprintf(stderr, "opencl: SKIP: MOECL_DEVICE=%s: %s\n", sel, moecl_last_error());
+        return 77;
     }
     g_dev_index = dev.index;
     snprintf(g_dev_sel, sizeof g_dev_sel, "%d", dev.index);

@@ -952,7 +952,11 @@ static void catch_stop_signals(void) {
     sa.sa_flags = SA_RESETHAND | SA_RESTART;
     sigemptyset(&sa.sa_mask);
     const int sigs[3] = {SIGINT, SIGTERM, SIGHUP};
-    for (int i = 0; i < 3; i++) sigaction(sigs[i], &sa, NULL);
+    for (int i = 0; i < 3; i++) {
+        struct sigaction old;
+        /* a signal ignored when we started (nohup, a background job) stays ignored */
+        if (sigaction(sigs[i], NULL, &old) == 0 && old.sa_handler != SIG_IGN) sigaction(sigs[i], &sa, NULL);
+    }
 }
 
 typedef struct quantize_progress {

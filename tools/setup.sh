@@ -6,7 +6,7 @@ set -eu
 cd "$(dirname "$0")/.."
 
 PACKAGES="gcc libc6-dev meson ninja-build pkg-config libopenblas-dev libcjson-dev \
-ocl-icd-opencl-dev opencl-headers libclblast-dev pocl-opencl-icd clinfo \
+ocl-icd-opencl-dev opencl-headers libclblast-dev pocl-opencl-icd mesa-opencl-icd clinfo \
 clang libclang-rt-14-dev libomp-14-dev"
 
 missing=""
