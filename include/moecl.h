@@ -400,7 +400,8 @@ MOECL_API moecl_quantize_params moecl_quantize_default_params(void);
  * writes out_path meanwhile, the later of the two to finish fails
  * (MOECL_ERR_IO) and leaves the other's file. MOECL_ERR_INVALID_ARG, before
  * any work, when out_path is a directory or is the input file, or one of the
- * input directory's files, under any name (symlink, hard link). */
+ * input directory's *.json and *.safetensors files, under any name (symlink,
+ * hard link). */
 MOECL_API moecl_status moecl_quantize(const char *in_path, const char *out_path, const moecl_quantize_params *params);
 
 /* ------------------------------------------------------------------------ */

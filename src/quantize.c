@@ -311,8 +311,14 @@ static bool is_quantized(moecl_dtype t) { return mc_dtype_block(t) > 1; }
 
 /* The output must not be one of the input's files under another name (a
  * symlink, a hard link, "./x"): compared by device and inode, against the
- * input file or every file of the input directory (config.json, shards,
- * index, tokenizer). A missing output is no file of the input. */
+ * input file or every file of the input directory moecl reads (*.json:
+ * config, index, tokenizer; *.safetensors: the shards). A missing output is
+ * no file of the input. */
+static bool read_from_dir(const char *name) {
+    size_t n = strlen(name);
+    return (n > 5 && !strcmp(name + n - 5, ".json")) || (n > 12 && !strcmp(name + n - 12, ".safetensors"));
+}
+
 static moecl_status check_output(const char *in_path, const char *out_path) {
     struct stat out, in;
     if (stat(out_path, &out) != 0) return MOECL_OK;
@@ -329,7 +335,7 @@ static moecl_status check_output(const char *in_path, const char *out_path) {
     char p[4096];
     for (struct dirent *e; !st && (e = readdir(d));) {
         struct stat sb;
-        if ((size_t)snprintf(p, sizeof p, "%s/%s", in_path, e->d_name) < sizeof p && stat(p, &sb) == 0 &&
+        if (read_from_dir(e->d_name) && (size_t)snprintf(p, sizeof p, "%s/%s", in_path, e->d_name) < sizeof p && stat(p, &sb) == 0 &&
             S_ISREG(sb.st_mode) && sb.st_dev == out.st_dev && sb.st_ino == out.st_ino)
             st = mc_error(MOECL_ERR_INVALID_ARG, "%s: is the input's file %s; writing it would destroy the input",
                           out_path, p);

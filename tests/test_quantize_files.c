@@ -15,7 +15,8 @@
  *   symlinks: a symlink planted at the old fixed name OUT.tmp, and at the
  *     exact random name the writer draws (mc_afile_random held fixed), is
  *     never followed: its target is unchanged; when every name is taken the
- *     writer gives up with a clear error.
+ *     writer gives up with a clear error; the default-model writer ignores
+ *     symlinks at the names it once used (model.safetensors.partial).
  *   cancel: a progress callback returning false mid-write: MOECL_ERR_ABORTED,
  *     the destination as it was, no temporary file.
  *   fidelity: every golden model through quantize f32 reads back with the
@@ -184,9 +185,10 @@ static void test_same_file(void) {
     expect_same_file(hfcopy, dir, "a directory as the output", "is a directory");
     expect_same_file(hfcopy, hfcopy, "the input directory as the output", "is a directory");
 
-    /* a new name in the input directory is fine */
+    /* another file in the input directory is fine, twice */
     snprintf(p, sizeof p, "%s/model.gguf", hfcopy);
     CHECKF(quantize(hfcopy, p, "q8_0") == MOECL_OK && file_type_of(p) == 7, "%s", moecl_last_error());
+    CHECKF(quantize(hfcopy, p, "q4_0") == MOECL_OK && file_type_of(p) == 2, "%s", moecl_last_error());
     CHECK(count_temps(dir) == 0 && count_temps(hfcopy) == 0);
 }
 
@@ -354,6 +356,25 @@ static void test_symlinks(void) {
     mc_afile_random = NULL;
     unlink(g_seen_temp);
     CHECK(count_temps(dir) == 0);
+
+    /* the default-model writer: symlinks at the names it once used */
+    char model[4200];
+    snprintf(model, sizeof model, "%s/model", dir);
+    mkdir(model, 0755);
+    const char *old[2] = {"model.safetensors.partial", "config.json.tmp"};
+    for (int i = 0; i < 2; i++) {
+        snprintf(p, sizeof p, "%s/%s", model, old[i]);
+        unlink(p);
+        CHECK(symlink(victim, p) == 0);
+    }
+    moecl_random_model_params rp = moecl_random_model_default_params();
+    rp.n_vocab = 64, rp.n_embd = 32, rp.n_ff = 64, rp.n_layer = 1, rp.n_head = 4, rp.n_head_kv = 2, rp.n_expert = 2;
+    CHECKF(moecl_random_model_write(model, &rp, NULL, NULL) == MOECL_OK, "%s", moecl_last_error());
+    moecl_model *m = NULL;
+    CHECKF(moecl_model_load(model, NULL, &m) == MOECL_OK, "%s", moecl_last_error());
+    moecl_model_free(m);
+    CHECK(same_text(victim, "precious\n") && count_temps(model) == 0);
+    fprintf(stderr, "  the default-model writer: symlinks at its old names not followed\n");
 }
 
 /* ------------------------------------------------------------------------ */
