@@ -384,7 +384,9 @@ typedef struct moecl_quantize_params {
     const char *type;
     int n_threads;              /* 0: all cores */
     bool allow_requantize;      /* quantize weights that already are (loses accuracy) */
-    moecl_progress_fn progress; /* NULL: none; returning false cancels */
+    moecl_progress_fn progress; /* NULL: none; called at least every 256 rows written (0 while loading
+                                   the input); returning false cancels: MOECL_ERR_ABORTED, nothing
+                                   written. A CLI's signal handler can set a flag this returns. */
     void *progress_user_data;
 } moecl_quantize_params;
 
@@ -394,8 +396,14 @@ MOECL_API moecl_quantize_params moecl_quantize_default_params(void);
  * GGUF file at out_path in llama.cpp's layout (architecture "llama", stacked
  * expert tensors, Q and K rows permuted for its RoPE, the tokenizer as
  * tokenizer.ggml.* metadata), so llama.cpp loads it too. The file is written
- * under a temporary name and renamed when complete: on any failure out_path
- * is left as it was. */
+ * under a new temporary name beside out_path (never following a symlink) and
+ * renamed when complete: on any failure, cancellation included, out_path is
+ * left as it was and the temporary file is removed. If another process
+ * writes out_path meanwhile, the later of the two to finish fails
+ * (MOECL_ERR_IO) and leaves the other's file. MOECL_ERR_INVALID_ARG, before
+ * any work, when out_path is a directory or is the input file, or one of the
+ * input directory's *.json and *.safetensors files, under any name (symlink,
+ * hard link). */
 MOECL_API moecl_status moecl_quantize(const char *in_path, const char *out_path, const moecl_quantize_params *params);
 
 /* ------------------------------------------------------------------------ */

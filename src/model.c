@@ -401,7 +401,6 @@ static moecl_status gguf_hparams(const mc_gguf *g, mc_hparams *hp) {
     hp->eos_id = id >= 0 && id < hp->n_vocab ? (int32_t)id : -1;
     hp->tie_word_embeddings = !mc_gguf_find_tensor(g, mc_arch_gguf_name(MC_TN_OUTPUT));
     hp->rope_interleaved = A->gguf_rope_interleaved;
-    hp->sliding_window = 0;
     hp->qk_norm = A->qk_norm;
     hp->shared_expert = A->shared_expert;
     /* Optional tensors llama.cpp loads when present: the biases. */
@@ -423,7 +422,8 @@ static moecl_status gguf_hparams(const mc_gguf *g, mc_hparams *hp) {
     }
     if (any_dense && hp->n_ff_dense <= 0)
         return mc_error(MOECL_ERR_FORMAT, "%s: dense layers need %s.feed_forward_length", path, arch);
-    return MOECL_OK;
+    /* llama.cpp's key for it; moecl quantize writes it */
+    return gg_int(g, arch, "attention.sliding_window", false, 0, GG_MAX_CTX, 0, &hp->sliding_window);
 }
 
 static bool has_suffix(const char *s, const char *suffix) {

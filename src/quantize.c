@@ -19,10 +19,13 @@
 #include "quant/quant.h"
 #include "tokenizer/tokenizer.h"
 
+#include <dirent.h>
+#include <errno.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 /* llama.cpp's llama_ftype numbers, written as general.file_type. */
 enum {
@@ -103,7 +106,7 @@ typedef struct job {
     bool allow_requantize;
     moecl_progress_fn progress;
     void *progress_user;
-    int64_t done, total;
+    int64_t rows_done, rows_total; /* progress: rows of every tensor (a vector counts as one) */
     uint64_t bytes_by_type[MOECL_DTYPE_COUNT];
     char *chunk;          /* output rows of one chunk */
     float *rows_f32;      /* [n_threads][cols] */
@@ -135,6 +138,15 @@ static int64_t source_row(int64_t r, int head_dim, bool permute) {
     return h * head_dim + (k % 2) * half + k / 2;
 }
 
+/* After every chunk of rows: the progress callback, which can cancel (the
+ * CLI's Ctrl-C does so), so a cancel waits at most one chunk. */
+static moecl_status step(job *j, int64_t rows) {
+    j->rows_done += rows;
+    if (j->progress && !j->progress((float)((double)j->rows_done / (double)j->rows_total), j->progress_user))
+        return mc_error(MOECL_ERR_ABORTED, "%s: quantizing cancelled; nothing written", j->out);
+    return MOECL_OK;
+}
+
 /* Convert the matrix W to type t and append its bytes to the file. */
 static moecl_status write_matrix(job *j, const mc_tensor *W, moecl_dtype t, bool permute) {
     const int64_t rows = W->rows, cols = W->cols;
@@ -160,22 +172,17 @@ static moecl_status write_matrix(job *j, const mc_tensor *W, moecl_dtype t, bool
             }
         }
         if ((st = mc_gguf_writer_write_data(j->w, j->chunk, (size_t)n * out_row))) return st;
+        if ((st = step(j, n))) return st;
     }
     j->bytes_by_type[t] += (uint64_t)rows * out_row;
-    return MOECL_OK;
-}
-
-static moecl_status step(job *j) {
-    j->done++;
-    if (j->progress && !j->progress((float)j->done / (float)j->total, j->progress_user))
-        return mc_error(MOECL_ERR_ABORTED, "%s: quantizing cancelled by the progress callback", j->out);
     return MOECL_OK;
 }
 
 /* A float32 vector or small matrix owned by the model (norms, router). */
 static moecl_status write_f32(job *j, const float *v, size_t n) {
     j->bytes_by_type[MOECL_DTYPE_F32] += n * sizeof(float);
-    return mc_gguf_writer_write_data(j->w, v, n * sizeof(float));
+    moecl_status st = mc_gguf_writer_write_data(j->w, v, n * sizeof(float));
+    return st ? st : step(j, 1);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -268,8 +275,21 @@ static moecl_status write_metadata(job *j, const moecl_model *m, const char *in_
     TRY(mc_gguf_writer_set_f32(w, KEY("rope.freq_base"), hp->rope_theta));
     /* Only where the model's router rule is not the one llama.cpp assumes for the family. */
     if (hp->norm_topk != A->gguf_norm_topk) TRY(mc_gguf_writer_set_bool(w, KEY("expert_weights_norm"), hp->norm_topk));
+    /* llama.cpp's key for the window (LLM_KV_ATTENTION_SLIDING_WINDOW); not every
+     * architecture of llama.cpp reads it (its "llama" does not, and attends beyond it). */
+    if (hp->sliding_window > 0) {
+        TRY(mc_gguf_writer_set_u32(w, KEY("attention.sliding_window"), (uint32_t)hp->sliding_window));
+        mc_log(MOECL_LOG_WARN, "%s: sliding window %d: moecl reads it back; llama.cpp may ignore "
+               "%s.attention.sliding_window for this architecture and attend to every position", j->out,
+               hp->sliding_window, arch);
+    }
 #undef KEY
-    if (!m->gguf && m->tokenizer) TRY(mc_tokenizer_write_gguf(m->tokenizer, w));
+    if (!m->gguf && m->tokenizer) {
+        TRY(mc_tokenizer_write_gguf(m->tokenizer, w));
+    } else if (!m->gguf) { /* no tokenizer.json: the special ids config.json gives */
+        if (hp->bos_id >= 0) TRY(mc_gguf_writer_set_u32(w, "tokenizer.ggml.bos_token_id", (uint32_t)hp->bos_id));
+        if (hp->eos_id >= 0) TRY(mc_gguf_writer_set_u32(w, "tokenizer.ggml.eos_token_id", (uint32_t)hp->eos_id));
+    }
 #undef TRY
     return MOECL_OK;
 }
@@ -297,6 +317,53 @@ static moecl_status write_entry(job *j, const moecl_model *m, const entry *e) {
 
 static bool is_quantized(moecl_dtype t) { return mc_dtype_block(t) > 1; }
 
+/* The output must not be one of the input's files under another name (a
+ * symlink, a hard link, "./x"): compared by device and inode, against the
+ * input file or every file of the input directory moecl reads (*.json:
+ * config, index, tokenizer; *.safetensors: the shards). A missing output is
+ * no file of the input. */
+static bool read_from_dir(const char *name) {
+    size_t n = strlen(name);
+    return (n > 5 && !strcmp(name + n - 5, ".json")) || (n > 12 && !strcmp(name + n - 12, ".safetensors"));
+}
+
+static moecl_status check_output(const char *in_path, const char *out_path) {
+    struct stat out, in;
+    if (stat(out_path, &out) != 0) return MOECL_OK;
+    if (S_ISDIR(out.st_mode))
+        return mc_error(MOECL_ERR_INVALID_ARG, "%s: is a directory; give the output file's name", out_path);
+    if (stat(in_path, &in) != 0) return MOECL_OK; /* loading will say why */
+    if (in.st_dev == out.st_dev && in.st_ino == out.st_ino)
+        return mc_error(MOECL_ERR_INVALID_ARG, "%s: is the input %s; writing it would destroy the input", out_path,
+                        in_path);
+    if (!S_ISDIR(in.st_mode)) return MOECL_OK;
+    DIR *d = opendir(in_path);
+    if (!d) return MOECL_OK;
+    moecl_status st = MOECL_OK;
+    char p[4096];
+    for (struct dirent *e; !st && (e = readdir(d));) {
+        struct stat sb;
+        if (read_from_dir(e->d_name) && (size_t)snprintf(p, sizeof p, "%s/%s", in_path, e->d_name) < sizeof p && stat(p, &sb) == 0 &&
+            S_ISREG(sb.st_mode) && sb.st_dev == out.st_dev && sb.st_ino == out.st_ino)
+            st = mc_error(MOECL_ERR_INVALID_ARG, "%s: is the input's file %s; writing it would destroy the input",
+                          out_path, p);
+    }
+    closedir(d);
+    return st;
+}
+
+typedef struct load_cancel {
+    moecl_progress_fn fn;
+    void *user;
+} load_cancel;
+
+/* Loading the input reports 0 %: its only use here is to be cancelled. */
+static bool load_progress(float f, void *user) {
+    (void)f;
+    const load_cancel *c = user;
+    return c->fn(0.0f, c->user);
+}
+
 moecl_status moecl_quantize(const char *in_path, const char *out_path, const moecl_quantize_params *params) {
     if (!in_path || !out_path || !params || !params->type)
         return mc_error(MOECL_ERR_INVALID_ARG, "moecl_quantize: NULL argument");
@@ -307,26 +374,39 @@ moecl_status moecl_quantize(const char *in_path, const char *out_path, const moe
     if (!r)
         return mc_error(MOECL_ERR_INVALID_ARG, "moecl_quantize: unknown type '%s' (f32, f16, bf16, q8_0, q4_0, q4_K, "
                         "q5_K, q6_K, q4_K_S, q4_K_M, q5_K_S, q5_K_M)", params->type);
-    if (!strcmp(in_path, out_path))
-        return mc_error(MOECL_ERR_INVALID_ARG, "%s: the output would overwrite the input", out_path);
-
-    moecl_model *m = NULL;
-    moecl_status st = moecl_model_load(in_path, NULL, &m);
+    moecl_status st = check_output(in_path, out_path);
     if (st) return st;
+
+    /* The temporary output first: a place that cannot take it fails before any work. */
+    job j = {.out = out_path, .r = r, .allow_requantize = params->allow_requantize,
+             .progress = params->progress, .progress_user = params->progress_user_data};
+    if ((st = mc_gguf_writer_new(out_path, 32, &j.w))) return st;
+    moecl_model *m = NULL;
+    load_cancel lc = {params->progress, params->progress_user_data};
+    moecl_model_params mp = moecl_model_default_params();
+    if (params->progress) {
+        mp.progress = load_progress;
+        mp.progress_user_data = &lc;
+    }
+    if ((st = moecl_model_load(in_path, &mp, &m))) {
+        mc_gguf_writer_free(j.w);
+        return st;
+    }
     const mc_hparams *hp = &m->hp;
+    j.hp = hp;
     const moecl_dtype src_type = mc_model_expert_dtype(m);
     if (!params->allow_requantize && is_quantized(src_type) && r->base != src_type) {
+        mc_gguf_writer_free(j.w);
         moecl_model_free(m);
         return mc_error(MOECL_ERR_INVALID_ARG, "%s: the weights are already quantized (%s); requantizing to %s loses "
                         "accuracy: allow it explicitly", in_path, moecl_dtype_name(src_type), r->name);
     }
 
-    job j = {.out = out_path, .r = r, .hp = hp, .allow_requantize = params->allow_requantize,
-             .progress = params->progress, .progress_user = params->progress_user_data};
     j.n_threads = params->n_threads > 0 ? params->n_threads : omp_get_num_procs();
     const int L = hp->n_layer, max_entries = 3 + 24 * L;
     entry *es = calloc((size_t)max_entries, sizeof *es);
     if (!es) {
+        mc_gguf_writer_free(j.w);
         moecl_model_free(m);
         return mc_error(MOECL_ERR_NOMEM, "%s: out of memory", out_path);
     }
@@ -389,16 +469,16 @@ moecl_status moecl_quantize(const char *in_path, const char *out_path, const moe
         add_mat(es, &n, NM(MC_TN_OUTPUT, 0), &m->lm_head, choose(r, K_OUTPUT, 0, hp, m->lm_head.cols, has_output),
                 false);
 #undef NM
-    j.total = n;
+    for (int i = 0; i < n; i++)
+        j.rows_total += es[i].what == E_F32 ? 1 : es[i].what == E_MATRIX ? es[i].ne[1] : es[i].ne[1] * es[i].ne[2];
 
-    st = mc_gguf_writer_new(out_path, 32, &j.w);
-    if (!st) st = write_metadata(&j, m, in_path);
+    st = write_metadata(&j, m, in_path);
     for (int i = 0; i < n && !st; i++) {
         const int64_t ne[3] = {es[i].ne[0], es[i].ne[1], es[i].ne[2]};
         st = mc_gguf_writer_add_tensor(j.w, es[i].name, mc_gguf_type_of(es[i].type), es[i].n_dims, ne);
     }
     for (int i = 0; i < n && !st; i++)
-        if (!(st = write_entry(&j, m, &es[i]))) st = step(&j);
+        st = write_entry(&j, m, &es[i]);
     if (!st) st = mc_gguf_writer_finish(j.w);
     if (!st) {
         char sizes[256] = "";

@@ -8,6 +8,7 @@
  * tensor has its own stream derived from (seed, tensor index), so a tensor's
  * values do not depend on the dtype or on the tensors before it.
  */
+#include "formats/atomic_file.h"
 #include "formats/safetensors.h"
 #include "internal.h"
 
@@ -73,15 +74,11 @@ static moecl_status write_config(const char *dir, const moecl_random_model_param
     if (!text) return mc_error(MOECL_ERR_NOMEM, "%s: out of memory writing config.json", dir);
     char path[4096];
     snprintf(path, sizeof path, "%s/config.json", dir);
-    FILE *f = fopen(path, "w");
-    if (!f) {
-        free(text);
-        return mc_error(MOECL_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
-    }
-    bool ok = fputs(text, f) >= 0 && fputc('\n', f) != EOF;
-    ok = (fclose(f) == 0) && ok;
+    size_t len = strlen(text);
+    text[len] = '\n'; /* over the NUL: the file ends with a newline */
+    moecl_status st = mc_afile_write_all(path, text, len + 1, 0);
     free(text);
-    return ok ? MOECL_OK : mc_error(MOECL_ERR_IO, "%s: write failed", path);
+    return st;
 }
 
 moecl_status moecl_random_model_write(const char *dir, const moecl_random_model_params *p,
@@ -131,11 +128,12 @@ moecl_status moecl_random_model_write(const char *dir, const moecl_random_model_
     ADD(2, V, D, 4.0f * sd, false, "lm_head.weight");
 #undef ADD
 
-    char path[4096], tmp[4200];
+    /* config.json first: the weights file is what says the model is there. */
+    char path[4096];
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
-    snprintf(tmp, sizeof tmp, "%s.partial", path);
     mc_st_writer *w = NULL;
-    moecl_status st = mc_st_writer_new(tmp, &w);
+    moecl_status st = write_config(dir, p, head_dim);
+    if (!st) st = mc_st_writer_new(path, &w);
     for (size_t i = 0; i < n && !st; i++)
         st = mc_st_writer_declare(w, specs[i].name, p->dtype, specs[i].n_dims, specs[i].shape);
     if (!st) st = mc_st_writer_begin_data(w, "format", "pt");
@@ -172,9 +170,6 @@ moecl_status moecl_random_model_write(const char *dir, const moecl_random_model_
         if (w) mc_st_writer_abort(w);
         return st;
     }
-    if ((st = mc_st_writer_finish(w))) return st;
-    if ((st = write_config(dir, p, head_dim))) return st;
     /* The weights appear under their final name only once complete. */
-    if (rename(tmp, path) != 0) return mc_error(MOECL_ERR_IO, "%s: cannot rename into place: %s", path, strerror(errno));
-    return MOECL_OK;
+    return mc_st_writer_finish(w);
 }

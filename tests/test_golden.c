@@ -25,6 +25,7 @@
  */
 #include "test_util.h"
 
+#include "backend/opencl/opencl.h"
 #include "moecl.h"
 
 #include <cjson/cJSON.h>
@@ -183,6 +184,13 @@ int main(int argc, char **argv) {
         return 1;
     }
     if (strcmp(g_backend, "cpu") && moecl_device_count() == 0) return t_skip("golden", "no OpenCL device");
+    /* $MOECL_DEVICE reaches the context; a device it names must be there */
+    const char *sel = getenv("MOECL_DEVICE");
+    mc_cl_device dev;
+    if (strcmp(g_backend, "cpu") && sel && *sel && mc_cl_select(sel, false, &dev) != MOECL_OK) {
+        fprintf(stderr, "golden: SKIP: MOECL_DEVICE=%s: %s\n", sel, moecl_last_error());
+        return 77;
+    }
     ref r = {0};
     CHECKF(load_ref(ref_dir, logits_file, &r), "cannot read the reference in %s", ref_dir);
     if (t_failures) return t_done("golden");

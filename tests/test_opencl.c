@@ -23,11 +23,14 @@
  *   quantized experts: Q8_0, Q4_0, Q4_K, Q5_K, Q6_K blocks on the device
  *     (mc_quantize_row), against a float64 FFN over the dequantized weights,
  *     <= 1e-5; device bytes are the blocks' bytes.
- *   cache: a second start loads the program binary from the cache; a
- *     damaged binary is compiled again.
+ *   cache: a second start loads the program binary from the cache; an
+ *     entry truncated, with bytes flipped, of another format or of another
+ *     program (lacking the kernels) never reaches the driver and is compiled
+ *     again, with a warning naming the file; MOECL_CL_CACHE=0 / off /
+ *     off:NAME turns the cache off.
  *
- * Skips (77) when there is no OpenCL device. The device: $MOECL_DEVICE,
- * else the first one.
+ * Skips (77) when there is no OpenCL device. The device, for every part:
+ * $MOECL_DEVICE (an index or a name), else the first one.
  */
 #include "test_util.h"
 #include "tiny_model.h"
@@ -35,15 +38,22 @@
 #include "backend/backend.h"
 #include "model.h"
 #include "backend/cpu/kernels.h"
+#include "backend/opencl/opencl.h"
 #include "quant/quant.h"
 
+#include <dirent.h>
 #include <string.h>
+#include <sys/stat.h>
 
 /* ------------------------------------------------------------------------ */
 /* Log capture                                                              */
 /* ------------------------------------------------------------------------ */
 
-static char g_log[8192];
+static char g_log[16384];
+
+/* The device under test, from $MOECL_DEVICE (else the first), as an index. */
+static int g_dev_index;
+static char g_dev_sel[16] = "0";
 
 static void capture(moecl_log_level level, const char *msg, void *ud) {
     (void)ud;
@@ -209,7 +219,7 @@ static void test_ops(const char *tmp) {
     /* the few-row kernels this device does not use by default */
     const char *prev = getenv("MOECL_CL_FEW_ROWS");
     moecl_device_info di;
-    moecl_device_get_info(0, &di);
+    moecl_device_get_info(g_dev_index, &di);
     setenv("MOECL_CL_FEW_ROWS", di.is_gpu ? "rows" : "vec", 1);
     fprintf(stderr, "MOECL_CL_FEW_ROWS=%s:\n", getenv("MOECL_CL_FEW_ROWS"));
     for (int i = 0; i < 2; i++) {
@@ -310,7 +320,7 @@ static void test_fallback(const char *dir) {
 
     /* a kernel build that fails */
     setenv("MOECL_CL_OPTIONS", "-cl-no-such-option", 1);
-    cp.device = "0";
+    cp.device = g_dev_sel;
     cp.backend = MOECL_BACKEND_AUTO;
     CHECK(logits_with(m, cp, got, &st));
     CHECKF(strstr(g_log, "falling back to the CPU backend") && strstr(g_log, "moe_ffn.cl"), "log: %s", g_log);
@@ -340,7 +350,7 @@ static void expect_refused(const moecl_model *m, const float *ref, const char *d
                            const char *msg) {
     setenv(env, val, 1);
     moecl_context_params cp = moecl_context_default_params();
-    cp.device = "0";
+    cp.device = g_dev_sel;
     float got[97];
     moecl_status st;
     CHECK(logits_with(m, cp, got, &st));
@@ -393,7 +403,7 @@ static void test_failures(const char *dir) {
     CHECKF(moecl_model_load(dir, NULL, &m) == MOECL_OK, "%s", moecl_last_error());
     if (!m) return;
     moecl_device_info di;
-    CHECK(moecl_device_get_info(0, &di) == MOECL_OK);
+    CHECK(moecl_device_get_info(g_dev_index, &di) == MOECL_OK);
     moecl_log_set(capture, MOECL_LOG_INFO, NULL);
     fprintf(stderr, "device features and failures:\n");
     float ref[97], ra[97], rb[97];
@@ -613,6 +623,43 @@ static void test_quant(const char *tmp) {
 /* The program binary cache                                                 */
 /* ------------------------------------------------------------------------ */
 
+static void write_bytes(const char *path, const void *p, size_t n) {
+    FILE *f = fopen(path, "wb");
+    CHECKF(f != NULL, "cannot write %s", path);
+    if (!f) return;
+    CHECK(fwrite(p, 1, n, f) == n);
+    CHECK(fclose(f) == 0);
+}
+
+/* The other moe_ffn.cl entry of the cache directory than `real`. */
+static bool other_entry(const char *cache, const char *real, char *out, size_t len) {
+    DIR *d = opendir(cache);
+    bool found = false;
+    for (struct dirent *e; d && !found && (e = readdir(d));) {
+        if ((size_t)snprintf(out, len, "%s/%s", cache, e->d_name) >= len) continue;
+        found = !strncmp(e->d_name, "moe_ffn.cl-", 11) && strcmp(out, real) && !strstr(e->d_name, ".tmp");
+    }
+    if (d) closedir(d);
+    return found;
+}
+
+/* One start from a cache entry damaged as `what`: the log names the file and
+ * says why, the program is compiled again, the logits are unchanged, and the
+ * entry is good again afterwards. */
+static void expect_rebuilt(const moecl_model *m, moecl_context_params cp, const float *ref, const char *path,
+                           const char *what, const char *why) {
+    float got[97];
+    moecl_status st;
+    CHECKF(logits_with(m, cp, got, &st), "%s: %s", what, moecl_last_error());
+    CHECKF(strstr(g_log, "cached binary") && strstr(g_log, path) && strstr(g_log, why) &&
+           strstr(g_log, "compiling again") && strstr(g_log, "compiled moe_ffn.cl") &&
+           strstr(g_log, "cached the program binary at"), "%s: %s", what, g_log);
+    CHECKF(t_nerr(got, ref, 97) == 0.0, "%s: logits differ", what);
+    CHECKF(logits_with(m, cp, got, &st) && strstr(g_log, "from the cache"), "%s, then: %s", what, g_log);
+    CHECK(t_nerr(got, ref, 97) == 0.0);
+    fprintf(stderr, "  %s: rebuilt (%s)\n", what, why);
+}
+
 static void test_cache(const char *model_dir) {
     char cache[4200], path[4400] = "";
     snprintf(cache, sizeof cache, "%s/cl-cache", model_dir);
@@ -630,6 +677,7 @@ static void test_cache(const char *model_dir) {
     moecl_status st;
     moecl_context_params cp = moecl_context_default_params();
     cp.backend = MOECL_BACKEND_OPENCL;
+    cp.device = g_dev_sel;
     CHECK(logits_with(m, cp, ref, &st));
     CHECKF(strstr(g_log, "cached the program binary at"), "first start: %s", g_log);
     const char *at = strstr(g_log, "cached the program binary at ");
@@ -637,16 +685,74 @@ static void test_cache(const char *model_dir) {
     CHECK(logits_with(m, cp, got, &st));
     CHECKF(strstr(g_log, "from the cache"), "second start: %s", g_log);
     CHECK(t_nerr(got, ref, 97) == 0.0);
-    FILE *f = path[0] ? fopen(path, "wb") : NULL; /* a damaged binary is rebuilt from source */
-    CHECK(f != NULL);
-    if (f) {
-        fputs("not a program binary", f);
-        fclose(f);
+    fprintf(stderr, "cache: %s\n", path);
+
+    /* Damaged entries never reach the driver (PoCL aborts on a truncated
+     * binary, rusticl panics on a damaged one). */
+    size_t n = 0;
+    unsigned char *good = path[0] ? (unsigned char *)t_read_file(path, &n) : NULL;
+    CHECK(good && n > 64);
+    if (good && n > 64) {
+        write_bytes(path, good, n / 2);
+        expect_rebuilt(m, cp, ref, path, "truncated to half", "length differs");
+        write_bytes(path, good, 20);
+        expect_rebuilt(m, cp, ref, path, "truncated inside the header", "shorter than its header");
+        unsigned char *bad = malloc(n);
+        memcpy(bad, good, n);
+        bad[n / 2] ^= 0x5a;
+        bad[n - 1] ^= 0x01;
+        write_bytes(path, bad, n);
+        expect_rebuilt(m, cp, ref, path, "two bytes flipped", "checksum");
+        memcpy(bad, good, n);
+        bad[3] ^= 0x20;
+        write_bytes(path, bad, n);
+        expect_rebuilt(m, cp, ref, path, "magic flipped", "no moecl cache header");
+        free(bad);
+        write_bytes(path, "not a program binary", 20);
+        expect_rebuilt(m, cp, ref, path, "not a binary", "shorter than its header");
+
+        /* A sound entry of another program, lacking the kernels: a stub
+         * moe_ffn.cl built through MOECL_CL_DIR, its entry copied over. */
+        char stub_dir[4300], stub[4400], other[4400];
+        snprintf(stub_dir, sizeof stub_dir, "%s/stub-cl", model_dir);
+        mkdir(stub_dir, 0755);
+        snprintf(stub, sizeof stub, "%s/moe_ffn.cl", stub_dir);
+        const char *text = "__kernel void stub(__global float *x) { x[0] = 1.0f; }\n";
+        write_bytes(stub, text, strlen(text));
+        setenv("MOECL_CL_DIR", stub_dir, 1);
+        CHECK(!logits_with(m, cp, got, &st)); /* no such kernels */
+        unsetenv("MOECL_CL_DIR");
+        CHECKF(other_entry(cache, path, other, sizeof other), "no cache entry for the stub in %s", cache);
+        size_t k = 0;
+        char *wrong = t_read_file(other, &k);
+        CHECK(wrong != NULL);
+        if (wrong) {
+            write_bytes(path, wrong, k);
+            expect_rebuilt(m, cp, ref, path, "another program's binary", "CL_INVALID_KERNEL_NAME");
+        }
+        free(wrong);
+    }
+    free(good);
+
+    /* MOECL_CL_CACHE turns the cache off, for every device or by name */
+    const char *offs[3] = {"0", "off", NULL};
+    char by_name[300];
+    moecl_device_info di;
+    CHECK(moecl_device_get_info(g_dev_index, &di) == MOECL_OK);
+    snprintf(by_name, sizeof by_name, "off:no-such-driver,%s", di.name);
+    offs[2] = by_name;
+    for (int i = 0; i < 3; i++) {
+        setenv("MOECL_CL_CACHE", offs[i], 1);
         CHECK(logits_with(m, cp, got, &st));
-        CHECKF(strstr(g_log, "does not load") && strstr(g_log, "compiled moe_ffn.cl"), "damaged: %s", g_log);
+        CHECKF(!strstr(g_log, "from the cache") && !strstr(g_log, "cached the program") &&
+               strstr(g_log, "compiled moe_ffn.cl"), "MOECL_CL_CACHE=%s: %s", offs[i], g_log);
         CHECK(t_nerr(got, ref, 97) == 0.0);
     }
-    fprintf(stderr, "cache: %s\n", path);
+    setenv("MOECL_CL_CACHE", "off:no-such-driver", 1);
+    CHECK(logits_with(m, cp, got, &st));
+    CHECKF(strstr(g_log, "from the cache"), "MOECL_CL_CACHE=off:no-such-driver: %s", g_log);
+    unsetenv("MOECL_CL_CACHE");
+
     moecl_log_set(NULL, MOECL_LOG_WARN, NULL);
     moecl_model_free(m);
     if (saved) setenv("MOECL_CACHE_DIR", saved, 1);
@@ -656,9 +762,17 @@ static void test_cache(const char *model_dir) {
 
 int main(void) {
     if (moecl_device_count() == 0) return t_skip("opencl", "no OpenCL device (no ICD or no platform)");
-    moecl_device_info di;
+    /* every sub-test on the device $MOECL_DEVICE names (an index or a name) */
     const char *sel = getenv("MOECL_DEVICE");
-    CHECK(moecl_device_get_info(sel && *sel >= '0' && *sel <= '9' ? atoi(sel) : 0, &di) == MOECL_OK);
+    mc_cl_device dev;
+    if (mc_cl_select(sel && *sel ? sel : "0", false, &dev) != MOECL_OK) {
+        fprintf(stderr, "opencl: SKIP: MOECL_DEVICE=%s: %s\n", sel, moecl_last_error());
+        return 77;
+    }
+    g_dev_index = dev.index;
+    snprintf(g_dev_sel, sizeof g_dev_sel, "%d", dev.index);
+    moecl_device_info di;
+    CHECK(moecl_device_get_info(g_dev_index, &di) == MOECL_OK);
     fprintf(stderr, "device: %s / %s (%s), %.0f MiB\n", di.platform, di.name, di.version,
             (double)di.global_mem / 1048576.0);
     CHECK(moecl_device_get_info(-1, &di) == MOECL_ERR_INVALID_ARG);

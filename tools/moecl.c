@@ -1,6 +1,7 @@
 /*
  * moecl - the command-line tool. Each subcommand is also an example of the
- * library API (include/moecl.h); nothing here reaches inside the library.
+ * library API (include/moecl.h); nothing here reaches inside the library but
+ * the GGUF dump of `info` and the atomic file writer (default model).
  *
  *   moecl run      [-m PATH] [-p TEXT | -f FILE | --tokens 1,2,3] [-n N] [sampling options] [-t N] [-c N] [--ids]
  *   moecl tokenize   [-m PATH] [--no-bos] [--special] (-p TEXT | -f FILE)
@@ -21,7 +22,9 @@
 #include <sys/resource.h>
 
 #include "backend/cpu/kernels.h" /* mc_cpu_isa, for 'moecl info' */
+#include "formats/atomic_file.h" /* internal: the one way moecl writes files */
 #include "gguf_dump.h"
+#include <signal.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -191,22 +194,16 @@ static moecl_random_model_params default_model_params(void) {
 static bool copy_file(const char *src, const char *dst) {
     FILE *in = fopen(src, "rb");
     if (!in) return false;
-    char tmp[4300];
-    if ((size_t)snprintf(tmp, sizeof tmp, "%s.partial", dst) >= sizeof tmp) {
-        fclose(in);
-        return false;
-    }
-    FILE *out = fopen(tmp, "wb");
-    bool ok = out != NULL;
+    mc_afile out;
+    bool ok = mc_afile_open(&out, dst, 0) == MOECL_OK;
     char chunk[65536];
     size_t n;
-    while (ok && (n = fread(chunk, 1, sizeof chunk, in)) > 0) ok = fwrite(chunk, 1, n, out) == n;
+    while (ok && (n = fread(chunk, 1, sizeof chunk, in)) > 0) ok = mc_afile_write(&out, chunk, n) == MOECL_OK;
     ok = ok && !ferror(in);
-    if (out && fclose(out) != 0) ok = false;
     fclose(in);
-    if (ok && rename(tmp, dst) != 0) ok = false;
-    if (!ok) remove(tmp);
-    return ok;
+    if (ok) return mc_afile_commit(&out) == MOECL_OK;
+    mc_afile_discard(&out);
+    return false;
 }
 
 /* The default model's tokenizer is the Mistral v1 vocabulary committed at
@@ -942,6 +939,43 @@ static int cmd_generate(int argc, char **argv) {
 /* quantize                                                                 */
 /* ------------------------------------------------------------------------ */
 
+/* Ctrl-C, SIGTERM and SIGHUP during quantize: the handler only sets a flag,
+ * which the progress callback returns, so the library stops at the next
+ * chunk of rows and removes its temporary file. The handler is reset on the
+ * first signal, so a second one kills at once. */
+static volatile sig_atomic_t g_stop_signal;
+
+static void on_stop_signal(int sig) { g_stop_signal = sig; }
+
+static void catch_stop_signals(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sa.sa_flags = SA_RESETHAND | SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    const int sigs[3] = {SIGINT, SIGTERM, SIGHUP};
+    for (int i = 0; i < 3; i++) {
+        struct sigaction old;
+        /* a signal ignored when we started (nohup, a background job) stays ignored */
+        if (sigaction(sigs[i], NULL, &old) == 0 && old.sa_handler != SIG_IGN) sigaction(sigs[i], &sa, NULL);
+    }
+}
+
+typedef struct quantize_progress {
+    bool bar;   /* stderr is a terminal */
+    int shown;  /* the percentage last drawn */
+} quantize_progress;
+
+static bool on_quantize_progress(float f, void *user) {
+    quantize_progress *q = user;
+    int pct = (int)(f * 100.0f);
+    if (q->bar && pct != q->shown) {
+        q->shown = pct;
+        progress_bar(f, "quantizing");
+    }
+    return g_stop_signal == 0;
+}
+
 static int cmd_quantize(int argc, char **argv) {
     const char *pos[3] = {NULL, NULL, NULL};
     int n_pos = 0;
@@ -964,10 +998,20 @@ static int cmd_quantize(int argc, char **argv) {
     }
     if (n_pos < 2) return usage_error("%s", "quantize needs IN OUT.gguf [TYPE]");
     if (pos[2]) p.type = pos[2];
-    p.progress = isatty(2) ? progress_bar : NULL;
-    p.progress_user_data = "quantizing";
+    quantize_progress qp = {.bar = isatty(2), .shown = -1};
+    p.progress = on_quantize_progress;
+    p.progress_user_data = &qp;
+    catch_stop_signals();
     double t0 = now_s();
     moecl_status st = moecl_quantize(pos[0], pos[1], &p);
+    const int sig = g_stop_signal;
+    if (sig && st == MOECL_ERR_ABORTED) { /* the temporary file is gone: end as the signal would have */
+        if (qp.bar) fputc('\n', stderr);
+        fprintf(stderr, "moecl: quantize: interrupted by %s; %s not written\n", strsignal(sig), pos[1]);
+        signal(sig, SIG_DFL);
+        raise(sig);
+        return 128 + sig;
+    }
     if (st) return fail("quantize", st);
     fprintf(stderr, "wrote %s (%s) in %.1f s\n", pos[1], p.type, now_s() - t0);
     return 0;

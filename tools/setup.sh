@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 # libclblast-dev is optional (bench-moe's comparison); pocl-opencl-icd gives the
 # tests an OpenCL device.
 PACKAGES="gcc libc6-dev meson ninja-build pkg-config libopenblas-dev libcjson-dev \
-opencl-headers ocl-icd-libopencl1 libclblast-dev pocl-opencl-icd clinfo \
+opencl-headers ocl-icd-libopencl1 libclblast-dev pocl-opencl-icd mesa-opencl-icd clinfo \
 clang libclang-rt-14-dev libomp-14-dev"
 
 missing=""

@@ -28,6 +28,7 @@
  */
 #include "gguf.h"
 #include "util/fileio.h"
+#include "formats/atomic_file.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -827,8 +828,7 @@ typedef struct wr_tensor {
 
 struct mc_gguf_writer {
     char *path;
-    char *tmp_path;
-    FILE *f;
+    mc_afile file;      /* the temporary file until finish renames it */
     uint32_t alignment;
     wr_buf kv;          /* the serialized key/values */
     int64_t n_kv;
@@ -921,24 +921,19 @@ moecl_status mc_gguf_writer_new(const char *path, uint32_t alignment, mc_gguf_wr
     if (alignment & (alignment - 1))
         return mc_error(MOECL_ERR_INVALID_ARG, "%s: alignment %" PRIu32 " is not a power of two", path, alignment);
     mc_gguf_writer *w = calloc(1, sizeof *w);
-    size_t n = strlen(path);
-    if (w) w->path = strdup(path);
-    if (w && w->path) w->tmp_path = malloc(n + 5);
-    if (!w || !w->path || !w->tmp_path) {
+    if (w) w->file.fd = -1;
+    if (!w || !(w->path = strdup(path))) {
         mc_gguf_writer_free(w);
         return mc_error(MOECL_ERR_NOMEM, "%s: out of memory", path);
     }
-    memcpy(w->tmp_path, path, n);
-    memcpy(w->tmp_path + n, ".tmp", 5);
     w->alignment = alignment;
-    w->f = fopen(w->tmp_path, "wb");
-    if (!w->f) {
-        moecl_status st = mc_error(MOECL_ERR_IO, "%s: cannot create: %s", w->tmp_path, strerror(errno));
+    moecl_status st = mc_afile_open(&w->file, path, MC_AFILE_IF_UNCHANGED);
+    if (st) {
         mc_gguf_writer_free(w);
         return st;
     }
     if (alignment != GGUF_DEFAULT_ALIGNMENT) {
-        moecl_status st = mc_gguf_writer_set_u32(w, "general.alignment", alignment);
+        st = mc_gguf_writer_set_u32(w, "general.alignment", alignment);
         if (st) {
             mc_gguf_writer_free(w);
             return st;
@@ -1096,11 +1091,9 @@ moecl_status mc_gguf_writer_add_tensor(mc_gguf_writer *w, const char *name, uint
 }
 
 static moecl_status wr_io(mc_gguf_writer *w, const void *p, size_t n) {
-    if (n && fwrite(p, 1, n, w->f) != n) {
-        w->failed = true;
-        return mc_error(MOECL_ERR_IO, "%s: write failed: %s", w->tmp_path, strerror(errno));
-    }
-    return MOECL_OK;
+    moecl_status st = mc_afile_write(&w->file, p, n);
+    if (st) w->failed = true;
+    return st;
 }
 
 static moecl_status wr_pad(mc_gguf_writer *w, uint64_t pos) {
@@ -1180,39 +1173,18 @@ moecl_status mc_gguf_writer_finish(mc_gguf_writer *w) {
         return mc_error(MOECL_ERR_INVALID_ARG, "%s: finish: tensor '%s' has %" PRIu64 " of its %" PRIu64
                         " bytes written", w->path, w->tensors[w->cur].name, w->cur_done, w->tensors[w->cur].nbytes);
     }
-    FILE *f = w->f;
-    w->f = NULL;
     w->failed = true; /* whatever happens next, the writer is spent */
-    bool ok = fflush(f) == 0 && fsync(fileno(f)) == 0;
-    int err = errno;
-    if (fclose(f) != 0 && ok) {
-        ok = false;
-        err = errno;
-    }
-    if (!ok) {
-        unlink(w->tmp_path);
-        return mc_error(MOECL_ERR_IO, "%s: write failed: %s", w->tmp_path, strerror(err));
-    }
-    if (rename(w->tmp_path, w->path) != 0) {
-        err = errno;
-        unlink(w->tmp_path);
-        return mc_error(MOECL_ERR_IO, "%s: cannot rename %s to it: %s", w->path, w->tmp_path, strerror(err));
-    }
-    return MOECL_OK;
+    return mc_afile_commit(&w->file);
 }
 
 void mc_gguf_writer_free(mc_gguf_writer *w) {
     if (!w) return;
-    if (w->f) {
-        fclose(w->f);
-        unlink(w->tmp_path);
-    }
+    mc_afile_discard(&w->file);
     for (int64_t i = 0; i < w->n_kv; i++) free(w->keys[i]);
     free(w->keys);
     for (int64_t i = 0; i < w->n_tensors; i++) free(w->tensors[i].name);
     free(w->tensors);
     free(w->kv.p);
-    free(w->tmp_path);
     free(w->path);
     free(w);
 }

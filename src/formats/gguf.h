@@ -121,8 +121,10 @@ uint32_t mc_gguf_type_of(moecl_dtype t);
 
 /* ---- writing -------------------------------------------------------------- */
 
-/* Writes PATH.tmp and renames it to PATH only when finished, so a failure
- * never leaves a half-written file under the real name. Order of use:
+/* Writes a temporary file beside PATH and renames it to PATH only when
+ * finished (formats/atomic_file.h, MC_AFILE_IF_UNCHANGED), so a failure never
+ * leaves a half-written file under the real name, and of two writers of one
+ * PATH at a time the later to finish fails. Order of use:
  * set_* and add_tensor (any order), then write_data for every tensor in the
  * order they were added, then finish. free without finish removes the
  * temporary file. */

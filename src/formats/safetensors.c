@@ -12,6 +12,7 @@
  * pointer, and every size product is overflow-checked.
  */
 #include "safetensors.h"
+#include "formats/atomic_file.h"
 #include "json.h"
 #include "util/fileio.h"
 
@@ -674,7 +675,7 @@ typedef struct st_decl {
 
 struct mc_st_writer {
     char *path;
-    FILE *fp;
+    mc_afile file;  /* a temporary file beside path until finish renames it */
     st_decl *decls; /* (n_decls) in declaration order, which is also data order */
     int n_decls, cap_decls;
     size_t total;   /* sum of the declared sizes */
@@ -699,9 +700,8 @@ moecl_status mc_st_writer_new(const char *path, mc_st_writer **out) {
         free(w);
         return mc_error(MOECL_ERR_NOMEM, "%s: out of memory", path);
     }
-    w->fp = fopen(path, "wb");
-    if (!w->fp) {
-        moecl_status st = mc_error(MOECL_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
+    moecl_status st = mc_afile_open(&w->file, path, 0);
+    if (st) {
         writer_free(w);
         return st;
     }
@@ -801,11 +801,9 @@ static char *build_header(const mc_st_writer *w, const char *key, const char *va
 }
 
 static moecl_status write_bytes(mc_st_writer *w, const void *p, size_t n) {
-    if (n && fwrite(p, 1, n, w->fp) != n) {
-        w->failed = true;
-        return mc_error(MOECL_ERR_IO, "%s: cannot write: %s", w->path, strerror(errno));
-    }
-    return MOECL_OK;
+    moecl_status st = mc_afile_write(&w->file, p, n);
+    if (st) w->failed = true;
+    return st;
 }
 
 moecl_status mc_st_writer_begin_data(mc_st_writer *w, const char *metadata_key, const char *metadata_value) {
@@ -868,19 +866,16 @@ moecl_status mc_st_writer_finish(mc_st_writer *w) {
         st = mc_error(MOECL_ERR_INVALID_ARG, "%s: finished before the header was written", w->path);
     else if (w->written != w->total)
         st = short_data_error(w);
-    else if (fflush(w->fp) != 0 || ferror(w->fp))
-        st = mc_error(MOECL_ERR_IO, "%s: cannot write: %s", w->path, strerror(errno));
-    if (fclose(w->fp) != 0 && st == MOECL_OK)
-        st = mc_error(MOECL_ERR_IO, "%s: cannot close: %s", w->path, strerror(errno));
-    /* A half-written file must not be mistaken for a model later. */
-    if (st != MOECL_OK) remove(w->path);
+    else
+        st = mc_afile_commit(&w->file);
+    /* A half-written file never appears under its name. */
+    mc_afile_discard(&w->file);
     writer_free(w);
     return st;
 }
 
 void mc_st_writer_abort(mc_st_writer *w) {
     if (!w) return;
-    fclose(w->fp);
-    remove(w->path);
+    mc_afile_discard(&w->file);
     writer_free(w);
 }

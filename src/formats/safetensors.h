@@ -62,8 +62,9 @@ const mc_st_tensor *mc_st_set_find(const mc_st_set *set, const char *name);
 
 typedef struct mc_st_writer mc_st_writer;
 
-/* Start a file at path; tensors are declared first, then their data written
- * in the same order. metadata_json: an object literal for "__metadata__"
+/* Start a file at path (written beside it under a temporary name and renamed
+ * by finish: formats/atomic_file.h); tensors are declared first, then their
+ * data written in the same order. metadata_json: an object literal for "__metadata__"
  * (string values only) or NULL. */
 moecl_status mc_st_writer_new(const char *path, mc_st_writer **out);
 moecl_status mc_st_writer_declare(mc_st_writer *w, const char *name, moecl_dtype type, int n_dims,

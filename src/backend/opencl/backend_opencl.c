@@ -82,6 +82,7 @@ typedef struct ocl_backend {
     size_t cap_rows;
     cl_int *groups_host;  /* [n_expert * 4], read by the pending write */
     bool pending;         /* work enqueued and not waited for */
+    cl_event read_ev;     /* the pending read of the outputs; NULL when none */
     mc_moe_work last;     /* the pending work, recomputed on the CPU if the wait fails */
     bool failed;          /* the device failed during a decode: everything runs on the CPU */
     mc_backend *cpu;      /* matmul, and the experts once the device failed */
@@ -226,10 +227,31 @@ static moecl_status enqueue(mc_backend *be, const mc_moe_work *w) {
     if ((st = set_args(o, stage_kernel(o, true, L->t2, max_rows), o->h, L->w2, NULL, o->y, D, F))) return st;
     if ((st = launch(o, false, L->t13, (size_t)F, max_rows, (size_t)w->n_used))) return st;
     if ((st = launch(o, true, L->t2, (size_t)D, max_rows, (size_t)w->n_used))) return st;
-    CL_CHECK(clEnqueueReadBuffer(o->queue, o->y, CL_FALSE, 0, xbytes, w->Y + r0 * D, 0, NULL, NULL),
+    CL_CHECK(clEnqueueReadBuffer(o->queue, o->y, CL_FALSE, 0, xbytes, w->Y + r0 * D, 0, NULL, &o->read_ev),
              "reading the outputs");
     CL_CHECK(clFlush(o->queue), "flushing the queue");
     return MOECL_OK;
+}
+
+/* Block until the pending read has landed in host memory and the queue is
+ * empty. The read's own event is waited on, not only clFinish: Mesa's
+ * rusticl returns from clFinish before a non-blocking read already flushed
+ * with clFlush has completed (measured: wrong, varying logits). The error
+ * of the read, if any. */
+static cl_int drain(ocl_backend *o) {
+    cl_int err = CL_SUCCESS;
+    if (o->read_ev) {
+        err = clWaitForEvents(1, &o->read_ev);
+        cl_int es = CL_COMPLETE;
+        if (err == CL_SUCCESS &&
+            clGetEventInfo(o->read_ev, CL_EVENT_COMMAND_EXECUTION_STATUS, sizeof es, &es, NULL) == CL_SUCCESS &&
+            es < 0)
+            err = es;
+        clReleaseEvent(o->read_ev);
+        o->read_ev = NULL;
+    }
+    cl_int fin = clFinish(o->queue);
+    return err != CL_SUCCESS ? err : fin;
 }
 
 /* The device failed (the error is the thread's last): say so, stop using
@@ -241,7 +263,7 @@ static moecl_status fall_back(mc_backend *be, const mc_moe_work *w) {
            "(the device %s is not used again by this context)",
            moecl_last_error(), w->layer, o->dev.name);
     o->failed = true;
-    clFinish(o->queue); /* nothing may still read or write host memory; its error is the one above */
+    drain(o); /* nothing may still read or write host memory; its error is the one above */
     mc_clear_error();
     return o->cpu->iface->moe_submit(o->cpu, w);
 }
@@ -263,7 +285,7 @@ static moecl_status ocl_moe_wait(mc_backend *be) {
     if (!o->pending) return MOECL_OK;
     o->pending = false;
     o->n_waits++;
-    cl_int err = clFinish(o->queue);
+    cl_int err = drain(o);
     if (o->fail_wait_at > 0 && o->n_waits == o->fail_wait_at) err = CL_OUT_OF_RESOURCES;
     if (err == CL_SUCCESS) return MOECL_OK;
     mc_error(MOECL_ERR_BACKEND, "opencl: waiting for the expert FFNs of layer %d on %s: %s%s", o->last.layer,
@@ -280,7 +302,7 @@ static void ocl_free(mc_backend *be) {
     if (!be) return;
     ocl_backend *o = be->impl;
     if (o) {
-        if (o->queue) clFinish(o->queue);
+        if (o->queue) drain(o);
         for (int l = 0; o->layers && l < be->model->hp.n_layer; l++) {
             cl_mem m[3] = {o->layers[l].w1, o->layers[l].w3, o->layers[l].w2};
             for (int i = 0; i < 3; i++)
@@ -408,7 +430,7 @@ static moecl_status build_for(ocl_backend *o, moecl_dtype t) {
     if (!is_quant(t)) {
         snprintf(opts, sizeof opts, "-cl-mad-enable -DWGS=%zu -DTS=%zu -DOUTS=%zu -DRB=%d -DCB=%d%s", o->wgs, o->ts,
                  o->outs, BLK_RB, BLK_CB, t == MOECL_DTYPE_F16 ? " -DWEIGHT_F16" : "");
-        if ((st = mc_cl_build(o->ctx, &o->dev, "moe_ffn.cl", opts, &o->prog[t]))) return st;
+        if ((st = mc_cl_build(o->ctx, &o->dev, "moe_ffn.cl", opts, float_kernels, K_FLOAT_N, &o->prog[t]))) return st;
         for (int i = 0; i < K_FLOAT_N; i++) {
             o->kf[i] = clCreateKernel(o->prog[t], float_kernels[i], &err);
             CL_CHECK(err, float_kernels[i]);
@@ -416,7 +438,7 @@ static moecl_status build_for(ocl_backend *o, moecl_dtype t) {
         return MOECL_OK;
     }
     snprintf(opts, sizeof opts, "-DQTYPE=%d -DQRB=%d", (int)t, QRB);
-    if ((st = mc_cl_build(o->ctx, &o->dev, "moe_ffn_q.cl", opts, &o->prog[t]))) return st;
+    if ((st = mc_cl_build(o->ctx, &o->dev, "moe_ffn_q.cl", opts, quant_kernels, K_QUANT_N, &o->prog[t]))) return st;
     for (int i = 0; i < K_QUANT_N; i++) {
         o->kq[t][i] = clCreateKernel(o->prog[t], quant_kernels[i], &err);
         CL_CHECK(err, quant_kernels[i]);

@@ -2,8 +2,10 @@
  * cl_runtime.c - OpenCL devices, kernel sources and program builds.
  */
 #include "backend/opencl/opencl.h"
+#include "formats/atomic_file.h"
 
 #include <ctype.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -215,18 +217,77 @@ static const char *source_text(const char *file, char **owned) {
 /* ---- the on-disk cache of program binaries --------------------------------
  * <dir>/<file>-<key>.bin, dir: $MOECL_CACHE_DIR, else $XDG_CACHE_HOME/moecl,
  * else ~/.cache/moecl; key: FNV-1a 64 of platform, device, device version,
- * driver version, source text and build options. MOECL_CL_CACHE=off
- * disables it. A binary that fails to load is rebuilt from source. */
+ * driver version, source text and build options.
+ *
+ * Drivers trust a binary handed to them: PoCL aborts the process on a
+ * truncated one, rusticl panics on a damaged one. So each file carries a
+ * header, checked before the driver sees a byte:
+ *
+ *   offset  size  field
+ *        0     8  magic "MOECLBIN"
+ *        8     4  format version (1), little-endian
+ *       12     4  header size (32)
+ *       16     8  payload length in bytes
+ *       24     8  FNV-1a 64 of the payload
+ *       32     …  the driver's binary (CL_PROGRAM_BINARIES)
+ *
+ * A file that fails the check, does not build, or lacks a kernel the caller
+ * needs is removed and the program compiled again from source, with a
+ * warning naming the file. MOECL_CL_CACHE=0 (or off) disables the cache;
+ * MOECL_CL_CACHE=off:NAME[,NAME...] disables it for the devices whose
+ * platform, vendor, name or driver version contains one of the NAMEs. */
+
+#define CACHE_MAGIC "MOECLBIN"
+#define CACHE_VERSION 1u
+#define CACHE_HEADER 32u
+#define CACHE_MAX_BYTES ((uint64_t)1 << 30) /* far beyond any program binary seen (PoCL: ~2 MB) */
 
 static uint64_t fnv1a(uint64_t h, const char *s) {
     for (; *s; s++) h = (h ^ (unsigned char)*s) * 0x100000001b3ull;
     return (h ^ 0xff) * 0x100000001b3ull; /* a separator, so fields cannot run together */
 }
 
+static uint64_t fnv1a_bytes(const unsigned char *p, size_t n) {
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 0x100000001b3ull;
+    return h;
+}
+
+static void put_le(unsigned char *p, uint64_t v, int n) {
+    for (int i = 0; i < n; i++) p[i] = (unsigned char)(v >> (8 * i));
+}
+
+static uint64_t get_le(const unsigned char *p, int n) {
+    uint64_t v = 0;
+    for (int i = n - 1; i >= 0; i--) v = (v << 8) | p[i];
+    return v;
+}
+
+/* MOECL_CL_CACHE: unset, "1", "on": on; "0", "off": off; "off:a,b": off for
+ * the devices a or b names. */
+static bool cache_enabled(const mc_cl_device *dev) {
+    const char *v = getenv("MOECL_CL_CACHE");
+    if (!v || !*v) return true;
+    if (!strcmp(v, "off") || !strcmp(v, "0")) return false;
+    if (strncmp(v, "off:", 4) != 0) return true;
+    char label[600];
+    snprintf(label, sizeof label, "%s %s %s %s", dev->platform_name, dev->platform_vendor, dev->name, dev->driver);
+    for (const char *p = v + 4; *p;) {
+        size_t n = strcspn(p, ",");
+        char name[128];
+        if (n > 0 && n < sizeof name) {
+            memcpy(name, p, n);
+            name[n] = '\0';
+            if (contains_nocase(label, name)) return false;
+        }
+        p += n + (p[n] == ',');
+    }
+    return true;
+}
+
 static bool cache_path(const mc_cl_device *dev, const char *file, const char *text, const char *opts, char *path,
                        size_t len) {
-    const char *off = getenv("MOECL_CL_CACHE");
-    if (off && (!strcmp(off, "off") || !strcmp(off, "0"))) return false;
+    if (!cache_enabled(dev)) return false;
     char dir[2048];
     const char *env = getenv("MOECL_CACHE_DIR"), *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
     if (env && *env) snprintf(dir, sizeof dir, "%s", env);
@@ -247,28 +308,72 @@ static bool cache_path(const mc_cl_device *dev, const char *file, const char *te
     return snprintf(path, len, "%s/%s-%016llx.bin", dir, file, (unsigned long long)h) < (int)len;
 }
 
-static cl_program cache_load(cl_context ctx, const mc_cl_device *dev, const char *path, const char *opts) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    unsigned char *bin = NULL;
-    long n = -1;
-    if (fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) > 0 && fseek(f, 0, SEEK_SET) == 0) bin = malloc((size_t)n);
-    if (bin && fread(bin, 1, (size_t)n, f) != (size_t)n) {
-        free(bin);
-        bin = NULL;
+/* The payload of a cache file whose header checks out (malloc'd, *n bytes);
+ * NULL with *why set otherwise, *why "" when there is no file. */
+static unsigned char *cache_read(const char *path, size_t *n, const char **why) {
+    *why = "";
+    /* O_NONBLOCK: a FIFO put in the cache must not hang the open */
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) return NULL;
+    struct stat sb;
+    unsigned char hdr[CACHE_HEADER], *bin = NULL;
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) *why = "not a regular file";
+    else if ((uint64_t)sb.st_size < CACHE_HEADER || read(fd, hdr, CACHE_HEADER) != (ssize_t)CACHE_HEADER)
+        *why = "shorter than its header";
+    else if (memcmp(hdr, CACHE_MAGIC, 8) != 0) *why = "no moecl cache header";
+    else if (get_le(hdr + 8, 4) != CACHE_VERSION || get_le(hdr + 12, 4) != CACHE_HEADER) *why = "another format version";
+    else if (get_le(hdr + 16, 8) > CACHE_MAX_BYTES || get_le(hdr + 16, 8) == 0) *why = "a length out of range";
+    else if (get_le(hdr + 16, 8) != (uint64_t)sb.st_size - CACHE_HEADER) *why = "truncated or extended: its length differs";
+    else if (!(bin = malloc((size_t)get_le(hdr + 16, 8)))) *why = "out of memory";
+    if (bin) {
+        *n = (size_t)get_le(hdr + 16, 8);
+        size_t got = 0;
+        while (got < *n) {
+            ssize_t k = read(fd, bin + got, *n - got);
+            if (k <= 0) break;
+            got += (size_t)k;
+        }
+        if (got != *n) *why = "truncated while reading";
+        else if (fnv1a_bytes(bin, *n) != get_le(hdr + 24, 8)) *why = "its checksum does not match";
+        if (**why) {
+            free(bin);
+            bin = NULL;
+        }
     }
-    fclose(f);
-    if (!bin) return NULL;
-    size_t size = (size_t)n;
+    close(fd);
+    return bin;
+}
+
+/* The cached program if it loads, builds and has every kernel named;
+ * otherwise NULL, the file removed (it would fail again) and a warning. */
+static cl_program cache_load(cl_context ctx, const mc_cl_device *dev, const char *path, const char *opts,
+                             const char *const *kernels, int n_kernels) {
+    size_t size = 0;
+    const char *why;
+    unsigned char *bin = cache_read(path, &size, &why);
+    if (!bin) {
+        if (*why) {
+            mc_log(MOECL_LOG_WARN, "opencl: cached binary %s is damaged (%s); removed, compiling again", path, why);
+            unlink(path);
+        }
+        return NULL;
+    }
     cl_int status = CL_SUCCESS, err;
     const unsigned char *b = bin;
     cl_program prog = clCreateProgramWithBinary(ctx, 1, &dev->id, &size, &b, &status, &err);
     free(bin);
     if (err == CL_SUCCESS && status == CL_SUCCESS) err = clBuildProgram(prog, 1, &dev->id, opts, NULL, NULL);
+    const char *missing = NULL;
+    for (int i = 0; i < n_kernels && err == CL_SUCCESS && status == CL_SUCCESS && !missing; i++) {
+        cl_kernel k = clCreateKernel(prog, kernels[i], &err);
+        if (k) clReleaseKernel(k);
+        if (err != CL_SUCCESS) missing = kernels[i];
+    }
     if (err != CL_SUCCESS || status != CL_SUCCESS) {
         if (prog) clReleaseProgram(prog);
-        mc_log(MOECL_LOG_WARN, "opencl: cached binary %s does not load (%s); compiling again", path,
-               mc_cl_strerror(err != CL_SUCCESS ? err : status));
+        mc_log(MOECL_LOG_WARN, "opencl: cached binary %s does not load (%s%s%s); removed, compiling again", path,
+               mc_cl_strerror(err != CL_SUCCESS ? err : status), missing ? " for kernel " : "", missing ? missing : "");
+        unlink(path);
         return NULL;
     }
     return prog;
@@ -276,19 +381,24 @@ static cl_program cache_load(cl_context ctx, const mc_cl_device *dev, const char
 
 static void cache_store(cl_program prog, const char *path) {
     size_t size = 0;
-    if (clGetProgramInfo(prog, CL_PROGRAM_BINARY_SIZES, sizeof size, &size, NULL) != CL_SUCCESS || !size) return;
-    unsigned char *bin = malloc(size);
-    if (!bin) return;
-    char tmp[4300];
-    FILE *f = NULL;
-    if (snprintf(tmp, sizeof tmp, "%s.%ld.tmp", path, (long)getpid()) < (int)sizeof tmp &&
-        clGetProgramInfo(prog, CL_PROGRAM_BINARIES, sizeof bin, &bin, NULL) == CL_SUCCESS && (f = fopen(tmp, "wb"))) {
-        bool ok = fwrite(bin, 1, size, f) == size;
-        ok &= fclose(f) == 0;
-        if (ok && rename(tmp, path) == 0) mc_log(MOECL_LOG_INFO, "opencl: cached the program binary at %s", path);
-        else remove(tmp);
+    if (clGetProgramInfo(prog, CL_PROGRAM_BINARY_SIZES, sizeof size, &size, NULL) != CL_SUCCESS || !size ||
+        size > CACHE_MAX_BYTES)
+        return;
+    unsigned char *file = malloc(CACHE_HEADER + size);
+    if (!file) return;
+    unsigned char *bin = file + CACHE_HEADER;
+    if (clGetProgramInfo(prog, CL_PROGRAM_BINARIES, sizeof bin, &bin, NULL) == CL_SUCCESS) {
+        memcpy(file, CACHE_MAGIC, 8);
+        put_le(file + 8, CACHE_VERSION, 4);
+        put_le(file + 12, CACHE_HEADER, 4);
+        put_le(file + 16, size, 8);
+        put_le(file + 24, fnv1a_bytes(bin, size), 8);
+        if (mc_afile_write_all(path, file, CACHE_HEADER + size, 0) == MOECL_OK)
+            mc_log(MOECL_LOG_INFO, "opencl: cached the program binary at %s", path);
+        else /* a cache that cannot be written costs a compile next time, nothing more */
+            mc_log(MOECL_LOG_INFO, "opencl: not cached: %s", moecl_last_error());
     }
-    free(bin);
+    free(file);
 }
 
 static double now_ms(void) {
@@ -298,7 +408,7 @@ static double now_ms(void) {
 }
 
 moecl_status mc_cl_build(cl_context ctx, const mc_cl_device *dev, const char *file, const char *options,
-                         cl_program *out) {
+                         const char *const *kernels, int n_kernels, cl_program *out) {
     *out = NULL;
     char *owned;
     const char *text = source_text(file, &owned);
@@ -310,7 +420,7 @@ moecl_status mc_cl_build(cl_context ctx, const mc_cl_device *dev, const char *fi
     double t0 = now_ms();
     char path[4200];
     bool cached = cache_path(dev, file, text, opts, path, sizeof path);
-    cl_program prog = cached ? cache_load(ctx, dev, path, opts) : NULL;
+    cl_program prog = cached ? cache_load(ctx, dev, path, opts, kernels, n_kernels) : NULL;
     if (prog) {
         free(owned);
         mc_log(MOECL_LOG_INFO, "opencl: %s for %s from the cache in %.0f ms (%s)", file, dev->name, now_ms() - t0,

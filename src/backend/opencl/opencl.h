@@ -120,9 +120,11 @@ moecl_status mc_cl_select(const char *selector, bool gpu_only, mc_cl_device *out
 
 /* Build program `file` (a name in mc_cl_sources, or read from $MOECL_CL_DIR
  * when that is set) for one device with the given options, to which
- * $MOECL_CL_OPTIONS is appended. MOECL_ERR_BACKEND with the build log. */
+ * $MOECL_CL_OPTIONS is appended. MOECL_ERR_BACKEND with the build log.
+ * kernels[0..n_kernels): the kernels the caller will create; a cached
+ * binary lacking one is discarded and the program built from source. */
 moecl_status mc_cl_build(cl_context ctx, const mc_cl_device *dev, const char *file, const char *options,
-                         cl_program *out);
+                         const char *const *kernels, int n_kernels, cl_program *out);
 
 /* "CL_OUT_OF_RESOURCES" and so on. */
 const char *mc_cl_strerror(cl_int err);
