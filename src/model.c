@@ -10,9 +10,11 @@
  * for its RoPE, which the interleaved RoPE undoes.
  */
 #include "model.h"
+#include "guard.h"
 #include "backend/cpu/kernels.h"
 #include "tokenizer/tokenizer.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -359,7 +361,7 @@ moecl_status moecl_model_load(const char *path, const moecl_model_params *params
     if (!params) params = &defaults;
 
     struct stat sb;
-    if (stat(path, &sb) != 0) return mc_error(MOECL_ERR_IO, "%s: no such file or directory", path);
+    if (stat(path, &sb) != 0) return mc_error(MOECL_ERR_IO, "%s: %s", mc_esc(path), strerror(errno));
     const bool is_dir = S_ISDIR(sb.st_mode);
     if (!is_dir && !has_suffix(path, ".gguf"))
         return mc_error(MOECL_ERR_UNSUPPORTED, "%s: not a model (expected a directory with config.json and "
@@ -389,6 +391,7 @@ moecl_status moecl_model_load(const char *path, const moecl_model_params *params
         if ((st = mc_tokenizer_from_gguf(m->gguf, &m->tokenizer))) goto fail;
     }
 
+    if ((st = mc_guard_new_model(m, &m->guard))) goto fail; /* from here on, reads of the mapping are guarded */
     const mc_hparams *hp = &m->hp;
     ld.total = 3 + (int64_t)hp->n_layer * (7 + 3 * (int64_t)hp->n_expert);
     if (!(m->layers = calloc((size_t)hp->n_layer, sizeof *m->layers))) {
@@ -410,6 +413,7 @@ moecl_status moecl_model_load(const char *path, const moecl_model_params *params
         st = mc_error(MOECL_ERR_ABORTED, "%s: loading cancelled by the progress callback", path);
         goto fail;
     }
+    if ((st = mc_guard_leave(m->guard, MOECL_OK))) goto fail;
     mc_log(MOECL_LOG_INFO, "%s: %d layers, %d experts (top-%d), hidden %d, vocab %d, experts in %s", path,
            hp->n_layer, hp->n_expert, hp->n_expert_used, hp->n_embd, hp->n_vocab,
            moecl_dtype_name(m->layers[0].experts[0].w1.type));
@@ -434,6 +438,7 @@ void moecl_model_free(moecl_model *m) {
         free(m->layers);
     }
     free(m->out_norm);
+    mc_guard_free(m->guard); /* before the files are unmapped */
     mc_st_set_close(&m->files);
     mc_gguf_close(m->gguf);
     moecl_tokenizer_free(m->tokenizer);

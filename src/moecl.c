@@ -2,6 +2,7 @@
  * moecl.c - status codes, the last-error message, logging, dtype helpers.
  */
 #include "internal.h"
+#include "tokenizer/tokenizer.h"
 
 #include <stdarg.h>
 #include <inttypes.h>
@@ -79,6 +80,77 @@ moecl_status mc_error(moecl_status status, const char *fmt, ...) {
 void mc_clear_error(void) { tl_last_error[0] = '\0'; }
 
 const char *moecl_last_error(void) { return tl_last_error; }
+
+/* ------------------------------------------------------------------------ */
+/* Escaping text from files                                                 */
+/* ------------------------------------------------------------------------ */
+
+/* Code points a terminal acts on or that reorder what follows: C1 controls,
+ * the bidirectional embeddings, overrides and isolates, line and paragraph
+ * separators. */
+static bool unsafe_cp(uint32_t cp) {
+    return (cp >= 0x80 && cp <= 0x9f) || (cp >= 0x2028 && cp <= 0x202e) || (cp >= 0x2066 && cp <= 0x2069) ||
+           cp == 0x200e || cp == 0x200f || cp == 0x061c;
+}
+
+size_t mc_escape(char *out, size_t cap, const char *s, size_t len) {
+    static const char hex[] = "0123456789abcdef";
+    const uint8_t *u = (const uint8_t *)s;
+    size_t i = 0, o = 0;
+    if (!cap) return 0;
+    while (i < len) {
+        char e[8];
+        size_t ne = 0, take = 1;
+        const uint8_t c = u[i];
+        if (c == '\\' || c == '"') {
+            e[ne++] = '\\';
+            e[ne++] = (char)c;
+        } else if (c == '\n' || c == '\t' || c == '\r') {
+            e[ne++] = '\\';
+            e[ne++] = c == '\n' ? 'n' : c == '\t' ? 't' : 'r';
+        } else if (c < 0x20 || c == 0x7f) {
+            ne = (size_t)snprintf(e, sizeof e, "\\x%c%c", hex[c >> 4], hex[c & 15]);
+        } else if (c < 0x80) {
+            e[ne++] = (char)c;
+        } else {
+            const int n = mc_utf8_len(u + i, len - i);
+            uint32_t cp = 0;
+            if (n > 0) {
+                cp = n == 2 ? c & 0x1fu : n == 3 ? c & 0x0fu : c & 0x07u;
+                for (int k = 1; k < n; k++) cp = (cp << 6) | (u[i + k] & 0x3fu);
+            }
+            if (n == 0) {
+                ne = (size_t)snprintf(e, sizeof e, "\\x%c%c", hex[c >> 4], hex[c & 15]);
+            } else if (unsafe_cp(cp)) {
+                ne = (size_t)snprintf(e, sizeof e, "\\u%04x", (unsigned)cp);
+                take = (size_t)n;
+            } else {
+                memcpy(e, u + i, (size_t)n);
+                ne = take = (size_t)n;
+            }
+        }
+        if (o + ne + 1 > cap) break;
+        memcpy(out + o, e, ne);
+        o += ne;
+        i += take;
+    }
+    out[o] = '\0';
+    return i;
+}
+
+#define ESC_BUFS 8
+#define ESC_CAP 300
+
+const char *mc_esc_n(const char *s, size_t len) {
+    static _Thread_local char bufs[ESC_BUFS][ESC_CAP];
+    static _Thread_local unsigned next;
+    char *b = bufs[next++ % ESC_BUFS];
+    if (!s) return "(null)";
+    if (mc_escape(b, ESC_CAP - 3, s, len) < len) strcat(b, "...");
+    return b;
+}
+
+const char *mc_esc(const char *s) { return s ? mc_esc_n(s, strlen(s)) : "(null)"; }
 
 /* ------------------------------------------------------------------------ */
 /* dtypes                                                                   */
