@@ -148,7 +148,7 @@ static moecl_status add_file(mc_guard *g, const char *path, uint64_t size, const
     f->size = size;
     f->lo = (uintptr_t)lo & ~(g_page - 1);
     f->hi = (uintptr_t)hi;
-    if (!(f->path = strdup(path))) return mc_error(MOECL_ERR_NOMEM, "%s: out of memory", mc_esc(path));
+    if (!(f->path = strdup(path))) return mc_error(MOECL_ERR_NOMEM, "%s: out of memory", path);
     g->n++;
     /* A descriptor of its own (the reader closed its one after mapping);
      * non-blocking so a FIFO put in the file's place cannot hang us. */
@@ -158,9 +158,9 @@ static moecl_status add_file(mc_guard *g, const char *path, uint64_t size, const
         close(f->fd);
         f->fd = -1;
     }
-    if (f->fd < 0) mc_log(MOECL_LOG_WARN, "%s: cannot reopen the file to watch its size", mc_esc(path));
+    if (f->fd < 0) mc_log(MOECL_LOG_WARN, "%s: cannot reopen the file to watch its size", path);
     if (f->hi > f->lo && g_installed && (f->slot = slot_add(g, g->n - 1)) < 0)
-        mc_log(MOECL_LOG_WARN, "%s: no SIGBUS guard left for this file (more than %d files mapped)", mc_esc(path),
+        mc_log(MOECL_LOG_WARN, "%s: no SIGBUS guard left for this file (more than %d files mapped)", path,
                N_SLOTS);
     return MOECL_OK;
 }
@@ -172,7 +172,7 @@ moecl_status mc_guard_new_model(const moecl_model *m, mc_guard **out) {
     const int n = m->files.n_files + (m->gguf ? 1 : 0);
     if (!g || !(g->files = calloc((size_t)(n ? n : 1), sizeof *g->files))) {
         free(g);
-        return mc_error(MOECL_ERR_NOMEM, "%s: out of memory", mc_esc(m->path));
+        return mc_error(MOECL_ERR_NOMEM, "%s: out of memory", m->path);
     }
     pthread_mutex_init(&g->mu, NULL);
     atomic_store(&g->armed, 1); /* the loader reads weights next */
@@ -235,7 +235,7 @@ static moecl_status check_fault(mc_guard *g) {
     const int f = atomic_load(&g->fault);
     if (!f) return MOECL_OK;
     return die(g, "%s: reading the mapped weights failed (SIGBUS: the file was truncated or its storage failed)" AFTER,
-               mc_esc(g->files[f - 1].path));
+               g->files[f - 1].path);
 }
 
 moecl_status mc_guard_enter(mc_guard *g) {
@@ -248,9 +248,9 @@ moecl_status mc_guard_enter(mc_guard *g) {
         struct stat sb;
         if (f->fd < 0) continue;
         if (fstat(f->fd, &sb) != 0)
-            return die(g, "%s: cannot check the file's size: %s" AFTER, mc_esc(f->path), strerror(errno));
+            return die(g, "%s: cannot check the file's size: %s" AFTER, f->path, strerror(errno));
         if ((uint64_t)sb.st_size < f->size)
-            return die(g, "%s: the file shrank from %llu to %lld bytes" AFTER, mc_esc(f->path),
+            return die(g, "%s: the file shrank from %llu to %lld bytes" AFTER, f->path,
                        (unsigned long long)f->size, (long long)sb.st_size);
     }
     atomic_fetch_add(&g->armed, 1);

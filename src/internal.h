@@ -24,16 +24,15 @@ void mc_log(moecl_log_level level, const char *fmt, ...) MC_PRINTF(2, 3);
 void mc_clear_error(void);
 
 /* Text taken from a file, made safe to print: control characters, DEL, the
- * C1 controls (U+0080..U+009F), bidirectional overrides and bytes that are
- * not well-formed UTF-8 become \xNN or \uNNNN; backslash and double quote
- * are escaped too; other UTF-8 passes through. mc_escape writes at most cap
- * bytes (NUL included, never half an escape) and returns how many bytes of s
- * it took. mc_esc / mc_esc_n return a thread-local buffer (one of 8, used
- * in turn, so one message can hold several; 300 bytes, longer text ends in
- * "..."): for arguments of mc_error and mc_log. */
-size_t mc_escape(char *out, size_t cap, const char *s, size_t len);
-const char *mc_esc_n(const char *s, size_t len);
-const char *mc_esc(const char *s);
+ * C1 controls (U+0080..U+009F), bidirectional controls, line and paragraph
+ * separators, and bytes that are not well-formed UTF-8 become \n, \t, \r,
+ * \xNN or \uNNNN; other UTF-8 passes through. With MC_ESC_QUOTES backslash
+ * and double quote are escaped too (for text shown between quotes). Writes
+ * at most cap bytes into out (NUL included, never half an escape) and
+ * returns how many bytes of s it took. mc_error and mc_log pass every
+ * message through it, so file text in messages needs nothing more. */
+#define MC_ESC_QUOTES 1u
+size_t mc_escape(char *out, size_t cap, const char *s, size_t len, unsigned flags);
 
 /* ---- overflow-checked size arithmetic ------------------------------------- */
 

@@ -361,7 +361,7 @@ moecl_status moecl_model_load(const char *path, const moecl_model_params *params
     if (!params) params = &defaults;
 
     struct stat sb;
-    if (stat(path, &sb) != 0) return mc_error(MOECL_ERR_IO, "%s: %s", mc_esc(path), strerror(errno));
+    if (stat(path, &sb) != 0) return mc_error(MOECL_ERR_IO, "%s: %s", path, strerror(errno));
     const bool is_dir = S_ISDIR(sb.st_mode);
     if (!is_dir && !has_suffix(path, ".gguf"))
         return mc_error(MOECL_ERR_UNSUPPORTED, "%s: not a model (expected a directory with config.json and "

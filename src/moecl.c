@@ -52,10 +52,14 @@ void moecl_log_set(moecl_log_fn fn, moecl_log_level max_level, void *user_data) 
     g_log_max = max_level;
 }
 
+/* Messages quote file text (names, keys, values): every message is escaped
+ * (mc_escape) before anyone sees it, so no file can send control sequences
+ * to a terminal or a log through moecl. */
 static void log_v(moecl_log_level level, const char *fmt, va_list ap) {
     if (level > g_log_max) return;
-    char buf[1024];
-    vsnprintf(buf, sizeof buf, fmt, ap);
+    char raw[1024], buf[1024];
+    vsnprintf(raw, sizeof raw, fmt, ap);
+    mc_escape(buf, sizeof buf, raw, strlen(raw), 0);
     g_log_fn(level, buf, g_log_user);
 }
 
@@ -67,10 +71,12 @@ void mc_log(moecl_log_level level, const char *fmt, ...) {
 }
 
 moecl_status mc_error(moecl_status status, const char *fmt, ...) {
+    char raw[sizeof tl_last_error]; /* arguments may point into tl_last_error */
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(tl_last_error, sizeof tl_last_error, fmt, ap);
+    vsnprintf(raw, sizeof raw, fmt, ap);
     va_end(ap);
+    mc_escape(tl_last_error, sizeof tl_last_error, raw, strlen(raw), 0);
     /* Errors are returned to the caller, who decides what to show; log them
      * at debug level only so an application is not told twice. */
     mc_log(MOECL_LOG_DEBUG, "%s", tl_last_error);
@@ -93,7 +99,7 @@ static bool unsafe_cp(uint32_t cp) {
            cp == 0x200e || cp == 0x200f || cp == 0x061c;
 }
 
-size_t mc_escape(char *out, size_t cap, const char *s, size_t len) {
+size_t mc_escape(char *out, size_t cap, const char *s, size_t len, unsigned flags) {
     static const char hex[] = "0123456789abcdef";
     const uint8_t *u = (const uint8_t *)s;
     size_t i = 0, o = 0;
@@ -102,7 +108,7 @@ size_t mc_escape(char *out, size_t cap, const char *s, size_t len) {
         char e[8];
         size_t ne = 0, take = 1;
         const uint8_t c = u[i];
-        if (c == '\\' || c == '"') {
+        if ((flags & MC_ESC_QUOTES) && (c == '\\' || c == '"')) {
             e[ne++] = '\\';
             e[ne++] = (char)c;
         } else if (c == '\n' || c == '\t' || c == '\r') {
@@ -138,19 +144,6 @@ size_t mc_escape(char *out, size_t cap, const char *s, size_t len) {
     return i;
 }
 
-#define ESC_BUFS 8
-#define ESC_CAP 300
-
-const char *mc_esc_n(const char *s, size_t len) {
-    static _Thread_local char bufs[ESC_BUFS][ESC_CAP];
-    static _Thread_local unsigned next;
-    char *b = bufs[next++ % ESC_BUFS];
-    if (!s) return "(null)";
-    if (mc_escape(b, ESC_CAP - 3, s, len) < len) strcat(b, "...");
-    return b;
-}
-
-const char *mc_esc(const char *s) { return s ? mc_esc_n(s, strlen(s)) : "(null)"; }
 
 /* ------------------------------------------------------------------------ */
 /* dtypes                                                                   */

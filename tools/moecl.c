@@ -777,7 +777,11 @@ static int cmd_info(const options *o) {
     if (!path) return 1;
     moecl_model *model = NULL;
     int rc = load_model(o, &model, NULL);
-    if (rc) return rc;
+    if (rc) {
+        /* A GGUF that is not a model moecl runs: still show what it holds. */
+        if (is_gguf_path(path)) gguf_dump_print(path, -1);
+        return rc;
+    }
     moecl_model_info in;
     moecl_model_get_info(model, &in);
     printf("%-22s %s\n", "architecture", in.architecture);
