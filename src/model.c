@@ -347,6 +347,23 @@ static moecl_status gguf_hparams(const mc_gguf *g, mc_hparams *hp) {
     return MOECL_OK;
 }
 
+/* Where the model and its tokenizer meet: a tokenizer with more ids than
+ * the embedding has rows makes ids the model cannot take, and a huge one
+ * costs memory for nothing (16.7 M ids are 2 GB). More than VOCAB_SLACK ids
+ * over is refused, before a GGUF's tokenizer is built; any other mismatch is
+ * logged (fewer ids than rows is the usual padded embedding). */
+#define VOCAB_SLACK 256
+static moecl_status check_vocab(const char *path, int64_t n_tok, int32_t n_vocab) {
+    if (n_tok > (int64_t)n_vocab + VOCAB_SLACK)
+        return mc_error(MOECL_ERR_FORMAT, "%s: the tokenizer has %lld ids but the model's embedding only %d rows "
+                        "(at most %d more ids are accepted)", path, (long long)n_tok, n_vocab, VOCAB_SLACK);
+    if (n_tok != n_vocab)
+        mc_log(n_tok > n_vocab ? MOECL_LOG_WARN : MOECL_LOG_INFO,
+               "%s: the tokenizer has %lld ids, the model's embedding %d rows%s", path, (long long)n_tok, n_vocab,
+               n_tok > n_vocab ? ": the ids past the embedding cannot be decoded" : "");
+    return MOECL_OK;
+}
+
 static bool has_suffix(const char *s, const char *suffix) {
     size_t n = strlen(s), k = strlen(suffix);
     return n >= k && !strcmp(s + n - k, suffix);
@@ -385,9 +402,12 @@ moecl_status moecl_model_load(const char *path, const moecl_model_params *params
         if ((st = mc_hf_config_load(cfg, &m->hp))) goto fail;
         if ((st = mc_st_set_open_dir(path, &m->files))) goto fail;
         if ((st = mc_tokenizer_load_dir_optional(path, &m->tokenizer))) goto fail;
+        if (m->tokenizer && (st = check_vocab(path, moecl_tokenizer_n_vocab(m->tokenizer), m->hp.n_vocab))) goto fail;
     } else {
         if ((st = mc_gguf_open(path, &m->gguf))) goto fail;
         if ((st = gguf_hparams(m->gguf, &m->hp))) goto fail;
+        const mc_gguf_kv *toks = mc_gguf_find_kv(m->gguf, "tokenizer.ggml.tokens");
+        if (toks && (st = check_vocab(path, (int64_t)toks->n, m->hp.n_vocab))) goto fail;
         if ((st = mc_tokenizer_from_gguf(m->gguf, &m->tokenizer))) goto fail;
     }
 
