@@ -20,6 +20,29 @@
  * Thread safety: a moecl_model is read-only once loaded and may be shared by
  * any number of contexts on any threads. A moecl_context or moecl_sampler
  * must be used by one thread at a time. The log callback is process-global.
+ *
+ * Weight files that change under a loaded model: weights are memory-mapped,
+ * so a weight file truncated (or whose storage fails) while a model uses it
+ * would raise SIGBUS. What moecl promises:
+ *   - moecl_model_load, moecl_context_new and moecl_decode(_batch) first
+ *     re-check the size of every weight file (fstat); a file shorter than
+ *     when it was mapped gives MOECL_ERR_IO naming the file.
+ *   - While those calls run, a SIGBUS raised by reading the model's mapped
+ *     weights, on any thread (the caller's, OpenMP's, OpenBLAS's), is caught:
+ *     the read sees zeros, the call stops at the next layer and returns
+ *     MOECL_ERR_IO naming the file. The process does not die.
+ *   - After either error the model is dead: every later decode on any of
+ *     its contexts, and moecl_context_new on it, returns MOECL_ERR_IO with
+ *     the same message. Free the contexts and the model, then load again.
+ *   - The handler is installed (sigaction, SA_SIGINFO) by the first
+ *     moecl_model_load and chains to the SIGBUS handler installed before it
+ *     for every fault that is not a read of a mapped weight file during one
+ *     of those calls (the application's, or the default action). An
+ *     application that installs its own SIGBUS handler after loading a
+ *     model must chain to the previous one, or it loses this protection.
+ *   - Not covered: moecl_quantize's reads of its input, and a file replaced
+ *     by another one after loading (the old file stays mapped and intact;
+ *     the re-check then watches the name's new file).
  */
 #ifndef MOECL_H
 #define MOECL_H
@@ -196,6 +219,12 @@ typedef enum moecl_backend_type {
     MOECL_BACKEND_OPENCL = 2, /* expert FFNs on an OpenCL device; failing to get one is an error */
 } moecl_backend_type;
 
+/* Limits of moecl_context_params, checked by moecl_context_new
+ * (MOECL_ERR_INVALID_ARG beyond them). */
+#define MOECL_MAX_CTX   (1u << 24) /* n_ctx: positions per sequence */
+#define MOECL_MAX_BATCH (1u << 16) /* n_batch: tokens per moecl_decode call */
+#define MOECL_MAX_SEQ   1024u      /* n_seq_max: sequences */
+
 typedef struct moecl_context_params {
     uint32_t n_ctx;       /* positions per sequence; 0: min(n_ctx_train, 4096) */
     uint32_t n_batch;     /* most tokens one moecl_decode call may take; 0: 512 */
@@ -244,7 +273,12 @@ MOECL_API int32_t moecl_device_count(void);
 MOECL_API moecl_status moecl_device_get_info(int32_t index, moecl_device_info *info);
 
 /* Create a context for model (which must outlive it). params may be NULL.
- * Thread-safe with respect to the model. */
+ * Errors: MOECL_ERR_INVALID_ARG for n_ctx, n_batch or n_seq_max beyond the MOECL_MAX_*
+ * limits; MOECL_ERR_NOMEM when the KV cache (2 x n_layer x n_seq_max x n_ctx
+ * x n_head_kv x head_dim floats) is larger than the machine's physical
+ * memory (sysconf(_SC_PHYS_PAGES)), since it could never be filled, or when
+ * an allocation fails; MOECL_ERR_IO when the model is dead (see the top of
+ * this file). Thread-safe with respect to the model. */
 MOECL_API moecl_status moecl_context_new(const moecl_model *model, const moecl_context_params *params,
                                          moecl_context **out);
 
@@ -276,8 +310,11 @@ MOECL_API const char *moecl_context_last_error(const moecl_context *ctx);
  * step), as one batch. After success moecl_get_logits(ctx, -1) holds the
  * logits of the last token. Returns MOECL_ERR_CONTEXT_FULL (nothing changed)
  * if they do not fit in n_ctx, MOECL_ERR_INVALID_ARG for an id outside the
- * vocabulary or n_tokens outside 1..n_batch, MOECL_ERR_ABORTED if the abort
- * callback fired (the KV cache is left as before the call). */
+ * vocabulary or n_tokens outside 1..n_batch (MOECL_ERR_CONTEXT_FULL when
+ * they would not fit in the context either), MOECL_ERR_ABORTED if the abort
+ * callback fired (the KV cache is left as before the call), MOECL_ERR_IO if
+ * a weight file was truncated or failed (the model is then dead: see the
+ * top of this file). */
 MOECL_API moecl_status moecl_decode(moecl_context *ctx, const int32_t *tokens, int32_t n_tokens);
 
 /* A batch over several sequences: token i is appended to sequence seq_id[i]

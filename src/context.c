@@ -13,6 +13,7 @@
 #include "backend/backend.h"
 #include "backend/cpu/kernels.h"
 #include "backend/opencl/opencl.h"
+#include "guard.h"
 #include "model.h"
 #include "ops.h"
 
@@ -163,12 +164,41 @@ static void *alloc_floats(size_t a, size_t b, bool *ok) {
     return p;
 }
 
+/* Whether a KV cache of kv_bytes can be held: it must not exceed the
+ * machine's physical memory (calloc would accept more and the process would
+ * be killed once the cache fills). */
+static moecl_status check_kv_memory(double kv_bytes, uint32_t n_ctx, uint32_t n_seq, double per_position) {
+    const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    if (pages <= 0 || page <= 0) return MOECL_OK;
+    const double phys = (double)pages * (double)page;
+    if (kv_bytes <= phys) return MOECL_OK;
+    const double fit = phys / per_position / n_seq;
+    return mc_error(MOECL_ERR_NOMEM,
+                    "moecl_context_new: the KV cache for %u positions x %u sequences needs %.1f GiB, more than this "
+                    "machine's %.1f GiB of memory; at most %.0f positions per sequence fit",
+                    n_ctx, n_seq, kv_bytes / 1073741824.0, phys / 1073741824.0, fit);
+}
+
+static moecl_status context_new(const moecl_model *model, const moecl_context_params *params, moecl_context **out);
+
 moecl_status moecl_context_new(const moecl_model *model, const moecl_context_params *params,
                                moecl_context **out) {
     if (!out) return mc_error(MOECL_ERR_INVALID_ARG, "moecl_context_new: out is NULL");
     *out = NULL;
     if (!model) return mc_error(MOECL_ERR_INVALID_ARG, "moecl_context_new: model is NULL");
     mc_clear_error();
+    /* The OpenCL backend copies weights from the mapping. */
+    moecl_status st = mc_guard_enter(model->guard);
+    if (st) return st;
+    st = mc_guard_leave(model->guard, context_new(model, params, out));
+    if (st && *out) {
+        moecl_context_free(*out);
+        *out = NULL;
+    }
+    return st;
+}
+
+static moecl_status context_new(const moecl_model *model, const moecl_context_params *params, moecl_context **out) {
     moecl_context_params defaults = moecl_context_default_params();
     if (!params) params = &defaults;
     const mc_hparams *hp = &model->hp;
@@ -179,10 +209,21 @@ moecl_status moecl_context_new(const moecl_model *model, const moecl_context_par
     uint32_t n_ctx = params->n_ctx ? params->n_ctx : (uint32_t)(hp->n_ctx_train < 4096 ? hp->n_ctx_train : 4096);
     uint32_t n_batch = params->n_batch ? params->n_batch : 512;
     uint32_t n_seq = params->n_seq_max ? params->n_seq_max : 1;
-    if (n_ctx > (1u << 24) || n_batch > (1u << 16) || n_seq > 1024)
-        return mc_error(MOECL_ERR_INVALID_ARG, "moecl_context_new: n_ctx %u, n_batch %u or n_seq_max %u too large",
-                        n_ctx, n_batch, n_seq);
+    if (n_ctx > MOECL_MAX_CTX)
+        return mc_error(MOECL_ERR_INVALID_ARG, "moecl_context_new: n_ctx %u is more than the limit of %u positions",
+                        n_ctx, (unsigned)MOECL_MAX_CTX);
+    if (n_batch > MOECL_MAX_BATCH)
+        return mc_error(MOECL_ERR_INVALID_ARG, "moecl_context_new: n_batch %u is more than the limit of %u tokens",
+                        n_batch, (unsigned)MOECL_MAX_BATCH);
+    if (n_seq > MOECL_MAX_SEQ)
+        return mc_error(MOECL_ERR_INVALID_ARG, "moecl_context_new: n_seq_max %u is more than the limit of %u",
+                        n_seq, (unsigned)MOECL_MAX_SEQ);
     if (n_batch > n_ctx * n_seq) n_batch = n_ctx * n_seq;
+    {
+        const double per_position = 2.0 * hp->n_layer * hp->n_head_kv * hp->head_dim * sizeof(float);
+        moecl_status sk = check_kv_memory(per_position * n_ctx * n_seq, n_ctx, n_seq, per_position);
+        if (sk) return sk;
+    }
 
     moecl_context *ctx = calloc(1, sizeof *ctx);
     if (!ctx) return mc_error(MOECL_ERR_NOMEM, "moecl_context_new: out of memory");
@@ -476,17 +517,38 @@ static void embed(moecl_context *ctx, const int32_t *tokens, int64_t T) {
         mc_cpu_to_f32(E->type, (const char *)E->data + (size_t)tokens[t] * row_bytes, ctx->x + t * D, D);
 }
 
+static moecl_status decode_batch(moecl_context *ctx, const moecl_batch *batch);
+
+/* The entry point: weight files re-checked before, faults on them caught
+ * during (guard.h). */
 moecl_status moecl_decode_batch(moecl_context *ctx, const moecl_batch *batch) {
     if (!ctx) return mc_error(MOECL_ERR_INVALID_ARG, "moecl_decode_batch: ctx is NULL");
     mc_clear_error();
     ctx->last_error[0] = '\0';
+    mc_guard *g = ctx->model->guard;
+    moecl_status st = mc_guard_enter(g);
+    if (st) return ctx_keep(ctx, st);
+    st = mc_guard_leave(g, decode_batch(ctx, batch));
+    return ctx_keep(ctx, st);
+}
+
+static moecl_status decode_batch(moecl_context *ctx, const moecl_batch *batch) {
     if (!batch || !batch->tokens)
         return ctx_error(ctx, MOECL_ERR_INVALID_ARG, "moecl_decode_batch: batch or batch->tokens is NULL");
     const moecl_model *m = ctx->model;
     const mc_hparams *hp = &m->hp;
     const int64_t T = batch->n_tokens, D = hp->n_embd;
-    if (T < 1 || T > ctx->n_batch)
-        return ctx_error(ctx, MOECL_ERR_INVALID_ARG, "decode: %lld tokens in a batch; allowed 1..%d (n_batch)",
+    if (T < 1)
+        return ctx_error(ctx, MOECL_ERR_INVALID_ARG, "decode: a batch of %lld tokens; at least 1 is needed",
+                         (long long)T);
+    if (T > ctx->n_batch && ctx->n_seq == 1 && ctx->seq_len[0] + T > (int64_t)ctx->n_ctx)
+        return ctx_error(ctx, MOECL_ERR_CONTEXT_FULL,
+                         "decode: %lld tokens do not fit in the context of %d positions (%d held, %lld too many)",
+                         (long long)T, ctx->n_ctx, ctx->seq_len[0], (long long)(ctx->seq_len[0] + T - ctx->n_ctx));
+    if (T > ctx->n_batch)
+        return ctx_error(ctx, MOECL_ERR_INVALID_ARG,
+                         "decode: %lld tokens in one call, more than the context's n_batch of %d (split them, or "
+                         "create the context with a larger n_batch)",
                          (long long)T, ctx->n_batch);
 
     /* Validate everything before touching any state. */
@@ -505,8 +567,10 @@ moecl_status moecl_decode_batch(moecl_context *ctx, const moecl_batch *batch) {
     for (int32_t s = 0; s < ctx->n_seq; s++)
         if ((int64_t)ctx->seq_len[s] + ctx->seq_count[s] > ctx->n_ctx)
             return ctx_error(ctx, MOECL_ERR_CONTEXT_FULL,
-                             "decode: sequence %d holds %d positions and %d more do not fit in the context of %d",
-                             s, ctx->seq_len[s], ctx->seq_count[s], ctx->n_ctx);
+                             "decode: sequence %d holds %d positions and %d more do not fit in the context of %d "
+                             "(%lld too many)",
+                             s, ctx->seq_len[s], ctx->seq_count[s], ctx->n_ctx,
+                             (long long)ctx->seq_len[s] + ctx->seq_count[s] - ctx->n_ctx);
 
     /* Rows that keep logits: all, or the last token of each sequence. */
     int32_t n_out = 0;
@@ -525,6 +589,7 @@ moecl_status moecl_decode_batch(moecl_context *ctx, const moecl_batch *batch) {
     for (int il = 0; il < hp->n_layer; il++) {
         if (ctx->params.abort_callback && ctx->params.abort_callback(ctx->params.abort_user_data))
             return ctx_error(ctx, MOECL_ERR_ABORTED, "decode: aborted by the abort callback at layer %d", il);
+        if (mc_guard_faulted(m->guard)) return MOECL_ERR_IO; /* mc_guard_leave says why */
         if ((st = attention_block(ctx, il, T))) return st;
         if ((st = moe_block(ctx, il, T))) return st;
     }

@@ -23,6 +23,17 @@ moecl_status mc_error(moecl_status status, const char *fmt, ...) MC_PRINTF(2, 3)
 void mc_log(moecl_log_level level, const char *fmt, ...) MC_PRINTF(2, 3);
 void mc_clear_error(void);
 
+/* Text taken from a file, made safe to print: control characters, DEL, the
+ * C1 controls (U+0080..U+009F), bidirectional controls, line and paragraph
+ * separators, and bytes that are not well-formed UTF-8 become \n, \t, \r,
+ * \xNN or \uNNNN; other UTF-8 passes through. With MC_ESC_QUOTES backslash
+ * and double quote are escaped too (for text shown between quotes). Writes
+ * at most cap bytes into out (NUL included, never half an escape) and
+ * returns how many bytes of s it took. mc_error and mc_log pass every
+ * message through it, so file text in messages needs nothing more. */
+#define MC_ESC_QUOTES 1u
+size_t mc_escape(char *out, size_t cap, const char *s, size_t len, unsigned flags);
+
 /* ---- overflow-checked size arithmetic ------------------------------------- */
 
 /* Return false (and leave *out untouched) if the result does not fit. */

@@ -11,9 +11,11 @@
  */
 #include "model.h"
 #include "arch/arch.h"
+#include "guard.h"
 #include "backend/cpu/kernels.h"
 #include "tokenizer/tokenizer.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -426,6 +428,23 @@ static moecl_status gguf_hparams(const mc_gguf *g, mc_hparams *hp) {
     return gg_int(g, arch, "attention.sliding_window", false, 0, GG_MAX_CTX, 0, &hp->sliding_window);
 }
 
+/* Where the model and its tokenizer meet: a tokenizer with more ids than
+ * the embedding has rows makes ids the model cannot take, and a huge one
+ * costs memory for nothing (16.7 M ids are 2 GB). More than VOCAB_SLACK ids
+ * over is refused, before a GGUF's tokenizer is built; any other mismatch is
+ * logged (fewer ids than rows is the usual padded embedding). */
+#define VOCAB_SLACK 256
+static moecl_status check_vocab(const char *path, int64_t n_tok, int32_t n_vocab) {
+    if (n_tok > (int64_t)n_vocab + VOCAB_SLACK)
+        return mc_error(MOECL_ERR_FORMAT, "%s: the tokenizer has %lld ids but the model's embedding only %d rows "
+                        "(at most %d more ids are accepted)", path, (long long)n_tok, n_vocab, VOCAB_SLACK);
+    if (n_tok != n_vocab)
+        mc_log(n_tok > n_vocab ? MOECL_LOG_WARN : MOECL_LOG_INFO,
+               "%s: the tokenizer has %lld ids, the model's embedding %d rows%s", path, (long long)n_tok, n_vocab,
+               n_tok > n_vocab ? ": the ids past the embedding cannot be decoded" : "");
+    return MOECL_OK;
+}
+
 static bool has_suffix(const char *s, const char *suffix) {
     size_t n = strlen(s), k = strlen(suffix);
     return n >= k && !strcmp(s + n - k, suffix);
@@ -440,7 +459,7 @@ moecl_status moecl_model_load(const char *path, const moecl_model_params *params
     if (!params) params = &defaults;
 
     struct stat sb;
-    if (stat(path, &sb) != 0) return mc_error(MOECL_ERR_IO, "%s: no such file or directory", path);
+    if (stat(path, &sb) != 0) return mc_error(MOECL_ERR_IO, "%s: %s", path, strerror(errno));
     const bool is_dir = S_ISDIR(sb.st_mode);
     if (!is_dir && !has_suffix(path, ".gguf"))
         return mc_error(MOECL_ERR_UNSUPPORTED, "%s: not a model (expected a directory with config.json and "
@@ -463,12 +482,16 @@ moecl_status moecl_model_load(const char *path, const moecl_model_params *params
         if ((st = mc_hf_config_load(cfg, &m->hp))) goto fail;
         if ((st = mc_st_set_open_dir(path, &m->files))) goto fail;
         if ((st = mc_tokenizer_load_dir_optional(path, &m->tokenizer))) goto fail;
+        if (m->tokenizer && (st = check_vocab(path, moecl_tokenizer_n_vocab(m->tokenizer), m->hp.n_vocab))) goto fail;
     } else {
         if ((st = mc_gguf_open(path, &m->gguf))) goto fail;
         if ((st = gguf_hparams(m->gguf, &m->hp))) goto fail;
+        const mc_gguf_kv *toks = mc_gguf_find_kv(m->gguf, "tokenizer.ggml.tokens");
+        if (toks && (st = check_vocab(path, (int64_t)toks->n, m->hp.n_vocab))) goto fail;
         if ((st = mc_tokenizer_from_gguf(m->gguf, &m->tokenizer))) goto fail;
     }
 
+    if ((st = mc_guard_new_model(m, &m->guard))) goto fail; /* from here on, reads of the mapping are guarded */
     const mc_hparams *hp = &m->hp;
     int n_dense = 0;
     for (int il = 0; il < hp->n_layer; il++) n_dense += mc_hp_dense(hp, il);
@@ -501,6 +524,7 @@ moecl_status moecl_model_load(const char *path, const moecl_model_params *params
         st = mc_error(MOECL_ERR_ABORTED, "%s: loading cancelled by the progress callback", path);
         goto fail;
     }
+    if ((st = mc_guard_leave(m->guard, MOECL_OK))) goto fail;
     mc_log(MOECL_LOG_INFO, "%s: %s, %d layers, %d experts (top-%d), hidden %d, vocab %d, experts in %s", path,
            hp->arch->name, hp->n_layer, hp->n_expert, hp->n_expert_used, hp->n_embd, hp->n_vocab,
            moecl_dtype_name(mc_model_expert_dtype(m)));
@@ -525,6 +549,7 @@ void moecl_model_free(moecl_model *m) {
         free(m->layers);
     }
     free(m->out_norm);
+    mc_guard_free(m->guard); /* before the files are unmapped */
     mc_st_set_close(&m->files);
     mc_gguf_close(m->gguf);
     moecl_tokenizer_free(m->tokenizer);

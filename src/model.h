@@ -50,6 +50,7 @@ struct moecl_model {
     mc_tensor lm_head;  /* (n_vocab, n_embd); the embedding when tied */
     mc_layer *layers;   /* [n_layer] */
     moecl_tokenizer *tokenizer; /* the directory's tokenizer.json; NULL if none */
+    struct mc_guard *guard;     /* the mapped files, watched (guard.h) */
 };
 
 /* The storage type of the routed experts (of the first MoE layer). */

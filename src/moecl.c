@@ -2,6 +2,7 @@
  * moecl.c - status codes, the last-error message, logging, dtype helpers.
  */
 #include "internal.h"
+#include "tokenizer/tokenizer.h"
 
 #include <stdarg.h>
 #include <inttypes.h>
@@ -51,10 +52,14 @@ void moecl_log_set(moecl_log_fn fn, moecl_log_level max_level, void *user_data) 
     g_log_max = max_level;
 }
 
+/* Messages quote file text (names, keys, values): every message is escaped
+ * (mc_escape) before anyone sees it, so no file can send control sequences
+ * to a terminal or a log through moecl. */
 static void log_v(moecl_log_level level, const char *fmt, va_list ap) {
     if (level > g_log_max) return;
-    char buf[1024];
-    vsnprintf(buf, sizeof buf, fmt, ap);
+    char raw[1024], buf[1024];
+    vsnprintf(raw, sizeof raw, fmt, ap);
+    mc_escape(buf, sizeof buf, raw, strlen(raw), 0);
     g_log_fn(level, buf, g_log_user);
 }
 
@@ -66,10 +71,12 @@ void mc_log(moecl_log_level level, const char *fmt, ...) {
 }
 
 moecl_status mc_error(moecl_status status, const char *fmt, ...) {
+    char raw[sizeof tl_last_error]; /* arguments may point into tl_last_error */
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(tl_last_error, sizeof tl_last_error, fmt, ap);
+    vsnprintf(raw, sizeof raw, fmt, ap);
     va_end(ap);
+    mc_escape(tl_last_error, sizeof tl_last_error, raw, strlen(raw), 0);
     /* Errors are returned to the caller, who decides what to show; log them
      * at debug level only so an application is not told twice. */
     mc_log(MOECL_LOG_DEBUG, "%s", tl_last_error);
@@ -79,6 +86,64 @@ moecl_status mc_error(moecl_status status, const char *fmt, ...) {
 void mc_clear_error(void) { tl_last_error[0] = '\0'; }
 
 const char *moecl_last_error(void) { return tl_last_error; }
+
+/* ------------------------------------------------------------------------ */
+/* Escaping text from files                                                 */
+/* ------------------------------------------------------------------------ */
+
+/* Code points a terminal acts on or that reorder what follows: C1 controls,
+ * the bidirectional embeddings, overrides and isolates, line and paragraph
+ * separators. */
+static bool unsafe_cp(uint32_t cp) {
+    return (cp >= 0x80 && cp <= 0x9f) || (cp >= 0x2028 && cp <= 0x202e) || (cp >= 0x2066 && cp <= 0x2069) ||
+           cp == 0x200e || cp == 0x200f || cp == 0x061c;
+}
+
+size_t mc_escape(char *out, size_t cap, const char *s, size_t len, unsigned flags) {
+    static const char hex[] = "0123456789abcdef";
+    const uint8_t *u = (const uint8_t *)s;
+    size_t i = 0, o = 0;
+    if (!cap) return 0;
+    while (i < len) {
+        char e[8];
+        size_t ne = 0, take = 1;
+        const uint8_t c = u[i];
+        if ((flags & MC_ESC_QUOTES) && (c == '\\' || c == '"')) {
+            e[ne++] = '\\';
+            e[ne++] = (char)c;
+        } else if (c == '\n' || c == '\t' || c == '\r') {
+            e[ne++] = '\\';
+            e[ne++] = c == '\n' ? 'n' : c == '\t' ? 't' : 'r';
+        } else if (c < 0x20 || c == 0x7f) {
+            ne = (size_t)snprintf(e, sizeof e, "\\x%c%c", hex[c >> 4], hex[c & 15]);
+        } else if (c < 0x80) {
+            e[ne++] = (char)c;
+        } else {
+            const int n = mc_utf8_len(u + i, len - i);
+            uint32_t cp = 0;
+            if (n > 0) {
+                cp = n == 2 ? c & 0x1fu : n == 3 ? c & 0x0fu : c & 0x07u;
+                for (int k = 1; k < n; k++) cp = (cp << 6) | (u[i + k] & 0x3fu);
+            }
+            if (n == 0) {
+                ne = (size_t)snprintf(e, sizeof e, "\\x%c%c", hex[c >> 4], hex[c & 15]);
+            } else if (unsafe_cp(cp)) {
+                ne = (size_t)snprintf(e, sizeof e, "\\u%04x", (unsigned)cp);
+                take = (size_t)n;
+            } else {
+                memcpy(e, u + i, (size_t)n);
+                ne = take = (size_t)n;
+            }
+        }
+        if (o + ne + 1 > cap) break;
+        memcpy(out + o, e, ne);
+        o += ne;
+        i += take;
+    }
+    out[o] = '\0';
+    return i;
+}
+
 
 /* ------------------------------------------------------------------------ */
 /* dtypes                                                                   */

@@ -18,19 +18,20 @@
 #define MAX_ITEMS 6   /* array values shown */
 #define MAX_STR 60    /* string bytes shown */
 
-/* A string quoted, control bytes escaped (UTF-8 passes through), cut at MAX_STR. */
+/* A string from the file, quoted, escaped (mc_escape: no byte of it can
+ * reach the terminal as a control), cut at MAX_STR bytes. */
 static void put_str(mc_gguf_str s) {
-    putchar('"');
+    char buf[MAX_STR * 6 + 1]; /* the longest escape, \u0080, is 6 bytes for 2 */
     uint64_t n = s.len < MAX_STR ? s.len : MAX_STR;
-    for (uint64_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s.ptr[i];
-        if (c == '"' || c == '\\') printf("\\%c", c);
-        else if (c >= 0x20 && c != 0x7f) putchar(c); /* UTF-8 passes through */
-        else if (c == '\n') fputs("\\n", stdout);
-        else printf("\\x%02x", c);
-    }
-    putchar('"');
+    mc_escape(buf, sizeof buf, s.ptr, (size_t)n, MC_ESC_QUOTES);
+    printf("\"%s\"", buf);
     if (s.len > n) printf("...(%" PRIu64 " bytes)", s.len);
+}
+
+/* A key or tensor name from the file, escaped (long ones cut). */
+static const char *esc_name(const char *s, char *buf, size_t cap) {
+    mc_escape(buf, cap, s, strlen(s), MC_ESC_QUOTES);
+    return buf;
 }
 
 static uint64_t le(const unsigned char *p, int n) {
@@ -91,13 +92,16 @@ int gguf_dump_print(const char *path, int max_tensors) {
     mc_gguf *g = NULL;
     if (mc_gguf_open(path, &g) != MOECL_OK) return 1;
     int64_t n_kv = mc_gguf_n_kv(g), n_t = mc_gguf_n_tensors(g);
-    printf("%s: GGUF v%" PRIu32 ", alignment %" PRIu64 ", ", path, mc_gguf_version(g), mc_gguf_alignment(g));
+    char pbuf[512];
+    printf("%s: GGUF v%" PRIu32 ", alignment %" PRIu64 ", ", esc_name(path, pbuf, sizeof pbuf), mc_gguf_version(g),
+           mc_gguf_alignment(g));
     put_size(mc_gguf_file_size(g));
     printf(", %" PRId64 " key/values, %" PRId64 " tensors\n\n", n_kv, n_t);
 
     for (int64_t i = 0; i < n_kv; i++) {
         const mc_gguf_kv *kv = mc_gguf_kv_at(g, i);
-        printf("  %-40s ", kv->key);
+        char name[256];
+        printf("  %-40s ", esc_name(kv->key, name, sizeof name));
         if (kv->type == MC_GGUF_ARRAY) {
             put_array(kv);
         } else {
@@ -120,7 +124,9 @@ int gguf_dump_print(const char *path, int max_tensors) {
         for (int d = 0; d < t->n_dims && len < sizeof shape; d++)
             len += (size_t)snprintf(shape + len, sizeof shape - len, "%s%" PRId64, d ? ", " : "", t->ne[d]);
         if (len < sizeof shape) snprintf(shape + len, sizeof shape - len, "]");
-        printf("  %-40s %-8s %-24s %14" PRIu64 " %14zu\n", t->name, mc_gguf_type_name(t->ggml_type), shape,
+        char name[256];
+        printf("  %-40s %-8s %-24s %14" PRIu64 " %14zu\n", esc_name(t->name, name, sizeof name),
+               mc_gguf_type_name(t->ggml_type), shape,
                t->offset, t->nbytes);
     }
     if (max_tensors >= 0 && n_t > max_tensors) printf("  ... %" PRId64 " more tensors\n", n_t - max_tensors);

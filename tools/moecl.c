@@ -100,6 +100,15 @@ static bool parse_float(const char *s, float *out) {
     return true;
 }
 
+/* A number out of range: say what is allowed (for -c, the library's limit). */
+static int bad_number(const char *opt, const char *v, long lo, long hi) {
+    fprintf(stderr, "moecl: option %s: '%s' is not a whole number from %ld to %ld%s\n(see 'moecl help')\n", opt, v,
+            lo, hi,
+            !strcmp(opt, "-c") || !strcmp(opt, "--ctx-size") ? " (the library's limit on positions, MOECL_MAX_CTX)"
+                                                              : "");
+    return 2;
+}
+
 /* Returns 0 on success, 2 on a usage error. */
 static int parse_options(int argc, char **argv, int first, bool bench, options *o) {
     o->sp = moecl_sampler_default_params();
@@ -114,7 +123,7 @@ static int parse_options(int argc, char **argv, int first, bool bench, options *
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
 #define NEED() do { if (!v) return usage_error("option %s needs a value", a); i++; } while (0)
-#define INT(dst, lo, hi) do { NEED(); if (!parse_int(v, lo, hi, &(dst))) return usage_error("bad number for %s", a); } while (0)
+#define INT(dst, lo, hi) do { NEED(); if (!parse_int(v, lo, hi, &(dst))) return bad_number(a, v, lo, hi); } while (0)
 #define FLT(dst) do { NEED(); if (!parse_float(v, &(dst))) return usage_error("bad number for %s", a); } while (0)
         if (!strcmp(a, "-m") || !strcmp(a, "--model")) { NEED(); o->model = v; }
         else if ((!strcmp(a, "-p") || !strcmp(a, "--prompt")) && bench) INT(o->n_prompt, 1, 1 << 20);
@@ -128,7 +137,7 @@ static int parse_options(int argc, char **argv, int first, bool bench, options *
         else if (!strcmp(a, "--system")) { NEED(); o->system = v; }
         else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) INT(o->n_predict, 0, 1 << 20);
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) INT(o->n_threads, 1, 1024);
-        else if (!strcmp(a, "-c") || !strcmp(a, "--ctx-size")) INT(o->n_ctx, 1, 1 << 24);
+        else if (!strcmp(a, "-c") || !strcmp(a, "--ctx-size")) INT(o->n_ctx, 1, (long)MOECL_MAX_CTX);
         else if (!strcmp(a, "-r") || !strcmp(a, "--repetitions")) INT(o->reps, 1, 1000);
         else if (!strcmp(a, "--seed")) { NEED(); o->sp.seed = strtoull(v, NULL, 0); }
         else if (!strcmp(a, "--temp")) FLT(o->sp.temperature);
@@ -572,6 +581,11 @@ static int cmd_run(const options *o) {
         int want = n_prompt + o->n_predict;
         cp.n_ctx = (uint32_t)(want < info.n_ctx_train ? want : info.n_ctx_train);
     }
+    if ((uint32_t)n_prompt > cp.n_ctx) {
+        fprintf(stderr, "moecl: the prompt is %d tokens and does not fit in the context of %u positions (%s): %u too many\n",
+                n_prompt, cp.n_ctx, o->n_ctx ? "-c" : "the model's trained context", (uint32_t)n_prompt - cp.n_ctx);
+        goto done;
+    }
     cp.n_batch = (uint32_t)n_prompt;
     moecl_status st = moecl_context_new(model, &cp, &ctx);
     if (st) { fail("cannot create a context", st); goto done; }
@@ -593,6 +607,7 @@ static int cmd_run(const options *o) {
         goto done;
     }
     int n_gen = 0;
+    moecl_status gen_st = MOECL_OK;
     t0 = now_s();
     while (n_gen < o->n_predict) {
         int32_t tok;
@@ -613,7 +628,7 @@ static int cmd_run(const options *o) {
             fflush(stdout);
         }
         if (tok == info.eos_id || n_gen == o->n_predict) break;
-        if ((st = moecl_decode(ctx, &tok, 1))) { fail("decode", st); goto done; }
+        if ((gen_st = moecl_decode(ctx, &tok, 1))) break; /* what was generated is printed first */
     }
     if (detok) {
         const char *piece;
@@ -628,6 +643,13 @@ static int cmd_run(const options *o) {
     }
     printf("\n");
     fflush(stdout);
+    if (gen_st) {
+        fail("generation stopped", gen_st);
+        if (gen_st == MOECL_ERR_CONTEXT_FULL)
+            fprintf(stderr, "moecl: the context of %u positions is full after %d prompt and %d generated tokens "
+                    "(raise -c or lower -n)\n", cp.n_ctx, n_prompt, n_gen);
+        goto done;
+    }
     fprintf(stderr, "load: %.2f s | prompt: %d tokens, %.1f tokens/s | generation: %d tokens, %.2f tokens/s\n",
             t_load, n_prompt, n_prompt / t_prompt, n_gen, n_gen > 1 ? (n_gen - 1) / t_gen : 0.0);
     rc = 0;
@@ -685,6 +707,12 @@ static int cmd_chat(const options *o) {
     if ((st = moecl_sampler_new(&o->sp, &smpl))) { fail("cannot create a sampler", st); goto done; }
     if ((st = moecl_detokenizer_new(tkz, MOECL_DETOKENIZE_SKIP_SPECIAL, &detok))) { fail("detokenizer", st); goto done; }
     const int n_ctx = (int)(o->n_ctx ? o->n_ctx : (info.n_ctx_train < 4096 ? info.n_ctx_train : 4096));
+    /* Each turn keeps room for a reply of -n tokens and its </s>. */
+    if (o->n_predict + 2 > n_ctx) {
+        fprintf(stderr, "moecl: -n %d leaves no room for a message in the context of %d positions%s: lower -n "
+                "(at most %d) or raise -c\n", o->n_predict, n_ctx, o->n_ctx ? " (-c)" : "", n_ctx - 2);
+        goto done;
+    }
     const bool tty = isatty(0) && isatty(2);
     int turn = 0;
     for (;;) {
@@ -712,7 +740,9 @@ static int cmd_chat(const options *o) {
             rc = 1;
             if (n + o->n_predict + 1 > n_ctx) {
                 free(ids);
-                fprintf(stderr, "moecl: this message alone does not fit in the context\n");
+                fprintf(stderr, "moecl: this message is %d tokens; with %d kept for the reply (-n) it does not fit in "
+                        "the context of %d positions (%d too many): shorten it, lower -n or raise -c\n",
+                        n, o->n_predict + 1, n_ctx, n + o->n_predict + 1 - n_ctx);
                 turn = 0;
                 continue;
             }
@@ -775,7 +805,11 @@ static int cmd_info(const options *o) {
     if (!path) return 1;
     moecl_model *model = NULL;
     int rc = load_model(o, &model, NULL);
-    if (rc) return rc;
+    if (rc) {
+        /* A GGUF that is not a model moecl runs: still show what it holds. */
+        if (is_gguf_path(path)) gguf_dump_print(path, -1);
+        return rc;
+    }
     moecl_model_info in;
     moecl_model_get_info(model, &in);
     printf("%-22s %s\n", "architecture", in.architecture);
@@ -897,6 +931,7 @@ done:
 static int cmd_generate(int argc, char **argv) {
     if (argc < 3) return usage_error("%s", "generate needs an output directory");
     const char *dir = argv[2];
+    if (dir[0] == '-') return usage_error("generate needs the output directory first, before %s", dir);
     moecl_random_model_params p = moecl_random_model_default_params();
     for (int i = 3; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -916,7 +951,7 @@ static int cmd_generate(int argc, char **argv) {
             else if (!strcmp(v, "bf16")) p.dtype = MOECL_DTYPE_BF16;
             else return usage_error("unknown dtype %s (f32, f16, bf16)", v);
         } else if (!strcmp(a, "--seed")) p.seed = strtoull(v, NULL, 0);
-        else if (!parse_int(v, 1, 1 << 24, &x)) return usage_error("bad number for %s", a);
+        else if (!parse_int(v, 1, 1 << 24, &x)) return bad_number(a, v, 1, 1 << 24);
         else if (!strcmp(a, "--vocab")) p.n_vocab = x;
         else if (!strcmp(a, "--hidden")) p.n_embd = x;
         else if (!strcmp(a, "--ff")) p.n_ff = x;
@@ -1056,48 +1091,80 @@ static void ensure_fast_blas(char **argv) {
 
 /* ------------------------------------------------------------------------ */
 
+/* Each subcommand's usage; `moecl help` prints them all, `moecl CMD --help` its own. */
+typedef struct usage_entry {
+    const char *cmd, *text;
+    bool backend; /* takes the backend options */
+} usage_entry;
+
+static const usage_entry k_usage[] = {
+    {"run", "  moecl run      [-m PATH] [-p TEXT | -f FILE | --tokens 1,2,3] [--chat [--system TEXT]]\n"
+            "                 [--no-bos] [--special] [-n N]\n"
+            "                 [--seed S] [--temp T] [--top-k K] [--top-p P] [--min-p P] [--repeat-penalty R]\n"
+            "                 [-t THREADS] [-c CTX] [--ids] [-v] [backend options]\n", true},
+    {"tokenize", "  moecl tokenize   [-m PATH] [--no-bos] [--special] [--time] (-p TEXT | -f FILE)  # ids as a JSON array\n",
+     false},
+    {"detokenize", "  moecl detokenize [-m PATH] [--special] IDS...                          # text\n", false},
+    {"chat", "  moecl chat     [-m PATH] [--system TEXT] [-n N] [sampling options] [-t THREADS] [-c CTX]\n"
+             "                 # multi-turn Mixtral-Instruct conversation on stdin; run --chat: one turn\n", true},
+    {"info", "  moecl info     [-m PATH] [backend options]    # shape, parameters, where each expert runs\n", true},
+    {"devices", "  moecl devices                               # OpenCL platforms and devices\n", false},
+    {"bench", "  moecl bench    [-m PATH] [-p 128] [-n 64] [-t THREADS] [-r REPS] [backend options]\n", true},
+    {"generate", "  moecl generate DIR [--preset mini|default|tiny] [--dtype f32|f16|bf16] [--seed S]\n"
+                 "                 [--vocab N --hidden N --ff N --layers N --heads N --kv-heads N --head-dim N\n"
+                 "                  --experts N --top-k N]\n", false},
+    {"quantize", "  moecl quantize IN OUT.gguf [TYPE] [-t THREADS] [--allow-requantize]\n"
+                 "                 # TYPE: q4_K_M (default), q4_K_S, q5_K_M, q5_K_S, q6_K, q8_0, q4_0,\n"
+                 "                 # q4_K, q5_K (every matrix that type), f16, bf16, f32\n", false},
+};
+#define N_USAGE (int)(sizeof k_usage / sizeof k_usage[0])
+
+static const char k_backend_help[] =
+    "  --backend cpu|opencl|auto   auto: an OpenCL GPU if there is one, else the CPU\n"
+    "  --device SEL                device index or name substring (also $MOECL_DEVICE)\n"
+    "  --gpu-mem MiB               expert weights on the device (default: its memory less headroom)\n"
+    "  --gpu-experts N             at most N experts per layer on the device\n"
+    "  --device-dtype f32|f16      storage of expert weights on the device\n";
+
 static void help(void) {
-    printf("moecl %s - Mixture-of-Experts inference\n\n"
-           "usage:\n"
-           "  moecl run      [-m PATH] [-p TEXT | -f FILE | --tokens 1,2,3] [--chat [--system TEXT]]\n"
-           "                 [--no-bos] [--special] [-n N]\n"
-           "                 [--seed S] [--temp T] [--top-k K] [--top-p P] [--min-p P] [--repeat-penalty R]\n"
-           "                 [-t THREADS] [-c CTX] [--ids] [-v] [backend options]\n"
-           "  moecl tokenize   [-m PATH] [--no-bos] [--special] [--time] (-p TEXT | -f FILE)  # ids as a JSON array\n"
-           "  moecl detokenize [-m PATH] [--special] IDS...                          # text\n"
-           "  moecl chat     [-m PATH] [--system TEXT] [-n N] [sampling options] [-t THREADS] [-c CTX]\n"
-           "                 # multi-turn Mixtral-Instruct conversation on stdin; run --chat: one turn\n"
-           "  moecl info     [-m PATH] [backend options]    # shape, parameters, where each expert runs\n"
-           "  moecl devices                               # OpenCL platforms and devices\n"
-           "  moecl bench    [-m PATH] [-p 128] [-n 64] [-t THREADS] [-r REPS]\n"
-           "  moecl generate DIR [--preset mini|default|tiny] [--dtype f32|f16|bf16] [--seed S]\n"
-           "                 [--vocab N --hidden N --ff N --layers N --heads N --kv-heads N --head-dim N\n"
-           "                  --experts N --top-k N]\n"
-           "  moecl quantize IN OUT.gguf [TYPE] [-t THREADS] [--allow-requantize]\n"
-           "                 # TYPE: q4_K_M (default), q4_K_S, q5_K_M, q5_K_S, q6_K, q8_0, q4_0,\n"
-           "                 # q4_K, q5_K (every matrix that type), f16, bf16, f32\n\n"
-           "backend options (run, chat, info, bench):\n"
-           "  --backend cpu|opencl|auto   auto: an OpenCL GPU if there is one, else the CPU\n"
-           "  --device SEL                device index or name substring (also $MOECL_DEVICE)\n"
-           "  --gpu-mem MiB               expert weights on the device (default: its memory less headroom)\n"
-           "  --gpu-experts N             at most N experts per layer on the device\n"
-           "  --device-dtype f32|f16      storage of expert weights on the device\n\n"
-           "PATH is a Hugging Face model directory or a GGUF file (for tokenize/detokenize also a\n"
+    printf("moecl %s - Mixture-of-Experts inference\n\nusage:\n", moecl_version());
+    for (int i = 0; i < N_USAGE; i++) fputs(k_usage[i].text, stdout);
+    printf("\nbackend options (run, chat, info, bench):\n%s\n", k_backend_help);
+    printf("PATH is a Hugging Face model directory or a GGUF file (for tokenize/detokenize also a\n"
            "tokenizer.json).\n"
            "Without -m: $MOECL_MODEL, else the default model (random weights) in %s/default,\n"
            "written on first use, whose tokenizer is models/tokenizer.json (Mistral v1 vocabulary).\n"
            "--special: \"<s>\", \"</s>\" in the text are the special tokens, not plain text\n"
            "(detokenize: print special tokens).\n",
-           moecl_version(), MOECL_MODELS_DIR);
+           MOECL_MODELS_DIR);
+}
+
+/* `moecl CMD --help`: that command's usage on stdout. false for an unknown command. */
+static bool command_help(const char *cmd) {
+    for (int i = 0; i < N_USAGE; i++) {
+        if (strcmp(cmd, k_usage[i].cmd)) continue;
+        printf("usage:\n%s", k_usage[i].text);
+        if (k_usage[i].backend) printf("\nbackend options:\n%s", k_backend_help);
+        printf("\n'moecl help' describes every command.\n");
+        return true;
+    }
+    return false;
 }
 
 int main(int argc, char **argv) {
+    if (argc > 2 && !strcmp(argv[1], "help") && command_help(argv[2])) return 0;
     if (argc < 2 || !strcmp(argv[1], "help") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         help();
         return argc < 2 ? 2 : 0;
     }
-    ensure_fast_blas(argv);
     const char *cmd = argv[1];
+    /* Any subcommand answers --help (or -h) anywhere in its arguments. */
+    for (int i = 2; i < argc; i++)
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            if (command_help(cmd)) return 0;
+            return usage_error("unknown command '%s'", cmd);
+        }
+    ensure_fast_blas(argv);
     if (!strcmp(cmd, "generate")) return cmd_generate(argc, argv);
     if (!strcmp(cmd, "detokenize")) return cmd_detokenize(argc, argv);
     if (!strcmp(cmd, "quantize")) return cmd_quantize(argc, argv);

@@ -721,7 +721,7 @@ moecl_status moecl_tokenizer_load(const char *path, moecl_tokenizer **out) {
     if (!path) return mc_error(MOECL_ERR_INVALID_ARG, "moecl_tokenizer_load: path is NULL");
     mc_clear_error();
     struct stat sb;
-    if (stat(path, &sb) != 0) return mc_error(MOECL_ERR_IO, "%s: no such file or directory", path);
+    if (stat(path, &sb) != 0) return mc_error(MOECL_ERR_IO, "%s: %s", path, strerror(errno));
     bool is_dir = S_ISDIR(sb.st_mode);
     if (!is_dir && is_gguf_file(path)) return mc_tokenizer_load_gguf(path, out);
     char file[4096];
