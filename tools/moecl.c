@@ -10,6 +10,7 @@
  *   moecl devices
  *   moecl bench    [-m PATH] [-p 128] [-n 64] [-t N] [-r 3]
  *   moecl generate DIR [--preset mini|default|tiny] [--dtype f32|f16|bf16] [--seed S]
+ *   moecl serve    -m PATH [--host H] [--port P] [--parallel N] [-c N] [--api-key KEY]   (tools/serve.c)
  */
 #include "moecl.h"
 
@@ -1010,6 +1011,8 @@ static void ensure_fast_blas(char **argv) {
 
 /* ------------------------------------------------------------------------ */
 
+int cmd_serve(int argc, char **argv); /* tools/serve.c */
+
 static void help(void) {
     printf("moecl %s - Mixture-of-Experts inference\n\n"
            "usage:\n"
@@ -1027,10 +1030,13 @@ static void help(void) {
            "  moecl generate DIR [--preset mini|default|tiny] [--dtype f32|f16|bf16] [--seed S]\n"
            "                 [--vocab N --hidden N --ff N --layers N --heads N --kv-heads N --head-dim N\n"
            "                  --experts N --top-k N]\n"
+           "  moecl serve    -m PATH [--host 127.0.0.1] [--port 8080] [--parallel N] [-c CTX] [-b BATCH]\n"
+           "                 [--queue N] [--api-key KEY] [-n N] [sampling options] [-t THREADS] [backend options]\n"
+           "                 # OpenAI-compatible HTTP server (README: Serving)\n"
            "  moecl quantize IN OUT.gguf [TYPE] [-t THREADS] [--allow-requantize]\n"
            "                 # TYPE: q4_K_M (default), q4_K_S, q5_K_M, q5_K_S, q6_K, q8_0, q4_0,\n"
            "                 # q4_K, q5_K (every matrix that type), f16, bf16, f32\n\n"
-           "backend options (run, chat, info, bench):\n"
+           "backend options (run, chat, info, bench, serve):\n"
            "  --backend cpu|opencl|auto   auto: an OpenCL GPU if there is one, else the CPU\n"
            "  --device SEL                device index or name substring (also $MOECL_DEVICE)\n"
            "  --gpu-mem MiB               expert weights on the device (default: its memory less headroom)\n"
@@ -1055,6 +1061,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "generate")) return cmd_generate(argc, argv);
     if (!strcmp(cmd, "detokenize")) return cmd_detokenize(argc, argv);
     if (!strcmp(cmd, "quantize")) return cmd_quantize(argc, argv);
+    if (!strcmp(cmd, "serve")) return cmd_serve(argc, argv); /* tools/serve.c */
     options o = {0};
     int rc = parse_options(argc, argv, 2, !strcmp(cmd, "bench"), &o);
     if (rc) return rc;
