@@ -1011,7 +1011,8 @@ static void ensure_fast_blas(char **argv) {
 
 /* ------------------------------------------------------------------------ */
 
-int cmd_serve(int argc, char **argv); /* tools/serve.c */
+int cmd_serve(int argc, char **argv);          /* tools/serve.c */
+int cmd_bench_parallel(int argc, char **argv); /* tools/bench_parallel.c */
 
 static void help(void) {
     printf("moecl %s - Mixture-of-Experts inference\n\n"
@@ -1027,6 +1028,7 @@ static void help(void) {
            "  moecl info     [-m PATH] [backend options]    # shape, parameters, where each expert runs\n"
            "  moecl devices                               # OpenCL platforms and devices\n"
            "  moecl bench    [-m PATH] [-p 128] [-n 64] [-t THREADS] [-r REPS]\n"
+           "  moecl bench    --parallel 1,2,4,8 -m PATH [-p 32] [-n 32] [-t THREADS] [-r REPS]  # B sequences per step\n"
            "  moecl generate DIR [--preset mini|default|tiny] [--dtype f32|f16|bf16] [--seed S]\n"
            "                 [--vocab N --hidden N --ff N --layers N --heads N --kv-heads N --head-dim N\n"
            "                  --experts N --top-k N]\n"
@@ -1062,6 +1064,8 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "detokenize")) return cmd_detokenize(argc, argv);
     if (!strcmp(cmd, "quantize")) return cmd_quantize(argc, argv);
     if (!strcmp(cmd, "serve")) return cmd_serve(argc, argv); /* tools/serve.c */
+    for (int i = 2; !strcmp(cmd, "bench") && i < argc; i++)
+        if (!strcmp(argv[i], "--parallel")) return cmd_bench_parallel(argc, argv); /* tools/bench_parallel.c */
     options o = {0};
     int rc = parse_options(argc, argv, 2, !strcmp(cmd, "bench"), &o);
     if (rc) return rc;

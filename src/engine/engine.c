@@ -330,7 +330,7 @@ moecl_status moecl_engine_new(const moecl_model *model, const moecl_engine_param
     if ((st = moecl_context_new(model, &cp, &e->ctx))) goto fail;
     /* the context may clamp the budget (never above n_slots * n_ctx) */
     e->n_ctx = p.n_ctx;
-    e->n_batch = p.n_batch < p.n_slots * p.n_ctx ? p.n_batch : p.n_slots * p.n_ctx;
+    e->n_batch = (int64_t)p.n_batch < (int64_t)p.n_slots * p.n_ctx ? p.n_batch : p.n_slots * p.n_ctx;
     e->slots = calloc((size_t)e->n_slots, sizeof *e->slots);
     e->batch_tok = malloc((size_t)e->n_batch * sizeof *e->batch_tok);
     e->batch_seq = malloc((size_t)e->n_batch * sizeof *e->batch_seq);
