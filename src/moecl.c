@@ -26,6 +26,7 @@ const char *moecl_status_str(moecl_status status) {
     case MOECL_ERR_CONTEXT_FULL: return "context full";
     case MOECL_ERR_ABORTED: return "aborted";
     case MOECL_ERR_BACKEND: return "backend error";
+    case MOECL_ERR_BUSY: return "busy";
     }
     return "unknown status";
 }

@@ -5,12 +5,12 @@
 # Exit status is non-zero if any target found a crash: the input is left as
 # build-fuzz/crash-<target>-*; copy it into tests/fuzz/regress/<target>/ once fixed.
 #
-#   tools/fuzz.sh [SECONDS] [TARGET...]     TARGET: fuzz_gguf fuzz_safetensors
+#   tools/fuzz.sh [SECONDS] [TARGET...]     TARGET: fuzz_gguf fuzz_safetensors fuzz_serve_request
 set -eu
 cd "$(dirname "$0")/.."
 secs="${1:-60}"
 [ $# -gt 0 ] && shift
-targets="${*:-fuzz_gguf fuzz_safetensors}"
+targets="${*:-fuzz_gguf fuzz_safetensors fuzz_serve_request}"
 
 if ! command -v clang >/dev/null 2>&1; then
     echo "fuzz: clang is not installed (tools/setup.sh installs it)" >&2

@@ -11,6 +11,7 @@
  *   moecl devices
  *   moecl bench    [-m PATH] [-p 128] [-n 64] [-t N] [-r 3]
  *   moecl generate DIR [--preset mini|default|tiny] [--dtype f32|f16|bf16] [--seed S]
+ *   moecl serve    -m PATH [--host H] [--port P] [--parallel N] [-c N] [--api-key KEY]   (tools/serve.c)
  */
 #include "moecl.h"
 
@@ -1091,6 +1092,9 @@ static void ensure_fast_blas(char **argv) {
 
 /* ------------------------------------------------------------------------ */
 
+int cmd_serve(int argc, char **argv);          /* tools/serve.c */
+int cmd_bench_parallel(int argc, char **argv); /* tools/bench_parallel.c */
+
 /* Each subcommand's usage; `moecl help` prints them all, `moecl CMD --help` its own. */
 typedef struct usage_entry {
     const char *cmd, *text;
@@ -1109,10 +1113,15 @@ static const usage_entry k_usage[] = {
              "                 # multi-turn Mixtral-Instruct conversation on stdin; run --chat: one turn\n", true},
     {"info", "  moecl info     [-m PATH] [backend options]    # shape, parameters, where each expert runs\n", true},
     {"devices", "  moecl devices                               # OpenCL platforms and devices\n", false},
-    {"bench", "  moecl bench    [-m PATH] [-p 128] [-n 64] [-t THREADS] [-r REPS] [backend options]\n", true},
+    {"bench", "  moecl bench    [-m PATH] [-p 128] [-n 64] [-t THREADS] [-r REPS] [backend options]\n"
+              "  moecl bench    --parallel 1,2,4,8 -m PATH [-p 32] [-n 32] [-t THREADS] [-r REPS]  # B sequences per step\n",
+     true},
     {"generate", "  moecl generate DIR [--preset mini|default|tiny] [--dtype f32|f16|bf16] [--seed S]\n"
                  "                 [--vocab N --hidden N --ff N --layers N --heads N --kv-heads N --head-dim N\n"
                  "                  --experts N --top-k N]\n", false},
+    {"serve", "  moecl serve    -m PATH [--host 127.0.0.1] [--port 8080] [--parallel N] [-c CTX] [-b BATCH]\n"
+              "                 [--queue N] [--api-key KEY] [-n N] [sampling options] [-t THREADS] [backend options]\n"
+              "                 # OpenAI-compatible HTTP server (README: Serving)\n", true},
     {"quantize", "  moecl quantize IN OUT.gguf [TYPE] [-t THREADS] [--allow-requantize]\n"
                  "                 # TYPE: q4_K_M (default), q4_K_S, q5_K_M, q5_K_S, q6_K, q8_0, q4_0,\n"
                  "                 # q4_K, q5_K (every matrix that type), f16, bf16, f32\n", false},
@@ -1168,6 +1177,9 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "generate")) return cmd_generate(argc, argv);
     if (!strcmp(cmd, "detokenize")) return cmd_detokenize(argc, argv);
     if (!strcmp(cmd, "quantize")) return cmd_quantize(argc, argv);
+    if (!strcmp(cmd, "serve")) return cmd_serve(argc, argv); /* tools/serve.c */
+    for (int i = 2; !strcmp(cmd, "bench") && i < argc; i++)
+        if (!strcmp(argv[i], "--parallel")) return cmd_bench_parallel(argc, argv); /* tools/bench_parallel.c */
     options o = {0};
     int rc = parse_options(argc, argv, 2, !strcmp(cmd, "bench"), &o);
     if (rc) return rc;

@@ -1,0 +1,636 @@
+/*
+ * test_engine.c - the request engine (moecl_engine_*) on the golden tiny
+ * model tests/data/tiny-f32 (wide logit gaps: greedy ids do not depend on
+ * how a batch is composed) and, for text and stop strings, on a random
+ * model with the Mistral tokenizer.
+ *
+ *   test_engine DATA_DIR TOKENIZER_JSON
+ *
+ * Every request's ids are checked against the same request decoded alone
+ * with moecl_decode, token by token.
+ */
+#include "test_util.h"
+#include "tiny_model.h"
+
+#include "engine/engine.h"
+#include "moecl.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ------------------------------------------------------------------------ */
+/* Collecting events                                                        */
+/* ------------------------------------------------------------------------ */
+
+#define MAX_IDS 512
+
+typedef struct collector {
+    uint64_t id;
+    int32_t ids[MAX_IDS];
+    int n_ids;
+    int n_events;
+    char text[8192];
+    size_t text_len;
+    bool done;
+    bool bad_order;          /* an event after the final one, or a final event not last */
+    moecl_engine_event last; /* the final event (text pointer not kept) */
+    /* actions taken from inside the callback */
+    moecl_engine *engine;
+    int cancel_self_at;      /* cancel this request after this many tokens (0: never) */
+    uint64_t cancel_other;   /* cancel this request ... */
+    int cancel_other_at;     /* ... after this many tokens of ours */
+    struct submit_at *submits;
+} collector;
+
+typedef struct submit_at {
+    int at;                  /* after this many tokens of the request whose callback this is */
+    moecl_engine_request req;
+    uint64_t *id;
+    struct submit_at *next;
+} submit_at;
+
+static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t g_cv = PTHREAD_COND_INITIALIZER;
+
+static void on_event(const moecl_engine_event *ev, void *user) {
+    collector *c = user;
+    pthread_mutex_lock(&g_mu);
+    if (c->done) c->bad_order = true;
+    c->n_events++;
+    if (ev->token >= 0 && c->n_ids < MAX_IDS) c->ids[c->n_ids++] = ev->token;
+    if (ev->text == NULL || ev->text[ev->text_len] != '\0') c->bad_order = true;
+    if (ev->text && c->text_len + ev->text_len < sizeof c->text) {
+        memcpy(c->text + c->text_len, ev->text, ev->text_len);
+        c->text_len += ev->text_len;
+        c->text[c->text_len] = '\0';
+    }
+    int n = c->n_ids;
+    if (ev->finish != MOECL_FINISH_NONE) {
+        c->last = *ev;
+        c->last.text = NULL;
+        c->last.error = NULL;
+        c->done = true;
+        pthread_cond_broadcast(&g_cv);
+    }
+    pthread_mutex_unlock(&g_mu);
+    if (ev->finish != MOECL_FINISH_NONE) return;
+    if (c->cancel_self_at && n == c->cancel_self_at) moecl_engine_cancel(c->engine, ev->request_id);
+    if (c->cancel_other_at && n == c->cancel_other_at) moecl_engine_cancel(c->engine, c->cancel_other);
+    for (submit_at *s = c->submits; s; s = s->next)
+        if (s->at == n && moecl_engine_submit(c->engine, &s->req, s->id) != MOECL_OK)
+            fprintf(stderr, "submit from a callback failed: %s\n", moecl_last_error());
+}
+
+/* Wait (at most 60 s) until every collector is done. */
+static bool wait_done(collector *const *cs, int n) {
+    struct timespec dl;
+    clock_gettime(CLOCK_REALTIME, &dl);
+    dl.tv_sec += 60;
+    pthread_mutex_lock(&g_mu);
+    bool all = false;
+    for (;;) {
+        all = true;
+        for (int i = 0; i < n; i++) all = all && cs[i]->done;
+        if (all) break;
+        if (pthread_cond_timedwait(&g_cv, &g_mu, &dl) == ETIMEDOUT) break;
+    }
+    pthread_mutex_unlock(&g_mu);
+    if (!all) fprintf(stderr, "timed out waiting for requests\n");
+    return all;
+}
+
+static int ids_now(collector *c) {
+    pthread_mutex_lock(&g_mu);
+    int n = c->n_ids;
+    pthread_mutex_unlock(&g_mu);
+    return n;
+}
+
+static moecl_engine_request greedy_request(const int32_t *prompt, int32_t n, int32_t max_tokens, collector *c) {
+    moecl_engine_request q = moecl_engine_default_request();
+    q.prompt = prompt;
+    q.n_prompt = n;
+    q.sampling.temperature = 0;
+    q.max_tokens = max_tokens;
+    q.ignore_eos = true;
+    q.callback = on_event;
+    q.user_data = c;
+    return q;
+}
+
+/* ------------------------------------------------------------------------ */
+/* The reference: one request alone, token by token                         */
+/* ------------------------------------------------------------------------ */
+
+static int reference(const moecl_model *m, const int32_t *prompt, int n_prompt, int n_gen, int32_t *out) {
+    moecl_context_params cp = moecl_context_default_params();
+    cp.n_ctx = 128;
+    cp.n_batch = 64;
+    cp.n_threads = 1;
+    cp.backend = MOECL_BACKEND_CPU;
+    moecl_context *ctx = NULL;
+    if (moecl_context_new(m, &cp, &ctx)) return -1;
+    moecl_model_info info;
+    moecl_model_get_info(m, &info);
+    int n = 0;
+    if (moecl_decode(ctx, prompt, n_prompt) == MOECL_OK) {
+        while (n < n_gen) {
+            const float *l = moecl_get_logits(ctx, -1);
+            int32_t best = 0;
+            for (int32_t v = 1; v < info.n_vocab; v++)
+                if (l[v] > l[best]) best = v;
+            out[n++] = best;
+            if (n == n_gen || moecl_decode(ctx, &best, 1) != MOECL_OK) break;
+        }
+    }
+    moecl_context_free(ctx);
+    return n;
+}
+
+static void make_prompt(int32_t *p, int n, uint64_t seed) {
+    for (int i = 0; i < n; i++) {
+        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+        p[i] = 3 + (int32_t)((seed >> 33) % 125); /* ids in [3, 128) */
+    }
+}
+
+static moecl_engine *engine_new(const moecl_model *m, int slots, int n_ctx, int n_batch, int n_queue) {
+    moecl_engine_params ep = moecl_engine_default_params();
+    ep.n_slots = slots;
+    ep.n_ctx = n_ctx;
+    ep.n_batch = n_batch;
+    ep.n_queue = n_queue;
+    ep.context.n_threads = 2;
+    ep.context.backend = MOECL_BACKEND_CPU;
+    moecl_engine *e = NULL;
+    moecl_status st = moecl_engine_new(m, &ep, &e);
+    CHECKF(st == MOECL_OK, "%s", moecl_last_error());
+    return e;
+}
+
+/* ------------------------------------------------------------------------ */
+/* 8 concurrent requests = 8 requests alone                                 */
+/* ------------------------------------------------------------------------ */
+
+enum { N_REQ = 8 };
+static const int k_len[N_REQ] = {1, 3, 5, 8, 12, 17, 23, 30};
+static const int k_gen[N_REQ] = {20, 7, 12, 3, 15, 9, 25, 5};
+
+static void test_concurrent(const moecl_model *m, int slots, int n_batch, bool staggered) {
+    int32_t prompts[N_REQ][32], ref[N_REQ][32];
+    static collector cs[N_REQ];
+    collector *cp[N_REQ];
+    static submit_at subs[N_REQ];
+    uint64_t ids[N_REQ] = {0};
+    memset(cs, 0, sizeof cs);
+    memset(subs, 0, sizeof subs);
+    for (int i = 0; i < N_REQ; i++) {
+        make_prompt(prompts[i], k_len[i], 100 + (uint64_t)i);
+        CHECK(reference(m, prompts[i], k_len[i], k_gen[i], ref[i]) == k_gen[i]);
+        cp[i] = &cs[i];
+    }
+    moecl_engine *e = engine_new(m, slots, 64, n_batch, 16);
+    if (!e) return;
+    for (int i = 0; i < N_REQ; i++) cs[i].engine = e;
+    if (staggered) { /* request i starts when request 0 has generated i tokens: each at another step */
+        for (int i = 1; i < N_REQ; i++) {
+            subs[i].at = i;
+            subs[i].req = greedy_request(prompts[i], k_len[i], k_gen[i], &cs[i]);
+            subs[i].id = &ids[i];
+            subs[i].next = cs[0].submits;
+            cs[0].submits = &subs[i];
+        }
+        moecl_engine_request q = greedy_request(prompts[0], k_len[0], k_gen[0], &cs[0]);
+        CHECK(moecl_engine_submit(e, &q, &ids[0]) == MOECL_OK);
+    } else {
+        for (int i = 0; i < N_REQ; i++) {
+            moecl_engine_request q = greedy_request(prompts[i], k_len[i], k_gen[i], &cs[i]);
+            CHECK(moecl_engine_submit(e, &q, &ids[i]) == MOECL_OK);
+        }
+    }
+    CHECK(wait_done(cp, N_REQ));
+    for (int i = 0; i < N_REQ; i++) {
+        collector *c = &cs[i];
+        CHECKF(c->done && !c->bad_order && c->last.finish == MOECL_FINISH_LENGTH, "request %d: finish %s", i,
+               moecl_finish_reason_str(c->last.finish));
+        CHECKF(c->n_ids == k_gen[i] && !memcmp(c->ids, ref[i], (size_t)k_gen[i] * sizeof(int32_t)),
+               "request %d (slots %d, budget %d): %d ids, not those of the request alone", i, slots, n_batch,
+               c->n_ids);
+        CHECK(c->last.usage.prompt_tokens == k_len[i] && c->last.usage.completion_tokens == k_gen[i]);
+        CHECK(c->last.request_id == ids[i] && ids[i] > 0);
+    }
+    moecl_engine_stats st;
+    CHECK(moecl_engine_get_stats(e, &st) == MOECL_OK);
+    CHECK(st.n_submitted == N_REQ && st.n_finished == N_REQ && st.n_running == 0 && st.n_queued == 0);
+    int gen = 0, prompt = 0;
+    for (int i = 0; i < N_REQ; i++) gen += k_gen[i], prompt += k_len[i];
+    CHECK(st.n_generated_tokens == (uint64_t)gen);
+    CHECK(st.n_prompt_tokens + st.n_cached_tokens == (uint64_t)prompt);
+    CHECK(st.last_batch_tokens <= n_batch);
+    uint64_t steps = 0;
+    for (int b = 0; b < 17; b++) steps += st.batch_hist[b];
+    CHECK(steps == st.n_steps && st.n_steps > 0);
+    /* several sequences shared steps: fewer steps than tokens decoded */
+    CHECKF(st.n_steps < st.n_batch_tokens, "%llu steps for %llu tokens", (unsigned long long)st.n_steps,
+           (unsigned long long)st.n_batch_tokens);
+    moecl_engine_free(e);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Cancellation                                                             */
+/* ------------------------------------------------------------------------ */
+
+static void test_cancel(const moecl_model *m) {
+    int32_t p_short[4], p_long[60], ref[40];
+    make_prompt(p_short, 4, 7);
+    make_prompt(p_long, 60, 8);
+    CHECK(reference(m, p_short, 4, 40, ref) == 40);
+
+    /* Mid-prompt: a budget of 2 tokens per step leaves 1 for the long
+     * prompt; the generating request cancels it after 5 of its tokens. */
+    moecl_engine *e = engine_new(m, 2, 64, 2, 8);
+    if (!e) return;
+    collector g = {.engine = e}, l = {.engine = e};
+    collector *both[2] = {&g, &l};
+    moecl_engine_request qg = greedy_request(p_short, 4, 40, &g);
+    moecl_engine_request ql = greedy_request(p_long, 60, 10, &l);
+    uint64_t idg = 0, idl = 0;
+    CHECK(moecl_engine_submit(e, &qg, &idg) == MOECL_OK);
+    CHECK(moecl_engine_submit(e, &ql, &idl) == MOECL_OK);
+    pthread_mutex_lock(&g_mu);
+    g.cancel_other = idl;
+    g.cancel_other_at = 5;
+    pthread_mutex_unlock(&g_mu);
+    CHECK(wait_done(both, 2));
+    CHECKF(l.last.finish == MOECL_FINISH_CANCELLED && l.n_ids == 0 && l.last.token == -1 &&
+           l.last.usage.completion_tokens == 0, "mid-prompt cancel: finish %s, %d ids",
+           moecl_finish_reason_str(l.last.finish), l.n_ids);
+    CHECK(g.last.finish == MOECL_FINISH_LENGTH && g.n_ids == 40 && !memcmp(g.ids, ref, sizeof ref));
+    moecl_engine_stats st;
+    moecl_engine_get_stats(e, &st);
+    CHECKF(st.n_prompt_tokens < 4 + 60, "the cancelled prompt was read to the end (%llu tokens)",
+           (unsigned long long)st.n_prompt_tokens);
+    CHECK(st.n_running == 0 && st.n_queued == 0);
+    CHECK(moecl_engine_cancel(e, idl) == MOECL_ERR_INVALID_ARG); /* finished: harmless */
+    CHECK(moecl_engine_cancel(e, 999999) == MOECL_ERR_INVALID_ARG);
+    moecl_engine_free(e);
+
+    /* Mid-generation, from its own callback, in a one-slot engine; then the
+     * slot serves the next request, and a queued request is cancelled. */
+    e = engine_new(m, 1, 64, 8, 8);
+    if (!e) return;
+    collector a = {.engine = e, .cancel_self_at = 3}, b = {.engine = e}, q = {.engine = e};
+    moecl_engine_request qa = greedy_request(p_short, 4, 30, &a);
+    CHECK(moecl_engine_submit(e, &qa, NULL) == MOECL_OK);
+    collector *pa[1] = {&a};
+    CHECK(wait_done(pa, 1));
+    CHECKF(a.last.finish == MOECL_FINISH_CANCELLED && a.n_ids == 3 && !memcmp(a.ids, ref, 3 * sizeof(int32_t)) &&
+           a.last.usage.completion_tokens == 3, "mid-generation cancel: %s after %d ids",
+           moecl_finish_reason_str(a.last.finish), a.n_ids);
+    moecl_engine_request qb = greedy_request(p_short, 4, 30, &b);
+    moecl_engine_request qq = greedy_request(p_long, 20, 5, &q);
+    uint64_t idq = 0;
+    CHECK(moecl_engine_submit(e, &qb, NULL) == MOECL_OK);
+    CHECK(moecl_engine_submit(e, &qq, &idq) == MOECL_OK);
+    CHECK(moecl_engine_cancel(e, idq) == MOECL_OK);
+    collector *pb[2] = {&b, &q};
+    CHECK(wait_done(pb, 2));
+    CHECK(b.last.finish == MOECL_FINISH_LENGTH && b.n_ids == 30 && !memcmp(b.ids, ref, 30 * sizeof(int32_t)));
+    /* b's prompt is a's: all but its last token come from the slot's cache */
+    CHECKF(b.last.usage.cached_prompt_tokens == 3, "cached %d", b.last.usage.cached_prompt_tokens);
+    CHECK(q.last.finish == MOECL_FINISH_CANCELLED && q.n_ids == 0 && q.n_events == 1);
+
+    /* From another thread while it generates without a limit. */
+    collector c = {.engine = e};
+    moecl_engine_request qc = greedy_request(p_short, 4, 0, &c);
+    uint64_t idc = 0;
+    CHECK(moecl_engine_submit(e, &qc, &idc) == MOECL_OK);
+    for (int i = 0; i < 20000 && ids_now(&c) < 2; i++) usleep(100);
+    CHECK(moecl_engine_cancel(e, idc) == MOECL_OK);
+    collector *pc[1] = {&c};
+    CHECK(wait_done(pc, 1));
+    CHECKF(c.last.finish == MOECL_FINISH_CANCELLED && c.n_ids >= 2 && c.n_ids < 60,
+           "cancel from another thread: %s after %d ids", moecl_finish_reason_str(c.last.finish), c.n_ids);
+    moecl_engine_get_stats(e, &st);
+    CHECK(st.n_running == 0 && st.n_queued == 0);
+
+    /* Without a limit a request ends when its slot's context is full. */
+    collector d = {.engine = e};
+    moecl_engine_request qd = greedy_request(p_long, 60, 0, &d);
+    CHECK(moecl_engine_submit(e, &qd, NULL) == MOECL_OK);
+    collector *pd[1] = {&d};
+    CHECK(wait_done(pd, 1));
+    CHECKF(d.last.finish == MOECL_FINISH_LENGTH && d.n_ids == 64 - 60 + 1, "context full: %s after %d ids",
+           moecl_finish_reason_str(d.last.finish), d.n_ids);
+    moecl_engine_free(e);
+
+    /* A bounded queue: with the slot busy, n_queue requests wait, the next is refused. */
+    e = engine_new(m, 1, 64, 8, 2);
+    if (!e) return;
+    collector busy = {.engine = e}, w1 = {.engine = e}, w2 = {.engine = e}, w3 = {.engine = e};
+    moecl_engine_request qbusy = greedy_request(p_short, 4, 0, &busy);
+    CHECK(moecl_engine_submit(e, &qbusy, NULL) == MOECL_OK);
+    for (int i = 0; i < 20000 && ids_now(&busy) < 1; i++) usleep(100);
+    moecl_engine_request q1 = greedy_request(p_short, 4, 2, &w1), q2 = greedy_request(p_short, 4, 2, &w2),
+                         q3 = greedy_request(p_short, 4, 2, &w3);
+    CHECK(moecl_engine_submit(e, &q1, NULL) == MOECL_OK);
+    CHECK(moecl_engine_submit(e, &q2, NULL) == MOECL_OK);
+    uint64_t id3 = 7;
+    CHECK(moecl_engine_submit(e, &q3, &id3) == MOECL_ERR_BUSY && id3 == 0);
+    moecl_engine_stats s2;
+    moecl_engine_get_stats(e, &s2);
+    CHECK(s2.n_queued == 2 && s2.n_running == 1);
+    /* freeing the engine ends every request with "cancelled" */
+    moecl_engine_free(e);
+    CHECK(busy.done && busy.last.finish == MOECL_FINISH_CANCELLED);
+    CHECK(w1.done && w1.last.finish == MOECL_FINISH_CANCELLED && w1.n_ids == 0);
+    CHECK(w2.done && w2.last.finish == MOECL_FINISH_CANCELLED && !w3.done);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Prefix reuse                                                             */
+/* ------------------------------------------------------------------------ */
+
+static void test_prefix(const moecl_model *m) {
+    int32_t pa[12], pc[9], gen_a[10], full[30], ref[12];
+    make_prompt(pa, 12, 21);
+    make_prompt(pc, 9, 22);
+    CHECK(reference(m, pa, 12, 10, gen_a) == 10);
+
+    /* Logits after a rewind to a common prefix and reading the rest equal
+     * those of a fresh read (the mechanism the engine relies on). */
+    memcpy(full, pa, sizeof pa);
+    memcpy(full + 12, gen_a, sizeof gen_a);
+    make_prompt(full + 22, 4, 23);
+    moecl_context_params cp = moecl_context_default_params();
+    cp.n_ctx = 64;
+    cp.n_batch = 32;
+    cp.n_seq_max = 2;
+    cp.backend = MOECL_BACKEND_CPU;
+    moecl_context *ctx = NULL;
+    CHECK(moecl_context_new(m, &cp, &ctx) == MOECL_OK);
+    moecl_model_info info;
+    moecl_model_get_info(m, &info);
+    float *fresh = malloc((size_t)info.n_vocab * sizeof(float));
+    if (ctx && fresh) {
+        CHECK(moecl_decode(ctx, full, 26) == MOECL_OK);
+        memcpy(fresh, moecl_get_logits(ctx, -1), (size_t)info.n_vocab * sizeof(float));
+        CHECK(moecl_seq_truncate(ctx, 0, 0) == MOECL_OK);
+        CHECK(moecl_decode(ctx, pa, 12) == MOECL_OK);  /* a different continuation first */
+        CHECK(moecl_decode(ctx, pc, 9) == MOECL_OK);
+        CHECK(moecl_seq_truncate(ctx, 0, 12) == MOECL_OK);
+        CHECK(moecl_decode(ctx, full + 12, 14) == MOECL_OK);
+        double err = t_nerr(moecl_get_logits(ctx, -1), fresh, (size_t)info.n_vocab);
+        CHECKF(err <= 1e-4, "logits after prefix reuse: error %.3g", err);
+    }
+    free(fresh);
+    moecl_context_free(ctx);
+
+    /* The engine: a then c run in two slots; b continues a's conversation
+     * and goes to a's slot, d repeats c's prompt and goes to c's. */
+    moecl_engine *e = engine_new(m, 2, 64, 16, 8);
+    if (!e) return;
+    collector a = {.engine = e}, c = {.engine = e}, b = {.engine = e}, d = {.engine = e};
+    moecl_engine_request qa = greedy_request(pa, 12, 10, &a), qc = greedy_request(pc, 9, 5, &c);
+    CHECK(moecl_engine_submit(e, &qa, NULL) == MOECL_OK && moecl_engine_submit(e, &qc, NULL) == MOECL_OK);
+    collector *p1[2] = {&a, &c};
+    CHECK(wait_done(p1, 2));
+    CHECK(a.n_ids == 10 && !memcmp(a.ids, gen_a, sizeof gen_a));
+    CHECK(a.last.usage.cached_prompt_tokens == 0 && c.last.usage.cached_prompt_tokens == 0);
+
+    CHECK(reference(m, full, 26, 12, ref) == 12);
+    moecl_engine_request qb = greedy_request(full, 26, 12, &b), qd = greedy_request(pc, 9, 5, &d);
+    CHECK(moecl_engine_submit(e, &qb, NULL) == MOECL_OK && moecl_engine_submit(e, &qd, NULL) == MOECL_OK);
+    collector *p2[2] = {&b, &d};
+    CHECK(wait_done(p2, 2));
+    /* a decoded its prompt and 9 of its 10 tokens (the last is never fed back) */
+    CHECKF(b.last.usage.cached_prompt_tokens == 21, "b reused %d tokens", b.last.usage.cached_prompt_tokens);
+    CHECKF(d.last.usage.cached_prompt_tokens == 8, "d reused %d tokens", d.last.usage.cached_prompt_tokens);
+    CHECK(b.n_ids == 12 && !memcmp(b.ids, ref, sizeof ref));
+    CHECK(d.n_ids == 5 && !memcmp(d.ids, c.ids, 5 * sizeof(int32_t)));
+    moecl_engine_stats st;
+    moecl_engine_get_stats(e, &st);
+    CHECK(st.n_cached_tokens == 29 && st.n_prompt_tokens == 12 + 9 + 5 + 1);
+    moecl_engine_free(e);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Arguments                                                                */
+/* ------------------------------------------------------------------------ */
+
+static void test_args(const moecl_model *m) {
+    moecl_engine_free(NULL);
+    moecl_engine *e = (moecl_engine *)1;
+    CHECK(moecl_engine_new(NULL, NULL, &e) == MOECL_ERR_INVALID_ARG && e == NULL);
+    moecl_engine_params ep = moecl_engine_default_params();
+    ep.n_slots = -1;
+    CHECK(moecl_engine_new(m, &ep, &e) == MOECL_ERR_INVALID_ARG);
+    CHECK(moecl_engine_submit(NULL, NULL, NULL) == MOECL_ERR_INVALID_ARG);
+    CHECK(moecl_engine_cancel(NULL, 1) == MOECL_ERR_INVALID_ARG);
+    CHECK(moecl_engine_get_stats(NULL, NULL) == MOECL_ERR_INVALID_ARG);
+    CHECK(moecl_engine_get_tokenizer(NULL) == NULL);
+    CHECK(strcmp(moecl_finish_reason_str(MOECL_FINISH_LENGTH), "length") == 0);
+    CHECK(strcmp(moecl_finish_reason_str((moecl_finish_reason)99), "?") == 0);
+    CHECK(strcmp(moecl_status_str(MOECL_ERR_BUSY), "busy") == 0);
+
+    e = engine_new(m, 2, 16, 8, 4);
+    if (!e) return;
+    collector c = {0};
+    int32_t p[20];
+    make_prompt(p, 20, 5);
+    moecl_engine_request q = greedy_request(p, 20, 4, &c);
+    uint64_t id = 5;
+    CHECK(moecl_engine_submit(e, &q, &id) == MOECL_ERR_CONTEXT_FULL && id == 0); /* 20 > n_ctx 16 */
+    q.n_prompt = 0;
+    CHECK(moecl_engine_submit(e, &q, NULL) == MOECL_ERR_INVALID_ARG);
+    q.n_prompt = 3;
+    p[1] = 128; /* outside tiny-f32's vocabulary */
+    CHECK(moecl_engine_submit(e, &q, NULL) == MOECL_ERR_INVALID_ARG);
+    p[1] = 3;
+    q.callback = NULL;
+    CHECK(moecl_engine_submit(e, &q, NULL) == MOECL_ERR_INVALID_ARG);
+    q.callback = on_event;
+    moecl_chat_message msg = {"user", "hi"};
+    q.messages = &msg;
+    q.n_messages = 1;
+    CHECK(moecl_engine_submit(e, &q, NULL) == MOECL_ERR_INVALID_ARG); /* both prompt and messages */
+    q.prompt = NULL;
+    CHECK(moecl_engine_submit(e, &q, NULL) == MOECL_ERR_INVALID_ARG); /* no tokenizer */
+    q = greedy_request(p, 3, 4, &c);
+    const char *stop[1] = {"x"};
+    q.stop = stop;
+    q.n_stop = 1;
+    CHECK(moecl_engine_submit(e, &q, NULL) == MOECL_ERR_INVALID_ARG); /* stop strings need a tokenizer */
+    CHECK(!c.done && c.n_events == 0); /* nothing was queued */
+
+    /* a stop id ends the request at that token */
+    int32_t ref[8];
+    CHECK(reference(m, p, 3, 8, ref) == 8);
+    q = greedy_request(p, 3, 8, &c);
+    q.stop_ids = &ref[4];
+    q.n_stop_ids = 1;
+    int first = 0;
+    while (ref[first] != ref[4]) first++;
+    CHECK(moecl_engine_submit(e, &q, NULL) == MOECL_OK);
+    collector *pc[1] = {&c};
+    CHECK(wait_done(pc, 1));
+    CHECK(c.last.finish == MOECL_FINISH_STOP && c.n_ids == first + 1 && c.last.token == ref[4]);
+    moecl_engine_free(e);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Text and stop strings (a random model with the Mistral tokenizer)        */
+/* ------------------------------------------------------------------------ */
+
+static void test_stop_rules(void) {
+    char *stops[3] = {"world", "éz", "xyz"};
+    size_t lens[3] = {5, strlen("éz"), 3};
+    CHECK(mc_stop_find("Hello world", 11, stops, lens, 3) == 6);
+    CHECK(mc_stop_find("Hello", 5, stops, lens, 3) == 5);
+    CHECK(mc_stop_find("axyzworld", 9, stops, lens, 3) == 1); /* the earliest of several */
+    CHECK(mc_stop_safe_len("Hello wor", 9, stops, lens, 1) == 6);
+    CHECK(mc_stop_safe_len("Hello", 5, stops, lens, 3) == 5);
+    CHECK(mc_stop_safe_len("Hello w", 7, stops, lens, 3) == 6);
+    CHECK(mc_stop_safe_len("a\xc3\xa9", 3, stops, lens, 3) == 1);     /* "é" may start "éz" */
+    CHECK(mc_stop_safe_len("a\xc3\xa9", 3, stops + 2, lens + 2, 1) == 3);
+    CHECK(mc_stop_safe_len("xy", 2, stops, lens, 3) == 0);
+    CHECK(mc_stop_safe_len("", 0, stops, lens, 3) == 0);
+}
+
+/* Run one request on the engine, collecting it. */
+static void run_one(moecl_engine *e, moecl_engine_request *q, collector *c) {
+    memset(c, 0, sizeof *c);
+    c->engine = e;
+    q->callback = on_event;
+    q->user_data = c;
+    moecl_status st = moecl_engine_submit(e, q, NULL);
+    CHECKF(st == MOECL_OK, "%s", moecl_last_error());
+    collector *pc[1] = {c};
+    if (st == MOECL_OK) CHECK(wait_done(pc, 1));
+}
+
+static void test_text(const char *tokenizer_json) {
+    char dir[512];
+    const char *tmp = getenv("TMPDIR");
+    snprintf(dir, sizeof dir, "%s/moecl-engine-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+    if (!mkdtemp(dir)) {
+        CHECK(false);
+        return;
+    }
+    moecl_random_model_params p = tiny_params();
+    p.n_vocab = 32000;
+    p.seed = 11;
+    CHECK(moecl_random_model_write(dir, &p, NULL, NULL) == MOECL_OK);
+    char dst[600], cmd[1400];
+    snprintf(dst, sizeof dst, "%s/tokenizer.json", dir);
+    snprintf(cmd, sizeof cmd, "cp '%s' '%s'", tokenizer_json, dst);
+    CHECK(system(cmd) == 0);
+    moecl_model *m = NULL;
+    CHECK(moecl_model_load(dir, NULL, &m) == MOECL_OK);
+    moecl_engine *e = m ? engine_new(m, 2, 128, 32, 4) : NULL;
+    const moecl_tokenizer *tok = moecl_engine_get_tokenizer(e);
+    CHECK(tok != NULL);
+    if (!e || !tok) goto done;
+
+    static collector c;
+    int32_t prompt[16], n_prompt = 0;
+    CHECK(moecl_tokenize(tok, "Once upon a time", 16, 0, prompt, 16, &n_prompt) == MOECL_OK);
+    moecl_engine_request q = greedy_request(prompt, n_prompt, 40, &c);
+    run_one(e, &q, &c);
+    char full[8192];
+    size_t full_len = 0;
+    CHECK(moecl_detokenize(tok, c.ids, c.n_ids, MOECL_DETOKENIZE_SKIP_SPECIAL | MOECL_DETOKENIZE_KEEP_LEADING_SPACE,
+                           full, sizeof full, &full_len) == MOECL_OK);
+    CHECKF(c.text_len == full_len && !memcmp(c.text, full, full_len), "streamed text differs from detokenize");
+    CHECKF(full_len >= 12, "the random model wrote only %zu bytes", full_len);
+    if (full_len < 12) goto done;
+
+    /* A stop string from the middle of the text: the text ends just before
+     * its first occurrence, and no event showed any of it. */
+    size_t at = full_len / 2;
+    while (at > 0 && ((uint8_t)full[at] & 0xC0) == 0x80) at--;
+    size_t end = at + 4;
+    while (end < full_len && ((uint8_t)full[end] & 0xC0) == 0x80) end++;
+    char stop[64];
+    snprintf(stop, sizeof stop, "%.*s", (int)(end - at), full + at);
+    const char *first = strstr(full, stop);
+    const char *stops[2] = {"", stop}; /* the empty one is ignored */
+    static collector s;
+    q = greedy_request(prompt, n_prompt, 40, &s);
+    q.stop = stops;
+    q.n_stop = 2;
+    run_one(e, &q, &s);
+    CHECKF(s.last.finish == MOECL_FINISH_STOP && s.text_len == (size_t)(first - full) &&
+           !memcmp(s.text, full, s.text_len), "stop \"%s\": got %zu bytes, finish %s", stop, s.text_len,
+           moecl_finish_reason_str(s.last.finish));
+    CHECK(s.last.usage.cached_prompt_tokens == n_prompt - 1); /* the same prompt again */
+
+    /* A stop string whose start appears but never completes: the held
+     * text is shown in the end, all of it. */
+    char never[80];
+    snprintf(never, sizeof never, "%.*s\x01never", (int)(end - at), full + at);
+    const char *stops2[1] = {never};
+    q = greedy_request(prompt, n_prompt, 40, &s);
+    q.stop = stops2;
+    q.n_stop = 1;
+    run_one(e, &q, &s);
+    CHECK(s.last.finish == MOECL_FINISH_LENGTH && s.text_len == full_len && !memcmp(s.text, full, full_len));
+
+    /* Chat messages go through the model's chat format; the reply's
+     * leading space is dropped. */
+    moecl_chat_message msgs[2] = {{"system", "Be brief."}, {"user", "Hello"}};
+    int32_t n_chat = 0;
+    CHECK(moecl_chat_tokenize(tok, msgs, 2, 0, NULL, 0, &n_chat) == MOECL_OK);
+    q = moecl_engine_default_request();
+    q.messages = msgs;
+    q.n_messages = 2;
+    q.sampling.temperature = 0;
+    q.max_tokens = 5;
+    run_one(e, &q, &s);
+    CHECK(s.last.finish == MOECL_FINISH_LENGTH && s.last.usage.prompt_tokens == n_chat && s.n_ids == 5);
+    CHECK(s.text_len == 0 || s.text[0] != ' ');
+    msgs[1].role = "robot";
+    q.callback = on_event;
+    CHECK(moecl_engine_submit(e, &q, NULL) == MOECL_ERR_INVALID_ARG);
+
+    /* Sampling with a seed is reproducible through the engine. */
+    static collector r1, r2;
+    q = greedy_request(prompt, n_prompt, 16, &r1);
+    q.sampling = moecl_sampler_default_params();
+    q.sampling.temperature = 1.5f;
+    q.sampling.top_k = 0;
+    q.sampling.seed = 99;
+    run_one(e, &q, &r1);
+    run_one(e, &q, &r2);
+    CHECK(r1.n_ids == 16 && r2.n_ids == 16 && !memcmp(r1.ids, r2.ids, sizeof(int32_t) * 16));
+done:
+    moecl_engine_free(e);
+    moecl_model_free(m);
+    remove_dir(dir);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 3) {
+        fprintf(stderr, "usage: test_engine DATA_DIR TOKENIZER_JSON\n");
+        return 1;
+    }
+    char path[1024];
+    snprintf(path, sizeof path, "%s/tiny-f32", argv[1]);
+    moecl_model *m = NULL;
+    moecl_status st = moecl_model_load(path, NULL, &m);
+    CHECKF(st == MOECL_OK, "%s", moecl_last_error());
+    if (!m) return t_done("engine");
+    test_args(m);
+    test_stop_rules();
+    test_concurrent(m, 8, 16, true);   /* every request in a slot, chunked prompts, staggered starts */
+    test_concurrent(m, 3, 8, false);   /* queued requests, slots reused */
+    test_concurrent(m, 8, 64, false);  /* whole prompts in one step */
+    test_cancel(m);
+    test_prefix(m);
+    moecl_model_free(m);
+    test_text(argv[2]);
+    return t_done("engine");
+}
