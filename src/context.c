@@ -66,6 +66,8 @@ struct moecl_context {
     float *xo;            /* [B, n_embd] final-normed rows */
     int32_t last_T;
 
+    mc_moe_trace *trace;  /* [n_layer] or NULL: see mc_context_trace */
+
     char last_error[1024];
 };
 
@@ -350,6 +352,10 @@ moecl_status moecl_seq_truncate(moecl_context *ctx, int32_t seq, int32_t n_keep)
     return MOECL_OK;
 }
 
+void mc_context_trace(moecl_context *ctx, mc_moe_trace *trace) {
+    if (ctx) ctx->trace = trace;
+}
+
 /* ------------------------------------------------------------------------ */
 /* The forward pass                                                         */
 /* ------------------------------------------------------------------------ */
@@ -446,7 +452,9 @@ static moecl_status routed_experts(moecl_context *ctx, int il, int64_t T) {
     mc_gather(&ctx->plan, ctx->xn, T, K, (int)D, ctx->gx);
 
     /* The plan orders experts by backend: each backend gets one contiguous
-     * slice. Submit to all, then wait for all. */
+     * slice. Submit to the asynchronous backends first (a device starts on
+     * its experts), then to the synchronous ones (the CPU computes its own
+     * meanwhile, inside moe_submit), then wait for all. */
     int first[MAX_BACKENDS + 1];
     int i = 0;
     for (int b = 0; b < ctx->n_backends; b++) {
@@ -454,26 +462,43 @@ static moecl_status routed_experts(moecl_context *ctx, int il, int64_t T) {
         while (i < ctx->plan.n_used && place[ctx->plan.order[i]] == b) i++;
     }
     first[ctx->n_backends] = i;
+    mc_moe_trace *tr = ctx->trace ? &ctx->trace[il] : NULL;
+    if (tr) *tr = (mc_moe_trace){.t_begin = mc_now_ns(), .device_ns = -1, .async_first = true};
     moecl_status st = MOECL_OK;
     bool submitted[MAX_BACKENDS] = {false};
-    for (int b = 0; b < ctx->n_backends && !st; b++) {
-        int n_used = first[b + 1] - first[b];
-        if (!n_used) continue;
-        mc_moe_work w = {
-            .layer = il, .n_used = n_used, .expert_ids = ctx->plan.order + first[b],
-            .offsets = ctx->plan.offsets + first[b], .X = ctx->gx, .Y = ctx->gy,
-        };
-        mc_backend *be = ctx->backends[b];
-        st = be->iface->moe_submit(be, &w);
-        submitted[b] = st == MOECL_OK;
+    for (int pass = 0; pass < 2; pass++) {
+        const bool async = pass == 0;
+        for (int b = 0; b < ctx->n_backends && !st; b++) {
+            mc_backend *be = ctx->backends[b];
+            int n_used = first[b + 1] - first[b];
+            if (!n_used || (be->iface->moe_wait != NULL) != async) continue;
+            mc_moe_work w = {
+                .layer = il, .n_used = n_used, .expert_ids = ctx->plan.order + first[b],
+                .offsets = ctx->plan.offsets + first[b], .X = ctx->gx, .Y = ctx->gy,
+            };
+            const int64_t t0 = tr ? mc_now_ns() : 0;
+            st = be->iface->moe_submit(be, &w);
+            submitted[b] = st == MOECL_OK;
+            if (tr && async) {
+                tr->n_async++;
+                if (tr->n_sync) tr->async_first = false;
+            }
+            if (tr && !async) {
+                tr->n_sync++;
+                tr->sync_ns += mc_now_ns() - t0;
+            }
+        }
     }
     for (int b = 0; b < ctx->n_backends; b++) {
         mc_backend *be = ctx->backends[b];
         if (submitted[b] && be->iface->moe_wait) {
             moecl_status sw = be->iface->moe_wait(be);
             if (!st) st = sw;
+            int64_t dn = be->iface->moe_device_ns ? be->iface->moe_device_ns(be) : -1;
+            if (tr && dn >= 0) tr->device_ns = (tr->device_ns < 0 ? 0 : tr->device_ns) + dn;
         }
     }
+    if (tr) tr->t_end = mc_now_ns();
     if (st) return ctx_keep(ctx, st);
     mc_scatter_add(&ctx->plan, ctx->gy, ctx->r_weight, T, K, (int)D, ctx->x);
     return MOECL_OK;

@@ -8,6 +8,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #if defined(__GNUC__)
 #define MC_PRINTF(a, b) __attribute__((format(printf, a, b)))
@@ -87,5 +88,12 @@ typedef struct mc_tensor {
     const void *data;
     size_t nbytes;
 } mc_tensor;
+
+/* CLOCK_MONOTONIC in nanoseconds (traces and timings, never decisions). */
+static inline int64_t mc_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
 
 #endif

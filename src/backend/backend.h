@@ -13,7 +13,9 @@
  *     moe_submit may return before the work is done (a GPU enqueues it);
  *     moe_wait blocks until Y is written. Backends holding different experts
  *     of the same layer are submitted to one after another and waited on
- *     together, so they compute at the same time.
+ *     together: the asynchronous ones (with moe_wait) first, so that a
+ *     device computes its experts while a synchronous backend (the CPU)
+ *     computes its own inside moe_submit. tests/test_overlap.c shows it.
  */
 #ifndef MOECL_BACKEND_H
 #define MOECL_BACKEND_H
@@ -42,7 +44,27 @@ typedef struct mc_backend_i {
     moecl_status (*moe_submit)(mc_backend *be, const mc_moe_work *work);
     /* Wait for the last submitted work. (optional: NULL when submit is synchronous) */
     moecl_status (*moe_wait)(mc_backend *be);
+    /* Nanoseconds the device was busy with the last waited work, by the
+     * device's own clock (first write's start to the read's end), or -1 when
+     * it was not measured. (optional; the OpenCL backend measures it only
+     * with MOECL_CL_PROFILE=1, which enables queue profiling) */
+    int64_t (*moe_device_ns)(mc_backend *be);
 } mc_backend_i;
+
+/* One layer's routed experts as the context saw them, for tests and traces
+ * (mc_context_trace). Host times are CLOCK_MONOTONIC nanoseconds. */
+typedef struct mc_moe_trace {
+    int64_t t_begin, t_end; /* the first moe_submit began .. the last moe_wait returned */
+    int64_t sync_ns;        /* time inside the synchronous backends' moe_submit (they compute there) */
+    int64_t device_ns;      /* the asynchronous backends' device busy time; -1: not measured */
+    int n_sync, n_async;    /* backends of each kind that had work in this layer */
+    bool async_first;       /* every asynchronous backend was submitted before any synchronous one began */
+} mc_moe_trace;
+
+/* Record each layer's mc_moe_trace of every later decode into
+ * trace[0..n_layer) (the last decode's values stay); NULL stops. The array
+ * belongs to the caller and must outlive the recording. */
+void mc_context_trace(moecl_context *ctx, mc_moe_trace *trace);
 
 struct mc_backend {
     const mc_backend_i *iface;

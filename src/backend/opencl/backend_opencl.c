@@ -24,6 +24,8 @@
  *   MOECL_CL_FAIL_AT=submit:N | wait:N
  *                          the N-th moe_submit / moe_wait (from 1) fails as
  *                          if the device had returned CL_OUT_OF_RESOURCES
+ *   MOECL_CL_PROFILE=1     enable queue profiling: moe_device_ns gives the
+ *                          device's busy time of each layer (the overlap test)
  * Tuning: MOECL_CL_FEW_ROWS=vec|rows, MOECL_CL_PROMPT=tiled|blk choose the
  * kernels (defaults by device type).
  */
@@ -83,6 +85,9 @@ typedef struct ocl_backend {
     cl_int *groups_host;  /* [n_expert * 4], read by the pending write */
     bool pending;         /* work enqueued and not waited for */
     cl_event read_ev;     /* the pending read of the outputs; NULL when none */
+    cl_event write_ev;    /* its first write, kept only when profiling; NULL when none */
+    bool profile;         /* MOECL_CL_PROFILE=1: queue profiling, device_ns measured */
+    int64_t device_ns;    /* device busy time of the last drained work; -1: unknown */
     mc_moe_work last;     /* the pending work, recomputed on the CPU if the wait fails */
     bool failed;          /* the device failed during a decode: everything runs on the CPU */
     mc_backend *cpu;      /* matmul, and the experts once the device failed */
@@ -218,7 +223,8 @@ static moecl_status enqueue(mc_backend *be, const mc_moe_work *w) {
         o->groups_host[4 * i + 3] = 0;
     }
     const size_t xbytes = (size_t)rows * (size_t)D * sizeof(float);
-    CL_CHECK(clEnqueueWriteBuffer(o->queue, o->x, CL_FALSE, 0, xbytes, w->X + r0 * D, 0, NULL, NULL),
+    CL_CHECK(clEnqueueWriteBuffer(o->queue, o->x, CL_FALSE, 0, xbytes, w->X + r0 * D, 0, NULL,
+                                  o->profile ? &o->write_ev : NULL),
              "writing the rows");
     CL_CHECK(clEnqueueWriteBuffer(o->queue, o->groups, CL_FALSE, 0, (size_t)w->n_used * 4 * sizeof(cl_int),
                                   o->groups_host, 0, NULL, NULL),
@@ -240,6 +246,7 @@ static moecl_status enqueue(mc_backend *be, const mc_moe_work *w) {
  * of the read, if any. */
 static cl_int drain(ocl_backend *o) {
     cl_int err = CL_SUCCESS;
+    o->device_ns = -1;
     if (o->read_ev) {
         err = clWaitForEvents(1, &o->read_ev);
         cl_int es = CL_COMPLETE;
@@ -247,8 +254,18 @@ static cl_int drain(ocl_backend *o) {
             clGetEventInfo(o->read_ev, CL_EVENT_COMMAND_EXECUTION_STATUS, sizeof es, &es, NULL) == CL_SUCCESS &&
             es < 0)
             err = es;
+        cl_ulong t0 = 0, t1 = 0;
+        if (err == CL_SUCCESS && o->write_ev &&
+            clGetEventProfilingInfo(o->write_ev, CL_PROFILING_COMMAND_START, sizeof t0, &t0, NULL) == CL_SUCCESS &&
+            clGetEventProfilingInfo(o->read_ev, CL_PROFILING_COMMAND_END, sizeof t1, &t1, NULL) == CL_SUCCESS &&
+            t1 >= t0)
+            o->device_ns = (int64_t)(t1 - t0);
         clReleaseEvent(o->read_ev);
         o->read_ev = NULL;
+    }
+    if (o->write_ev) {
+        clReleaseEvent(o->write_ev);
+        o->write_ev = NULL;
     }
     cl_int fin = clFinish(o->queue);
     return err != CL_SUCCESS ? err : fin;
@@ -293,6 +310,11 @@ static moecl_status ocl_moe_wait(mc_backend *be) {
     return fall_back(be, &o->last);
 }
 
+static int64_t ocl_moe_device_ns(mc_backend *be) {
+    const ocl_backend *o = be->impl;
+    return o->device_ns;
+}
+
 static moecl_status ocl_matmul(mc_backend *be, const mc_tensor *W, const float *X, int64_t T, float *Y) {
     ocl_backend *o = be->impl;
     return o->cpu->iface->matmul(o->cpu, W, X, T, Y);
@@ -335,6 +357,7 @@ static const mc_backend_i ocl_iface = {
     .matmul = ocl_matmul,
     .moe_submit = ocl_moe_submit,
     .moe_wait = ocl_moe_wait,
+    .moe_device_ns = ocl_moe_device_ns,
 };
 
 /* ------------------------------------------------------------------------ */
@@ -401,7 +424,10 @@ static moecl_status open_device(ocl_backend *o, const mc_opencl_params *p) {
     cl_int err;
     o->ctx = clCreateContext(NULL, 1, &o->dev.id, NULL, NULL, &err);
     CL_CHECK(err, "clCreateContext");
-    o->queue = clCreateCommandQueue(o->ctx, o->dev.id, 0, &err);
+    const char *prof = getenv("MOECL_CL_PROFILE");
+    o->profile = prof && !strcmp(prof, "1");
+    o->device_ns = -1;
+    o->queue = clCreateCommandQueue(o->ctx, o->dev.id, o->profile ? CL_QUEUE_PROFILING_ENABLE : 0, &err);
     CL_CHECK(err, "clCreateCommandQueue");
     o->cpu_device = !o->dev.is_gpu;
     const char *fr = getenv("MOECL_CL_FEW_ROWS"), *pr = getenv("MOECL_CL_PROMPT");
