@@ -462,7 +462,14 @@ moecl_status moecl_model_load(const char *path, const moecl_model_params *params
         }
         if ((st = mc_hf_config_load(cfg, &m->hp))) goto fail;
         if ((st = mc_st_set_open_dir(path, &m->files))) goto fail;
-        if ((st = mc_tokenizer_load_dir_optional(path, &m->tokenizer))) goto fail;
+        /* A tokenizer moecl cannot read yet does not keep the weights from
+         * loading: the model then takes token ids only. */
+        if ((st = mc_tokenizer_load_dir_optional(path, &m->tokenizer)) == MOECL_ERR_UNSUPPORTED) {
+            mc_log(MOECL_LOG_WARN, "%s: no tokenizer (%s); the model takes token ids", path, moecl_last_error());
+            mc_clear_error();
+            st = MOECL_OK;
+        }
+        if (st) goto fail;
     } else {
         if ((st = mc_gguf_open(path, &m->gguf))) goto fail;
         if ((st = gguf_hparams(m->gguf, &m->hp))) goto fail;

@@ -7,9 +7,11 @@
 #include <string.h>
 
 extern const mc_arch mc_arch_mixtral;
+extern const mc_arch mc_arch_qwen3moe;
 
 const mc_arch *const mc_arches[] = {
     &mc_arch_mixtral,
+    &mc_arch_qwen3moe,
     NULL,
 };
 

@@ -312,18 +312,19 @@ static moecl_status read_config(const char *path, const cJSON *root, mc_hparams 
     moecl_status st;
     if ((st = check_architecture(path, root, hp))) return st;
     const mc_arch *arch = hp->arch;
-    bool attn_bias = false;
+    bool attn_bias = false, qkv_bias = arch->qkv_bias;
     hp->norm_topk = arch->norm_topk;
     if ((st = check_unsupported_features(path, root, arch)) || (st = read_dims(path, root, hp)) ||
         (st = read_dense_layers(path, root, hp)) || (st = read_rope(path, root, arch->rope_theta_default, &hp->rope_theta)) ||
         (st = opt_bool(path, root, "tie_word_embeddings", false, &hp->tie_word_embeddings)) ||
         (arch->hf_attn_bias && (st = opt_bool(path, root, arch->hf_attn_bias, false, &attn_bias))) ||
+        (arch->hf_qkv_bias && (st = opt_bool(path, root, arch->hf_qkv_bias, arch->qkv_bias, &qkv_bias))) ||
         (arch->hf_norm_topk && (st = opt_bool(path, root, arch->hf_norm_topk, arch->norm_topk, &hp->norm_topk))) ||
         (st = token_id(path, root, "bos_token_id", hp->n_vocab, &hp->bos_id)) ||
         (st = token_id(path, root, "eos_token_id", hp->n_vocab, &hp->eos_id)))
         return st;
     hp->attn_bias = attn_bias;
-    hp->qkv_bias = arch->qkv_bias || attn_bias;
+    hp->qkv_bias = qkv_bias || attn_bias;
     hp->qk_norm = arch->qk_norm;
     hp->shared_expert = arch->shared_expert;
 
