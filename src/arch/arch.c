@@ -8,10 +8,12 @@
 
 extern const mc_arch mc_arch_mixtral;
 extern const mc_arch mc_arch_qwen3moe;
+extern const mc_arch mc_arch_olmoe;
 
 const mc_arch *const mc_arches[] = {
     &mc_arch_mixtral,
     &mc_arch_qwen3moe,
+    &mc_arch_olmoe,
     NULL,
 };
 
