@@ -237,8 +237,8 @@ static moecl_status check_unsupported_features(const char *path, const cJSON *ro
         const cJSON *v = field(root, *k);
         char buf[40];
         if (v && !cJSON_IsFalse(v))
-            return mc_error(MOECL_ERR_UNSUPPORTED, "%s: '%s' is %s: not supported by moecl (%s)", path, *k,
-                            mc_json_describe(v, buf, sizeof buf), arch->name);
+            return mc_error(MOECL_ERR_UNSUPPORTED, "%s: '%s' (%s) is not supported by moecl for %s", path, *k,
+                            cJSON_IsTrue(v) ? "true" : mc_json_describe(v, buf, sizeof buf), arch->name);
     }
     return MOECL_OK;
 }
