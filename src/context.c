@@ -259,8 +259,8 @@ void moecl_context_free(moecl_context *ctx) {
     for (int i = 0; i < ctx->n_backends; i++) mc_backend_free(ctx->backends[i]);
     void *bufs[] = {ctx->k_cache, ctx->v_cache, ctx->seq_len, ctx->seq_count, ctx->x, ctx->xn, ctx->xo, ctx->q,
                     ctx->k, ctx->v, ctx->att, ctx->proj, ctx->tok_seq, ctx->tok_pos, ctx->r_expert,
-                    ctx->r_weight, ctx->gx, ctx->gy, ctx->fh1, ctx->fh3, ctx->plan.order, ctx->plan.offsets, ctx->plan.row,
-                    ctx->counts, ctx->att_scratch, ctx->logit_row, ctx->logits, ctx->placement};
+                    ctx->r_weight, ctx->gx, ctx->gy, ctx->fh1, ctx->fh3, ctx->plan.order, ctx->plan.offsets,
+                    ctx->plan.row, ctx->counts, ctx->att_scratch, ctx->logit_row, ctx->logits, ctx->placement};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     free(ctx);
 }
@@ -334,7 +334,10 @@ static void qk_norm(float *x, const float *w, int64_t T, int n_heads, int head_d
             mc_rmsnorm(x + t * row, x + t * row, w, row, eps);
             continue;
         }
-        for (int h = 0; h < n_heads; h++) mc_rmsnorm(x + t * row + (int64_t)h * head_dim, x + t * row + (int64_t)h * head_dim, w, head_dim, eps);
+        for (int h = 0; h < n_heads; h++) {
+            float *v = x + t * row + (int64_t)h * head_dim;
+            mc_rmsnorm(v, v, w, head_dim, eps);
+        }
     }
 }
 

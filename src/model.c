@@ -473,7 +473,12 @@ moecl_status moecl_model_load(const char *path, const moecl_model_params *params
     } else {
         if ((st = mc_gguf_open(path, &m->gguf))) goto fail;
         if ((st = gguf_hparams(m->gguf, &m->hp))) goto fail;
-        if ((st = mc_tokenizer_from_gguf(m->gguf, &m->tokenizer))) goto fail;
+        if ((st = mc_tokenizer_from_gguf(m->gguf, &m->tokenizer)) == MOECL_ERR_UNSUPPORTED) {
+            mc_log(MOECL_LOG_WARN, "%s: no tokenizer (%s); the model takes token ids", path, moecl_last_error());
+            mc_clear_error();
+            st = MOECL_OK;
+        }
+        if (st) goto fail;
     }
 
     const mc_hparams *hp = &m->hp;

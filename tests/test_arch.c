@@ -10,6 +10,7 @@
  */
 #include "test_util.h"
 
+#include "formats/gguf.h"
 #include "formats/safetensors.h"
 #include "moecl.h"
 
@@ -237,6 +238,35 @@ static void unreadable_tokenizer(void) {
     moecl_model_free(m);
 }
 
+/* The same for a GGUF whose tokenizer.ggml.model moecl does not read yet. */
+static void unreadable_gguf_tokenizer(void) {
+    char src[1024], dst[1100];
+    snprintf(src, sizeof src, "%s/gguf/tiny-olmoe-f32.gguf", g_data);
+    snprintf(dst, sizeof dst, "%s/olmoe-bert.gguf", g_tmp);
+    mc_gguf *g = NULL;
+    mc_gguf_writer *w = NULL;
+    moecl_status st = mc_gguf_open(src, &g);
+    if (!st) st = mc_gguf_writer_new(dst, 32, &w);
+    for (int64_t i = 0; !st && i < mc_gguf_n_kv(g); i++) st = mc_gguf_writer_copy_kv(w, mc_gguf_kv_at(g, i));
+    if (!st) st = mc_gguf_writer_set_str(w, "tokenizer.ggml.model", "bert", 4);
+    for (int64_t i = 0; !st && i < mc_gguf_n_tensors(g); i++) {
+        const mc_gguf_tensor *t = mc_gguf_tensor_at(g, i);
+        st = mc_gguf_writer_add_tensor(w, t->name, t->ggml_type, t->n_dims, t->ne);
+    }
+    for (int64_t i = 0; !st && i < mc_gguf_n_tensors(g); i++) {
+        const mc_gguf_tensor *t = mc_gguf_tensor_at(g, i);
+        st = mc_gguf_writer_write_data(w, t->data, t->nbytes);
+    }
+    if (!st) st = mc_gguf_writer_finish(w);
+    mc_gguf_writer_free(w);
+    mc_gguf_close(g);
+    CHECKF(st == MOECL_OK, "rewriting %s: %s", src, moecl_last_error());
+    moecl_model *m = NULL;
+    CHECKF(moecl_model_load(dst, NULL, &m) == MOECL_OK, "%s", moecl_last_error());
+    CHECK(m && moecl_model_get_tokenizer(m) == NULL);
+    moecl_model_free(m);
+}
+
 int main(int argc, char **argv) {
     if (argc < 3) {
         fprintf(stderr, "usage: test_arch DATA_DIR TMP_DIR\n");
@@ -250,5 +280,6 @@ int main(int argc, char **argv) {
     options_need_tensors();
     router_rule_through_gguf();
     unreadable_tokenizer();
+    unreadable_gguf_tokenizer();
     return t_done("arch");
 }

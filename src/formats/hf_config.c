@@ -315,7 +315,8 @@ static moecl_status read_config(const char *path, const cJSON *root, mc_hparams 
     bool attn_bias = false, qkv_bias = arch->qkv_bias;
     hp->norm_topk = arch->norm_topk;
     if ((st = check_unsupported_features(path, root, arch)) || (st = read_dims(path, root, hp)) ||
-        (st = read_dense_layers(path, root, hp)) || (st = read_rope(path, root, arch->rope_theta_default, &hp->rope_theta)) ||
+        (st = read_dense_layers(path, root, hp)) ||
+        (st = read_rope(path, root, arch->rope_theta_default, &hp->rope_theta)) ||
         (st = opt_bool(path, root, "tie_word_embeddings", false, &hp->tie_word_embeddings)) ||
         (arch->hf_attn_bias && (st = opt_bool(path, root, arch->hf_attn_bias, false, &attn_bias))) ||
         (arch->hf_qkv_bias && (st = opt_bool(path, root, arch->hf_qkv_bias, arch->qkv_bias, &qkv_bias))) ||
