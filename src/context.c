@@ -268,10 +268,13 @@ void moecl_context_free(moecl_context *ctx) {
 moecl_status moecl_context_get_backend_info(const moecl_context *ctx, moecl_context_backend_info *info) {
     if (!ctx || !info) return mc_error(MOECL_ERR_INVALID_ARG, "moecl_context_get_backend_info: NULL argument");
     memset(info, 0, sizeof *info);
-    const int64_t n = (int64_t)ctx->model->hp.n_layer * ctx->model->hp.n_expert;
-    for (int64_t i = 0; i < n; i++) {
-        if (ctx->placement[i]) info->n_expert_device++;
-        else info->n_expert_cpu++;
+    const int64_t E = ctx->model->hp.n_expert;
+    for (int il = 0; il < ctx->model->hp.n_layer; il++) {
+        if (!ctx->model->layers[il].experts) continue; /* a dense layer */
+        for (int64_t e = 0; e < E; e++) {
+            if (ctx->placement[il * E + e]) info->n_expert_device++;
+            else info->n_expert_cpu++;
+        }
     }
     info->backend = MOECL_BACKEND_CPU;
     info->device_dtype = MOECL_DTYPE_F32;

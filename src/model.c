@@ -1,13 +1,15 @@
 /*
- * model.c - loading a Mixtral model into a moecl_model: a Hugging Face
- * directory (config.json + safetensors) or a GGUF file as llama.cpp writes it.
+ * model.c - loading a model of any family in the table of architectures
+ * (src/arch/) into a moecl_model: a Hugging Face directory (config.json +
+ * safetensors) or a GGUF file as llama.cpp writes it.
  *
- * config.json or the GGUF metadata gives the shapes; every tensor the
- * architecture needs is looked up by its name in that format, its shape and
- * dtype checked, and referenced in place in the mapped files (never copied:
- * a quantized model occupies its file size). GGUF experts come stacked as 3-D
- * tensors or one per expert; llama.cpp's converter permuted the Q and K rows
- * for its RoPE, which the interleaved RoPE undoes.
+ * config.json or the GGUF metadata gives the shapes and options; every
+ * tensor those call for is looked up by the family's name for it in that
+ * format, its shape and dtype checked, and referenced in place in the mapped
+ * files (never copied: a quantized model occupies its file size). Experts
+ * come stacked as 3-D tensors (GGUF), gate and up fused in one (transformers
+ * 5), or one per expert; for Mixtral llama.cpp's converter permuted the Q
+ * and K rows for its RoPE, which the interleaved RoPE undoes.
  */
 #include "model.h"
 #include "arch/arch.h"

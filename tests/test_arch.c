@@ -10,6 +10,7 @@
  */
 #include "test_util.h"
 
+#include "arch/arch.h"
 #include "formats/gguf.h"
 #include "formats/safetensors.h"
 #include "moecl.h"
@@ -238,6 +239,58 @@ static void unreadable_tokenizer(void) {
     moecl_model_free(m);
 }
 
+/* Configs in the form of released models of each family (Qwen3-30B-A3B,
+ * Qwen1.5-MoE-A2.7B, OLMoE-1B-7B: their keys and shapes as published,
+ * written from memory, not copied files), read through the table. */
+static void released_configs(void) {
+    static const char qwen3[] =
+        "{\"architectures\": [\"Qwen3MoeForCausalLM\"], \"attention_bias\": false, \"attention_dropout\": 0.0,"
+        " \"bos_token_id\": 151643, \"decoder_sparse_step\": 1, \"eos_token_id\": 151645, \"head_dim\": 128,"
+        " \"hidden_act\": \"silu\", \"hidden_size\": 2048, \"intermediate_size\": 6144,"
+        " \"max_position_embeddings\": 40960, \"max_window_layers\": 48, \"mlp_only_layers\": [],"
+        " \"model_type\": \"qwen3_moe\", \"moe_intermediate_size\": 768, \"norm_topk_prob\": true,"
+        " \"num_attention_heads\": 32, \"num_experts\": 128, \"num_experts_per_tok\": 8,"
+        " \"num_hidden_layers\": 48, \"num_key_value_heads\": 4, \"rms_norm_eps\": 1e-06,"
+        " \"rope_scaling\": null, \"rope_theta\": 1000000.0, \"sliding_window\": null,"
+        " \"tie_word_embeddings\": false, \"torch_dtype\": \"bfloat16\", \"use_sliding_window\": false,"
+        " \"vocab_size\": 151936}";
+    static const char qwen2[] =
+        "{\"architectures\": [\"Qwen2MoeForCausalLM\"], \"bos_token_id\": 151643, \"decoder_sparse_step\": 1,"
+        " \"eos_token_id\": 151643, \"hidden_act\": \"silu\", \"hidden_size\": 2048,"
+        " \"intermediate_size\": 5632, \"max_position_embeddings\": 8192, \"max_window_layers\": 21,"
+        " \"model_type\": \"qwen2_moe\", \"moe_intermediate_size\": 1408, \"norm_topk_prob\": false,"
+        " \"num_attention_heads\": 16, \"num_experts\": 60, \"num_experts_per_tok\": 4,"
+        " \"num_hidden_layers\": 24, \"num_key_value_heads\": 16, \"rms_norm_eps\": 1e-06,"
+        " \"rope_theta\": 1000000.0, \"shared_expert_intermediate_size\": 5632, \"sliding_window\": 32768,"
+        " \"tie_word_embeddings\": false, \"torch_dtype\": \"bfloat16\", \"use_sliding_window\": false,"
+        " \"vocab_size\": 151936}";
+    static const char olmoe[] =
+        "{\"architectures\": [\"OlmoeForCausalLM\"], \"attention_bias\": false, \"clip_qkv\": null,"
+        " \"eos_token_id\": 50279, \"hidden_act\": \"silu\", \"hidden_size\": 2048,"
+        " \"intermediate_size\": 1024, \"max_position_embeddings\": 4096, \"model_type\": \"olmoe\","
+        " \"norm_topk_prob\": false, \"num_attention_heads\": 16, \"num_experts\": 64,"
+        " \"num_experts_per_tok\": 8, \"num_hidden_layers\": 16, \"num_key_value_heads\": 16,"
+        " \"pad_token_id\": 1, \"rms_norm_eps\": 1e-05, \"rope_scaling\": null, \"rope_theta\": 10000.0,"
+        " \"tie_word_embeddings\": false, \"vocab_size\": 50304}";
+    char path[1100];
+    snprintf(path, sizeof path, "%s/config.json", g_tmp);
+    mc_hparams hp;
+    spit(path, qwen3, sizeof qwen3 - 1);
+    CHECKF(mc_hf_config_load(path, &hp) == MOECL_OK, "Qwen3-30B-A3B: %s", moecl_last_error());
+    CHECK(hp.n_expert == 128 && hp.n_expert_used == 8 && hp.n_ff == 768 && hp.head_dim == 128 &&
+          hp.n_head_kv == 4 && hp.norm_topk && hp.qk_norm == MC_QK_NORM_HEAD && !hp.qkv_bias &&
+          hp.sliding_window == 0 && !mc_hp_dense(&hp, 0) && hp.n_ff_dense == 0 && hp.eos_id == 151645);
+    spit(path, qwen2, sizeof qwen2 - 1);
+    CHECKF(mc_hf_config_load(path, &hp) == MOECL_OK, "Qwen1.5-MoE-A2.7B: %s", moecl_last_error());
+    CHECK(hp.n_expert == 60 && hp.n_expert_used == 4 && hp.n_ff == 1408 && hp.n_ff_shexp == 5632 &&
+          hp.shared_expert && hp.qkv_bias && !hp.attn_bias && !hp.norm_topk && hp.sliding_window == 0 &&
+          hp.head_dim == 128);
+    spit(path, olmoe, sizeof olmoe - 1);
+    CHECKF(mc_hf_config_load(path, &hp) == MOECL_OK, "OLMoE-1B-7B: %s", moecl_last_error());
+    CHECK(hp.n_expert == 64 && hp.n_expert_used == 8 && hp.n_ff == 1024 && hp.qk_norm == MC_QK_NORM_FULL &&
+          !hp.norm_topk && !hp.qkv_bias && hp.rope_theta == 10000.0f && hp.bos_id == -1);
+}
+
 /* The same for a GGUF whose tokenizer.ggml.model moecl does not read yet. */
 static void unreadable_gguf_tokenizer(void) {
     char src[1024], dst[1100];
@@ -276,6 +329,7 @@ int main(int argc, char **argv) {
     g_tmp = argv[2];
     mkdir(g_tmp, 0755);
     families_load();
+    released_configs();
     refused_by_name();
     options_need_tensors();
     router_rule_through_gguf();
