@@ -224,7 +224,9 @@ moecl_status moecl_context_new(const moecl_model *model, const moecl_context_par
     ctx->r_weight = alloc_floats(B, K, &ok);
     ctx->gx = alloc_floats(B * K, D, &ok);
     ctx->gy = alloc_floats(B * K, D, &ok);
-    const size_t F_host = (size_t)(hp->n_ff_dense > hp->n_ff_shexp ? hp->n_ff_dense : hp->n_ff_shexp);
+    size_t F_host = hp->shared_expert ? (size_t)hp->n_ff_shexp : 0; /* the FFNs the host runs */
+    for (int il = 0; il < hp->n_layer; il++)
+        if (mc_hp_dense(hp, il) && (size_t)hp->n_ff_dense > F_host) F_host = (size_t)hp->n_ff_dense;
     ctx->fh1 = alloc_floats(B, F_host, &ok);
     ctx->fh3 = alloc_floats(B, F_host, &ok);
     ctx->plan.order = calloc((size_t)hp->n_expert, sizeof(int32_t));

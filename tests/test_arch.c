@@ -279,7 +279,7 @@ static void released_configs(void) {
     CHECKF(mc_hf_config_load(path, &hp) == MOECL_OK, "Qwen3-30B-A3B: %s", moecl_last_error());
     CHECK(hp.n_expert == 128 && hp.n_expert_used == 8 && hp.n_ff == 768 && hp.head_dim == 128 &&
           hp.n_head_kv == 4 && hp.norm_topk && hp.qk_norm == MC_QK_NORM_HEAD && !hp.qkv_bias &&
-          hp.sliding_window == 0 && !mc_hp_dense(&hp, 0) && hp.n_ff_dense == 0 && hp.eos_id == 151645);
+          hp.sliding_window == 0 && !mc_hp_dense(&hp, 0) && hp.n_ff_dense == 6144 && hp.eos_id == 151645);
     spit(path, qwen2, sizeof qwen2 - 1);
     CHECKF(mc_hf_config_load(path, &hp) == MOECL_OK, "Qwen1.5-MoE-A2.7B: %s", moecl_last_error());
     CHECK(hp.n_expert == 60 && hp.n_expert_used == 4 && hp.n_ff == 1408 && hp.n_ff_shexp == 5632 &&

@@ -304,7 +304,6 @@ static moecl_status read_dense_layers(const char *path, const cJSON *root, mc_hp
     if (any && hp->n_ff_dense <= 0)
         return mc_error(MOECL_ERR_FORMAT, "%s: dense layers (mlp_only_layers, decoder_sparse_step) need "
                         "'intermediate_size'", path);
-    if (!any) hp->n_ff_dense = 0;
     return MOECL_OK;
 }
 
