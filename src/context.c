@@ -267,7 +267,9 @@ static moecl_status context_new(const moecl_model *model, const moecl_context_pa
     ctx->r_weight = alloc_floats(B, K, &ok);
     ctx->gx = alloc_floats(B * K, D, &ok);
     ctx->gy = alloc_floats(B * K, D, &ok);
-    const size_t F_host = (size_t)(hp->n_ff_dense > hp->n_ff_shexp ? hp->n_ff_dense : hp->n_ff_shexp);
+    size_t F_host = hp->shared_expert ? (size_t)hp->n_ff_shexp : 0; /* the FFNs the host runs */
+    for (int il = 0; il < hp->n_layer; il++)
+        if (mc_hp_dense(hp, il) && (size_t)hp->n_ff_dense > F_host) F_host = (size_t)hp->n_ff_dense;
     ctx->fh1 = alloc_floats(B, F_host, &ok);
     ctx->fh3 = alloc_floats(B, F_host, &ok);
     ctx->plan.order = calloc((size_t)hp->n_expert, sizeof(int32_t));
@@ -302,8 +304,8 @@ void moecl_context_free(moecl_context *ctx) {
     for (int i = 0; i < ctx->n_backends; i++) mc_backend_free(ctx->backends[i]);
     void *bufs[] = {ctx->k_cache, ctx->v_cache, ctx->seq_len, ctx->seq_count, ctx->x, ctx->xn, ctx->xo, ctx->q,
                     ctx->k, ctx->v, ctx->att, ctx->proj, ctx->tok_seq, ctx->tok_pos, ctx->r_expert,
-                    ctx->r_weight, ctx->gx, ctx->gy, ctx->fh1, ctx->fh3, ctx->plan.order, ctx->plan.offsets, ctx->plan.row,
-                    ctx->counts, ctx->att_scratch, ctx->logit_row, ctx->logits, ctx->placement};
+                    ctx->r_weight, ctx->gx, ctx->gy, ctx->fh1, ctx->fh3, ctx->plan.order, ctx->plan.offsets,
+                    ctx->plan.row, ctx->counts, ctx->att_scratch, ctx->logit_row, ctx->logits, ctx->placement};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     free(ctx);
 }
@@ -311,10 +313,13 @@ void moecl_context_free(moecl_context *ctx) {
 moecl_status moecl_context_get_backend_info(const moecl_context *ctx, moecl_context_backend_info *info) {
     if (!ctx || !info) return mc_error(MOECL_ERR_INVALID_ARG, "moecl_context_get_backend_info: NULL argument");
     memset(info, 0, sizeof *info);
-    const int64_t n = (int64_t)ctx->model->hp.n_layer * ctx->model->hp.n_expert;
-    for (int64_t i = 0; i < n; i++) {
-        if (ctx->placement[i]) info->n_expert_device++;
-        else info->n_expert_cpu++;
+    const int64_t E = ctx->model->hp.n_expert;
+    for (int il = 0; il < ctx->model->hp.n_layer; il++) {
+        if (!ctx->model->layers[il].experts) continue; /* a dense layer */
+        for (int64_t e = 0; e < E; e++) {
+            if (ctx->placement[il * E + e]) info->n_expert_device++;
+            else info->n_expert_cpu++;
+        }
     }
     info->backend = MOECL_BACKEND_CPU;
     info->device_dtype = MOECL_DTYPE_F32;
@@ -381,7 +386,10 @@ static void qk_norm(float *x, const float *w, int64_t T, int n_heads, int head_d
             mc_rmsnorm(x + t * row, x + t * row, w, row, eps);
             continue;
         }
-        for (int h = 0; h < n_heads; h++) mc_rmsnorm(x + t * row + (int64_t)h * head_dim, x + t * row + (int64_t)h * head_dim, w, head_dim, eps);
+        for (int h = 0; h < n_heads; h++) {
+            float *v = x + t * row + (int64_t)h * head_dim;
+            mc_rmsnorm(v, v, w, head_dim, eps);
+        }
     }
 }
 

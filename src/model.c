@@ -1,13 +1,15 @@
 /*
- * model.c - loading a Mixtral model into a moecl_model: a Hugging Face
- * directory (config.json + safetensors) or a GGUF file as llama.cpp writes it.
+ * model.c - loading a model of any family in the table of architectures
+ * (src/arch/) into a moecl_model: a Hugging Face directory (config.json +
+ * safetensors) or a GGUF file as llama.cpp writes it.
  *
- * config.json or the GGUF metadata gives the shapes; every tensor the
- * architecture needs is looked up by its name in that format, its shape and
- * dtype checked, and referenced in place in the mapped files (never copied:
- * a quantized model occupies its file size). GGUF experts come stacked as 3-D
- * tensors or one per expert; llama.cpp's converter permuted the Q and K rows
- * for its RoPE, which the interleaved RoPE undoes.
+ * config.json or the GGUF metadata gives the shapes and options; every
+ * tensor those call for is looked up by the family's name for it in that
+ * format, its shape and dtype checked, and referenced in place in the mapped
+ * files (never copied: a quantized model occupies its file size). Experts
+ * come stacked as 3-D tensors (GGUF), gate and up fused in one (transformers
+ * 5), or one per expert; for Mixtral llama.cpp's converter permuted the Q
+ * and K rows for its RoPE, which the interleaved RoPE undoes.
  */
 #include "model.h"
 #include "arch/arch.h"
@@ -481,14 +483,26 @@ moecl_status moecl_model_load(const char *path, const moecl_model_params *params
         }
         if ((st = mc_hf_config_load(cfg, &m->hp))) goto fail;
         if ((st = mc_st_set_open_dir(path, &m->files))) goto fail;
-        if ((st = mc_tokenizer_load_dir_optional(path, &m->tokenizer))) goto fail;
+        /* A tokenizer moecl cannot read yet does not keep the weights from
+         * loading: the model then takes token ids only. */
+        if ((st = mc_tokenizer_load_dir_optional(path, &m->tokenizer)) == MOECL_ERR_UNSUPPORTED) {
+            mc_log(MOECL_LOG_WARN, "%s: no tokenizer (%s); the model takes token ids", path, moecl_last_error());
+            mc_clear_error();
+            st = MOECL_OK;
+        }
+        if (st) goto fail;
         if (m->tokenizer && (st = check_vocab(path, moecl_tokenizer_n_vocab(m->tokenizer), m->hp.n_vocab))) goto fail;
     } else {
         if ((st = mc_gguf_open(path, &m->gguf))) goto fail;
         if ((st = gguf_hparams(m->gguf, &m->hp))) goto fail;
         const mc_gguf_kv *toks = mc_gguf_find_kv(m->gguf, "tokenizer.ggml.tokens");
         if (toks && (st = check_vocab(path, (int64_t)toks->n, m->hp.n_vocab))) goto fail;
-        if ((st = mc_tokenizer_from_gguf(m->gguf, &m->tokenizer))) goto fail;
+        if ((st = mc_tokenizer_from_gguf(m->gguf, &m->tokenizer)) == MOECL_ERR_UNSUPPORTED) {
+            mc_log(MOECL_LOG_WARN, "%s: no tokenizer (%s); the model takes token ids", path, moecl_last_error());
+            mc_clear_error();
+            st = MOECL_OK;
+        }
+        if (st) goto fail;
     }
 
     if ((st = mc_guard_new_model(m, &m->guard))) goto fail; /* from here on, reads of the mapping are guarded */

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Convert a Hugging Face Mixtral directory to a GGUF file, as llama.cpp would.
+"""Convert a Hugging Face MoE directory to a GGUF file, as llama.cpp would.
 
     python3 tools/convert_gguf.py HF_DIR OUT.gguf --type TYPE [--expert-layout stacked|split]
     python3 tools/convert_gguf.py --self-test
@@ -40,6 +40,16 @@ What llama.cpp does, and so this script does
   reorders the rows of each head: with n = heads (q) or kv heads (k),
   ``w.reshape(n, 2, hd/2, D).swapaxes(1, 2).reshape(n*hd, D)``, so GGUF row 2i of a head
   is HF row i and GGUF row 2i+1 is HF row i + hd/2.
+* Other families (config ``model_type``): ``qwen3_moe`` -> architecture ``qwen3moe``,
+  ``olmoe`` -> ``olmoe``, ``qwen2_moe`` -> ``qwen2moe``, as llama.cpp's converter writes
+  them: no Q/K permutation (llama.cpp runs NEOX RoPE for them); keys
+  ``expert_feed_forward_length`` (moe_intermediate_size) beside ``feed_forward_length``
+  (intermediate_size) for the Qwen families, ``expert_shared_feed_forward_length`` for
+  Qwen2-MoE; tensors ``attn_q_norm``/``attn_k_norm`` ([hd] per head for Qwen3-MoE, the
+  whole projection for OLMoE), ``attn_{q,k,v}.bias`` (Qwen2-MoE), ``ffn_{gate,up,down}_shexp``
+  and ``ffn_gate_inp_shexp`` ([1, D] as HF stores it).  llama.cpp has no dense layers in
+  these architectures; a layer of ``mlp_only_layers`` is written as ``ffn_{gate,up,down}``
+  without ``ffn_gate_inp``, as moecl quantize writes it.
 * Tensor types.  1-D tensors (norms) and ffn_gate_inp stay F32 for every TYPE.  Every
   other matrix gets TYPE (``--pure`` semantics) except for q4_K_M, which follows
   llama-quantize's recipe for this architecture (``q4_k_m_type``).
@@ -343,7 +353,7 @@ def q4_k_m_type(name, layer, n_layer, n_expert, row_len, tied):
 
 def tensor_type(name, shape, ftype, layer, n_layer, n_expert, tied):
     """GGML type name for one tensor (numpy shape; row length = shape[-1])."""
-    if len(shape) == 1 or ".ffn_gate_inp." in name or name.endswith("_norm.weight"):
+    if len(shape) == 1 or ".ffn_gate_inp" in name or name.endswith("_norm.weight"):
         return "F32"
     base = FTYPES[ftype][0]
     if base in ("F32", "F16", "BF16"):
@@ -362,21 +372,46 @@ def tensor_type(name, shape, ftype, layer, n_layer, n_expert, tied):
 # Reading the Hugging Face directory
 # --------------------------------------------------------------------------------------
 
+# config model_type -> (GGUF architecture, experts key, expert FFN key, MoE module name,
+# expert projection names gate/down/up, permute Q/K rows)
+FAMILIES = {
+    "mixtral": ("llama", "num_local_experts", "intermediate_size", "block_sparse_moe",
+                ("w1", "w2", "w3"), True),
+    "qwen3_moe": ("qwen3moe", "num_experts", "moe_intermediate_size", "mlp",
+                  ("gate_proj", "down_proj", "up_proj"), False),
+    "olmoe": ("olmoe", "num_experts", "intermediate_size", "mlp",
+              ("gate_proj", "down_proj", "up_proj"), False),
+    "qwen2_moe": ("qwen2moe", "num_experts", "moe_intermediate_size", "mlp",
+                  ("gate_proj", "down_proj", "up_proj"), False),
+}
+
+
 def read_config(hf_dir):
     with open(os.path.join(hf_dir, "config.json"), encoding="utf-8") as f:
         c = json.load(f)
+    family = c.get("model_type", "mixtral")
+    arch, e_key, f_key, moe, names, permute = FAMILIES[family]
     rope = c.get("rope_theta")
     if rope is None:
-        rope = (c.get("rope_parameters") or {}).get("rope_theta", 1e6)
-    D, H = c["hidden_size"], c["num_attention_heads"]
+        rope = (c.get("rope_parameters") or {}).get("rope_theta", 1e6 if family == "mixtral" else 1e4)
+    D, H, L = c["hidden_size"], c["num_attention_heads"], c["num_hidden_layers"]
+    dense = set()
+    if family in ("qwen3_moe", "qwen2_moe"):
+        step = c.get("decoder_sparse_step", 1)
+        dense = {l for l in range(L) if l in (c.get("mlp_only_layers") or []) or (l + 1) % step}
     return dict(
-        V=c["vocab_size"], D=D, F=c["intermediate_size"], L=c["num_hidden_layers"], H=H,
-        KV=c.get("num_key_value_heads") or H, E=c["num_local_experts"],
+        V=c["vocab_size"], D=D, F=c[f_key], L=L, H=H,
+        KV=c.get("num_key_value_heads") or H, E=c[e_key],
         K=c["num_experts_per_tok"], hd=c.get("head_dim") or D // H,
         explicit_hd=c.get("head_dim") is not None,
         eps=c.get("rms_norm_eps", 1e-5), theta=float(rope),
         ctx=c.get("max_position_embeddings", 4096),
-        tied=bool(c.get("tie_word_embeddings", False)), raw=c)
+        tied=bool(c.get("tie_word_embeddings", False)), raw=c,
+        family=family, arch=arch, moe=moe, names=names, permute=permute, dense=dense,
+        F_dense=c.get("intermediate_size"), F_sh=c.get("shared_expert_intermediate_size"),
+        qk_norm={"qwen3_moe": "head", "olmoe": "full"}.get(family),
+        qkv_bias=c.get("qkv_bias", True) if family == "qwen2_moe" else c.get("attention_bias", False),
+        o_bias=family != "qwen2_moe" and c.get("attention_bias", False))
 
 
 class HFWeights:
@@ -415,25 +450,42 @@ def unpermute_rows(w, n_head):
 def tensor_plan(cfg, W, layout):
     """[(gguf name, numpy shape, layer or -1, loader)] in llama.cpp's order."""
     D, F, E, H, KV, hd = cfg["D"], cfg["F"], cfg["E"], cfg["H"], cfg["KV"], cfg["hd"]
+    perm = permute_rows if cfg["permute"] else (lambda w, n: w)
     plan = [("token_embd.weight", (cfg["V"], D), -1, lambda: W.get("model.embed_tokens.weight"))]
     for l in range(cfg["L"]):
         p, b = f"model.layers.{l}.", f"blk.{l}."
         a = p + "self_attn."
+        m = p + cfg["moe"] + "."
         plan += [
             (b + "attn_norm.weight", (D,), l, lambda p=p: W.get(p + "input_layernorm.weight")),
-            (b + "attn_q.weight", (H * hd, D), l,
-             lambda a=a: permute_rows(W.get(a + "q_proj.weight"), H)),
-            (b + "attn_k.weight", (KV * hd, D), l,
-             lambda a=a: permute_rows(W.get(a + "k_proj.weight"), KV)),
+            (b + "attn_q.weight", (H * hd, D), l, lambda a=a: perm(W.get(a + "q_proj.weight"), H)),
+            (b + "attn_k.weight", (KV * hd, D), l, lambda a=a: perm(W.get(a + "k_proj.weight"), KV)),
             (b + "attn_v.weight", (KV * hd, D), l, lambda a=a: W.get(a + "v_proj.weight")),
             (b + "attn_output.weight", (D, H * hd), l, lambda a=a: W.get(a + "o_proj.weight")),
-            (b + "ffn_norm.weight", (D,), l,
-             lambda p=p: W.get(p + "post_attention_layernorm.weight")),
-            (b + "ffn_gate_inp.weight", (E, D), l,
-             lambda p=p: W.get(p + "block_sparse_moe.gate.weight")),
         ]
-        x = p + "block_sparse_moe.experts."
-        parts = [("gate", "w1", (F, D)), ("down", "w2", (D, F)), ("up", "w3", (F, D))]
+        if cfg["qkv_bias"]:
+            for n, rows in (("q", H * hd), ("k", KV * hd), ("v", KV * hd)):
+                plan.append((f"{b}attn_{n}.bias", (rows,), l,
+                             lambda a=a, n=n: W.get(f"{a}{n}_proj.bias")))
+        if cfg["o_bias"]:
+            plan.append((b + "attn_output.bias", (D,), l, lambda a=a: W.get(a + "o_proj.bias")))
+        if cfg["qk_norm"]:
+            head = cfg["qk_norm"] == "head"
+            plan += [(b + "attn_q_norm.weight", (hd if head else H * hd,), l,
+                      lambda a=a: W.get(a + "q_norm.weight")),
+                     (b + "attn_k_norm.weight", (hd if head else KV * hd,), l,
+                      lambda a=a: W.get(a + "k_norm.weight"))]
+        plan.append((b + "ffn_norm.weight", (D,), l,
+                     lambda p=p: W.get(p + "post_attention_layernorm.weight")))
+        if l in cfg["dense"]:
+            Fd = cfg["F_dense"]
+            for g, shp in (("gate", (Fd, D)), ("down", (D, Fd)), ("up", (Fd, D))):
+                plan.append((f"{b}ffn_{g}.weight", shp, l, lambda m=m, g=g: W.get(f"{m}{g}_proj.weight")))
+            continue
+        plan.append((b + "ffn_gate_inp.weight", (E, D), l, lambda m=m: W.get(m + "gate.weight")))
+        x = m + "experts."
+        parts = [(g, w, shp) for g, w, shp in zip(("gate", "down", "up"), cfg["names"],
+                                                     ((F, D), (D, F), (F, D)))]
         if layout == "stacked":
             for g, w, shp in parts:
                 plan.append((f"{b}ffn_{g}_exps.weight", (E,) + shp, l,
@@ -444,6 +496,14 @@ def tensor_plan(cfg, W, layout):
                 for g, w, shp in parts:
                     plan.append((f"{b}ffn_{g}.{e}.weight", shp, l,
                                  lambda x=x, w=w, e=e: W.get(f"{x}{e}.{w}.weight")))
+        if cfg["F_sh"]:
+            s_ = m + "shared_expert."
+            Fs = cfg["F_sh"]
+            plan.append((b + "ffn_gate_inp_shexp.weight", (1, D), l,
+                         lambda m=m: W.get(m + "shared_expert_gate.weight")))
+            for g, shp in (("gate", (Fs, D)), ("down", (D, Fs)), ("up", (Fs, D))):
+                plan.append((f"{b}ffn_{g}_shexp.weight", shp, l,
+                             lambda s_=s_, g=g: W.get(f"{s_}{g}_proj.weight")))
     plan.append(("output_norm.weight", (D,), -1, lambda: W.get("model.norm.weight")))
     if not cfg["tied"] and "lm_head.weight" in W:
         plan.append(("output.weight", (cfg["V"], D), -1, lambda: W.get("lm_head.weight")))
@@ -474,7 +534,14 @@ def write_metadata(writer, cfg, ftype, name):
     writer.add_context_length(cfg["ctx"])
     writer.add_embedding_length(cfg["D"])
     writer.add_block_count(cfg["L"])
-    writer.add_feed_forward_length(cfg["F"])
+    if cfg["family"] in ("qwen3_moe", "qwen2_moe"):
+        writer.add_expert_feed_forward_length(cfg["F"])
+        if cfg["F_dense"]:
+            writer.add_feed_forward_length(cfg["F_dense"])
+    else:
+        writer.add_feed_forward_length(cfg["F"])
+    if cfg["F_sh"]:
+        writer.add_expert_shared_feed_forward_length(cfg["F_sh"])
     writer.add_head_count(cfg["H"])
     writer.add_head_count_kv(cfg["KV"])
     writer.add_rope_freq_base(cfg["theta"])
@@ -498,7 +565,7 @@ def convert(hf_dir, out, ftype, layout, verbose=True):
     plan = tensor_plan(cfg, W, layout)
     tied = not any(n == "output.weight" for n, *_ in plan)
 
-    writer = gguf.GGUFWriter(out, "llama")
+    writer = gguf.GGUFWriter(out, cfg["arch"])
     write_metadata(writer, cfg, ftype, os.path.basename(os.path.normpath(hf_dir)))
     has_tok = write_tokenizer(writer, hf_dir)
 

@@ -119,11 +119,52 @@ MODELS = {
                   "tie_word_embeddings (no lm_head tensor), rope_theta 1e4, rms_norm_eps 1e-6"),
     # Every row length (D and F) a multiple of 256, so that the K-quants (256-value super-
     # blocks) apply to every matrix when tools/convert_gguf.py writes it as a GGUF.
+    # The layout transformers 5 keeps in memory, written as such: mlp.experts.gate_up_proj
+    # [E, 2F, D] (gate rows, then up rows), mlp.experts.down_proj [E, D, F], mlp.gate.weight.
+    "tiny-fused": (111, "f32", 1, dict(SMALL, num_local_experts=4, num_experts_per_tok=2),
+                   "transformers-5 fused expert layout (gate_up_proj, down_proj, mlp.gate)"),
     "tiny-q": (110, "f32", 1, dict(vocab_size=256, hidden_size=256, intermediate_size=256,
                                    num_hidden_layers=2, num_attention_heads=4,
                                    num_key_value_heads=2, num_local_experts=4,
                                    num_experts_per_tok=2),
                "D = F = V = 256 so K-quants apply to every matrix (GGUF quantization tests)"),
+}
+
+# Other families (src/arch/): model name -> (seed, family, config overrides, description).
+# Shapes exercise each family's options at sizes that keep every directory under ~1 MB.
+FAMILY_MODELS = {
+    "tiny-qwen3moe": (201, "qwen3_moe", dict(
+        vocab_size=128, hidden_size=64, moe_intermediate_size=32, intermediate_size=96,
+        num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=24,
+        num_experts=8, num_experts_per_tok=4, norm_topk_prob=True, mlp_only_layers=[1],
+        decoder_sparse_step=1, tie_word_embeddings=False, rms_norm_eps=1e-6, rope_theta=1e6),
+        "Qwen3-MoE: 8 experts top-4 renormalised, per-head QK-norm, explicit head_dim 24 "
+        "(64/4 = 16), layer 1 dense (mlp_only_layers), untied output"),
+    "tiny-olmoe": (202, "olmoe", dict(
+        vocab_size=128, hidden_size=64, intermediate_size=16, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=4, num_experts=16, num_experts_per_tok=4,
+        norm_topk_prob=False, tie_word_embeddings=False, rms_norm_eps=1e-5, rope_theta=10000.0),
+        "OLMoE: 16 experts top-4 not renormalised, QK-norm over the whole projection"),
+    "tiny-qwen2moe": (203, "qwen2_moe", dict(
+        vocab_size=128, hidden_size=64, moe_intermediate_size=32, shared_expert_intermediate_size=48,
+        intermediate_size=80, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+        num_experts=8, num_experts_per_tok=2, norm_topk_prob=False, decoder_sparse_step=1,
+        mlp_only_layers=[2], tie_word_embeddings=True, rms_norm_eps=1e-6, rope_theta=10000.0),
+        "Qwen2-MoE: 8 experts top-2 not renormalised plus a shared expert with a sigmoid gate, "
+        "QKV bias, layer 2 dense, tied output"),
+}
+
+# What tells the families apart, as the C side's table does (src/arch/).
+FAMILIES = {
+    "mixtral": dict(cls="MixtralForCausalLM", moe="block_sparse_moe", names=("w1", "w3", "w2"),
+                    n_expert="num_local_experts", ff="intermediate_size", qk_norm=None),
+    "qwen3_moe": dict(cls="Qwen3MoeForCausalLM", moe="mlp", names=("gate_proj", "up_proj", "down_proj"),
+                      n_expert="num_experts", ff="moe_intermediate_size", qk_norm="head", dense=True),
+    "olmoe": dict(cls="OlmoeForCausalLM", moe="mlp", names=("gate_proj", "up_proj", "down_proj"),
+                  n_expert="num_experts", ff="intermediate_size", qk_norm="full"),
+    "qwen2_moe": dict(cls="Qwen2MoeForCausalLM", moe="mlp", names=("gate_proj", "up_proj", "down_proj"),
+                      n_expert="num_experts", ff="moe_intermediate_size", qk_norm=None, dense=True,
+                      shared=True, qkv_bias=True),
 }
 
 DTYPE_INFO = {  # storage dtype -> (torch dtype name, config torch_dtype)
@@ -169,6 +210,38 @@ def make_config(overrides, dtype):
     return cfg
 
 
+def make_family_config(family, overrides):
+    """config.json of another family: its own keys, every value given explicitly."""
+    cfg = {"architectures": [FAMILIES[family]["cls"]], "model_type": family}
+    cfg.update(overrides)
+    cfg.update({"max_position_embeddings": 256, "bos_token_id": 1, "eos_token_id": 2,
+                "hidden_act": "silu", "torch_dtype": "float32"})
+    if family in ("qwen3_moe", "qwen2_moe"):
+        cfg["use_sliding_window"] = False
+    if family == "qwen3_moe":
+        cfg["attention_bias"] = False
+    return cfg
+
+
+def spec_of(cfg):
+    """The shape and options of a config of any family, in one vocabulary."""
+    family = cfg["model_type"]
+    f = FAMILIES[family]
+    L = cfg["num_hidden_layers"]
+    dense = set()
+    if f.get("dense"):
+        step = cfg.get("decoder_sparse_step", 1)
+        dense = {l for l in range(L) if l in cfg.get("mlp_only_layers", []) or (l + 1) % step != 0}
+    return dict(
+        family=family, f=f, V=cfg["vocab_size"], D=cfg["hidden_size"], F=cfg[f["ff"]],
+        F_dense=cfg.get("intermediate_size"), F_sh=cfg.get("shared_expert_intermediate_size"),
+        L=L, H=cfg["num_attention_heads"], KV=cfg["num_key_value_heads"], hd=head_dim_of(cfg),
+        E=cfg[f["n_expert"]], K=cfg["num_experts_per_tok"], dense=dense,
+        norm_topk=cfg.get("norm_topk_prob", family == "mixtral"),
+        qkv_bias=cfg.get("qkv_bias", True) if f.get("qkv_bias") else cfg.get("attention_bias", False),
+        o_bias=cfg.get("attention_bias", False), qk_norm=f["qk_norm"], shared=f.get("shared", False))
+
+
 def head_dim_of(cfg):
     return cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
 
@@ -178,12 +251,16 @@ def make_weights(cfg, seed):
 
     The scales are chosen so that a tiny model is not "flat": attention scores and router
     logits have a spread of order 1-2, the final logits reach |logit| ~ 5, and the norm
-    weights vary around 1.  Tensor names and the draw order are fixed.
+    weights vary around 1.  Tensor names and the draw order are fixed (for Mixtral, the
+    order of the first version of this script, so its files do not change).
     """
     rng = np.random.default_rng(seed)
-    V, D, F = cfg["vocab_size"], cfg["hidden_size"], cfg["intermediate_size"]
-    H, KV, E = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["num_local_experts"]
-    hd = head_dim_of(cfg)
+    sp = spec_of(cfg)
+    fam = sp["f"]
+    V, D, F = sp["V"], sp["D"], sp["F"]
+    H, KV, E = sp["H"], sp["KV"], sp["E"]
+    hd = sp["hd"]
+    gn, un, dn = fam["names"]
 
     def lin(out_f, in_f, gain=1.0):   # nn.Linear layout [out_features, in_features]
         return rng.standard_normal((out_f, in_f)) * (gain / math.sqrt(in_f))
@@ -191,24 +268,50 @@ def make_weights(cfg, seed):
     def norm(n):
         return 1.0 + 0.1 * rng.standard_normal(n)
 
+    def bias(n):
+        return 0.2 * rng.standard_normal(n)
+
     w = {}
     # Embeddings: RMSNorm follows, so the scale mostly sets the residual/branch ratio.
     # The tied model reuses it as the LM head, hence the same 2/sqrt(D) as lm_head below.
     w["model.embed_tokens.weight"] = rng.standard_normal((V, D)) * (2.0 / math.sqrt(D))
-    for l in range(cfg["num_hidden_layers"]):
+    for l in range(sp["L"]):
         p = f"model.layers.{l}."
         w[p + "input_layernorm.weight"] = norm(D)
         w[p + "self_attn.q_proj.weight"] = lin(H * hd, D, 1.5)
         w[p + "self_attn.k_proj.weight"] = lin(KV * hd, D, 1.5)
         w[p + "self_attn.v_proj.weight"] = lin(KV * hd, D)
         w[p + "self_attn.o_proj.weight"] = lin(D, H * hd)
+        if sp["qkv_bias"]:
+            w[p + "self_attn.q_proj.bias"] = bias(H * hd)
+            w[p + "self_attn.k_proj.bias"] = bias(KV * hd)
+            w[p + "self_attn.v_proj.bias"] = bias(KV * hd)
+        if sp["o_bias"]:
+            w[p + "self_attn.o_proj.bias"] = bias(D)
+        if sp["qk_norm"]:
+            head = sp["qk_norm"] == "head"
+            w[p + "self_attn.q_norm.weight"] = norm(hd if head else H * hd)
+            w[p + "self_attn.k_norm.weight"] = norm(hd if head else KV * hd)
         w[p + "post_attention_layernorm.weight"] = norm(D)
-        w[p + "block_sparse_moe.gate.weight"] = lin(E, D, 2.0)
+        m = p + fam["moe"] + "."
+        if l in sp["dense"]:
+            Fd = sp["F_dense"]
+            w[m + "gate_proj.weight"] = lin(Fd, D)
+            w[m + "up_proj.weight"] = lin(Fd, D)
+            w[m + "down_proj.weight"] = lin(D, Fd)
+            continue
+        w[m + "gate.weight"] = lin(E, D, 2.0)
         for e in range(E):
-            q = f"{p}block_sparse_moe.experts.{e}."
-            w[q + "w1.weight"] = lin(F, D)          # gate projection
-            w[q + "w2.weight"] = lin(D, F)          # down projection
-            w[q + "w3.weight"] = lin(F, D)          # up projection
+            q = f"{m}experts.{e}."
+            w[q + gn + ".weight"] = lin(F, D)          # gate projection
+            w[q + dn + ".weight"] = lin(D, F)          # down projection
+            w[q + un + ".weight"] = lin(F, D)          # up projection
+        if sp["shared"]:
+            Fs = sp["F_sh"]
+            w[m + "shared_expert.gate_proj.weight"] = lin(Fs, D)
+            w[m + "shared_expert.up_proj.weight"] = lin(Fs, D)
+            w[m + "shared_expert.down_proj.weight"] = lin(D, Fs)
+            w[m + "shared_expert_gate.weight"] = lin(1, D, 2.0)
     w["model.norm.weight"] = norm(D)
     if not cfg["tie_word_embeddings"]:
         w["lm_head.weight"] = lin(V, D, 2.0)
@@ -242,6 +345,30 @@ def write_json(path, obj):
         return json.dumps(o)
     with open(path, "w", encoding="utf-8") as f:
         f.write(enc(obj, 0) + "\n")
+
+
+def fuse_experts(cfg, tensors):
+    """The same weights in transformers 5's fused layout (its in-memory parameter names)."""
+    import torch
+    sp = spec_of(cfg)
+    fam = sp["f"]
+    gn, un, dn = fam["names"]
+    out = {}
+    for name, t in tensors.items():
+        if ".experts." in name:
+            continue
+        out[name.replace("." + fam["moe"] + ".gate.", ".mlp.gate.")] = t
+    for l in range(sp["L"]):
+        if l in sp["dense"]:
+            continue
+        p = f"model.layers.{l}.{fam['moe']}.experts."
+        E = sp["E"]
+        out[f"model.layers.{l}.mlp.experts.gate_up_proj"] = torch.stack(
+            [torch.cat([tensors[f"{p}{e}.{gn}.weight"], tensors[f"{p}{e}.{un}.weight"]], 0) for e in range(E)]
+        ).contiguous()
+        out[f"model.layers.{l}.mlp.experts.down_proj"] = torch.stack(
+            [tensors[f"{p}{e}.{dn}.weight"] for e in range(E)]).contiguous()
+    return out
 
 
 def write_model_dir(d, cfg, tensors, n_shards):
@@ -280,10 +407,11 @@ def write_model_dir(d, cfg, tensors, n_shards):
 # Reloading with transformers and checking the round trip
 # --------------------------------------------------------------------------------------
 
-def load_hf(d):
+def load_hf(d, family="mixtral"):
     import torch
-    from transformers import MixtralForCausalLM
-    model, info = MixtralForCausalLM.from_pretrained(
+    import transformers
+    cls = getattr(transformers, FAMILIES[family]["cls"])
+    model, info = cls.from_pretrained(
         d, dtype=torch.float64, attn_implementation="eager",
         experts_implementation="eager", output_loading_info=True)
     bad = {k: v for k, v in info.items() if v}
@@ -296,8 +424,11 @@ def load_hf(d):
 def check_roundtrip(model, cfg, tensors):
     """Every reloaded float64 parameter must equal the weight we wrote, upcast."""
     import torch
+    sp = spec_of(cfg)
+    fam = sp["f"]
+    gn, un, dn = fam["names"]
     want = {k: v.to(torch.float64) for k, v in tensors.items()}
-    E = cfg["num_local_experts"]
+    E = sp["E"]
     seen = set()
 
     def same(name, got, ref_names, ref):
@@ -310,21 +441,21 @@ def check_roundtrip(model, cfg, tensors):
         if got.dtype != torch.float64:
             raise SystemExit(f"{name} reloaded as {got.dtype}, expected float64")
         if name.endswith("mlp.experts.gate_up_proj"):
-            p = name[: -len("mlp.experts.gate_up_proj")] + "block_sparse_moe.experts."
-            w1 = [p + f"{e}.w1.weight" for e in range(E)]
-            w3 = [p + f"{e}.w3.weight" for e in range(E)]
+            p = name[: -len("mlp.experts.gate_up_proj")] + fam["moe"] + ".experts."
+            w1 = [p + f"{e}.{gn}.weight" for e in range(E)]
+            w3 = [p + f"{e}.{un}.weight" for e in range(E)]
             # gate_up_proj[e] = cat(w1[e], w3[e]) along the output rows:
             # forward does `gate, up = linear(x, gate_up_proj[e]).chunk(2)`.
             ref = torch.stack([torch.cat([want[a], want[b]], 0) for a, b in zip(w1, w3)])
             same(name, got, w1 + w3, ref)
         elif name.endswith("mlp.experts.down_proj"):
-            p = name[: -len("mlp.experts.down_proj")] + "block_sparse_moe.experts."
-            w2 = [p + f"{e}.w2.weight" for e in range(E)]
+            p = name[: -len("mlp.experts.down_proj")] + fam["moe"] + ".experts."
+            w2 = [p + f"{e}.{dn}.weight" for e in range(E)]
             same(name, got, w2, torch.stack([want[n] for n in w2]))
         elif name == "lm_head.weight" and cfg["tie_word_embeddings"]:
             same(name, got, ["model.embed_tokens.weight"], want["model.embed_tokens.weight"])
         else:
-            src = name.replace(".mlp.gate.", ".block_sparse_moe.gate.")
+            src = name.replace(".mlp.gate.", "." + fam["moe"] + ".gate.")
             if src not in want:
                 raise SystemExit(f"transformers parameter {name} has no source tensor")
             same(name, got, [src], want[src])
@@ -338,11 +469,14 @@ def check_roundtrip(model, cfg, tensors):
 # --------------------------------------------------------------------------------------
 
 def numpy_forward(cfg, W, tokens):
-    """Mixtral forward in plain float64 numpy; returns [T, V] logits."""
+    """The forward pass of any family in plain float64 numpy; returns [T, V] logits."""
     T = len(tokens)
-    D, H, KV = cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
-    E, K = cfg["num_local_experts"], cfg["num_experts_per_tok"]
-    hd, eps, win = head_dim_of(cfg), cfg["rms_norm_eps"], cfg["sliding_window"]
+    sp = spec_of(cfg)
+    fam = sp["f"]
+    gn, un, dn = fam["names"]
+    D, H, KV = sp["D"], sp["H"], sp["KV"]
+    K = sp["K"]
+    hd, eps, win = sp["hd"], cfg["rms_norm_eps"], cfg.get("sliding_window")
     rep = H // KV
 
     def rmsnorm(x, w):
@@ -355,6 +489,9 @@ def numpy_forward(cfg, W, tokens):
         x = x - x.max(-1, keepdims=True)
         e = np.exp(x)
         return e / e.sum(-1, keepdims=True)
+
+    def ffn(x, g, u, d):                                                  # rows of x
+        return (silu(x @ g.T) * (x @ u.T)) @ d.T
 
     pos = np.arange(T, dtype=np.float64)
     inv_freq = cfg["rope_theta"] ** (-np.arange(0, hd, 2, dtype=np.float64) / hd)
@@ -371,29 +508,41 @@ def numpy_forward(cfg, W, tokens):
         allowed &= ki > qi - win                                          # q - w < k <= q
 
     x = W["model.embed_tokens.weight"][tokens]
-    for l in range(cfg["num_hidden_layers"]):
+    for l in range(sp["L"]):
         p = f"model.layers.{l}."
+        a = p + "self_attn."
         h = rmsnorm(x, W[p + "input_layernorm.weight"])
-        q = rope((h @ W[p + "self_attn.q_proj.weight"].T).reshape(T, H, hd))
-        k = rope((h @ W[p + "self_attn.k_proj.weight"].T).reshape(T, KV, hd))
-        v = (h @ W[p + "self_attn.v_proj.weight"].T).reshape(T, KV, hd)
+        q, k, v = (h @ W[a + n + "_proj.weight"].T + W.get(a + n + "_proj.bias", 0.0) for n in "qkv")
+        if sp["qk_norm"] == "full":                                       # OLMoE: the whole projection
+            q, k = rmsnorm(q, W[a + "q_norm.weight"]), rmsnorm(k, W[a + "k_norm.weight"])
+        q, k, v = q.reshape(T, H, hd), k.reshape(T, KV, hd), v.reshape(T, KV, hd)
+        if sp["qk_norm"] == "head":                                       # Qwen3: each head
+            q, k = rmsnorm(q, W[a + "q_norm.weight"]), rmsnorm(k, W[a + "k_norm.weight"])
+        q, k = rope(q), rope(k)
         att = np.empty((T, H, hd))
         for hh in range(H):
             s = (q[:, hh] @ k[:, hh // rep].T) / math.sqrt(hd)
             s = np.where(allowed, s, -np.inf)
             att[:, hh] = softmax(s) @ v[:, hh // rep]
-        x = x + att.reshape(T, H * hd) @ W[p + "self_attn.o_proj.weight"].T
+        x = x + att.reshape(T, H * hd) @ W[a + "o_proj.weight"].T + W.get(a + "o_proj.bias", 0.0)
 
         h = rmsnorm(x, W[p + "post_attention_layernorm.weight"])
-        probs = softmax(h @ W[p + "block_sparse_moe.gate.weight"].T)     # [T, E]
+        m = p + fam["moe"] + "."
+        if l in sp["dense"]:
+            x = x + ffn(h, W[m + "gate_proj.weight"], W[m + "up_proj.weight"], W[m + "down_proj.weight"])
+            continue
+        probs = softmax(h @ W[m + "gate.weight"].T)                       # [T, E]
         y = np.zeros_like(x)
         for t in range(T):
             top = np.argsort(-probs[t], kind="stable")[:K]
-            wts = probs[t, top] / probs[t, top].sum()
+            wts = probs[t, top] / probs[t, top].sum() if sp["norm_topk"] else probs[t, top]
             for e, wt in zip(top, wts):
-                q_ = f"{p}block_sparse_moe.experts.{e}."
-                a = silu(W[q_ + "w1.weight"] @ h[t]) * (W[q_ + "w3.weight"] @ h[t])
-                y[t] += wt * (W[q_ + "w2.weight"] @ a)
+                q_ = f"{m}experts.{e}."
+                y[t] += wt * ffn(h[t], W[q_ + gn + ".weight"], W[q_ + un + ".weight"], W[q_ + dn + ".weight"])
+        if sp["shared"]:                                                  # Qwen2-MoE
+            s = m + "shared_expert."
+            g = 1.0 / (1.0 + np.exp(-(h @ W[m + "shared_expert_gate.weight"].T)))   # [T, 1]
+            y = y + g * ffn(h, W[s + "gate_proj.weight"], W[s + "up_proj.weight"], W[s + "down_proj.weight"])
         x = x + y
     x = rmsnorm(x, W["model.norm.weight"])
     head = W.get("lm_head.weight", W["model.embed_tokens.weight"])
@@ -432,7 +581,7 @@ def run_reference(model, cfg, seed):
         logits = out.logits[0].numpy()                                    # float64 [T, V]
         # Router decisions: gap between the k-th and (k+1)-th router logit of every token.
         rgap = math.inf
-        for rl in out.router_logits:
+        for rl in (out.router_logits or ()):
             s = np.sort(rl.double().numpy(), axis=-1)
             if K < s.shape[-1]:
                 rgap = min(rgap, float((s[:, -K] - s[:, -K - 1]).min()))
@@ -459,17 +608,23 @@ def step_by_step(model, tokens):
 def build(name, out_dir):
     import torch
     import transformers
-    seed, dtype, n_shards, overrides, _ = MODELS[name]
+    if name in FAMILY_MODELS:
+        seed, family, overrides, _ = FAMILY_MODELS[name]
+        dtype, n_shards = "f32", 1
+        cfg = make_family_config(family, overrides)
+    else:
+        seed, dtype, n_shards, overrides, _ = MODELS[name]
+        family = "mixtral"
+        cfg = make_config(overrides, dtype)
     d = os.path.join(out_dir, name)
     if os.path.isdir(d):
         shutil.rmtree(d)
     os.makedirs(d)
 
-    cfg = make_config(overrides, dtype)
     tensors = to_storage(make_weights(cfg, seed), dtype)
-    write_model_dir(d, cfg, tensors, n_shards)
+    write_model_dir(d, cfg, fuse_experts(cfg, tensors) if name == "tiny-fused" else tensors, n_shards)
 
-    model = load_hf(d)
+    model = load_hf(d, family)
     check_roundtrip(model, cfg, tensors)
 
     tokens, logits, rgap, attempt = run_reference(model, cfg, seed)
@@ -483,7 +638,7 @@ def build(name, out_dir):
     np_err = float(np.abs(numpy_forward(cfg, W, tokens) - logits).max())
     if np_err > NUMPY_TOL:
         raise SystemExit(f"{name}: numpy reference differs from transformers by {np_err:g}")
-    win = cfg["sliding_window"]
+    win = cfg.get("sliding_window")
     if win is not None:
         # The data must pin the window rule down: one position more or less must show.
         for w_alt in (win - 1, win + 1):
@@ -514,7 +669,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=os.path.join("tests", "data"),
                     help="output directory (default: tests/data)")
-    ap.add_argument("--only", choices=sorted(MODELS), action="append",
+    ap.add_argument("--only", choices=sorted(MODELS) + sorted(FAMILY_MODELS), action="append",
                     help="build only this model (may be repeated)")
     args = ap.parse_args()
 
@@ -522,7 +677,7 @@ def main():
     torch.set_num_threads(1)               # fixed reduction order -> reproducible bytes
     torch.use_deterministic_algorithms(True)
     os.makedirs(args.out, exist_ok=True)
-    for name in args.only or list(MODELS):
+    for name in args.only or list(MODELS) + list(FAMILY_MODELS):
         build(name, args.out)
     return 0
 

@@ -7,9 +7,15 @@
 #include <string.h>
 
 extern const mc_arch mc_arch_mixtral;
+extern const mc_arch mc_arch_qwen3moe;
+extern const mc_arch mc_arch_olmoe;
+extern const mc_arch mc_arch_qwen2moe;
 
 const mc_arch *const mc_arches[] = {
     &mc_arch_mixtral,
+    &mc_arch_qwen3moe,
+    &mc_arch_olmoe,
+    &mc_arch_qwen2moe,
     NULL,
 };
 

@@ -104,7 +104,8 @@ typedef struct mc_arch {
 
     /* Options, as data. */
     mc_qk_norm qk_norm;
-    bool qkv_bias;             /* Q, K and V always carry a bias (Qwen2-MoE) */
+    bool qkv_bias;             /* Q, K and V carry a bias (default of hf_qkv_bias) */
+    const char *hf_qkv_bias;   /* config key that says so (Qwen2-MoE "qkv_bias"); NULL: qkv_bias always */
     const char *hf_attn_bias;  /* config key that puts a bias on Q, K, V and O; NULL: none */
     const char *hf_norm_topk;  /* config key of the router rule; NULL: norm_topk below always */
     bool norm_topk;            /* router: softmax, top-k, renormalise the k weights (config default) */

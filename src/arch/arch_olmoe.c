@@ -59,6 +59,7 @@ const mc_arch mc_arch_olmoe = {
     .hf_attn_bias = "attention_bias",
     .hf_norm_topk = "norm_topk_prob",
     .norm_topk = false,
+    .gguf_norm_topk = false,
     .gguf_rope_interleaved = false,
     .rope_theta_default = 10000.0f,
     .hf_refused = k_refused,

@@ -1,7 +1,7 @@
 /*
  * arch_qwen2moe.c - Qwen2-MoE (Qwen2MoeForCausalLM; llama.cpp "qwen2moe").
  *
- * Attention with biases on Q, K and V (not O). MoE layers route over
+ * Attention with biases on Q, K and V (not O) unless qkv_bias is false. MoE layers route over
  * num_experts experts of moe_intermediate_size, softmax then top-k, the
  * weights not renormalised unless norm_topk_prob, and add a shared expert
  * of shared_expert_intermediate_size scaled by sigmoid(x · shared_expert_gate).
@@ -20,7 +20,7 @@ static const mc_arch_key k_keys[] = {
     {MC_HP_N_LAYER, "num_hidden_layers", "block_count", true, 0},
     {MC_HP_N_HEAD, "num_attention_heads", "attention.head_count", true, 0},
     {MC_HP_N_HEAD_KV, "num_key_value_heads", "attention.head_count_kv", false, 0},
-    {MC_HP_HEAD_DIM, NULL, "attention.key_length", false, 0},
+    {MC_HP_HEAD_DIM, "head_dim", "attention.key_length", false, 0},
     {MC_HP_N_EXPERT, "num_experts", "expert_count", true, 0},
     {MC_HP_N_EXPERT_USED, "num_experts_per_tok", "expert_used_count", true, 0},
     {MC_HP_N_CTX_TRAIN, "max_position_embeddings", "context_length", false, 8192},
@@ -64,8 +64,10 @@ const mc_arch mc_arch_qwen2moe = {
         [MC_TN_SHEXP_INP] = "model.layers.%d.mlp.shared_expert_gate.weight",
     },
     .qkv_bias = true,
+    .hf_qkv_bias = "qkv_bias",
     .hf_norm_topk = "norm_topk_prob",
     .norm_topk = false,
+    .gguf_norm_topk = false,
     .shared_expert = true,
     .dense_layers = true,
     .gguf_rope_interleaved = false,

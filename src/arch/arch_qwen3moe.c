@@ -66,6 +66,7 @@ const mc_arch mc_arch_qwen3moe = {
     .hf_attn_bias = "attention_bias",
     .hf_norm_topk = "norm_topk_prob",
     .norm_topk = false, /* Qwen3MoeConfig's default; the released models set it true */
+    .gguf_norm_topk = true, /* llama.cpp's graph for qwen3moe */
     .dense_layers = true,
     .gguf_rope_interleaved = false,
     .rope_theta_default = 10000.0f,

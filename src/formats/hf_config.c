@@ -229,8 +229,8 @@ static moecl_status check_unsupported_features(const char *path, const cJSON *ro
         const cJSON *v = field(root, *k);
         char buf[40];
         if (v && !cJSON_IsFalse(v))
-            return mc_error(MOECL_ERR_UNSUPPORTED, "%s: '%s' is %s: not supported by moecl (%s)", path, *k,
-                            mc_json_describe(v, buf, sizeof buf), arch->name);
+            return mc_error(MOECL_ERR_UNSUPPORTED, "%s: '%s' (%s) is not supported by moecl for %s", path, *k,
+                            cJSON_IsTrue(v) ? "true" : mc_json_describe(v, buf, sizeof buf), arch->name);
     }
     return MOECL_OK;
 }
@@ -296,7 +296,6 @@ static moecl_status read_dense_layers(const char *path, const cJSON *root, mc_hp
     if (any && hp->n_ff_dense <= 0)
         return mc_error(MOECL_ERR_FORMAT, "%s: dense layers (mlp_only_layers, decoder_sparse_step) need "
                         "'intermediate_size'", path);
-    if (!any) hp->n_ff_dense = 0;
     return MOECL_OK;
 }
 
@@ -304,18 +303,20 @@ static moecl_status read_config(const char *path, const cJSON *root, mc_hparams 
     moecl_status st;
     if ((st = check_architecture(path, root, hp))) return st;
     const mc_arch *arch = hp->arch;
-    bool attn_bias = false;
+    bool attn_bias = false, qkv_bias = arch->qkv_bias;
     hp->norm_topk = arch->norm_topk;
     if ((st = check_unsupported_features(path, root, arch)) || (st = read_dims(path, root, hp)) ||
-        (st = read_dense_layers(path, root, hp)) || (st = read_rope(path, root, arch->rope_theta_default, &hp->rope_theta)) ||
+        (st = read_dense_layers(path, root, hp)) ||
+        (st = read_rope(path, root, arch->rope_theta_default, &hp->rope_theta)) ||
         (st = opt_bool(path, root, "tie_word_embeddings", false, &hp->tie_word_embeddings)) ||
         (arch->hf_attn_bias && (st = opt_bool(path, root, arch->hf_attn_bias, false, &attn_bias))) ||
+        (arch->hf_qkv_bias && (st = opt_bool(path, root, arch->hf_qkv_bias, arch->qkv_bias, &qkv_bias))) ||
         (arch->hf_norm_topk && (st = opt_bool(path, root, arch->hf_norm_topk, arch->norm_topk, &hp->norm_topk))) ||
         (st = token_id(path, root, "bos_token_id", hp->n_vocab, &hp->bos_id)) ||
         (st = token_id(path, root, "eos_token_id", hp->n_vocab, &hp->eos_id)))
         return st;
     hp->attn_bias = attn_bias;
-    hp->qkv_bias = arch->qkv_bias || attn_bias;
+    hp->qkv_bias = qkv_bias || attn_bias;
     hp->qk_norm = arch->qk_norm;
     hp->shared_expert = arch->shared_expert;
 

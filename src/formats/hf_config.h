@@ -22,7 +22,7 @@ typedef struct mc_hparams {
     int32_t n_vocab;         /* vocab_size */
     int32_t n_embd;          /* hidden_size */
     int32_t n_ff;            /* intermediate_size: one routed expert's FFN width */
-    int32_t n_ff_dense;      /* a dense layer's FFN width; 0 without dense layers */
+    int32_t n_ff_dense;      /* a dense layer's FFN width (intermediate_size); 0 if not given */
     int32_t n_ff_shexp;      /* the shared expert's FFN width; 0 without one */
     int32_t n_layer;         /* num_hidden_layers */
     int32_t n_head;          /* num_attention_heads */
