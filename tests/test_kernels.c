@@ -9,14 +9,24 @@
  * Quantized weights (Q8_0 .. Q6_K) are compared against a float64 product of
  * their mc_dequantize_row values, under the same 1e-5 bound (the kernels
  * keep activations in float32; only accumulation order differs) - except
- * on the int8 path (mc_cpu_quant_int8: AVX-512 VNNI, T <= 8), which rounds
- * the activations to 8 bits, 32 columns per scale, and gets its own bound,
- * QINT_BOUND. There the same product is also run under forced scalar (float
- * activations) and the two compared.
+ * on the int8 path (mc_cpu_quant_int8: T <= 8, any int8 kernels), which
+ * rounds the activations to 8 bits, 32 columns per scale, and gets its own
+ * bound, QINT_BOUND. There the same product is also run under forced scalar
+ * (float activations) and the two compared.
+ *
+ * Each int8 kernel set (AVX2, AVX-VNNI, AVX-512 VNNI) is then selected by
+ * name through MOECL_CPU_ISA and run at every T <= 8 on awkward shapes; the
+ * test fails if the kernels that ran are not the ones asked for (AVX2 must
+ * be there on any CPU with AVX2; the other two are skipped, and said so,
+ * on CPUs without them). Last, MOECL_CPU_ISA values: names in any case,
+ * and an unknown one refused by moecl_context_new.
  */
 #include "backend/cpu/kernels.h"
 #include "quant/quant.h"
 #include "test_util.h"
+#include "tiny_model.h"
+
+#include "moecl.h"
 
 #include <stdbool.h>
 #include <string.h>
@@ -398,6 +408,162 @@ static void test_matmul(const bool modes[MODE_COUNT]) {
     CHECK(mc_cpu_matmul_scratch_size(&W0, 100, 2) == 0);
 }
 
+/* ---- int8 kernels, each selected by name --------------------------------------- */
+
+/* One int8 configuration: the kernels named `kern` must run, and agree with
+ * a float64 product on the same int8-rounded activations within 1e-5
+ * (measured: 6e-7 at worst; only accumulation order and float32 scales
+ * differ), and with the scalar float path within QINT_BOUND. */
+static double worst_int8_exact[4];
+static void run_int8_config(const char *level, const char *kern, int ki, moecl_dtype dt, int64_t rows, int64_t cols,
+                            int64_t T) {
+    uint64_t seed = (uint64_t)(rows * 7919 + cols * 13 + T * 3 + dt);
+    size_t rb;
+    CHECK(mc_dtype_row_bytes(dt, cols, &rb));
+    float *wf = malloc((size_t)(rows * cols) * sizeof *wf), *X = malloc((size_t)(T * cols) * sizeof *X);
+    float *Xq = malloc((size_t)(T * cols) * sizeof *Xq);
+    char *q = malloc(rb * (size_t)rows);
+    for (int64_t i = 0; i < rows * cols; i++) wf[i] = t_rand_f(&seed);
+    for (int64_t r = 0; r < rows; r++) {
+        mc_quantize_row(dt, wf + r * cols, q + (size_t)r * rb, cols);
+        mc_dequantize_row(dt, q + (size_t)r * rb, wf + r * cols, cols);
+    }
+    /* activations of very different sizes per 32 columns, as real ones are */
+    for (int64_t i = 0; i < T * cols; i++) X[i] = t_rand_f(&seed) * ((i / 32) % 3 == 0 ? 9.0f : 0.3f);
+    round_x_int8(X, Xq, T * cols);
+    float *ref = malloc((size_t)(T * rows) * sizeof *ref), *Y = malloc((size_t)(T * rows) * sizeof *Y);
+    float *Ys = malloc((size_t)(T * rows) * sizeof *Ys);
+    double scale = ref_matmul(wf, Xq, T, rows, cols, ref);
+    mc_tensor W = {.type = dt, .rows = rows, .cols = cols, .data = q, .nbytes = rb * (size_t)rows};
+    for (int nt = 1; nt <= 2; nt++) {
+        setenv("MOECL_CPU_ISA", level, 1);
+        mc_cpu_force_scalar(false);
+        for (int64_t i = 0; i < T * rows; i++) Y[i] = NAN;
+        (void)mc_cpu_take_int8_kernels();
+        mc_cpu_matmul(&W, X, T, Y, nt, NULL);
+        const char *ran = mc_cpu_take_int8_kernels();
+        CHECKF(!strcmp(ran, kern), "MOECL_CPU_ISA=%s %s T=%lld: int8 kernels %s ran, not %s", level,
+               moecl_dtype_name(dt), (long long)T, ran, kern);
+        double e = nerr(Y, ref, (size_t)(T * rows), scale);
+        worst_int8_exact[ki] = fmax(worst_int8_exact[ki], e);
+        CHECKF(e <= 1e-5, "%s int8 %s rows=%lld cols=%lld T=%lld threads=%d vs rounded-X float64: nerr %.3g", kern,
+               moecl_dtype_name(dt), (long long)rows, (long long)cols, (long long)T, nt, e);
+        mc_cpu_force_scalar(true);
+        mc_cpu_matmul(&W, X, T, Ys, nt, NULL);
+        double es = nerr(Y, Ys, (size_t)(T * rows), scale);
+        CHECKF(es <= QINT_BOUND, "%s int8 %s rows=%lld cols=%lld T=%lld vs scalar float path: nerr %.3g", kern,
+               moecl_dtype_name(dt), (long long)rows, (long long)cols, (long long)T, es);
+        n_configs++;
+    }
+    free(wf);
+    free(X);
+    free(Xq);
+    free(q);
+    free(ref);
+    free(Y);
+    free(Ys);
+}
+
+static void test_int8_kernels(void) {
+    /* level name for MOECL_CPU_ISA, and the int8 kernels it must give */
+    static const char *const sets[][2] = {{"avx2", "avx2"}, {"avxvnni", "avxvnni"}, {"avx512vnni", "avx512vnni"}};
+    static const int64_t rows_list[] = {1, 3, 6, 37};
+    /* Q8_0 / Q4_0: 1 block, under one group of 8, groups plus a tail;
+     * K-quants: 1 to 9 blocks of 256 */
+    static const int64_t cols_small[] = {32, 224, 288, 1056}, cols_k[] = {256, 768, 2304};
+    for (int ki = 0; ki < 3; ki++) {
+        setenv("MOECL_CPU_ISA", sets[ki][0], 1);
+        mc_cpu_force_scalar(false);
+        const char *have = mc_cpu_int8_kernels();
+        if (strcmp(have, sets[ki][1]) != 0) {
+            if (ki == 0) /* AVX2 int8 kernels on every CPU with AVX2 */
+                CHECKF(!strcmp(mc_cpu_isa(), "scalar"), "MOECL_CPU_ISA=avx2 on a CPU with %s gives int8 kernels %s",
+                       mc_cpu_isa(), have);
+            fprintf(stderr, "int8 kernels %s: not on this CPU (MOECL_CPU_ISA=%s gives %s), not tested\n",
+                    sets[ki][1], sets[ki][0], have);
+            continue;
+        }
+        int before = n_configs;
+        for (int dt = MOECL_DTYPE_Q8_0; dt < MOECL_DTYPE_COUNT; dt++) {
+            const bool kq = mc_dtype_block((moecl_dtype)dt) == 256;
+            const int64_t *cl = kq ? cols_k : cols_small;
+            const size_t ncl = kq ? 3 : 4;
+            for (size_t ri = 0; ri < sizeof rows_list / sizeof *rows_list; ri++)
+                for (size_t ci = 0; ci < ncl; ci++)
+                    for (int64_t T = 1; T <= 8; T++)
+                        run_int8_config(sets[ki][0], sets[ki][1], ki, (moecl_dtype)dt, rows_list[ri], cl[ci], T);
+        }
+        fprintf(stderr, "int8 kernels %s: %d runs, worst normalised error against rounded-X float64 %.3g\n",
+                sets[ki][1], n_configs - before, worst_int8_exact[ki]);
+    }
+    unsetenv("MOECL_CPU_ISA");
+    mc_cpu_force_scalar(false);
+}
+
+/* ---- MOECL_CPU_ISA values --------------------------------------------------------- */
+
+static void test_isa_env(void) {
+    unsetenv("MOECL_CPU_ISA");
+    mc_cpu_force_scalar(false);
+    const char *auto_isa = mc_cpu_isa(), *auto_int8 = mc_cpu_int8_kernels();
+    CHECK(mc_cpu_check_env() == MOECL_OK);
+    static const char *const same_as_auto[] = {"", "auto", "AUTO"};
+    for (int i = 0; i < 3; i++) {
+        setenv("MOECL_CPU_ISA", same_as_auto[i], 1);
+        mc_cpu_force_scalar(false);
+        CHECKF(mc_cpu_check_env() == MOECL_OK, "MOECL_CPU_ISA='%s' refused", same_as_auto[i]);
+        CHECK(!strcmp(mc_cpu_isa(), auto_isa) && !strcmp(mc_cpu_int8_kernels(), auto_int8));
+    }
+    /* any case */
+    setenv("MOECL_CPU_ISA", "Scalar", 1);
+    mc_cpu_force_scalar(false);
+    CHECK(mc_cpu_check_env() == MOECL_OK);
+    CHECK(!strcmp(mc_cpu_isa(), "scalar") && !strcmp(mc_cpu_int8_kernels(), "none"));
+    setenv("MOECL_CPU_ISA", "AVX2", 1);
+    mc_cpu_force_scalar(false);
+    CHECK(mc_cpu_check_env() == MOECL_OK);
+    if (strcmp(auto_isa, "scalar") != 0)
+        CHECKF(!strcmp(mc_cpu_isa(), "avx2") && !strcmp(mc_cpu_int8_kernels(), "avx2"),
+               "MOECL_CPU_ISA=AVX2 gives %s with int8 kernels %s", mc_cpu_isa(), mc_cpu_int8_kernels());
+
+    /* unknown: an error naming the accepted values; the kernels run as auto */
+    static const char *const bad[] = {"avx3", "neon", " avx2", "avx2,scalar"};
+    for (int i = 0; i < 4; i++) {
+        setenv("MOECL_CPU_ISA", bad[i], 1);
+        mc_cpu_force_scalar(false);
+        CHECKF(mc_cpu_check_env() == MOECL_ERR_INVALID_ARG, "MOECL_CPU_ISA='%s' accepted", bad[i]);
+        const char *msg = moecl_last_error();
+        CHECKF(strstr(msg, "MOECL_CPU_ISA") && strstr(msg, bad[i]) && strstr(msg, "avx512vnni") &&
+                   strstr(msg, "avxvnni") && strstr(msg, "avx2") && strstr(msg, "scalar") && strstr(msg, "auto"),
+               "message: %s", msg);
+        CHECK(!strcmp(mc_cpu_isa(), auto_isa));
+    }
+
+    /* ... and moecl_context_new refuses it */
+    unsetenv("MOECL_CPU_ISA");
+    char buf[512];
+    const char *dir = tiny_model_dir(buf, sizeof buf);
+    CHECK(dir != NULL);
+    moecl_model *model = NULL;
+    if (dir && moecl_model_load(dir, NULL, &model) == MOECL_OK) {
+        moecl_context_params cp = moecl_context_default_params();
+        cp.n_ctx = 16;
+        moecl_context *ctx = (moecl_context *)1;
+        setenv("MOECL_CPU_ISA", "avx-512", 1);
+        CHECK(moecl_context_new(model, &cp, &ctx) == MOECL_ERR_INVALID_ARG && ctx == NULL);
+        CHECKF(strstr(moecl_last_error(), "MOECL_CPU_ISA='avx-512'") != NULL, "message: %s", moecl_last_error());
+        setenv("MOECL_CPU_ISA", "Avx2", 1);
+        CHECK(moecl_context_new(model, &cp, &ctx) == MOECL_OK && ctx != NULL);
+        moecl_context_free(ctx);
+        moecl_model_free(model);
+    } else {
+        CHECKF(false, "tiny model at %s did not load: %s", dir ? dir : "(none)", moecl_last_error());
+    }
+    if (dir) remove_dir(dir);
+    unsetenv("MOECL_CPU_ISA");
+    mc_cpu_force_scalar(false);
+}
+
 int main(void) {
     bool modes[MODE_COUNT] = {true, false, true};
     set_mode(MODE_AUTO);
@@ -416,6 +582,8 @@ int main(void) {
     set_mode(MODE_AUTO);
     test_swiglu();
     test_matmul(modes);
+    test_int8_kernels();
+    test_isa_env();
     set_mode(MODE_AUTO);
     fprintf(stderr, "matmul: %d runs, worst normalised error %.3g (float activations)\n", n_configs, worst_nerr);
     for (int dt = 0; dt < MOECL_DTYPE_COUNT; dt++)

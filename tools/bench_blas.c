@@ -379,8 +379,8 @@ static void section_overhead(int nmax) {
 
 /* --act-error: what 8-bit activations cost in accuracy. One Gaussian row
  * against a Gaussian 4096x4096 weight in each quantized type, the default
- * kernels (int8 activations where the CPU has VNNI) against the float
- * kernels on the same quantized weight. */
+ * kernels (int8 activations wherever the CPU has int8 kernels: AVX2 and
+ * up) against the float kernels on the same quantized weight. */
 static double gauss(uint64_t *s) {
     *s = *s * 6364136223846793005ull + 1442695040888963407ull;
     double u = ((double)(*s >> 11) + 0.5) / 9007199254740992.0;
@@ -443,8 +443,8 @@ int main(int argc, char **argv) {
     if (quick) g_runs = 3;
     const char *wp = getenv("OMP_WAIT_POLICY");
     printf("OpenBLAS core: %s\nOpenBLAS config: %s\n", openblas_get_corename(), openblas_get_config());
-    printf("kernels ISA: %s   processors: %d   threads measured: 1 and %d   OMP_WAIT_POLICY=%s\n", mc_cpu_isa(),
-           omp_get_num_procs(), nmax, wp ? wp : "(unset)");
+    printf("kernels ISA: %s   int8 kernels: %s   processors: %d   threads measured: 1 and %d   OMP_WAIT_POLICY=%s\n",
+           mc_cpu_isa(), mc_cpu_int8_kernels(), omp_get_num_procs(), nmax, wp ? wp : "(unset)");
     openblas_set_num_threads(1);
     section_overhead(nmax);
     section_memory(quick ? (size_t)256 << 20 : (size_t)1 << 30, nmax);

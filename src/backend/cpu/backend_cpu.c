@@ -78,6 +78,10 @@ static const mc_backend_i cpu_iface = {
 };
 
 moecl_status mc_backend_cpu_new(const moecl_model *model, int n_threads, mc_backend **out) {
+    /* Every context makes this backend: the place to refuse a MOECL_CPU_ISA
+     * the kernels do not know, rather than ignore it. */
+    moecl_status st = mc_cpu_check_env();
+    if (st) return st;
     mc_backend *be = calloc(1, sizeof *be);
     cpu_backend *c = calloc(1, sizeof *c);
     if (!be || !c) {

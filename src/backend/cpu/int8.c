@@ -3,11 +3,12 @@
  * quantization, the scalar pieces, and the choice of kernel.
  *
  * At T <= MC_QINT_T the float kernels (quant_tiles.c) are bound by the work of
- * widening every weight to float32, not by memory. With AVX-512 VNNI the
- * rows of X are instead quantized once per call to int8, 32 columns per
- * scale (x ~ xd * xq, |xq| <= 127), and each 32-weight piece of a weight
- * row is an integer dot product (vpdpbusd: u8 weight x s8 activation, four
- * products per 32-bit lane), scaled in float32 per piece:
+ * widening every weight to float32, not by memory. With any int8 kernels
+ * (isa.c: AVX2, AVX-VNNI, AVX-512 VNNI) the rows of X are instead quantized
+ * once per call to int8, 32 columns per scale (x ~ xd * xq, |xq| <= 127),
+ * the same way for every kernel, and each 32-weight piece of a weight row is
+ * an integer dot product (u8 weight x s8 activation: vpdpbusd, or vpmaddubsw
+ * + vpmaddwd on plain AVX2), scaled in float32 per piece:
  *
  *   Q8_0   d * xd * sum(q * xq)                       (|q| as u8, sign moved onto xq)
  *   Q4_0   d * xd * (sum(q * xq) - 8 * sum(xq))       (q = 0..15)
@@ -16,11 +17,13 @@
  *                                                      per 4 lanes of the dot)
  *
  * The per-piece products d*sc*xd are made eight at a time (one 256-weight
- * group) and spread over the two 8-lane halves of each 64-weight dot with
- * a permute; the sum(xq) terms come precomputed with the activations (xds).
+ * group); the sum(xq) terms come precomputed with the activations (xds).
+ * AVX-512 spreads them over the two 8-lane halves of each 64-weight dot
+ * with a permute; the 256-bit kernels broadcast one per 32-weight dot (and
+ * fold Q6_K's 16-weight scales into vpmaddwd as int16).
  * Rounding the activations to 8 bits adds an error of its own (see
  * tests/test_kernels.c for the bound); the float path stays the reference
- * (MOECL_CPU_ISA=avx2 or scalar selects it).
+ * (MOECL_CPU_ISA=scalar selects it).
  */
 
 #include "backend/cpu/kernels_impl.h"
@@ -71,7 +74,7 @@ bool mc_qact_make(qact *a, const float *X, int64_t T, int64_t cols) {
 void mc_qact_free(qact *a) { free(a->q); }
 
 bool mc_cpu_quant_int8(moecl_dtype t, int64_t T) {
-    return MC_X86 && T >= 1 && T <= MC_QINT_T && qint_type(t) && mc_cpu_vnni();
+    return T >= 1 && T <= MC_QINT_T && qint_type(t) && mc_cpu_qint() != QINT_NONE;
 }
 
 float mc_qint_tail(moecl_dtype dt, const void *w, int64_t b0, int64_t nb, const qact *a, int64_t t) {
@@ -94,11 +97,16 @@ float mc_qint_tail(moecl_dtype dt, const void *w, int64_t b0, int64_t nb, const 
     return s;
 }
 
-void mc_qint_rows(moecl_dtype dt, const void *w, int64_t cols, const qact *a, int64_t T, float *Y, int64_t ldy,
-                  int64_t r0, int64_t r1) {
+void mc_qint_rows(int kind, moecl_dtype dt, const void *w, int64_t cols, const qact *a, int64_t T, float *Y,
+                  int64_t ldy, int64_t r0, int64_t r1) {
 #if MC_X86
-    mc_qint_rows_vnni512(dt, w, cols, a, T, Y, ldy, r0, r1);
+    switch (kind) {
+    case QINT_VNNI512: mc_qint_rows_vnni512(dt, w, cols, a, T, Y, ldy, r0, r1); break;
+    case QINT_AVXVNNI: mc_qint_rows_avxvnni(dt, w, cols, a, T, Y, ldy, r0, r1); break;
+    default: mc_qint_rows_avx2(dt, w, cols, a, T, Y, ldy, r0, r1); break;
+    }
 #else
-    (void)dt, (void)w, (void)cols, (void)a, (void)T, (void)Y, (void)ldy, (void)r0, (void)r1;
+    /* mc_cpu_qint() is QINT_NONE here: never called */
+    (void)kind, (void)dt, (void)w, (void)cols, (void)a, (void)T, (void)Y, (void)ldy, (void)r0, (void)r1;
 #endif
 }

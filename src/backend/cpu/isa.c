@@ -1,62 +1,97 @@
 /*
  * isa.c - which instruction set the CPU kernels use.
  *
- * Detected once, on first use, from CPUID: AVX-512 (F, BW, VL, DQ), else
- * AVX2 with FMA and F16C, else scalar C (every non-x86 build). AVX-512 VNNI,
- * where present with AVX-512, enables the int8 kernels. MOECL_CPU_ISA=
- * avx2|scalar in the environment caps the choice (read whenever detection
- * runs: on first use and after mc_cpu_force_scalar(false)), so the AVX2
- * kernels can be tested on an AVX-512 machine.
+ * Detected once, on first use, from CPUID, as one of these levels (each a
+ * float kernel set and an int8 kernel set; see int8.c):
+ *
+ *   level        float kernels   int8 kernels (quantized weights, T <= 8)   needs
+ *   scalar       portable C      none (float activations)                   -
+ *   avx2         AVX2            AVX2 vpmaddubsw                            AVX2, FMA, F16C
+ *   avxvnni      AVX2            AVX-VNNI vpdpbusd (256-bit, VEX)           + AVX-VNNI
+ *   avx512       AVX-512         the best 256-bit one of the two above      AVX-512 F/BW/VL/DQ
+ *   avx512vnni   AVX-512         AVX-512 VNNI                               + AVX512-VNNI
+ *
+ * Every non-x86 build is scalar. MOECL_CPU_ISA in the environment caps the
+ * level (read whenever detection runs: on first use and after
+ * mc_cpu_force_scalar(false)): the highest level this CPU has at or below
+ * the one named is used, so the AVX2 kernels can be tested on an AVX-512
+ * machine. Names are matched in any case; "auto" (or an empty value) means
+ * no cap. Any other value is refused by mc_cpu_check_env, which the CPU
+ * backend calls when a context is made; the kernels themselves (which may
+ * run earlier, while a model loads) treat it as "auto".
  */
 #include "backend/cpu/kernels_impl.h"
 
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <strings.h>
 
 #if MC_X86
 #include <cpuid.h>
 #endif
 
-static atomic_int g_isa_detected = -1; /* -1: not detected yet */
-static atomic_bool g_force_scalar = false;
-static atomic_bool g_vnni = false; /* AVX-512 VNNI, set by detect_isa (only with ISA_AVX512) */
+enum { LV_SCALAR, LV_AVX2, LV_AVXVNNI, LV_AVX512, LV_AVX512VNNI, LV_COUNT };
+static const char *const level_names[LV_COUNT] = {"scalar", "avx2", "avxvnni", "avx512", "avx512vnni"};
 
-static int detect_isa(void) {
-    int best = ISA_SCALAR;
+/* The detected choice, isa * 8 + qint; -1: not detected yet. */
+static atomic_int g_detected = -1;
+static atomic_bool g_force_scalar = false;
+
+/* The cap named by MOECL_CPU_ISA: a level, LV_COUNT for none, -1 if the
+ * value is not a level's name. */
+static int env_cap(void) {
+    const char *v = getenv("MOECL_CPU_ISA");
+    if (!v || !*v || !strcasecmp(v, "auto")) return LV_COUNT;
+    for (int i = 0; i < LV_COUNT; i++)
+        if (!strcasecmp(v, level_names[i])) return i;
+    return -1;
+}
+
+static int detect(void) {
+    bool has[LV_COUNT] = {[LV_SCALAR] = true};
+    bool avxvnni = false;
 #if MC_X86
-    /* F16C from CPUID directly: clang's __builtin_cpu_supports does not know
-     * it. (The OS's saving of the AVX state is covered by "avx2".) */
+    /* F16C and AVX-VNNI from CPUID directly: clang's __builtin_cpu_supports
+     * knows neither. (The OS's saving of the AVX state is covered by "avx2".) */
     unsigned a, b, c, d;
     bool f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+    avxvnni = __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a & (1u << 4));
     __builtin_cpu_init();
-    bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
-    bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                  __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-    best = avx512 ? ISA_AVX512 : avx2 ? ISA_AVX2 : ISA_SCALAR;
+    has[LV_AVX2] = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
+    has[LV_AVXVNNI] = has[LV_AVX2] && avxvnni;
+    has[LV_AVX512] = has[LV_AVX2] && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                     __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+    has[LV_AVX512VNNI] = has[LV_AVX512] && __builtin_cpu_supports("avx512vnni");
 #endif
-    const char *cap = getenv("MOECL_CPU_ISA");
-    if (cap) {
-        int capped = !strcmp(cap, "scalar") ? ISA_SCALAR : !strcmp(cap, "avx2") ? ISA_AVX2 : ISA_AVX512;
-        if (capped < best) best = capped;
+    int cap = env_cap();
+    int lv = cap < 0 || cap >= LV_COUNT ? LV_COUNT - 1 : cap;
+    while (!has[lv]) lv--;
+    switch (lv) {
+    case LV_AVX2: return ISA_AVX2 * 8 + QINT_AVX2;
+    case LV_AVXVNNI: return ISA_AVX2 * 8 + QINT_AVXVNNI;
+    case LV_AVX512: return ISA_AVX512 * 8 + (avxvnni ? QINT_AVXVNNI : QINT_AVX2);
+    case LV_AVX512VNNI: return ISA_AVX512 * 8 + QINT_VNNI512;
+    default: return ISA_SCALAR * 8 + QINT_NONE;
     }
-#if MC_X86
-    atomic_store(&g_vnni, best == ISA_AVX512 && __builtin_cpu_supports("avx512vnni"));
-#endif
-    return best;
+}
+
+static int detected(void) {
+    int v = atomic_load_explicit(&g_detected, memory_order_relaxed);
+    if (v < 0) {
+        v = detect();
+        atomic_store_explicit(&g_detected, v, memory_order_relaxed);
+    }
+    return v;
 }
 
 int mc_cpu_level(void) {
     if (atomic_load_explicit(&g_force_scalar, memory_order_relaxed)) return ISA_SCALAR;
-    int isa = atomic_load_explicit(&g_isa_detected, memory_order_relaxed);
-    if (isa < 0) {
-        isa = detect_isa();
-        atomic_store_explicit(&g_isa_detected, isa, memory_order_relaxed);
-    }
-    return isa;
+    return detected() / 8;
 }
 
-bool mc_cpu_vnni(void) {
-    return mc_cpu_level() == ISA_AVX512 && atomic_load_explicit(&g_vnni, memory_order_relaxed);
+int mc_cpu_qint(void) {
+    if (atomic_load_explicit(&g_force_scalar, memory_order_relaxed)) return QINT_NONE;
+    return detected() % 8;
 }
 
 const char *mc_cpu_isa(void) {
@@ -64,7 +99,22 @@ const char *mc_cpu_isa(void) {
     return names[mc_cpu_level()];
 }
 
+const char *mc_cpu_qint_name(int kind) {
+    static const char *const names[] = {"none", "avx2", "avxvnni", "avx512vnni"};
+    return kind >= 0 && kind <= QINT_VNNI512 ? names[kind] : "none";
+}
+
+const char *mc_cpu_int8_kernels(void) { return mc_cpu_qint_name(mc_cpu_qint()); }
+
 void mc_cpu_force_scalar(bool on) {
     atomic_store(&g_force_scalar, on);
-    if (!on) atomic_store(&g_isa_detected, -1);
+    if (!on) atomic_store(&g_detected, -1);
+}
+
+moecl_status mc_cpu_check_env(void) {
+    if (env_cap() >= 0) return MOECL_OK;
+    return mc_error(MOECL_ERR_INVALID_ARG,
+                    "MOECL_CPU_ISA='%s' is not an instruction set; accepted (in any case): auto, avx512vnni, avx512, "
+                    "avxvnni, avx2, scalar",
+                    getenv("MOECL_CPU_ISA"));
 }

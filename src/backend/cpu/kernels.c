@@ -37,6 +37,12 @@
 #include <stdlib.h>
 #include <strings.h>
 
+static atomic_int g_last_qint = QINT_NONE; /* for mc_cpu_take_int8_kernels */
+
+const char *mc_cpu_take_int8_kernels(void) {
+    return mc_cpu_qint_name(atomic_exchange_explicit(&g_last_qint, QINT_NONE, memory_order_relaxed));
+}
+
 static atomic_int g_passive = -1; /* OMP_WAIT_POLICY=passive; -1: not read yet */
 
 static double par_min_work(void) {
@@ -136,12 +142,12 @@ size_t mc_cpu_matmul_scratch_size(const mc_tensor *W, int64_t T, int n_threads) 
 }
 
 /* Rows [r0, r1) of Y: one thread's share. */
-static void matmul_rows(const plan *p, int isa, const mc_tensor *W, const float *X, const qact *qa, int64_t T,
-                        float *Y, int64_t r0, int64_t r1, float *slice) {
+static void matmul_rows(const plan *p, int isa, int qint, const mc_tensor *W, const float *X, const qact *qa,
+                        int64_t T, float *Y, int64_t r0, int64_t r1, float *slice) {
     const int64_t rows = W->rows, cols = W->cols;
     const size_t rb = row_bytes(W->type, cols);
     if (qa) {
-        mc_qint_rows(W->type, W->data, cols, qa, T, Y, rows, r0, r1);
+        mc_qint_rows(qint, W->type, W->data, cols, qa, T, Y, rows, r0, r1);
         return;
     }
     if (!p->blas) {
@@ -180,10 +186,14 @@ void mc_cpu_matmul(const mc_tensor *W, const float *X, int64_t T, float *Y, int 
     /* int8 activations: quantized here, once, for every thread (if the
      * allocation fails, the float kernels do the work) */
     qact qa_store, *qa = NULL;
-    if (mc_cpu_quant_int8(W->type, T) && !p.blas && mc_qact_make(&qa_store, X, T, cols)) qa = &qa_store;
+    const int qint = mc_cpu_qint();
+    if (mc_cpu_quant_int8(W->type, T) && !p.blas && mc_qact_make(&qa_store, X, T, cols)) {
+        qa = &qa_store;
+        atomic_store_explicit(&g_last_qint, qint, memory_order_relaxed);
+    }
 
     if (p.n_threads == 1) {
-        matmul_rows(&p, isa, W, X, qa, T, Y, 0, rows, scr);
+        matmul_rows(&p, isa, qint, W, X, qa, T, Y, 0, rows, scr);
         if (qa) mc_qact_free(qa);
         return;
     }
@@ -194,7 +204,7 @@ void mc_cpu_matmul(const mc_tensor *W, const float *X, int64_t T, float *Y, int 
         int64_t chunk = (rows + nt - 1) / nt;
         chunk = (chunk + MC_ROW_ALIGN - 1) / MC_ROW_ALIGN * MC_ROW_ALIGN;
         int64_t r0 = (int64_t)id * chunk, r1 = r0 + chunk < rows ? r0 + chunk : rows;
-        if (r0 < r1) matmul_rows(&p, isa, W, X, qa, T, Y, r0, r1, scr ? scr + (size_t)id * p.slice_floats : NULL);
+        if (r0 < r1) matmul_rows(&p, isa, qint, W, X, qa, T, Y, r0, r1, scr ? scr + (size_t)id * p.slice_floats : NULL);
     }
     if (qa) mc_qact_free(qa);
 }

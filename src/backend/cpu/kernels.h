@@ -25,12 +25,25 @@ void mc_cpu_swiglu(float *gate, const float *up, int64_t n);
 /* Convert n elements of type t at src to float32. */
 void mc_cpu_to_f32(moecl_dtype t, const void *src, float *dst, int64_t n);
 
-/* The instruction set the fused kernels use: "avx512", "avx2" or "scalar". */
+/* The instruction set the fused float kernels use: "avx512", "avx2" or
+ * "scalar". */
 const char *mc_cpu_isa(void);
+/* The int8 kernels quantized weights use at few rows: "avx512vnni",
+ * "avxvnni", "avx2", or "none" (float activations: scalar builds, and
+ * MOECL_CPU_ISA=scalar). */
+const char *mc_cpu_int8_kernels(void);
 /* Whether mc_cpu_matmul on weights of type t with T rows of X quantizes X to
- * int8 (the integer dot-product path: AVX-512 VNNI, T <= 8, Q8_0, Q4_0,
- * Q4_K, Q5_K, Q6_K), which adds the activations' rounding error. */
+ * int8 (the integer dot-product path: T <= 8, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K,
+ * any int8 kernels), which adds the activations' rounding error. */
 bool mc_cpu_quant_int8(moecl_dtype t, int64_t T);
+/* Tests: the int8 kernels the latest mc_cpu_matmul that took the int8 path
+ * ran (names as mc_cpu_int8_kernels), and forget it: "none" if no call did
+ * since the last time this was asked. */
+const char *mc_cpu_take_int8_kernels(void);
+/* MOECL_CPU_ISA names a level the kernels know (see isa.c), or is unset:
+ * MOECL_OK; otherwise MOECL_ERR_INVALID_ARG, with a message listing the
+ * accepted names. */
+moecl_status mc_cpu_check_env(void);
 /* Tests: force the scalar kernels (true) or go back to detection (false). */
 void mc_cpu_force_scalar(bool on);
 

@@ -12,6 +12,8 @@
  *                     dequantizers and the tiled fused kernel
  *   int8.c            int8 activations (quantization, scalar tail, dispatch)
  *   int8_avx512.c     quantized weights x int8 activations, AVX-512 VNNI
+ *   int8_avx2.c       the same in 256-bit registers, AVX2 and AVX-VNNI
+ *                     (one body, int8_avx2_body.h, built for each)
  *
  * ISA: the library is built for baseline x86-64. The SIMD kernels are
  * compiled with target attributes and chosen at run time (isa.c);
@@ -108,12 +110,15 @@
 
 /* ---- instruction sets -------------------------------------------------------- */
 
+/* The float kernels' instruction set, and the int8 kernels'. */
 enum { ISA_SCALAR = 0, ISA_AVX2 = 1, ISA_AVX512 = 2 };
+enum { QINT_NONE = 0, QINT_AVX2 = 1, QINT_AVXVNNI = 2, QINT_VNNI512 = 3 };
 
-/* The instruction set the kernels use now (detected on first use; see isa.c). */
+/* What the kernels use now (detected on first use; see isa.c). */
 int mc_cpu_level(void);
-/* Whether the int8 kernels (AVX-512 VNNI) may run: set with ISA_AVX512. */
-bool mc_cpu_vnni(void);
+int mc_cpu_qint(void);
+/* "none", "avx2", "avxvnni", "avx512vnni". */
+const char *mc_cpu_qint_name(int kind);
 
 #if MC_X86
 #define MC_T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")))
@@ -237,14 +242,20 @@ void mc_qact_free(qact *a);
 /* Blocks [b0, nb) of a Q8_0 / Q4_0 row against row t of a, one at a time
  * (the pieces the SIMD kernels leave, when nb is not a multiple of 8). */
 float mc_qint_tail(moecl_dtype dt, const void *w, int64_t b0, int64_t nb, const qact *a, int64_t t);
-/* Rows [r0, r1) of Y[T, ldy] from int8 activations a (T <= MC_QINT_T). */
-void mc_qint_rows(moecl_dtype dt, const void *w, int64_t cols, const qact *a, int64_t T, float *Y, int64_t ldy,
+/* Rows [r0, r1) of Y[T, ldy] from int8 activations a (T <= MC_QINT_T) with
+ * the int8 kernels of that kind (not QINT_NONE). */
+void mc_qint_rows(int kind, moecl_dtype dt, const void *w, int64_t cols, const qact *a, int64_t T, float *Y, int64_t ldy,
                   int64_t r0, int64_t r1);
 
 #if MC_X86
 /* int8_avx512.c */
 void mc_qint_rows_vnni512(moecl_dtype dt, const void *w, int64_t cols, const qact *a, int64_t T, float *Y,
                           int64_t ldy, int64_t r0, int64_t r1);
+/* int8_avx2.c */
+void mc_qint_rows_avx2(moecl_dtype dt, const void *w, int64_t cols, const qact *a, int64_t T, float *Y, int64_t ldy,
+                       int64_t r0, int64_t r1);
+void mc_qint_rows_avxvnni(moecl_dtype dt, const void *w, int64_t cols, const qact *a, int64_t T, float *Y, int64_t ldy,
+                          int64_t r0, int64_t r1);
 #endif
 
 #endif
