@@ -1016,6 +1016,7 @@ bool mc_cpu_quant_int8(moecl_dtype t, int64_t T) {
            atomic_load_explicit(&g_vnni, memory_order_relaxed);
 }
 
+#if MC_X86
 /* Blocks [b0, nb) of a Q8_0 / Q4_0 row against row t of a, one at a time
  * (the pieces the AVX-512 kernel leaves, when nb is not a multiple of 8). */
 static float qint_tail(moecl_dtype dt, const void *w, int64_t b0, int64_t nb, const qact *a, int64_t t) {
@@ -1038,7 +1039,6 @@ static float qint_tail(moecl_dtype dt, const void *w, int64_t b0, int64_t nb, co
     return s;
 }
 
-#if MC_X86
 #define MC_TVNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,f16c")))
 
 /* Lanes 0-7 <- v[2k], lanes 8-15 <- v[2k+1]. */
