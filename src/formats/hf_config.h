@@ -35,5 +35,8 @@ typedef struct mc_hparams {
  * (n_head % n_head_kv != 0, n_expert_used > n_expert, hidden_act not silu,
  * rope scaling other than the default). */
 moecl_status mc_hf_config_load(const char *path, mc_hparams *hp);
+/* The same on text[0..len) (NUL-terminated at len) already read; path names
+ * it in messages. The fuzzer's entry. */
+moecl_status mc_hf_config_parse(const char *path, const char *text, size_t len, mc_hparams *hp);
 
 #endif
