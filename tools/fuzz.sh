@@ -5,12 +5,14 @@
 # Exit status is non-zero if any target found a crash: the input is left as
 # build-fuzz/crash-<target>-*; copy it into tests/fuzz/regress/<target>/ once fixed.
 #
-#   tools/fuzz.sh [SECONDS] [TARGET...]     TARGET: fuzz_gguf fuzz_safetensors fuzz_serve_request
+#   tools/fuzz.sh [SECONDS] [TARGET...]
+#       TARGET: fuzz_gguf fuzz_safetensors fuzz_config_json fuzz_tokenizer_json fuzz_serve_request
+#       (default: all)
 set -eu
 cd "$(dirname "$0")/.."
 secs="${1:-60}"
 [ $# -gt 0 ] && shift
-targets="${*:-fuzz_gguf fuzz_safetensors fuzz_serve_request}"
+targets="${*:-fuzz_gguf fuzz_safetensors fuzz_config_json fuzz_tokenizer_json fuzz_serve_request}"
 
 if ! command -v clang >/dev/null 2>&1; then
     echo "fuzz: clang is not installed (tools/setup.sh installs it)" >&2
@@ -29,8 +31,10 @@ for t in $targets; do
     work="build-fuzz/corpus-$t"
     mkdir -p "$work"
     echo "fuzz: $t for ${secs}s"
+    dict=""
+    case "$t" in *_json) dict="-dict=tests/fuzz/json.dict" ;; esac
     if ! build-fuzz/tests/"$t" -max_total_time="$secs" -max_len=65536 -timeout=10 -rss_limit_mb=2048 \
-            -print_final_stats=1 -artifact_prefix="build-fuzz/crash-$t-" \
+            -print_final_stats=1 -artifact_prefix="build-fuzz/crash-$t-" $dict \
             "$work" "tests/fuzz/corpus/$t" "tests/fuzz/regress/$t" >"build-fuzz/$t.log" 2>&1; then
         echo "fuzz: $t FAILED; see build-fuzz/$t.log and build-fuzz/crash-$t-*" >&2
         tail -40 "build-fuzz/$t.log" >&2

@@ -4,6 +4,7 @@
 #include "backend/backend.h"
 
 #include <cblas.h>
+#include <pthread.h>
 #include <string.h>
 
 /* Debian's OpenBLAS picks its kernels from the CPU it detects; an unknown
@@ -11,10 +12,17 @@
  * slower. Say so once, with the fix, rather than run slowly in silence. */
 char *openblas_get_corename(void);
 
-void mc_backend_check_blas(void) {
-    static bool checked;
-    if (checked) return;
-    checked = true;
+/* Once a process, however many contexts are made on however many threads:
+ * pthread_once also orders it before every later call (a plain static flag
+ * was a data race between two contexts created at once). */
+static pthread_once_t g_blas_once = PTHREAD_ONCE_INIT;
+
+static void blas_init(void) {
+    /* The CPU kernels call sgemm from their own OpenMP threads, so OpenBLAS
+     * must not start threads of its own. The setting is process-wide: made
+     * here once, before any context runs, so that the per-call check in
+     * kernels.c finds it made and never writes it from two threads. */
+    openblas_set_num_threads(1);
     const char *core = openblas_get_corename();
     if (!core) return;
 #if defined(__x86_64__)
@@ -29,3 +37,5 @@ void mc_backend_check_blas(void) {
                core, __builtin_cpu_supports("avx512f") ? "SkylakeX" : "Haswell");
 #endif
 }
+
+void mc_backend_check_blas(void) { pthread_once(&g_blas_once, blas_init); }

@@ -330,15 +330,29 @@ static moecl_status read_config(const char *path, const cJSON *root, mc_hparams 
 /* Public                                                                   */
 /* ------------------------------------------------------------------------ */
 
+static moecl_status config_from_root(const char *path, cJSON *root, mc_hparams *hp);
+
 moecl_status mc_hf_config_load(const char *path, mc_hparams *hp) {
     if (!hp) return mc_error(MOECL_ERR_INVALID_ARG, "mc_hf_config_load: no output");
     memset(hp, 0, sizeof *hp);
     if (!path) return mc_error(MOECL_ERR_INVALID_ARG, "mc_hf_config_load: no path");
-
     cJSON *root = NULL;
     moecl_status st = mc_json_load_file(path, MC_JSON_CONFIG, &root);
-    if (st != MOECL_OK) return st;
+    return st != MOECL_OK ? st : config_from_root(path, root, hp);
+}
 
+moecl_status mc_hf_config_parse(const char *path, const char *text, size_t len, mc_hparams *hp) {
+    if (!hp) return mc_error(MOECL_ERR_INVALID_ARG, "mc_hf_config_parse: no output");
+    memset(hp, 0, sizeof *hp);
+    if (!path || !text) return mc_error(MOECL_ERR_INVALID_ARG, "mc_hf_config_parse: no path or text");
+    cJSON *root = NULL;
+    moecl_status st = mc_json_parse(path, MC_JSON_CONFIG, text, len, &root);
+    return st != MOECL_OK ? st : config_from_root(path, root, hp);
+}
+
+/* Validate root into *hp, then free root. */
+static moecl_status config_from_root(const char *path, cJSON *root, mc_hparams *hp) {
+    moecl_status st;
     mc_hparams tmp = {0};
     if (!cJSON_IsObject(root))
         st = mc_error(MOECL_ERR_FORMAT, "%s: not a JSON object", path);

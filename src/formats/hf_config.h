@@ -56,5 +56,8 @@ static inline void mc_hp_set_dense(mc_hparams *hp, int il) { hp->dense[il >> 6] 
  * (n_head % n_head_kv != 0, n_expert_used > n_expert, hidden_act not silu,
  * rope scaling other than the default, a key the family refuses). */
 moecl_status mc_hf_config_load(const char *path, mc_hparams *hp);
+/* The same on text[0..len) (NUL-terminated at len) already read; path names
+ * it in messages. The fuzzer's entry. */
+moecl_status mc_hf_config_parse(const char *path, const char *text, size_t len, mc_hparams *hp);
 
 #endif

@@ -703,16 +703,20 @@ done:
 /* Public: loading and freeing                                              */
 /* ------------------------------------------------------------------------ */
 
-/* A file that starts with GGUF's magic. */
-static bool is_gguf_file(const char *path) {
+/* Whether path (a file, not a directory) starts with GGUF's magic; an
+ * error if it cannot be opened or is not a regular file. */
+static moecl_status sniff_gguf(const char *path, bool *yes) {
     char magic[4] = {0};
     int fd;
-    if (mc_open_regular(path, &fd, NULL) != MOECL_OK) return false; /* the JSON reader says why */
+    *yes = false;
+    moecl_status st = mc_open_regular(path, &fd, NULL);
+    if (st != MOECL_OK) return st;
     ssize_t r;
     do r = read(fd, magic, 4);
     while (r < 0 && errno == EINTR);
     close(fd);
-    return r == 4 && !memcmp(magic, "GGUF", 4);
+    *yes = r == 4 && !memcmp(magic, "GGUF", 4);
+    return MOECL_OK;
 }
 
 moecl_status moecl_tokenizer_load(const char *path, moecl_tokenizer **out) {
@@ -723,13 +727,16 @@ moecl_status moecl_tokenizer_load(const char *path, moecl_tokenizer **out) {
     struct stat sb;
     if (stat(path, &sb) != 0) return mc_error(MOECL_ERR_IO, "%s: %s", path, strerror(errno));
     bool is_dir = S_ISDIR(sb.st_mode);
-    if (!is_dir && is_gguf_file(path)) return mc_tokenizer_load_gguf(path, out);
+    bool gguf = false;
+    moecl_status st = is_dir ? MOECL_OK : sniff_gguf(path, &gguf);
+    if (st != MOECL_OK) return st;
+    if (gguf) return mc_tokenizer_load_gguf(path, out);
     char file[4096];
     if ((size_t)snprintf(file, sizeof file, is_dir ? "%s/tokenizer.json" : "%s", path) >= sizeof file)
         return mc_error(MOECL_ERR_INVALID_ARG, "%s: path too long", path);
     char *text;
     size_t len;
-    moecl_status st = mc_read_text_file(file, mc_json_max_bytes(MC_JSON_TOKENIZER), &text, &len);
+    st = mc_read_text_file(file, mc_json_max_bytes(MC_JSON_TOKENIZER), &text, &len);
     if (st) return st;
     moecl_tokenizer *tok;
     st = mc_tokenizer_parse(file, text, len, &tok);
