@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 PACKAGES="gcc libc6-dev meson ninja-build pkg-config libopenblas-dev libcjson-dev \
 ocl-icd-opencl-dev opencl-headers libclblast-dev pocl-opencl-icd clinfo \
-clang libclang-rt-14-dev libomp-14-dev"
+clang libclang-rt-14-dev libomp-14-dev libpcre2-dev libutf8proc-dev"
 
 missing=""
 for p in $PACKAGES; do
