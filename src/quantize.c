@@ -261,7 +261,7 @@ static moecl_status write_metadata(job *j, const moecl_model *m, const char *in_
     TRY(mc_gguf_writer_set_f32(w, "llama.rope.freq_base", hp->rope_theta));
     TRY(mc_gguf_writer_set_u32(w, "llama.expert_count", (uint32_t)hp->n_expert));
     TRY(mc_gguf_writer_set_u32(w, "llama.expert_used_count", (uint32_t)hp->n_expert_used));
-    if (!m->gguf && m->tokenizer) TRY(mc_tokenizer_write_gguf(m->tokenizer, w));
+    if (!m->gguf && m->tokenizer) TRY(mc_tokenizer_write_gguf_n(m->tokenizer, w, (int32_t)hp->n_vocab));
 #undef TRY
     return MOECL_OK;
 }

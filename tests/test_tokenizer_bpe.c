@@ -333,13 +333,16 @@ int main(int argc, char **argv) {
     if (out_gguf) { /* moecl's writer, read back */
         mc_gguf_writer *w = NULL;
         CHECK(mc_gguf_writer_new(out_gguf, 32, &w) == MOECL_OK);
-        CHECKF(mc_tokenizer_write_gguf(tok, w) == MOECL_OK, "write: %s", moecl_last_error());
+        /* padded past the tokenizer to a model's vocab_size, as moecl quantize writes it */
+        CHECKF(mc_tokenizer_write_gguf_n(tok, w, tok->n_vocab + 7) == MOECL_OK, "write: %s", moecl_last_error());
         CHECK(mc_gguf_writer_finish(w) == MOECL_OK);
         mc_gguf_writer_free(w);
         moecl_tokenizer *g = NULL;
         CHECKF(moecl_tokenizer_load(out_gguf, &g) == MOECL_OK, "reload %s: %s", out_gguf, moecl_last_error());
         if (g) {
-            CHECK(g->n_vocab == tok->n_vocab && g->bos_id == tok->bos_id && g->eos_id == tok->eos_id &&
+            CHECK(g->n_vocab == tok->n_vocab + 7 && g->tokens[tok->n_vocab + 6].kind == MC_TOK_UNUSED &&
+                  g->tokens[tok->n_vocab].piece_len == 0);
+            CHECK(g->bos_id == tok->bos_id && g->eos_id == tok->eos_id &&
                   g->pad_id == tok->pad_id && g->byte_level && !strcmp(g->pre_name, tok->pre_name));
             CHECK((g->chat_template == NULL) == (tok->chat_template == NULL));
             moecl_tokenizer_free(tok);

@@ -186,6 +186,11 @@ moecl_status mc_tokenizer_load_gguf(const char *path, moecl_tokenizer **out);
  * llama.cpp writes a SentencePiece-style vocabulary (tokenizer_gguf_write.c). */
 struct mc_gguf_writer;
 moecl_status mc_tokenizer_write_gguf(const moecl_tokenizer *tok, struct mc_gguf_writer *w);
+/* The same with n_total tokens at least: the ids past the tokenizer's up to
+ * a model's vocab_size as unused placeholders ("[PAD<id>]"), as llama.cpp's
+ * converter pads them, since llama.cpp sizes the embedding by the token
+ * count (Qwen3's 151,669 tokens, vocab_size 151,936). */
+moecl_status mc_tokenizer_write_gguf_n(const moecl_tokenizer *tok, struct mc_gguf_writer *w, int32_t n_total);
 
 /* ------------------------------------------------------------------------ */
 /* Byte-level BPE (bytelevel.c)                                             */

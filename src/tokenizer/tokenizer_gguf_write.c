@@ -85,7 +85,11 @@ done:
 }
 
 moecl_status mc_tokenizer_write_gguf(const moecl_tokenizer *tok, mc_gguf_writer *w) {
-    const int32_t n = tok->n_vocab;
+    return mc_tokenizer_write_gguf_n(tok, w, tok->n_vocab);
+}
+
+moecl_status mc_tokenizer_write_gguf_n(const moecl_tokenizer *tok, mc_gguf_writer *w, int32_t n_total) {
+    const int32_t n = n_total > tok->n_vocab ? n_total : tok->n_vocab;
     mc_gguf_str *strs = calloc((size_t)n, sizeof *strs);
     float *scores = calloc((size_t)n, sizeof *scores);
     int32_t *types = calloc((size_t)n, sizeof *types);
@@ -104,13 +108,14 @@ moecl_status mc_tokenizer_write_gguf(const moecl_tokenizer *tok, mc_gguf_writer 
             best[s->result] = s->rank;
     }
     for (int32_t i = 0; i < n; i++)
-        if (tok->tokens[i].kind == MC_TOK_UNUSED) n_unused++;
+        if (i >= tok->n_vocab || tok->tokens[i].kind == MC_TOK_UNUSED) n_unused++;
     if (n_unused && !(unused = calloc((size_t)n_unused, sizeof *unused))) {
         st = mc_error(MOECL_ERR_NOMEM, "%s: out of memory writing the tokenizer", tok->path);
         goto done;
     }
     for (int32_t i = 0, u = 0; i < n; i++) {
-        const mc_token *t = &tok->tokens[i];
+        static const mc_token pad = {.text = "", .kind = MC_TOK_UNUSED};
+        const mc_token *t = i < tok->n_vocab ? &tok->tokens[i] : &pad;
         strs[i].ptr = t->text;
         strs[i].len = t->len;
         scores[i] = best[i] == INT32_MAX ? 0.0f : -(float)best[i];
