@@ -212,8 +212,30 @@ static void check_variants(const char *tok_path, const cJSON *cases, const cJSON
 /* Chat                                                                     */
 /* ------------------------------------------------------------------------ */
 
-static void check_chat(const moecl_tokenizer *tok, const cJSON *chats) {
+/* The last error names every format there is to choose from. */
+static void check_lists_formats(const char *what) {
+    static const char *const names[] = {"mistral", "chatml", "qwen2", "qwen2.5", "qwen3", "olmoe", "--chat-format"};
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++)
+        if (i + 1 < sizeof names / sizeof *names || strcmp(what, "unknown format"))
+            CHECKF(strstr(moecl_last_error(), names[i]) != NULL, "%s: the error names %s: %s", what, names[i],
+                   moecl_last_error());
+}
+
+/* Each template the references were rendered with (chat_templates) is
+ * recognised as the format named, and its conversations are checked
+ * through it (pass 1 of check_chat). */
+static void check_chat(const moecl_tokenizer *tok, const cJSON *chats, const cJSON *templates) {
+    moecl_tokenizer *mut = (moecl_tokenizer *)tok;
+    char *own = mut->chat_template;
     const char *detected = moecl_chat_format(tok);
+    const cJSON *tp;
+    cJSON_ArrayForEach(tp, templates) {
+        mut->chat_template = tp->valuestring;
+        const char *got = moecl_chat_format(tok);
+        CHECKF(got && !strcmp(got, tp->string), "the %s template is recognised (got %s)", tp->string,
+               got ? got : moecl_last_error());
+        mut->chat_template = own;
+    }
     int n_bad = 0, n = 0, n_auto = 0;
     const cJSON *c;
     cJSON_ArrayForEach(c, chats) {
@@ -228,8 +250,10 @@ static void check_chat(const moecl_tokenizer *tok, const cJSON *chats) {
         }
         uint32_t flags = cJSON_IsTrue(cJSON_GetObjectItem(c, "no_think")) ? MOECL_CHAT_NO_THINK : 0;
         for (int pass = 0; pass < 2; pass++) {
-            /* pass 1: the format found in the tokenizer's own template */
-            if (pass == 1 && !(detected && !strcmp(detected, fmt))) break;
+            /* pass 1: the format found in the tokenizer's own template, or in the template named fmt */
+            const cJSON *fmt_template = cJSON_GetObjectItem(templates, fmt);
+            if (pass == 1 && !(detected && !strcmp(detected, fmt)) && !fmt_template) break;
+            if (pass == 1 && fmt_template) mut->chat_template = fmt_template->valuestring;
             const char *name = pass ? NULL : fmt;
             int32_t cnt = 0;
             moecl_status st = moecl_chat_tokenize_format(tok, name, m, nm, flags, NULL, 0, &cnt);
@@ -243,6 +267,7 @@ static void check_chat(const moecl_tokenizer *tok, const cJSON *chats) {
                     print_diff(ids, cnt, ref);
                 }
             }
+            mut->chat_template = own;
             n += 1;
             n_auto += pass;
             free(ids);
@@ -252,14 +277,15 @@ static void check_chat(const moecl_tokenizer *tok, const cJSON *chats) {
     CHECKF(n_bad == 0, "%d of %d conversations differ from transformers' apply_chat_template", n_bad, n);
     CHECKF(cJSON_GetArraySize(chats) == 0 || n_auto > 0, "the tokenizer's own template (%s) was recognised",
            detected ? detected : moecl_last_error());
-    fprintf(stderr, "chat: %d conversations (%d through the recognised template %s), %d differ\n", n, n_auto,
-            detected ? detected : "(none)", n_bad);
+    fprintf(stderr, "chat: %d conversations (%d through a recognised template; the tokenizer's own: %s), %d differ\n",
+            n, n_auto, detected ? detected : "(none)", n_bad);
 
     /* Clear errors: an unknown format name, an unknown role. */
     moecl_chat_message bad[] = {{"user", "hi"}, {"tool", "x"}};
     int32_t cnt;
     CHECK(moecl_chat_tokenize_format(tok, "nonesuch", bad, 1, 0, NULL, 0, &cnt) == MOECL_ERR_INVALID_ARG);
     CHECK(strstr(moecl_last_error(), "nonesuch") != NULL);
+    check_lists_formats("unknown format");
     CHECK(moecl_chat_tokenize_format(tok, "chatml", bad, 2, 0, NULL, 0, &cnt) == MOECL_ERR_INVALID_ARG ||
           moecl_chat_tokenize_format(tok, "chatml", bad, 1, 0, NULL, 0, &cnt) == MOECL_ERR_UNSUPPORTED);
 }
@@ -272,12 +298,14 @@ static void check_unknown_template(const moecl_tokenizer *tok) {
     mut->chat_template = other;
     CHECK(moecl_chat_format(tok) == NULL);
     CHECK(strstr(moecl_last_error(), "not one moecl recognises") != NULL);
+    check_lists_formats("unrecognised template");
     moecl_chat_message m[] = {{"user", "hi"}};
     int32_t cnt;
     CHECK(moecl_chat_tokenize_format(tok, NULL, m, 1, 0, NULL, 0, &cnt) == MOECL_ERR_UNSUPPORTED);
     mut->chat_template = NULL;
     CHECK(moecl_chat_format(tok) == NULL);
     CHECK(strstr(moecl_last_error(), "no chat template") != NULL);
+    check_lists_formats("no template");
     mut->chat_template = saved;
 }
 
@@ -355,7 +383,7 @@ int main(int argc, char **argv) {
     check_special(tok, cJSON_GetObjectItem(refs, "special"));
     const cJSON *chats = cJSON_GetObjectItem(refs, "chat");
     if (chats) {
-        check_chat(tok, chats);
+        check_chat(tok, chats, cJSON_GetObjectItem(refs, "chat_templates"));
         check_unknown_template(tok);
     }
     /* The named pre-tokenizers: once, in the run on the tokenizer.json directory. */

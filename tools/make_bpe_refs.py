@@ -116,6 +116,13 @@ QWEN25_TEMPLATE = """{%- if tools %}
 {%- endif %}
 """
 
+# Qwen2-Instruct's and Qwen1.5-Chat's chat template (Qwen2-57B-A14B-Instruct, Qwen1.5-MoE-A2.7B-Chat:
+# ChatML with a default system message; transcribed from public copies of their tokenizer_config.json).
+QWEN2_TEMPLATE = ("{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+                  "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"
+                  "{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}"
+                  "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
 # Plain ChatML (no default system message).
 CHATML_TEMPLATE = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
                    "'<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
@@ -275,6 +282,7 @@ CHAT_FORMATS = [
     ("qwen3", None, "qwen3", {"enable_thinking": False}),
     ("qwen2.5", QWEN25_TEMPLATE, "qwen3", {}),
     ("chatml", CHATML_TEMPLATE, "qwen3", {}),
+    ("qwen2", QWEN2_TEMPLATE, "qwen3", {}),
     ("olmoe", None, "olmoe", {}),
 ]
 
@@ -357,6 +365,8 @@ def make_refs(vocab):
         out["chat_source"] = "transformers %s apply_chat_template(add_generation_prompt=True)" % \
             importlib.import_module("transformers").__version__
         out["chat"] = chat_refs(vocab)
+        # the templates given to apply_chat_template above, which moecl must recognise by name
+        out["chat_templates"] = {name: t for name, t, v, _ in CHAT_FORMATS if v == vocab and t}
     if vocab == "qwen3":  # the other named pre-tokenizers, on this vocabulary
         out["variants"] = variant_refs(texts)
     with open(os.path.join(DATA, "tokenizer-" + vocab, "refs.json"), "w", encoding="utf-8") as f:

@@ -251,8 +251,8 @@ static int detect(const moecl_tokenizer *tok) {
     const char *t = tok->chat_template;
     if (!t) {
         if (!tok->byte_level) return FMT_MISTRAL; /* Mixtral's tokenizer.json comes without one */
-        mc_error(MOECL_ERR_UNSUPPORTED, "%s: the tokenizer has no chat template: name a chat format (%s, %s, %s, %s, "
-                 "%s, %s)", tok->path, fmt_names[0], fmt_names[1], fmt_names[2], fmt_names[3], fmt_names[4],
+        mc_error(MOECL_ERR_UNSUPPORTED, "%s: the tokenizer has no chat template: name a chat format (the CLI's "
+                 "--chat-format): %s, %s, %s, %s, %s or %s", tok->path, fmt_names[0], fmt_names[1], fmt_names[2], fmt_names[3], fmt_names[4],
                  fmt_names[5]);
         return -1;
     }
@@ -266,8 +266,8 @@ static int detect(const moecl_tokenizer *tok) {
                strstr(t, "eos_token")) {
         return FMT_OLMOE;
     }
-    mc_error(MOECL_ERR_UNSUPPORTED, "%s: the chat template is not one moecl recognises: name a chat format (%s, %s, "
-             "%s, %s, %s, %s)", tok->path, fmt_names[0], fmt_names[1], fmt_names[2], fmt_names[3], fmt_names[4],
+    mc_error(MOECL_ERR_UNSUPPORTED, "%s: the chat template is not one moecl recognises: name a chat format (the "
+             "CLI's --chat-format): %s, %s, %s, %s, %s or %s", tok->path, fmt_names[0], fmt_names[1], fmt_names[2], fmt_names[3], fmt_names[4],
              fmt_names[5]);
     return -1;
 }
@@ -294,8 +294,8 @@ moecl_status moecl_chat_tokenize_format(const moecl_tokenizer *tok, const char *
         for (int i = 0; i < N_FMT; i++)
             if (!strcmp(format, fmt_names[i])) fmt = i;
         if (fmt < 0)
-            return mc_error(MOECL_ERR_INVALID_ARG, "moecl_chat_tokenize: unknown chat format \"%s\" (%s, %s, %s, %s, "
-                            "%s, %s)", format, fmt_names[0], fmt_names[1], fmt_names[2], fmt_names[3], fmt_names[4],
+            return mc_error(MOECL_ERR_INVALID_ARG, "moecl_chat_tokenize: unknown chat format \"%s\": moecl knows %s, "
+                            "%s, %s, %s, %s and %s", format, fmt_names[0], fmt_names[1], fmt_names[2], fmt_names[3], fmt_names[4],
                             fmt_names[5]);
     }
     moecl_status st = check_vocab(tok, fmt);
