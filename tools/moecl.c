@@ -348,8 +348,8 @@ static int tokenize_alloc(const moecl_tokenizer *tok, const char *text, size_t l
     return 0;
 }
 
-/* One user message (after an optional system message) in the
- * Mixtral-Instruct format. */
+/* One user message (after an optional system message) in the chat format
+ * named (NULL: the one the tokenizer's template is). */
 static int chat_tokenize_alloc(const moecl_tokenizer *tok, const char *format, const char *system, const char *user,
                                uint32_t flags, int32_t **ids, int *n) {
     moecl_chat_message m[2] = {{"system", system}, {"user", user}};
@@ -416,6 +416,7 @@ static int cmd_tokenize(const options *o) {
     int rc = read_prompt(o, &text, &len);
     if (!rc) rc = load_tokenizer(o, &tok);
     if (!rc && o->time_it) rc = time_tokenize(tok, text, len, tokenize_flags(o));
+    else if (!rc && o->chat) rc = chat_tokenize_alloc(tok, o->chat_format, o->system, text, 0, &ids, &n);
     else if (!rc) rc = tokenize_alloc(tok, text, len, tokenize_flags(o), &ids, &n);
     if (!rc && !o->time_it) {
         putchar('[');
@@ -1020,6 +1021,7 @@ static void help(void) {
            "                 [--seed S] [--temp T] [--top-k K] [--top-p P] [--min-p P] [--repeat-penalty R]\n"
            "                 [-t THREADS] [-c CTX] [--ids] [-v] [backend options]\n"
            "  moecl tokenize   [-m PATH] [--no-bos] [--special] [--time] (-p TEXT | -f FILE)  # ids as a JSON array\n"
+           "                   [--chat [--chat-format NAME] [--system TEXT]]  # the text as one user turn\n"
            "  moecl detokenize [-m PATH] [--special] IDS...                          # text\n"
            "  moecl chat     [-m PATH] [--system TEXT] [-n N] [sampling options] [-t THREADS] [-c CTX]\n"
            "                 # multi-turn conversation on stdin; run --chat: one turn. --chat-format NAME\n"
