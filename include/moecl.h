@@ -448,11 +448,14 @@ MOECL_API moecl_status moecl_quantize(const char *in_path, const char *out_path,
 /* Tokenizer                                                                */
 /* ------------------------------------------------------------------------ */
 
-/* A Hugging Face tokenizer.json of the Llama/Mistral kind (Mixtral's): BPE
- * with byte fallback, SentencePiece-style spaces ("▁"), added and special
- * tokens. The ids are those Hugging Face tokenizers gives. Other kinds
- * (WordPiece, Unigram, byte-level BPE, ...) are refused with
- * MOECL_ERR_UNSUPPORTED rather than tokenized differently.
+/* A Hugging Face tokenizer.json BPE tokenizer of one of two kinds: the
+ * Llama/Mistral kind (Mixtral's), with byte fallback, SentencePiece-style
+ * spaces ("▁"), added and special tokens; or byte-level BPE (GPT-2, Qwen2/
+ * Qwen3, OLMoE/GPT-NeoX, Llama 3): NFC, ByteLevel/Split/Digits
+ * pre-tokenizers (regexes matched with PCRE2), ByteLevel decoder. The ids
+ * are those Hugging Face tokenizers gives. Other kinds (WordPiece, Unigram,
+ * ...) are refused with MOECL_ERR_UNSUPPORTED rather than tokenized
+ * differently.
  *
  * Thread safety: a moecl_tokenizer is read-only once loaded and may be used
  * from any number of threads at once. A moecl_detokenizer must be used by
@@ -465,8 +468,10 @@ typedef struct moecl_tokenizer moecl_tokenizer;
  * (bos_token_id, eos_token_id), which are read when present, or a GGUF file
  * (its tokenizer.ggml.* metadata, SentencePiece-style "llama" vocabularies:
  * merged by tokenizer.ggml.merges when present, else by score as llama.cpp
- * does; a GGUF without a tokenizer is MOECL_ERR_FORMAT, another tokenizer
- * model MOECL_ERR_UNSUPPORTED). On success *out
+ * does; byte-level "gpt2" ones with the pre-tokenizer tokenizer.ggml.pre
+ * names: gpt-2, olmo, qwen2, llama-bpe, deepseek-llm; a GGUF without a
+ * tokenizer is MOECL_ERR_FORMAT, another tokenizer model or pre-tokenizer
+ * MOECL_ERR_UNSUPPORTED). On success *out
  * owns the tokenizer (free with moecl_tokenizer_free); on failure *out is
  * NULL and moecl_last_error() names the file and problem: MOECL_ERR_IO (no
  * file), MOECL_ERR_FORMAT (not JSON, a missing or mistyped field, a merge
@@ -497,7 +502,8 @@ MOECL_API int32_t moecl_tokenizer_eos_id(const moecl_tokenizer *tok);
  * len is 0). BOS is added first when the tokenizer's config says so (the
  * Mistral/Mixtral tokenizers do) unless flags has MOECL_TOKENIZE_NO_BOS.
  * Bytes that are not well-formed UTF-8 are not an error: each such byte
- * becomes its byte token (<0xXX>) and decodes back to the same byte.
+ * becomes its byte token (<0xXX>, or in a byte-level vocabulary the token of
+ * its character, a piece of its own) and decodes back to the same byte.
  *
  * Buffer rule: on MOECL_OK, tokens[0..*n_tokens) hold the ids. *n_tokens is
  * always set to the number of ids the text needs (0 on other errors). If
@@ -567,13 +573,17 @@ MOECL_API moecl_status moecl_detokenizer_flush(moecl_detokenizer *detok, const c
  * stripped again). NULL: no-op. */
 MOECL_API void moecl_detokenizer_reset(moecl_detokenizer *detok);
 
-/* Chat: the Mixtral-Instruct format. */
+/* Chat: the Mixtral-Instruct format, and the formats of other families below. */
 typedef struct moecl_chat_message {
     const char *role;    /* "system", "user" or "assistant" */
     const char *content; /* UTF-8, NUL-terminated; plain text ("[INST]" in it stays text) */
 } moecl_chat_message;
 
-#define MOECL_CHAT_NO_BOS 1u /* no <s>: for appending later turns to a conversation already decoded */
+#define MOECL_CHAT_NO_BOS   1u /* a continuation: for appending later turns to a conversation already decoded,
+                                    whose last reply ended with the end-of-turn (EOS) token: no <s> (Mistral), no
+                                    default system message, and what the format puts after that token ("\n") first */
+#define MOECL_CHAT_NO_THINK 2u /* qwen3: an empty <think></think> after the generation prompt (transformers'
+                                    enable_thinking=False), so the model answers without reasoning first */
 
 /* Tokenize a conversation for Mixtral-Instruct exactly as mistral-common's
  * v1 instruct tokenizer does (the reference for Mixtral 8x7B Instruct):
@@ -763,6 +773,44 @@ MOECL_API moecl_status moecl_engine_get_stats(moecl_engine *engine, moecl_engine
 
 /* The tokenizer of the engine's model (NULL if it has none). Owned by the model. */
 MOECL_API const moecl_tokenizer *moecl_engine_get_tokenizer(const moecl_engine *engine);
+
+/* Chat formats other than Mixtral's, by name, each giving the ids that
+ * transformers' apply_chat_template(messages, add_generation_prompt=True)
+ * gives with the family's own template (so special-token strings written in
+ * a message, "<|im_end|>", are special tokens there too, as in transformers):
+ *
+ *   "mistral"  Mixtral-Instruct, as moecl_chat_tokenize above.
+ *   "chatml"   <|im_start|>{role}\n{content}<|im_end|>\n per message, then
+ *              <|im_start|>assistant\n.
+ *   "qwen2"    ChatML with "You are a helpful assistant." as the system
+ *              message when the first message is not one (Qwen1.5/Qwen2,
+ *              Qwen1.5-MoE and Qwen2-MoE Instruct).
+ *   "qwen2.5"  the same with "You are Qwen, created by Alibaba Cloud. You are
+ *              a helpful assistant." (Qwen2.5 Instruct).
+ *   "qwen3"    Qwen3's template (Qwen3 and Qwen3-MoE): ChatML without a
+ *              default system message; an assistant message before the last
+ *              user message loses its <think>...</think> reasoning; one after
+ *              it is written as <think>\n{reasoning}\n</think>\n\n{answer};
+ *              MOECL_CHAT_NO_THINK adds the empty thinking block.
+ *   "olmoe"    OLMoE-Instruct's (Tulu's): {bos}<|system|>\n...\n<|user|>\n
+ *              ...\n<|assistant|>\n{reply}{eos}\n ... <|assistant|>\n.
+ *
+ * Roles are "system", "user" and "assistant" (others: MOECL_ERR_INVALID_ARG).
+ * format NULL: the format moecl_chat_format(tok) names. An unknown name is
+ * MOECL_ERR_INVALID_ARG; a format whose special tokens the vocabulary lacks
+ * is MOECL_ERR_UNSUPPORTED. Buffer rule, flags and thread safety as
+ * moecl_tokenize. */
+MOECL_API moecl_status moecl_chat_tokenize_format(const moecl_tokenizer *tok, const char *format,
+                                                  const moecl_chat_message *messages, int32_t n_messages,
+                                                  uint32_t flags, int32_t *tokens, int32_t n_max, int32_t *n_tokens);
+
+/* The name of the chat format above that tok's chat template
+ * (tokenizer_config.json's or tokenizer.chat_template) is recognised as:
+ * "mistral" also for a SentencePiece-style tokenizer without a template.
+ * NULL (with moecl_last_error() saying why: no template, or one moecl does
+ * not recognise) otherwise; the caller can then name a format. The string
+ * is static. Thread-safe. */
+MOECL_API const char *moecl_chat_format(const moecl_tokenizer *tok);
 
 #ifdef __cplusplus
 }

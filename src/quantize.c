@@ -285,7 +285,7 @@ static moecl_status write_metadata(job *j, const moecl_model *m, const char *in_
     }
 #undef KEY
     if (!m->gguf && m->tokenizer) {
-        TRY(mc_tokenizer_write_gguf(m->tokenizer, w));
+        TRY(mc_tokenizer_write_gguf_n(m->tokenizer, w, (int32_t)hp->n_vocab));
     } else if (!m->gguf) { /* no tokenizer.json: the special ids config.json gives */
         if (hp->bos_id >= 0) TRY(mc_gguf_writer_set_u32(w, "tokenizer.ggml.bos_token_id", (uint32_t)hp->bos_id));
         if (hp->eos_id >= 0) TRY(mc_gguf_writer_set_u32(w, "tokenizer.ggml.eos_token_id", (uint32_t)hp->eos_id));

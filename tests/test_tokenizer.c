@@ -460,8 +460,17 @@ static void test_malformed(void) {
         {TINY_MODEL(", \"ignore_merges\": true"), MOECL_ERR_UNSUPPORTED, "ignore_merges"},
         {"{\"model\": {\"type\": \"BPE\", \"vocab\": {}, \"merges\": []}}", MOECL_ERR_FORMAT, "vocabulary is empty"},
         {"{\"normalizer\": {\"type\": \"NFKC\"}, " TINY_BODY(""), MOECL_ERR_UNSUPPORTED, "normalizer type \"NFKC\""},
-        {"{\"pre_tokenizer\": {\"type\": \"ByteLevel\"}, " TINY_BODY(""), MOECL_ERR_UNSUPPORTED,
-         "pre_tokenizer type \"ByteLevel\""},
+        {"{\"pre_tokenizer\": {\"type\": \"ByteLevel\"}, " TINY_BODY(""), MOECL_ERR_FORMAT,
+         "byte-level vocabulary without the token for byte 0x00"},
+        {"{\"pre_tokenizer\": {\"type\": \"Split\", \"pattern\": {\"Regex\": \"a\"}, \"behavior\": \"Isolated\"}, "
+         TINY_BODY(""), MOECL_ERR_UNSUPPORTED, "Split pre_tokenizer is supported only with a ByteLevel"},
+        {"{\"pre_tokenizer\": {\"type\": \"Sequence\", \"pretokenizers\": [{\"type\": \"Split\", \"pattern\": "
+         "{\"Regex\": \"(unclosed\"}, \"behavior\": \"Isolated\"}, {\"type\": \"ByteLevel\"}]}, " TINY_BODY(""),
+         MOECL_ERR_FORMAT, "does not compile"},
+        {"{\"pre_tokenizer\": {\"type\": \"Split\", \"pattern\": {\"Regex\": \"a\"}, \"behavior\": \"Sideways\"}, "
+         TINY_BODY(""), MOECL_ERR_UNSUPPORTED, "behavior \"Sideways\""},
+        {"{\"normalizer\": {\"type\": \"NFC\"}, " TINY_BODY(""), MOECL_ERR_UNSUPPORTED,
+         "NFC normalizer is supported only with a ByteLevel"},
         {"{\"decoder\": {\"type\": \"WordPiece\"}, " TINY_BODY(""), MOECL_ERR_UNSUPPORTED,
          "decoder type \"WordPiece\""},
         {"{\"normalizer\": 3, " TINY_BODY(""), MOECL_ERR_FORMAT, "normalizer must be null or an object"},

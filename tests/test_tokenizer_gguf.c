@@ -450,7 +450,7 @@ static void test_broken(const mc_gguf *g) {
 
     const char *d_model[] = {"tokenizer.ggml.model", NULL};
     extra_str(&e, "tokenizer.ggml.model", "gpt2");
-    expect_error(g, d_model, &e, MOECL_ERR_UNSUPPORTED, "\"gpt2\" is not supported", "gpt2");
+    expect_error(g, d_model, &e, MOECL_ERR_FORMAT, "\"gpt2\" vocabulary with BYTE tokens", "gpt2");
     extra_str(&e, "tokenizer.ggml.model", "bert");
     expect_error(g, d_model, &e, MOECL_ERR_UNSUPPORTED, "\"bert\" is not supported", "bert");
 

@@ -161,3 +161,98 @@ def write_llama_vocab(writer, tokenizer_json_path, merges=True, scores=True):
     if v["chat_template"]:
         writer.add_chat_template(v["chat_template"])
     return v
+
+
+# ------------------------------------------------------------------------------------------------
+# Byte-level BPE ("gpt2") vocabularies
+# ------------------------------------------------------------------------------------------------
+
+# llama.cpp's name (tokenizer.ggml.pre) for each pre-tokenizer moecl knows, by its tokenizer.json
+# pre_tokenizer and normalizer (llama.cpp's converter finds it by hashing a test encoding).
+_QWEN2_RE = ("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|"
+             "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+")
+
+
+def _pre_name(tj):
+    pre = tj.get("pre_tokenizer") or {}
+    nfc = (tj.get("normalizer") or {}).get("type") == "NFC"
+    if pre.get("type") == "ByteLevel" and pre.get("use_regex", True):
+        return "olmo" if nfc else "gpt-2"
+    steps = pre.get("pretokenizers") or []
+    if (pre.get("type") == "Sequence" and len(steps) == 2 and steps[0].get("type") == "Split"
+            and steps[0]["pattern"].get("Regex") == _QWEN2_RE and steps[1].get("type") == "ByteLevel" and nfc):
+        return "qwen2"
+    raise ValueError("a pre-tokenizer this script does not name")
+
+
+def _looks_special(t):
+    # convert_hf_to_gguf.py's does_token_look_special
+    seems_special = t in ("<pad>", "<mask>", "<2mass>", "[@BOS@]")
+    seems_special = seems_special or (t.startswith("<|") and t.endswith("|>"))
+    seems_special = seems_special or (t.startswith("<｜") and t.endswith("｜>"))
+    seems_special = seems_special or (t.startswith("<unused") and t.endswith(">"))
+    return seems_special
+
+
+def gpt2_vocab(tokenizer_dir):
+    """The tokenizer.ggml.* values of a byte-level BPE tokenizer.json (and its tokenizer_config.json),
+    as convert_hf_to_gguf.py's get_vocab_base + SpecialVocab(load_merges=True) write them:
+    model "gpt2"; tokens in id order (gaps: "[PAD<id>]", UNUSED); CONTROL for added tokens that are
+    special or look special (<|...|>), USER_DEFINED for the other added tokens (as their text),
+    NORMAL otherwise; the merges as "left right"; no scores."""
+    with open(os.path.join(tokenizer_dir, "tokenizer.json"), encoding="utf-8") as f:
+        tj = json.load(f)
+    model = tj["model"]
+    added = tj.get("added_tokens") or []
+    n = max(list(model["vocab"].values()) + [a["id"] for a in added]) + 1
+    tokens, types = [None] * n, [TOKEN_NORMAL] * n
+    for text, i in model["vocab"].items():
+        tokens[i] = text
+    for a in added:
+        tokens[a["id"]] = a["content"]
+        types[a["id"]] = TOKEN_CONTROL if a.get("special") or _looks_special(a["content"]) else TOKEN_USER_DEFINED
+    for i, t in enumerate(tokens):
+        if t is None:
+            tokens[i] = f"[PAD{i}]"
+            types[i] = TOKEN_UNUSED
+    merges = []
+    for m in model.get("merges") or []:
+        left, right = _merge_pair(m)
+        merges.append(f"{left} {right}")
+    ids = {t: i for i, t in enumerate(tokens)}
+    out = {"tokens": tokens, "types": types, "merges": merges, "pre": _pre_name(tj), "bos": None, "eos": None,
+           "unk": None, "pad": None, "add_bos": None, "add_eos": None, "chat_template": None}
+    cfg_path = os.path.join(tokenizer_dir, "tokenizer_config.json")
+    if os.path.isfile(cfg_path):
+        with open(cfg_path, encoding="utf-8") as f:
+            cfg = json.load(f)
+        for key, name in (("bos", "bos_token"), ("eos", "eos_token"), ("unk", "unk_token"), ("pad", "pad_token")):
+            text = _config_token(cfg, name)
+            if text is not None and text in ids:
+                out[key] = ids[text]
+        for key in ("add_bos", "add_eos"):
+            if isinstance(cfg.get(key + "_token"), bool):
+                out[key] = cfg[key + "_token"]
+        if isinstance(cfg.get("chat_template"), str):
+            out["chat_template"] = cfg["chat_template"]
+    return out
+
+
+def write_gpt2_vocab(writer, tokenizer_dir):
+    """Add tokenizer.ggml.* for a byte-level BPE tokenizer directory to a gguf.GGUFWriter."""
+    v = gpt2_vocab(tokenizer_dir)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(v["pre"])
+    writer.add_token_list(v["tokens"])
+    writer.add_token_types(v["types"])
+    writer.add_token_merges(v["merges"])
+    for key, add in (("bos", writer.add_bos_token_id), ("eos", writer.add_eos_token_id),
+                     ("unk", writer.add_unk_token_id), ("pad", writer.add_pad_token_id)):
+        if v[key] is not None:
+            add(v[key])
+    for key, add in (("add_bos", writer.add_add_bos_token), ("add_eos", writer.add_add_eos_token)):
+        if v[key] is not None:
+            add(v[key])
+    if v["chat_template"]:
+        writer.add_chat_template(v["chat_template"])
+    return v

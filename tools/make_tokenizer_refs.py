@@ -32,12 +32,17 @@ import os
 import random
 import sys
 
-import mistral_common
-import sentencepiece as spm
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SPM_PATH = os.path.join(os.path.dirname(mistral_common.__file__), "data", "tokenizer.model.v1")
+# mistral-common and sentencepiece are imported where used, so that other
+# scripts (make_bpe_refs.py) can reuse corpus() without them.
+try:
+    import mistral_common
+    import sentencepiece as spm
+    SPM_PATH = os.path.join(os.path.dirname(mistral_common.__file__), "data", "tokenizer.model.v1")
+except ImportError:
+    mistral_common = spm = SPM_PATH = None
 
 
 def build_tokenizer_json(out_path):

@@ -73,6 +73,7 @@ typedef struct options {
     bool time_it;       /* tokenize: measure encoding throughput instead of printing ids */
     bool chat;          /* run: the prompt is one user message in the Mixtral-Instruct format */
     const char *system; /* run --chat, chat: a system message */
+    const char *chat_format; /* run --chat, chat: NULL: the one the tokenizer's chat template is */
     bool verbose;
     moecl_sampler_params sp;
     /* backends */
@@ -136,6 +137,7 @@ static int parse_options(int argc, char **argv, int first, bool bench, options *
         else if (!strcmp(a, "--time")) o->time_it = true;
         else if (!strcmp(a, "--chat")) o->chat = true;
         else if (!strcmp(a, "--system")) { NEED(); o->system = v; }
+        else if (!strcmp(a, "--chat-format")) { NEED(); o->chat_format = v; }
         else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) INT(o->n_predict, 0, 1 << 20);
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) INT(o->n_threads, 1, 1024);
         else if (!strcmp(a, "-c") || !strcmp(a, "--ctx-size")) INT(o->n_ctx, 1, (long)MOECL_MAX_CTX);
@@ -354,17 +356,17 @@ static int tokenize_alloc(const moecl_tokenizer *tok, const char *text, size_t l
     return 0;
 }
 
-/* One user message (after an optional system message) in the
- * Mixtral-Instruct format. */
-static int chat_tokenize_alloc(const moecl_tokenizer *tok, const char *system, const char *user, uint32_t flags,
-                               int32_t **ids, int *n) {
+/* One user message (after an optional system message) in the chat format
+ * named (NULL: the one the tokenizer's template is). */
+static int chat_tokenize_alloc(const moecl_tokenizer *tok, const char *format, const char *system, const char *user,
+                               uint32_t flags, int32_t **ids, int *n) {
     moecl_chat_message m[2] = {{"system", system}, {"user", user}};
     const moecl_chat_message *msgs = system ? m : m + 1;
     int32_t nm = system ? 2 : 1, cnt = 0;
-    moecl_status st = moecl_chat_tokenize(tok, msgs, nm, flags, NULL, 0, &cnt);
+    moecl_status st = moecl_chat_tokenize_format(tok, format, msgs, nm, flags, NULL, 0, &cnt);
     if (st) return fail("chat", st);
     if (!(*ids = malloc(((size_t)cnt + 1) * sizeof **ids))) return 1;
-    if ((st = moecl_chat_tokenize(tok, msgs, nm, flags, *ids, cnt, &cnt))) {
+    if ((st = moecl_chat_tokenize_format(tok, format, msgs, nm, flags, *ids, cnt, &cnt))) {
         free(*ids);
         *ids = NULL;
         return fail("chat", st);
@@ -422,6 +424,7 @@ static int cmd_tokenize(const options *o) {
     int rc = read_prompt(o, &text, &len);
     if (!rc) rc = load_tokenizer(o, &tok);
     if (!rc && o->time_it) rc = time_tokenize(tok, text, len, tokenize_flags(o));
+    else if (!rc && o->chat) rc = chat_tokenize_alloc(tok, o->chat_format, o->system, text, 0, &ids, &n);
     else if (!rc) rc = tokenize_alloc(tok, text, len, tokenize_flags(o), &ids, &n);
     if (!rc && !o->time_it) {
         putchar('[');
@@ -557,7 +560,7 @@ static int cmd_run(const options *o) {
         char *text = NULL;
         size_t len = 0;
         if ((rc = read_prompt(o, &text, &len))) goto done;
-        if (o->chat) rc = chat_tokenize_alloc(tkz, o->system, text, 0, &prompt, &n_prompt);
+        if (o->chat) rc = chat_tokenize_alloc(tkz, o->chat_format, o->system, text, 0, &prompt, &n_prompt);
         else rc = tokenize_alloc(tkz, text, len, tokenize_flags(o), &prompt, &n_prompt);
         free(text);
         if (rc) goto done;
@@ -727,7 +730,7 @@ static int cmd_chat(const options *o) {
         int n = 0;
         /* The first turn opens with <s> and the system message; later turns
          * append to the conversation in the cache. */
-        if ((rc = chat_tokenize_alloc(tkz, turn == 0 ? o->system : NULL, line, turn ? MOECL_CHAT_NO_BOS : 0, &ids,
+        if ((rc = chat_tokenize_alloc(tkz, o->chat_format, turn == 0 ? o->system : NULL, line, turn ? MOECL_CHAT_NO_BOS : 0, &ids,
                                       &n)))
             goto done;
         rc = 1;
@@ -737,7 +740,7 @@ static int cmd_chat(const options *o) {
             free(ids);
             moecl_seq_truncate(ctx, 0, 0);
             moecl_sampler_reset(smpl);
-            if ((rc = chat_tokenize_alloc(tkz, o->system, line, 0, &ids, &n))) goto done;
+            if ((rc = chat_tokenize_alloc(tkz, o->chat_format, o->system, line, 0, &ids, &n))) goto done;
             rc = 1;
             if (n + o->n_predict + 1 > n_ctx) {
                 free(ids);
@@ -1106,11 +1109,13 @@ static const usage_entry k_usage[] = {
             "                 [--no-bos] [--special] [-n N]\n"
             "                 [--seed S] [--temp T] [--top-k K] [--top-p P] [--min-p P] [--repeat-penalty R]\n"
             "                 [-t THREADS] [-c CTX] [--ids] [-v] [backend options]\n", true},
-    {"tokenize", "  moecl tokenize   [-m PATH] [--no-bos] [--special] [--time] (-p TEXT | -f FILE)  # ids as a JSON array\n",
+    {"tokenize", "  moecl tokenize   [-m PATH] [--no-bos] [--special] [--time] (-p TEXT | -f FILE)  # ids as a JSON array\n"
+                 "                   [--chat [--chat-format NAME] [--system TEXT]]  # the text as one user turn\n",
      false},
     {"detokenize", "  moecl detokenize [-m PATH] [--special] IDS...                          # text\n", false},
     {"chat", "  moecl chat     [-m PATH] [--system TEXT] [-n N] [sampling options] [-t THREADS] [-c CTX]\n"
-             "                 # multi-turn Mixtral-Instruct conversation on stdin; run --chat: one turn\n", true},
+             "                 # multi-turn conversation on stdin; run --chat: one turn. --chat-format NAME\n"
+             "                 # (mistral, chatml, qwen2, qwen2.5, qwen3, olmoe): default, the model's template\n", true},
     {"info", "  moecl info     [-m PATH] [backend options]    # shape, parameters, where each expert runs\n", true},
     {"devices", "  moecl devices                               # OpenCL platforms and devices\n", false},
     {"bench", "  moecl bench    [-m PATH] [-p 128] [-n 64] [-t THREADS] [-r REPS] [backend options]\n"

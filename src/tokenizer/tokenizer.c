@@ -126,19 +126,27 @@ typedef struct scratch {
     sym *s;
     cand *h;
     size_t cap;
+    mc_spans pieces, parts; /* byte-level pre-tokenization */
 } scratch;
+
+static moecl_status scratch_reserve(scratch *sc, size_t n) {
+    if (n <= sc->cap) return MOECL_OK;
+    size_t cap = n < 64 ? 64 : n;
+    sym *s = realloc(sc->s, cap * sizeof *s);
+    if (s) sc->s = s;
+    cand *h = s ? realloc(sc->h, cap * 3 * sizeof *h) : NULL;
+    if (!s || !h) return mc_error(MOECL_ERR_NOMEM, "tokenizer: out of memory for a %zu-byte word", n);
+    sc->h = h;
+    sc->cap = cap;
+    return MOECL_OK;
+}
+
+static moecl_status bpe_merge(const moecl_tokenizer *tok, scratch *sc, int32_t ns, mc_ids *out);
 
 static moecl_status bpe_word(const moecl_tokenizer *tok, const uint8_t *w, size_t n, scratch *sc, mc_ids *out) {
     if (n == 0) return MOECL_OK;
-    if (n > sc->cap) {
-        size_t cap = n < 64 ? 64 : n;
-        sym *s = realloc(sc->s, cap * sizeof *s);
-        if (s) sc->s = s;
-        cand *h = s ? realloc(sc->h, cap * 3 * sizeof *h) : NULL;
-        if (!s || !h) return mc_error(MOECL_ERR_NOMEM, "tokenizer: out of memory for a %zu-byte word", n);
-        sc->h = h;
-        sc->cap = cap;
-    }
+    moecl_status st = scratch_reserve(sc, n);
+    if (st) return st;
     sym *s = sc->s;
     int32_t ns = 0;
     for (size_t i = 0; i < n;) {
@@ -161,6 +169,12 @@ static moecl_status bpe_word(const moecl_tokenizer *tok, const uint8_t *w, size_
         }
         i += (size_t)len;
     }
+    return bpe_merge(tok, sc, ns, out);
+}
+
+/* Merge sc->s[0..ns) (ids set) by rank and append the result. */
+static moecl_status bpe_merge(const moecl_tokenizer *tok, scratch *sc, int32_t ns, mc_ids *out) {
+    sym *s = sc->s;
     for (int32_t i = 0; i < ns; i++) {
         s[i].prev = i - 1;
         s[i].next = i + 1 < ns ? i + 1 : -1;
@@ -185,7 +199,7 @@ static moecl_status bpe_word(const moecl_tokenizer *tok, const uint8_t *w, size_
         push_pair(tok, s, c.pos, h, &nh);
     }
     moecl_status st;
-    for (int32_t i = 0; i >= 0; i = s[i].next)
+    for (int32_t i = 0; ns > 0 && i >= 0; i = s[i].next)
         if ((st = mc_ids_push(out, s[i].id))) return st;
     return MOECL_OK;
 }
@@ -291,15 +305,117 @@ nomem:
     return mc_error(MOECL_ERR_NOMEM, "tokenizer: out of memory normalizing %zu bytes", n);
 }
 
-/* The longest added token at text[i..n) that may be matched, or -1. */
-static int32_t match_added(const moecl_tokenizer *tok, const char *text, size_t i, size_t n, bool parse_special) {
+/* The longest added token at text[i..n) that may be matched, or -1: special
+ * ones only with parse_special; in a byte-level tokenizer, the tokens HF
+ * marks "normalized" only on the normalized text (normalized true) and the
+ * others only on the raw text. */
+static int32_t match_added(const moecl_tokenizer *tok, const char *text, size_t i, size_t n, bool parse_special,
+                           bool normalized) {
     if (!tok->added_first[(uint8_t)text[i]]) return -1;
     for (int k = 0; k < tok->n_added; k++) {
         const mc_token *t = &tok->tokens[tok->added[k]];
         if (t->kind == MC_TOK_SPECIAL && !parse_special) continue;
+        if (tok->byte_level && (bool)t->normalized != normalized) continue;
         if (t->len <= n - i && t->text[0] == text[i] && memcmp(text + i, t->text, t->len) == 0) return tok->added[k];
     }
     return -1;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Byte-level segments                                                      */
+/* ------------------------------------------------------------------------ */
+
+/* One pre-tokenized piece: its bytes as symbols, merged. */
+static moecl_status bl_piece(const moecl_tokenizer *tok, const uint8_t *w, size_t n, scratch *sc, buf *tmp,
+                             mc_ids *out) {
+    if (n == 0) return MOECL_OK;
+    if (tok->ignore_merges) { /* the piece spelled in the vocabulary's characters */
+        tmp->n = 0;
+        for (size_t i = 0; i < n; i++) {
+            uint32_t cp = mc_bl_byte_char(w[i]);
+            char c[2] = {(char)cp, 0};
+            size_t k = 1;
+            if (cp >= 0x80) {
+                c[0] = (char)(0xC0 | (cp >> 6));
+                c[1] = (char)(0x80 | (cp & 0x3F));
+                k = 2;
+            }
+            if (!buf_put(tmp, c, k)) return mc_error(MOECL_ERR_NOMEM, "tokenizer: out of memory");
+        }
+        int32_t id = mc_tokenizer_find(tok, tmp->p, tmp->n);
+        if (id >= 0 && tok->tokens[id].kind == MC_TOK_NORMAL) return mc_ids_push(out, id);
+    }
+    moecl_status st = scratch_reserve(sc, n);
+    if (st) return st;
+    for (size_t i = 0; i < n; i++) sc->s[i].id = tok->bl_byte_id[w[i]];
+    return bpe_merge(tok, sc, (int32_t)n, out);
+}
+
+/* Well-formed UTF-8 text between added tokens: pre-tokenize, then BPE. */
+static moecl_status bl_text(const moecl_tokenizer *tok, const char *text, size_t n, scratch *sc, buf *tmp,
+                            mc_ids *out) {
+    if (n == 0) return MOECL_OK;
+    moecl_status st;
+    buf pre = {0};
+    if (tok->bl_prefix_space && text[0] != ' ') { /* ByteLevel add_prefix_space */
+        if (!buf_put(&pre, " ", 1) || !buf_put(&pre, text, n)) {
+            free(pre.p);
+            return mc_error(MOECL_ERR_NOMEM, "tokenizer: out of memory");
+        }
+        text = pre.p;
+        n = pre.n;
+    }
+    st = mc_pretok_split_text(tok, text, n, &sc->pieces, &sc->parts);
+    for (size_t i = 0; i < sc->pieces.n && !st; i++) {
+        const mc_span *p = &sc->pieces.v[i];
+        st = bl_piece(tok, (const uint8_t *)text + p->start, p->end - p->start, sc, tmp, out);
+    }
+    free(pre.p);
+    return st;
+}
+
+/* Text between raw added tokens, as HF runs it: NFC, normalized added
+ * tokens, the rest pre-tokenized. A byte that is not part of well-formed
+ * UTF-8 (which HF cannot be given) is a piece of its own: its byte token. */
+static moecl_status encode_bl_segment(const moecl_tokenizer *tok, const char *text, size_t n, bool parse_special,
+                                      scratch *sc, buf *tmp, mc_ids *out) {
+    moecl_status st = MOECL_OK;
+    for (size_t i = 0; i < n && !st;) {
+        size_t j = i;
+        int l;
+        while (j < n && (l = mc_utf8_len((const uint8_t *)text + j, n - j)) > 0) j += (size_t)l;
+        if (j == i) { /* an invalid byte; one the vocabulary lacks goes as HF drops an unknown character */
+            int32_t id = tok->bl_byte_id[(uint8_t)text[i]];
+            if (id < 0) id = tok->unk_id;
+            if (id >= 0) st = mc_ids_push(out, id);
+            i++;
+            continue;
+        }
+        char *norm = NULL;
+        size_t nn = 0;
+        const char *t = text + i;
+        size_t tn = j - i;
+        if (tok->nfc && (st = mc_nfc(t, tn, &norm, &nn))) break;
+        if (norm) {
+            t = norm;
+            tn = nn;
+        }
+        size_t seg = 0;
+        for (size_t k = 0; k < tn && !st;) {
+            int32_t id = tok->n_added ? match_added(tok, t, k, tn, parse_special, true) : -1;
+            if (id < 0) {
+                k++;
+                continue;
+            }
+            if (!(st = bl_text(tok, t + seg, k - seg, sc, tmp, out))) st = mc_ids_push(out, id);
+            k += tok->tokens[id].len;
+            seg = k;
+        }
+        if (!st) st = bl_text(tok, t + seg, tn - seg, sc, tmp, out);
+        free(norm);
+        i = j;
+    }
+    return st;
 }
 
 moecl_status mc_tokenizer_encode(const moecl_tokenizer *tok, const char *text, size_t len, bool parse_special,
@@ -308,23 +424,29 @@ moecl_status mc_tokenizer_encode(const moecl_tokenizer *tok, const char *text, s
     buf a = {0}, b = {0};
     moecl_status st = MOECL_OK;
     size_t seg = 0;
+#define SEGMENT(p, n, first)                                                                                    \
+    (tok->byte_level ? encode_bl_segment(tok, (p), (n), parse_special, &sc, &a, out)                                          \
+                     : encode_segment(tok, (p), (n), (first), &sc, &a, &b, out))
     if (tok->n_added && (parse_special || tok->has_nonspecial_added)) {
         for (size_t i = 0; i < len;) {
-            int32_t id = match_added(tok, text, i, len, parse_special);
+            int32_t id = match_added(tok, text, i, len, parse_special, false);
             if (id < 0) {
                 i++;
                 continue;
             }
-            if ((st = encode_segment(tok, text + seg, i - seg, seg == 0, &sc, &a, &b, out))) goto done;
+            if ((st = SEGMENT(text + seg, i - seg, seg == 0))) goto done;
             if ((st = mc_ids_push(out, id))) goto done;
             i += tok->tokens[id].len;
             seg = i;
         }
     }
-    st = encode_segment(tok, text + seg, len - seg, seg == 0, &sc, &a, &b, out);
+    st = SEGMENT(text + seg, len - seg, seg == 0);
+#undef SEGMENT
 done:
     free(sc.s);
     free(sc.h);
+    free(sc.pieces.v);
+    free(sc.parts.v);
     free(a.p);
     free(b.p);
     return st;

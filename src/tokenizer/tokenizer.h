@@ -1,7 +1,9 @@
 /*
- * tokenizer.h - a Hugging Face tokenizer.json of the Llama/Mistral kind:
- * BPE over UTF-8 characters with byte fallback, SentencePiece-style
- * whitespace ("▁"), added/special tokens. Internal to src/.
+ * tokenizer.h - Hugging Face tokenizer.json BPE tokenizers of two kinds,
+ * and the same from GGUF metadata. Internal to src/.
+ *
+ * SentencePiece-style (Llama/Mistral): BPE over UTF-8 characters with byte
+ * fallback, whitespace as "▁", added/special tokens:
  *
  *   text ──split on added tokens──▶ segments ──normalize (prepend ▁,
  *   ' '→▁)──▶ words ──chars (or <0xXX> bytes)──▶ BPE merges by rank
@@ -9,6 +11,15 @@
  *
  *   ids ──piece bytes (▁→' ', <0xXX>→byte)──▶ concatenation ──drop one
  *   leading ' '──▶ text
+ *
+ * Byte-level (GPT-2, Qwen, OLMoE, Llama 3): every byte is a symbol, spelled
+ * in the vocabulary as one of 256 printable characters (GPT-2's map):
+ *
+ *   text ──split on added tokens──▶ segments ──NFC (utf8proc)──▶ split on
+ *   normalized added tokens ──pre-tokenizer regexes (PCRE2)──▶ pieces
+ *   ──bytes──▶ BPE merges by rank ──▶ ids
+ *
+ *   ids ──piece bytes (each character mapped back to its byte)──▶ text
  */
 #ifndef MOECL_TOKENIZER_H
 #define MOECL_TOKENIZER_H
@@ -30,6 +41,7 @@ typedef struct mc_token {
     uint32_t len;      /* bytes of text */
     uint8_t kind;      /* enum mc_tok_kind */
     uint8_t byte;      /* MC_TOK_BYTE: the byte */
+    uint8_t normalized; /* an added token matched in the normalized text (byte-level only) */
     char *piece;       /* decoded bytes, NUL-terminated (" Hello", "A") */
     uint32_t piece_len;
 } mc_token;
@@ -42,6 +54,23 @@ typedef struct mc_norm_step {
     int prepend_scheme;    /* METASPACE: 0 never, 1 always, 2 first */
     bool split;            /* METASPACE: split into words before each replacement */
 } mc_norm_step;
+
+/* One regex split of a byte-level pre-tokenizer: HF's "Split", or the
+ * GPT-2 regex of "ByteLevel" with use_regex (bytelevel.c). */
+enum mc_split_behavior {
+    MC_SPLIT_ISOLATED,
+    MC_SPLIT_REMOVED,
+    MC_SPLIT_MERGED_PREV,
+    MC_SPLIT_MERGED_NEXT,
+    MC_SPLIT_CONTIGUOUS,
+};
+typedef struct mc_pretok_split {
+    char *pattern;         /* as written in tokenizer.json (NUL-terminated) */
+    bool literal;          /* a {"String": ...} pattern: matched as is */
+    bool invert;           /* the pieces between matches are the matches */
+    int behavior;          /* enum mc_split_behavior */
+    void *code;            /* pcre2_code_8 *, JIT-compiled where possible */
+} mc_pretok_split;
 
 typedef struct mc_pair_slot {
     uint64_t key;          /* (left << 32) | right, UINT64_MAX: empty */
@@ -78,10 +107,22 @@ struct moecl_tokenizer {
 
     /* decoder */
     bool dec_metaspace;         /* piece: replacement -> ' ' */
+    bool dec_byte_level;        /* piece: each character -> its byte (GPT-2's map) */
     char *dec_replacement;
     int dec_strip_left;         /* leading ' ' removed from the whole text */
 
+    /* byte-level BPE (all false/NULL for SentencePiece-style vocabularies) */
+    bool byte_level;
+    bool nfc;                   /* NFC normalizer */
+    bool bl_prefix_space;       /* ByteLevel add_prefix_space: ' ' before each segment not starting with one */
+    bool ignore_merges;         /* a whole piece in the vocabulary is one token, merges or not */
+    mc_pretok_split *splits;    /* the pre-tokenizer's regexes, applied in order */
+    int n_splits;
+    int32_t bl_byte_id[256];    /* the one-character token of each byte, -1 if absent */
+    char *pre_name;             /* llama.cpp's tokenizer.ggml.pre for this pre-tokenizer, NULL: none matches */
+
     int32_t bos_id, eos_id;     /* -1: none */
+    int32_t pad_id;             /* -1: none */
     bool add_bos, add_eos;
     char *chat_template;        /* tokenizer_config.json's, NULL if none */
 };
@@ -151,5 +192,61 @@ moecl_status mc_tokenizer_load_gguf(const char *path, moecl_tokenizer **out);
  * llama.cpp writes a SentencePiece-style vocabulary (tokenizer_gguf_write.c). */
 struct mc_gguf_writer;
 moecl_status mc_tokenizer_write_gguf(const moecl_tokenizer *tok, struct mc_gguf_writer *w);
+/* The same with n_total tokens at least: the ids past the tokenizer's up to
+ * a model's vocab_size as unused placeholders ("[PAD<id>]"), as llama.cpp's
+ * converter pads them, since llama.cpp sizes the embedding by the token
+ * count (Qwen3's 151,669 tokens, vocab_size 151,936). */
+moecl_status mc_tokenizer_write_gguf_n(const moecl_tokenizer *tok, struct mc_gguf_writer *w, int32_t n_total);
+
+/* ------------------------------------------------------------------------ */
+/* Byte-level BPE (bytelevel.c)                                             */
+/* ------------------------------------------------------------------------ */
+
+/* GPT-2's map: the code point that spells byte b in a vocabulary, and back
+ * (-1: not a byte's character). */
+uint32_t mc_bl_byte_char(uint8_t b);
+int mc_bl_char_byte(uint32_t cp);
+
+/* Compile s->pattern (sets s->code); path names the file in messages. */
+moecl_status mc_pretok_compile(const char *path, mc_pretok_split *s);
+void mc_pretok_free(mc_pretok_split *s);
+
+/* A named pre-tokenizer as llama.cpp knows it (tokenizer.ggml.pre): the
+ * regexes, whether NFC comes first and whether merges are ignored, taken
+ * from the families' tokenizer.json files. NULL if the name is unknown. */
+typedef struct mc_named_pretok {
+    const char *name;
+    const char *const *regex; /* NULL-terminated, each an Isolated split */
+    bool nfc, ignore_merges;
+} mc_named_pretok;
+const mc_named_pretok *mc_pretok_by_name(const char *name, size_t len);
+/* The names, for messages ("gpt-2, olmo, ..."). */
+const char *mc_pretok_names(void);
+
+/* Set tok's byte-level pre-tokenizer to a named one (GGUF). */
+moecl_status mc_tokenizer_set_named_pretok(moecl_tokenizer *tok, const mc_named_pretok *np);
+/* After loading a tokenizer.json: the llama.cpp name of tok's pre-tokenizer,
+ * if one has exactly the same regexes, normalizer and merge rule. */
+moecl_status mc_tokenizer_name_pretok(moecl_tokenizer *tok);
+/* bl_byte_id from the vocabulary. */
+void mc_tokenizer_bl_bytes(moecl_tokenizer *tok);
+
+/* Pieces of a byte-level pre-tokenization: [start, end) into the text. */
+typedef struct mc_span {
+    size_t start, end;
+    bool match;            /* while splitting: a regex match (not a gap) */
+} mc_span;
+typedef struct mc_spans {
+    mc_span *v;
+    size_t n, cap;
+} mc_spans;
+
+/* Split text[0..n) (valid UTF-8) by tok's pre-tokenizer regexes into *out
+ * (emptied first); tmp is scratch the caller frees. */
+moecl_status mc_pretok_split_text(const moecl_tokenizer *tok, const char *text, size_t n, mc_spans *out, mc_spans *tmp);
+
+/* NFC of text[0..n) (valid UTF-8) into *out (malloc'd, NUL-terminated), or
+ * *out NULL when the text is already NFC (ASCII, for one). */
+moecl_status mc_nfc(const char *text, size_t n, char **out, size_t *out_len);
 
 #endif

@@ -29,8 +29,15 @@
  *       SentencePiece trained holds a character it lacks (the Mistral one has
  *       none), so the two agree there.
  *
- * "gpt2" (byte-level BPE with a regex pre-tokenizer) and the other models
- * are refused as MOECL_ERR_UNSUPPORTED.
+ * Also supported: "gpt2", llama.cpp's byte-level BPE vocabulary. Its
+ * tokens are spelled in GPT-2's byte characters ("Ġhello"), merged by
+ * tokenizer.ggml.merges (required); CONTROL tokens are special added tokens
+ * and USER_DEFINED ones plain added tokens, both matched in the raw text.
+ * The pre-tokenizer is the one tokenizer.ggml.pre names (bytelevel.c has
+ * the regexes of each name, from the families' tokenizer.json files; an
+ * unknown or missing name is refused rather than guessed).
+ *
+ * Other models are refused as MOECL_ERR_UNSUPPORTED.
  */
 #include "formats/gguf.h"
 #include "tokenizer/tokenizer.h"
@@ -154,6 +161,11 @@ static moecl_status read_tokens(moecl_tokenizer *tok, const mc_gguf_kv *tokens,
                             t->text, o);
     }
 
+    if (tok->byte_level) {
+        if (n_bytes)
+            return mc_error(MOECL_ERR_FORMAT, "%s: a \"gpt2\" vocabulary with BYTE tokens (<0xXX>)", P);
+        return MOECL_OK;
+    }
     /* Byte fallback: all 256 <0xXX> tokens, or none (unknown characters become <unk>). */
     tok->byte_fallback = n_bytes > 0;
     for (int b = 0; b < 256; b++) {
@@ -476,10 +488,36 @@ static moecl_status add_norm(moecl_tokenizer *tok, int op, const char *a, const 
     return MOECL_OK;
 }
 
+/* A "gpt2" vocabulary's pre-tokenizer, by name, and its byte tokens. */
+static moecl_status read_bpe_settings(moecl_tokenizer *tok, const mc_gguf *g) {
+    const char *P = tok->path;
+    mc_gguf_str pre = {0};
+    moecl_status st = mc_gguf_get_str(g, "tokenizer.ggml.pre", false, &pre);
+    if (st) return st;
+    if (!pre.ptr)
+        return mc_error(MOECL_ERR_UNSUPPORTED, "%s: a \"gpt2\" vocabulary without tokenizer.ggml.pre: its "
+                        "pre-tokenizer is unknown (moecl knows %s)", P, mc_pretok_names());
+    const mc_named_pretok *np = mc_pretok_by_name(pre.ptr, (size_t)pre.len);
+    if (!np)
+        return mc_error(MOECL_ERR_UNSUPPORTED, "%s: tokenizer.ggml.pre \"%.*s\" is not a pre-tokenizer moecl knows "
+                        "(%s)", P, (int)(pre.len > 40 ? 40 : pre.len), pre.ptr, mc_pretok_names());
+    if ((st = mc_tokenizer_set_named_pretok(tok, np))) return st;
+    tok->dec_byte_level = true;
+    mc_tokenizer_bl_bytes(tok);
+    for (int b = 0; b < 256; b++) /* as in tokenizer.json: only bytes no UTF-8 holds may lack a token */
+        if (tok->bl_byte_id[b] < 0 && b != 0xC0 && b != 0xC1 && b < 0xF5)
+            return mc_error(MOECL_ERR_FORMAT, "%s: a \"gpt2\" vocabulary without the token for byte 0x%02X", P, b);
+    return MOECL_OK;
+}
+
 static moecl_status read_settings(moecl_tokenizer *tok, const mc_gguf *g) {
     const char *P = tok->path;
     bool space_prefix = true, extra_ws = false;
     moecl_status st;
+    if (tok->byte_level) {
+        if ((st = read_bpe_settings(tok, g))) return st;
+        goto ids;
+    }
     if ((st = mc_gguf_get_bool(g, "tokenizer.ggml.add_space_prefix", false, &space_prefix)) ||
         (st = mc_gguf_get_bool(g, "tokenizer.ggml.remove_extra_whitespaces", false, &extra_ws)))
         return st;
@@ -498,17 +536,18 @@ static moecl_status read_settings(moecl_tokenizer *tok, const mc_gguf *g) {
     tok->dec_strip_left = space_prefix ? 1 : 0;
     tok->fuse_unk = true;
 
-    /* Special ids: llama.cpp's defaults for this model where a key is absent. */
+    /* Special ids: llama.cpp's defaults for this model where a key is absent
+     * (none for "gpt2", whose files always name theirs). */
+ids:;
     const int32_t n = tok->n_vocab;
-    tok->bos_id = n > 1 ? 1 : -1;
-    tok->eos_id = n > 2 ? 2 : -1;
-    int32_t pad = -1;
-    tok->add_bos = true;
+    tok->bos_id = n > 1 && !tok->byte_level ? 1 : -1;
+    tok->eos_id = n > 2 && !tok->byte_level ? 2 : -1;
+    tok->add_bos = !tok->byte_level;
     tok->add_eos = false;
     if ((st = get_id(g, "tokenizer.ggml.bos_token_id", n, &tok->bos_id)) ||
         (st = get_id(g, "tokenizer.ggml.eos_token_id", n, &tok->eos_id)) ||
         (st = get_id(g, "tokenizer.ggml.unknown_token_id", n, &tok->unk_id)) ||
-        (st = get_id(g, "tokenizer.ggml.padding_token_id", n, &pad)) ||
+        (st = get_id(g, "tokenizer.ggml.padding_token_id", n, &tok->pad_id)) ||
         (st = mc_gguf_get_bool(g, "tokenizer.ggml.add_bos_token", false, &tok->add_bos)) ||
         (st = mc_gguf_get_bool(g, "tokenizer.ggml.add_eos_token", false, &tok->add_eos)))
         return st;
@@ -530,6 +569,8 @@ static moecl_status read_settings(moecl_tokenizer *tok, const mc_gguf *g) {
 /* The whole tokenizer                                                      */
 /* ------------------------------------------------------------------------ */
 
+static bool merges_kv_present(const mc_gguf *g) { return mc_gguf_find_kv(g, "tokenizer.ggml.merges") != NULL; }
+
 moecl_status mc_tokenizer_from_gguf(const mc_gguf *g, moecl_tokenizer **out) {
     return mc_tokenizer_from_gguf_ex(g, NULL, NULL, NULL, out);
 }
@@ -548,10 +589,13 @@ moecl_status mc_tokenizer_from_gguf_ex(const mc_gguf *g, moecl_progress_fn progr
         return mc_error(MOECL_ERR_FORMAT, "%s: tokenizer.ggml.tokens without tokenizer.ggml.model", path);
     if ((model.len == 4 && !memcmp(model.ptr, "none", 4)) || (model.len == 8 && !memcmp(model.ptr, "no_vocab", 8)))
         return MOECL_OK;
-    if (!(model.len == 5 && !memcmp(model.ptr, "llama", 5)))
+    bool gpt2 = model.len == 4 && !memcmp(model.ptr, "gpt2", 4);
+    if (!(model.len == 5 && !memcmp(model.ptr, "llama", 5)) && !gpt2)
         return mc_error(MOECL_ERR_UNSUPPORTED, "%s: tokenizer.ggml.model \"%.*s\" is not supported (moecl reads "
-                        "\"llama\", SentencePiece-style vocabularies; \"gpt2\" byte-level BPE needs a regex "
-                        "pre-tokenizer it does not have)", path, (int)(model.len > 32 ? 32 : model.len), model.ptr);
+                        "\"llama\", SentencePiece-style vocabularies, and \"gpt2\", byte-level BPE)", path,
+                        (int)(model.len > 32 ? 32 : model.len), model.ptr);
+    if (gpt2 && !merges_kv_present(g))
+        return mc_error(MOECL_ERR_FORMAT, "%s: a \"gpt2\" vocabulary without tokenizer.ggml.merges", path);
 
     const mc_gguf_kv *types_kv, *scores_kv, *merges_kv = NULL;
     if ((st = mc_gguf_get_arr(g, "tokenizer.ggml.tokens", true, MC_GGUF_STRING, &tokens_kv))) return st;
@@ -568,7 +612,8 @@ moecl_status mc_tokenizer_from_gguf_ex(const mc_gguf *g, moecl_progress_fn progr
         free(tok);
         return mc_error(MOECL_ERR_NOMEM, "%s: out of memory", path);
     }
-    tok->bos_id = tok->eos_id = tok->unk_id = -1;
+    tok->bos_id = tok->eos_id = tok->unk_id = tok->pad_id = -1;
+    tok->byte_level = gpt2;
     if ((st = read_tokens(tok, tokens_kv, types_kv))) goto fail;
     if ((st = merges_kv ? read_merges(tok, merges_kv) : pairs_from_scores(tok, scores_kv, progress, progress_user, work)))
         goto fail;

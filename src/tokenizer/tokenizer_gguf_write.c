@@ -12,6 +12,12 @@
  * specials) get 0. The merges themselves are written too
  * (tokenizer.ggml.merges, "left right" in rank order), which llama.cpp
  * ignores for this model and moecl uses to reproduce tokenizer.json exactly.
+ *
+ * A byte-level BPE vocabulary is written as llama.cpp's converter writes
+ * one: model "gpt2", tokenizer.ggml.pre naming its pre-tokenizer (a
+ * tokenizer whose pre-tokenizer llama.cpp has no name for cannot be
+ * written), tokens and types (CONTROL for special added tokens, USER_DEFINED
+ * for the others, as their text), the merges, no scores.
  */
 #include "formats/gguf.h"
 #include "tokenizer/tokenizer.h"
@@ -79,7 +85,11 @@ done:
 }
 
 moecl_status mc_tokenizer_write_gguf(const moecl_tokenizer *tok, mc_gguf_writer *w) {
-    const int32_t n = tok->n_vocab;
+    return mc_tokenizer_write_gguf_n(tok, w, tok->n_vocab);
+}
+
+moecl_status mc_tokenizer_write_gguf_n(const moecl_tokenizer *tok, mc_gguf_writer *w, int32_t n_total) {
+    const int32_t n = n_total > tok->n_vocab ? n_total : tok->n_vocab;
     mc_gguf_str *strs = calloc((size_t)n, sizeof *strs);
     float *scores = calloc((size_t)n, sizeof *scores);
     int32_t *types = calloc((size_t)n, sizeof *types);
@@ -98,13 +108,14 @@ moecl_status mc_tokenizer_write_gguf(const moecl_tokenizer *tok, mc_gguf_writer 
             best[s->result] = s->rank;
     }
     for (int32_t i = 0; i < n; i++)
-        if (tok->tokens[i].kind == MC_TOK_UNUSED) n_unused++;
+        if (i >= tok->n_vocab || tok->tokens[i].kind == MC_TOK_UNUSED) n_unused++;
     if (n_unused && !(unused = calloc((size_t)n_unused, sizeof *unused))) {
         st = mc_error(MOECL_ERR_NOMEM, "%s: out of memory writing the tokenizer", tok->path);
         goto done;
     }
     for (int32_t i = 0, u = 0; i < n; i++) {
-        const mc_token *t = &tok->tokens[i];
+        static const mc_token pad = {.text = "", .kind = MC_TOK_UNUSED};
+        const mc_token *t = i < tok->n_vocab ? &tok->tokens[i] : &pad;
         strs[i].ptr = t->text;
         strs[i].len = t->len;
         scores[i] = best[i] == INT32_MAX ? 0.0f : -(float)best[i];
@@ -113,7 +124,7 @@ moecl_status mc_tokenizer_write_gguf(const moecl_tokenizer *tok, mc_gguf_writer 
         case MC_TOK_SPECIAL: types[i] = i == tok->unk_id ? TT_UNKNOWN : TT_CONTROL; break;
         case MC_TOK_ADDED: types[i] = TT_USER_DEFINED; break;
         case MC_TOK_UNUSED: /* a gap in the ids: a unique placeholder string */
-            snprintf(unused[u], sizeof unused[u], "[moecl unused %d]", i);
+            snprintf(unused[u], sizeof unused[u], tok->byte_level ? "[PAD%d]" : "[moecl unused %d]", i);
             strs[i].ptr = unused[u];
             strs[i].len = strlen(unused[u]);
             u++;
@@ -122,17 +133,32 @@ moecl_status mc_tokenizer_write_gguf(const moecl_tokenizer *tok, mc_gguf_writer 
         default: types[i] = i == tok->unk_id ? TT_UNKNOWN : TT_NORMAL; break;
         }
     }
-    if ((st = mc_gguf_writer_set_str(w, "tokenizer.ggml.model", "llama", 5)) ||
-        (st = mc_gguf_writer_set_str_arr(w, "tokenizer.ggml.tokens", strs, (uint64_t)n)) ||
-        (st = mc_gguf_writer_set_arr(w, "tokenizer.ggml.scores", MC_GGUF_FLOAT32, scores, (uint64_t)n)) ||
-        (st = mc_gguf_writer_set_arr(w, "tokenizer.ggml.token_type", MC_GGUF_INT32, types, (uint64_t)n)) ||
-        (st = write_merges(tok, w)))
+    if (tok->byte_level) {
+        if (!tok->pre_name) {
+            st = mc_error(MOECL_ERR_UNSUPPORTED, "%s: the byte-level pre-tokenizer is none llama.cpp names (%s), so "
+                          "it cannot be written as tokenizer.ggml.pre", tok->path, mc_pretok_names());
+            goto done;
+        }
+        if ((st = mc_gguf_writer_set_str(w, "tokenizer.ggml.model", "gpt2", 4)) ||
+            (st = mc_gguf_writer_set_str(w, "tokenizer.ggml.pre", tok->pre_name, strlen(tok->pre_name))) ||
+            (st = mc_gguf_writer_set_str_arr(w, "tokenizer.ggml.tokens", strs, (uint64_t)n)) ||
+            (st = mc_gguf_writer_set_arr(w, "tokenizer.ggml.token_type", MC_GGUF_INT32, types, (uint64_t)n)) ||
+            (st = write_merges(tok, w)))
+            goto done;
+    } else if ((st = mc_gguf_writer_set_str(w, "tokenizer.ggml.model", "llama", 5)) ||
+               (st = mc_gguf_writer_set_str_arr(w, "tokenizer.ggml.tokens", strs, (uint64_t)n)) ||
+               (st = mc_gguf_writer_set_arr(w, "tokenizer.ggml.scores", MC_GGUF_FLOAT32, scores, (uint64_t)n)) ||
+               (st = mc_gguf_writer_set_arr(w, "tokenizer.ggml.token_type", MC_GGUF_INT32, types, (uint64_t)n)) ||
+               (st = write_merges(tok, w))) {
         goto done;
+    }
     if (tok->bos_id >= 0 && (st = mc_gguf_writer_set_u32(w, "tokenizer.ggml.bos_token_id", (uint32_t)tok->bos_id)))
         goto done;
     if (tok->eos_id >= 0 && (st = mc_gguf_writer_set_u32(w, "tokenizer.ggml.eos_token_id", (uint32_t)tok->eos_id)))
         goto done;
     if (tok->unk_id >= 0 && (st = mc_gguf_writer_set_u32(w, "tokenizer.ggml.unknown_token_id", (uint32_t)tok->unk_id)))
+        goto done;
+    if (tok->pad_id >= 0 && (st = mc_gguf_writer_set_u32(w, "tokenizer.ggml.padding_token_id", (uint32_t)tok->pad_id)))
         goto done;
     if ((st = mc_gguf_writer_set_bool(w, "tokenizer.ggml.add_bos_token", tok->add_bos)) ||
         (st = mc_gguf_writer_set_bool(w, "tokenizer.ggml.add_eos_token", tok->add_eos)))

@@ -96,12 +96,35 @@ static char *dup_str(const char *s) {
 /* Pieces: how each token reads back as text                                */
 /* ------------------------------------------------------------------------ */
 
+/* HF's ByteLevel decoder: a token all of whose characters are in GPT-2's
+ * map reads back as their bytes (at most as many as its text's); one with
+ * any other character (an added token like "<|im_end|>" or a run of plain
+ * spaces) as its text. */
+static bool byte_level_piece(const mc_token *t, char *p, size_t *n) {
+    const uint8_t *s = (const uint8_t *)t->text;
+    size_t k = 0;
+    for (uint32_t i = 0; i < t->len;) {
+        int l = mc_utf8_len(s + i, t->len - i);
+        uint32_t cp = 0;
+        if (l == 1) cp = s[i];
+        else if (l == 2) cp = ((uint32_t)(s[i] & 0x1F) << 6) | (s[i + 1] & 0x3F);
+        int b = l == 1 || l == 2 ? mc_bl_char_byte(cp) : -1;
+        if (b < 0) return false;
+        p[k++] = (char)b;
+        i += (uint32_t)l;
+    }
+    *n = k;
+    return true;
+}
+
 static moecl_status make_piece(moecl_tokenizer *tok, mc_token *t) {
     size_t cap = t->len + 1;
     char *p = malloc(cap);
     if (!p) return mc_error(MOECL_ERR_NOMEM, "%s: out of memory", tok->path);
     size_t n = 0;
-    if (t->kind == MC_TOK_BYTE && tok->byte_fallback) {
+    if (tok->dec_byte_level && t->kind != MC_TOK_UNUSED && byte_level_piece(t, p, &n)) {
+        /* each character mapped back to its byte */
+    } else if (t->kind == MC_TOK_BYTE && tok->byte_fallback) {
         p[n++] = (char)t->byte;
     } else if (t->kind != MC_TOK_NORMAL || !tok->dec_metaspace) {
         memcpy(p, t->text, t->len);
@@ -160,6 +183,10 @@ static moecl_status parse_normalizer(moecl_tokenizer *tok, const cJSON *j, const
         cJSON_ArrayForEach(e, list) if ((st = parse_normalizer(tok, e, where))) return st;
         return MOECL_OK;
     }
+    if (!strcmp(type, "NFC")) {
+        tok->nfc = true;
+        return MOECL_OK;
+    }
     if (!strcmp(type, "Prepend")) {
         const char *p = jstr(cJSON_GetObjectItemCaseSensitive(j, "prepend"));
         if (!p) return mc_error(MOECL_ERR_FORMAT, "%s: %s Prepend has no \"prepend\" string", tok->path, where);
@@ -182,7 +209,7 @@ static moecl_status parse_normalizer(moecl_tokenizer *tok, const cJSON *j, const
         return add_step(tok, s);
     }
     return mc_error(MOECL_ERR_UNSUPPORTED, "%s: %s type \"%s\" is not supported (moecl reads Llama/Mistral-style "
-                    "tokenizers: Prepend, Replace, Metaspace)", tok->path, where, type);
+                    "tokenizers: Prepend, Replace, Metaspace; byte-level ones: NFC)", tok->path, where, type);
 }
 
 /* Metaspace's prepend_scheme, or the older add_prefix_space boolean. */
@@ -203,21 +230,83 @@ static moecl_status metaspace_scheme(moecl_tokenizer *tok, const cJSON *j, const
     return MOECL_OK;
 }
 
-static moecl_status parse_pre_tokenizer(moecl_tokenizer *tok, const cJSON *j) {
+/* One regex split (HF "Split", or the regex of "ByteLevel"/"Digits"). */
+static moecl_status add_split(moecl_tokenizer *tok, const char *pattern, bool literal, int behavior, bool invert) {
+    mc_pretok_split *n = realloc(tok->splits, (size_t)(tok->n_splits + 1) * sizeof *n);
+    if (!n) return mc_error(MOECL_ERR_NOMEM, "%s: out of memory", tok->path);
+    tok->splits = n;
+    mc_pretok_split *s = &tok->splits[tok->n_splits];
+    *s = (mc_pretok_split){.literal = literal, .invert = invert, .behavior = behavior, .pattern = dup_str(pattern)};
+    if (!s->pattern) return mc_error(MOECL_ERR_NOMEM, "%s: out of memory", tok->path);
+    tok->n_splits++;
+    return mc_pretok_compile(tok->path, s);
+}
+
+static moecl_status parse_split(moecl_tokenizer *tok, const cJSON *j) {
+    static const char *const behaviors[] = {"Isolated", "Removed", "MergedWithPrevious", "MergedWithNext",
+                                            "Contiguous"};
+    const cJSON *pat = cJSON_GetObjectItemCaseSensitive(j, "pattern");
+    const char *re = jstr(cJSON_GetObjectItemCaseSensitive(pat, "Regex"));
+    const char *str = jstr(cJSON_GetObjectItemCaseSensitive(pat, "String"));
+    const char *beh = jstr(cJSON_GetObjectItemCaseSensitive(j, "behavior"));
+    if ((!re && !str) || !beh)
+        return mc_error(MOECL_ERR_FORMAT, "%s: pre_tokenizer Split needs a {\"Regex\"} or {\"String\"} pattern and "
+                        "a behavior", tok->path);
+    int b = -1;
+    for (int i = 0; i < 5; i++)
+        if (!strcmp(beh, behaviors[i])) b = i;
+    if (b < 0)
+        return mc_error(MOECL_ERR_UNSUPPORTED, "%s: pre_tokenizer Split behavior \"%s\" is not supported", tok->path,
+                        beh);
+    if (tok->byte_level)
+        return mc_error(MOECL_ERR_UNSUPPORTED, "%s: pre_tokenizer: a Split after ByteLevel is not supported",
+                        tok->path);
+    return add_split(tok, re ? re : str, !re, b, cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "invert")));
+}
+
+/* HF's ByteLevel regex (GPT-2's), used when use_regex is true. */
+static const char gpt2_regex[] = "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
+
+static moecl_status parse_byte_level(moecl_tokenizer *tok, const cJSON *j) {
+    if (tok->byte_level) return mc_error(MOECL_ERR_UNSUPPORTED, "%s: pre_tokenizer: ByteLevel twice", tok->path);
+    tok->byte_level = true;
+    const cJSON *ap = cJSON_GetObjectItemCaseSensitive(j, "add_prefix_space");
+    const cJSON *ur = cJSON_GetObjectItemCaseSensitive(j, "use_regex");
+    tok->bl_prefix_space = cJSON_IsTrue(ap);
+    /* HF prepends the space to every piece earlier splits made; moecl only
+     * to the whole text, so ByteLevel must come first to add one. */
+    if (tok->bl_prefix_space && tok->n_splits)
+        return mc_error(MOECL_ERR_UNSUPPORTED, "%s: pre_tokenizer: ByteLevel with add_prefix_space after a Split is "
+                        "not supported", tok->path);
+    if (!ur || cJSON_IsTrue(ur)) return add_split(tok, gpt2_regex, false, MC_SPLIT_ISOLATED, false);
+    return MOECL_OK;
+}
+
+static moecl_status parse_pre_tokenizer(moecl_tokenizer *tok, const cJSON *j, bool in_sequence) {
     if (!j || cJSON_IsNull(j)) return MOECL_OK;
     const char *type = jstr(cJSON_GetObjectItemCaseSensitive(j, "type"));
     if (!cJSON_IsObject(j) || !type)
         return mc_error(MOECL_ERR_FORMAT, "%s: pre_tokenizer must be null or an object with a \"type\"", tok->path);
     if (!strcmp(type, "Sequence")) {
-        const cJSON *list = cJSON_GetObjectItemCaseSensitive(j, "pretokenizers");
-        if (!cJSON_IsArray(list) || cJSON_GetArraySize(list) != 1)
-            return mc_error(MOECL_ERR_UNSUPPORTED, "%s: pre_tokenizer Sequence: only a single Metaspace is supported",
-                            tok->path);
-        return parse_pre_tokenizer(tok, cJSON_GetArrayItem(list, 0));
+        const cJSON *list = cJSON_GetObjectItemCaseSensitive(j, "pretokenizers"), *e;
+        if (!cJSON_IsArray(list))
+            return mc_error(MOECL_ERR_FORMAT, "%s: pre_tokenizer.pretokenizers is %s, expected an array", tok->path,
+                            type_name(list));
+        if (cJSON_GetArraySize(list) == 1) return parse_pre_tokenizer(tok, cJSON_GetArrayItem(list, 0), false);
+        moecl_status st;
+        cJSON_ArrayForEach(e, list) if ((st = parse_pre_tokenizer(tok, e, true))) return st;
+        return MOECL_OK;
     }
-    if (strcmp(type, "Metaspace"))
+    if (!strcmp(type, "Split")) return parse_split(tok, j);
+    if (!strcmp(type, "ByteLevel")) return parse_byte_level(tok, j);
+    if (!strcmp(type, "Digits")) { /* Rust's char::is_numeric is \p{N} */
+        bool one = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "individual_digits"));
+        return add_split(tok, one ? "\\p{N}" : "\\p{N}+", false, MC_SPLIT_ISOLATED, false);
+    }
+    if (strcmp(type, "Metaspace") || in_sequence)
         return mc_error(MOECL_ERR_UNSUPPORTED, "%s: pre_tokenizer type \"%s\" is not supported (moecl reads "
-                        "Llama/Mistral-style SentencePiece BPE tokenizers: Metaspace or none)", tok->path, type);
+                        "SentencePiece-style BPE tokenizers: Metaspace or none; and byte-level ones: ByteLevel, "
+                        "Split, Digits)", tok->path, type);
     const char *rep = jstr(cJSON_GetObjectItemCaseSensitive(j, "replacement"));
     if (!rep || !*rep) return mc_error(MOECL_ERR_FORMAT, "%s: pre_tokenizer Metaspace has no replacement", tok->path);
     mc_norm_step s = {.op = MC_NORM_METASPACE};
@@ -252,6 +341,10 @@ static moecl_status parse_decoder(moecl_tokenizer *tok, const cJSON *j) {
         return MOECL_OK;
     }
     if (!strcmp(type, "ByteFallback") || !strcmp(type, "Fuse")) return MOECL_OK;
+    if (!strcmp(type, "ByteLevel")) {
+        tok->dec_byte_level = true;
+        return MOECL_OK;
+    }
     if (!strcmp(type, "Replace")) {
         const char *pat = replace_pattern(j), *content = jstr(cJSON_GetObjectItemCaseSensitive(j, "content"));
         if (!pat || !content || strcmp(content, " "))
@@ -406,8 +499,7 @@ static moecl_status parse_model(moecl_tokenizer *tok, const cJSON *model, const 
     const cJSON *dropout = cJSON_GetObjectItemCaseSensitive(model, "dropout");
     if (dropout && !cJSON_IsNull(dropout) && !(cJSON_IsNumber(dropout) && dropout->valuedouble == 0))
         return mc_error(MOECL_ERR_UNSUPPORTED, "%s: BPE dropout is not supported", P);
-    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(model, "ignore_merges")))
-        return mc_error(MOECL_ERR_UNSUPPORTED, "%s: model.ignore_merges is not supported", P);
+    tok->ignore_merges = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(model, "ignore_merges"));
     tok->byte_fallback = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(model, "byte_fallback"));
     tok->fuse_unk = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(model, "fuse_unk"));
 
@@ -456,6 +548,7 @@ static moecl_status parse_model(moecl_tokenizer *tok, const cJSON *model, const 
         int32_t id = (int32_t)cJSON_GetObjectItemCaseSensitive(e, "id")->valuedouble;
         const char *content = cJSON_GetObjectItemCaseSensitive(e, "content")->valuestring;
         bool special = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(e, "special"));
+        const cJSON *norm = cJSON_GetObjectItemCaseSensitive(e, "normalized");
         const char *flags[] = {"lstrip", "rstrip", "single_word"};
         for (int f = 0; f < 3; f++)
             if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(e, flags[f])))
@@ -473,6 +566,7 @@ static moecl_status parse_model(moecl_tokenizer *tok, const cJSON *model, const 
                 return mc_error(MOECL_ERR_FORMAT, "%s: added token \"%s\" (id %d) is already id %d", P, content, id, o);
         }
         t->kind = special ? MC_TOK_SPECIAL : MC_TOK_ADDED;
+        t->normalized = norm ? cJSON_IsTrue(norm) : !special; /* HF's default */
         if (!special) tok->has_nonspecial_added = true;
     }
     for (int32_t id = 0; id < tok->n_vocab; id++) {
@@ -532,6 +626,30 @@ static moecl_status find_word_split(moecl_tokenizer *tok) {
     return MOECL_OK;
 }
 
+/* What byte-level BPE needs, and what only it supports. */
+static moecl_status check_byte_level(moecl_tokenizer *tok) {
+    const char *P = tok->path;
+    if (!tok->byte_level) {
+        if (tok->nfc || tok->n_splits || tok->ignore_merges || tok->dec_byte_level)
+            return mc_error(MOECL_ERR_UNSUPPORTED, "%s: %s is supported only with a ByteLevel pre_tokenizer", P,
+                            tok->nfc ? "an NFC normalizer" : tok->n_splits ? "a Split pre_tokenizer"
+                            : tok->ignore_merges ? "model.ignore_merges" : "a ByteLevel decoder");
+        return MOECL_OK;
+    }
+    if (tok->n_norm || tok->byte_fallback || tok->dec_metaspace)
+        return mc_error(MOECL_ERR_UNSUPPORTED, "%s: a ByteLevel pre_tokenizer with %s is not supported", P,
+                        tok->n_norm ? "a Prepend/Replace/Metaspace step" : tok->byte_fallback ? "byte_fallback"
+                        : "a Metaspace/Replace decoder");
+    /* Bytes no well-formed UTF-8 holds (0xC0, 0xC1, 0xF5..0xFF) may be
+     * missing (GPT-NeoX's vocabulary lacks them); any other is needed. */
+    mc_tokenizer_bl_bytes(tok);
+    for (int b = 0; b < 256; b++)
+        if (tok->bl_byte_id[b] < 0 && b != 0xC0 && b != 0xC1 && b < 0xF5)
+            return mc_error(MOECL_ERR_FORMAT, "%s: a byte-level vocabulary without the token for byte 0x%02X (U+%04X)",
+                            P, b, (unsigned)mc_bl_byte_char((uint8_t)b));
+    return mc_tokenizer_name_pretok(tok);
+}
+
 static moecl_status collect_added(moecl_tokenizer *tok) {
     for (int32_t id = 0; id < tok->n_vocab; id++)
         if (tok->tokens[id].kind == MC_TOK_SPECIAL || tok->tokens[id].kind == MC_TOK_ADDED) tok->n_added++;
@@ -565,7 +683,7 @@ moecl_status mc_tokenizer_parse(const char *path, const char *text, size_t len, 
         free(tok);
         return mc_error(MOECL_ERR_NOMEM, "%s: out of memory", path);
     }
-    tok->bos_id = tok->eos_id = tok->unk_id = -1;
+    tok->bos_id = tok->eos_id = tok->unk_id = tok->pad_id = -1;
     cJSON *root = NULL;
     moecl_status st = mc_json_parse(path, MC_JSON_TOKENIZER, text, len, &root);
     if (st) goto fail;
@@ -580,16 +698,28 @@ moecl_status mc_tokenizer_parse(const char *path, const char *text, size_t len, 
     }
     if ((st = parse_model(tok, model, cJSON_GetObjectItemCaseSensitive(root, "added_tokens")))) goto fail;
     if ((st = parse_normalizer(tok, cJSON_GetObjectItemCaseSensitive(root, "normalizer"), "normalizer"))) goto fail;
-    if ((st = parse_pre_tokenizer(tok, cJSON_GetObjectItemCaseSensitive(root, "pre_tokenizer")))) goto fail;
+    if ((st = parse_pre_tokenizer(tok, cJSON_GetObjectItemCaseSensitive(root, "pre_tokenizer"), false))) goto fail;
     if ((st = parse_decoder(tok, cJSON_GetObjectItemCaseSensitive(root, "decoder")))) goto fail;
+    if ((st = check_byte_level(tok))) goto fail;
     if ((st = collect_added(tok))) goto fail;
     if ((st = find_word_split(tok))) goto fail;
     for (int32_t id = 0; id < tok->n_vocab; id++)
         if ((st = make_piece(tok, &tok->tokens[id]))) goto fail;
 
-    /* BOS from the post-processor: a template that starts with a special token. */
+    /* BOS from the post-processor: a template that starts with a special
+     * token (in a Sequence of processors, as Llama 3 has, the template). */
     const cJSON *pp = cJSON_GetObjectItemCaseSensitive(root, "post_processor");
     const char *pp_type = jstr(cJSON_GetObjectItemCaseSensitive(pp, "type"));
+    if (pp_type && !strcmp(pp_type, "Sequence")) {
+        const cJSON *e;
+        cJSON_ArrayForEach(e, cJSON_GetObjectItemCaseSensitive(pp, "processors")) {
+            const char *t = jstr(cJSON_GetObjectItemCaseSensitive(e, "type"));
+            if (t && !strcmp(t, "TemplateProcessing")) {
+                pp = e;
+                pp_type = t;
+            }
+        }
+    }
     if (pp_type && !strcmp(pp_type, "TemplateProcessing")) {
         const cJSON *single = cJSON_GetObjectItemCaseSensitive(pp, "single");
         const cJSON *first = cJSON_GetArrayItem(single, 0), *last = cJSON_GetArrayItem(single, cJSON_GetArraySize(single) - 1);
@@ -669,8 +799,8 @@ static moecl_status config_id(moecl_tokenizer *tok, const char *file, const cJSO
 
 moecl_status mc_tokenizer_read_configs(moecl_tokenizer *tok, const char *dir) {
     /* Defaults for SentencePiece-style vocabularies without a config. */
-    if (tok->bos_id < 0) tok->bos_id = mc_tokenizer_find(tok, "<s>", 3);
-    if (tok->eos_id < 0) tok->eos_id = mc_tokenizer_find(tok, "</s>", 4);
+    if (tok->bos_id < 0 && !tok->byte_level) tok->bos_id = mc_tokenizer_find(tok, "<s>", 3);
+    if (tok->eos_id < 0 && !tok->byte_level) tok->eos_id = mc_tokenizer_find(tok, "</s>", 4);
     if (!dir) return MOECL_OK;
     cJSON *cfg = NULL, *gen = NULL;
     moecl_status st = read_optional_json(dir, "tokenizer_config.json", MC_JSON_TOKENIZER_CONFIG, &cfg);
@@ -678,6 +808,7 @@ moecl_status mc_tokenizer_read_configs(moecl_tokenizer *tok, const char *dir) {
     const char *file = "tokenizer_config.json";
     if (cfg && ((st = config_token(tok, file, cfg, "bos_token", &tok->bos_id)) ||
                 (st = config_token(tok, file, cfg, "eos_token", &tok->eos_id)) ||
+                (st = config_token(tok, file, cfg, "pad_token", &tok->pad_id)) ||
                 (st = config_bool(file, cfg, "add_bos_token", &tok->add_bos)) ||
                 (st = config_bool(file, cfg, "add_eos_token", &tok->add_eos))))
         goto done;
@@ -765,6 +896,9 @@ void moecl_tokenizer_free(moecl_tokenizer *tok) {
         free(tok->norm[i].b);
     }
     free(tok->norm);
+    for (int i = 0; i < tok->n_splits; i++) mc_pretok_free(&tok->splits[i]);
+    free(tok->splits);
+    free(tok->pre_name);
     free(tok->added);
     free(tok->word_split);
     free(tok->dec_replacement);
