@@ -37,7 +37,11 @@ static slot g_slots[N_SLOTS];
 static pthread_mutex_t g_slots_mu = PTHREAD_MUTEX_INITIALIZER; /* writers only */
 static struct sigaction g_prev;     /* the handler installed before ours */
 static uintptr_t g_page = 4096;
-static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+/* The handler is installed by the first model load, under a mutex rather
+ * than pthread_once: helgrind (tests/helgrind.sh) sees the ordering a mutex
+ * gives to g_page and g_installed, not the one pthread_once gives. */
+static pthread_mutex_t g_install_mu = PTHREAD_MUTEX_INITIALIZER;
+static bool g_install_tried;
 static bool g_installed;
 
 typedef struct gfile {
@@ -167,7 +171,12 @@ static moecl_status add_file(mc_guard *g, const char *path, uint64_t size, const
 
 moecl_status mc_guard_new_model(const moecl_model *m, mc_guard **out) {
     *out = NULL;
-    pthread_once(&g_once, install);
+    pthread_mutex_lock(&g_install_mu);
+    if (!g_install_tried) {
+        install();
+        g_install_tried = true;
+    }
+    pthread_mutex_unlock(&g_install_mu);
     mc_guard *g = calloc(1, sizeof *g);
     const int n = m->files.n_files + (m->gguf ? 1 : 0);
     if (!g || !(g->files = calloc((size_t)(n ? n : 1), sizeof *g->files))) {

@@ -514,9 +514,8 @@ moecl_status moecl_model_load(const char *path, const moecl_model_params *params
                       "mixture of experts", path);
         goto fail;
     }
-    static const char *k_gguf[MC_TN_COUNT];
-    if (!k_gguf[0])
-        for (int t = 0; t < MC_TN_COUNT; t++) k_gguf[t] = mc_arch_gguf_name((mc_tn)t);
+    const char *k_gguf[MC_TN_COUNT]; /* per call: loads run on several threads at once */
+    for (int t = 0; t < MC_TN_COUNT; t++) k_gguf[t] = mc_arch_gguf_name((mc_tn)t);
     ld.names = is_dir ? hp->arch->hf_names : k_gguf;
     ld.alt = is_dir ? hp->arch->hf_alt : NULL;
     ld.total = tensor_count(hp);
