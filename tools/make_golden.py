@@ -143,8 +143,10 @@ FAMILY_MODELS = {
     "tiny-olmoe": (202, "olmoe", dict(
         vocab_size=128, hidden_size=64, intermediate_size=16, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=4, num_experts=16, num_experts_per_tok=4,
-        norm_topk_prob=False, tie_word_embeddings=False, rms_norm_eps=1e-5, rope_theta=10000.0),
-        "OLMoE: 16 experts top-4 not renormalised, QK-norm over the whole projection"),
+        norm_topk_prob=False, attention_bias=True, tie_word_embeddings=False, rms_norm_eps=1e-5,
+        rope_theta=10000.0),
+        "OLMoE: 16 experts top-4 not renormalised, QK-norm over the whole projection, "
+        "attention_bias (Q, K, V and O biases)"),
     "tiny-qwen2moe": (203, "qwen2_moe", dict(
         vocab_size=128, hidden_size=64, moe_intermediate_size=32, shared_expert_intermediate_size=48,
         intermediate_size=80, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
