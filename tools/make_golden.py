@@ -1,7 +1,18 @@
 #!/usr/bin/env python3
-"""Build tiny random Mixtral models and golden logits from Hugging Face transformers.
+"""Build tiny random MoE models and golden logits from Hugging Face transformers.
 
-For every model in MODELS this script
+MODELS are Mixtral; FAMILY_MODELS are the other families moecl's table of architectures
+(src/arch/) runs: Qwen3-MoE (per-head QK-norm before RoPE, explicit head_dim, dense layers
+from mlp_only_layers / decoder_sparse_step, norm_topk_prob), OLMoE (QK-norm over the whole
+projection, top-k softmax weights not renormalised, attention_bias) and Qwen2-MoE (QKV
+biases, a shared expert scaled by sigmoid(x . shared_expert_gate), no renormalisation).
+Each is written with its own config keys and per-expert tensor names
+(``mlp.experts.E.gate_proj/up_proj/down_proj``), loaded with its transformers class, and
+checked the same way; ``numpy_forward`` implements every family's options.  ``tiny-fused``
+is a Mixtral written in transformers 5's fused layout (``mlp.experts.gate_up_proj``,
+``mlp.experts.down_proj``, ``mlp.gate.weight``).
+
+For every model this script
 
 1. draws random weights from a fixed seed (numpy PCG64, so the draw does not depend on
    the torch version) and rounds them to the storage dtype (F32, BF16 or F16);
@@ -143,8 +154,10 @@ FAMILY_MODELS = {
     "tiny-olmoe": (202, "olmoe", dict(
         vocab_size=128, hidden_size=64, intermediate_size=16, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=4, num_experts=16, num_experts_per_tok=4,
-        norm_topk_prob=False, tie_word_embeddings=False, rms_norm_eps=1e-5, rope_theta=10000.0),
-        "OLMoE: 16 experts top-4 not renormalised, QK-norm over the whole projection"),
+        norm_topk_prob=False, attention_bias=True, tie_word_embeddings=False, rms_norm_eps=1e-5,
+        rope_theta=10000.0),
+        "OLMoE: 16 experts top-4 not renormalised, QK-norm over the whole projection, "
+        "attention_bias (Q, K, V and O biases)"),
     "tiny-qwen2moe": (203, "qwen2_moe", dict(
         vocab_size=128, hidden_size=64, moe_intermediate_size=32, shared_expert_intermediate_size=48,
         intermediate_size=80, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
