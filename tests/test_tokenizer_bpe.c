@@ -223,6 +223,54 @@ static void check_lists_formats(const char *what) {
                    moecl_last_error());
 }
 
+/* moecl chat's multi-turn conversation, built in the cache turn by turn:
+ * the first user turn (after the system messages), then for each reply its
+ * tokens as generated plus the end-of-turn token, and the next user turn
+ * with MOECL_CHAT_NO_BOS. That must be what transformers gives for the
+ * whole conversation. Conversations of another shape, with replies a model
+ * would have tokenized with the text before (leading whitespace), or in
+ * Qwen3's format (which rewrites replies' reasoning), are not checked.
+ * Returns whether it was checked. */
+static bool check_turn_by_turn(const moecl_tokenizer *tok, const char *fmt, const moecl_chat_message *m, int nm,
+                               const cJSON *ref) {
+    if (!strcmp(fmt, "qwen3")) return false;
+    int first_user = 0;
+    while (first_user < nm && !strcmp(m[first_user].role, "system")) first_user++;
+    if (first_user == nm || (nm - first_user) % 2 == 0) return false;
+    for (int i = first_user; i < nm; i++) {
+        const char *want = (i - first_user) % 2 ? "assistant" : "user";
+        if (strcmp(m[i].role, want) || (!strcmp(want, "assistant") && strchr(" \t\n", m[i].content[0]) &&
+                                        m[i].content[0]))
+            return false;
+    }
+    int32_t end = !strcmp(fmt, "olmoe") ? tok->eos_id : mc_tokenizer_find(tok, "<|im_end|>", 10);
+    CHECK(end >= 0);
+    int32_t *ids = malloc(((size_t)cJSON_GetArraySize(ref) + 64) * sizeof *ids);
+    int32_t n = 0, cap = cJSON_GetArraySize(ref) + 64, cnt = 0;
+    bool ok = moecl_chat_tokenize_format(tok, fmt, m, first_user + 1, 0, ids, cap, &cnt) == MOECL_OK;
+    n = cnt;
+    for (int i = first_user + 1; ok && i + 1 < nm; i += 2) {
+        int k;
+        int32_t *reply = tokenize(tok, m[i].content, strlen(m[i].content), MOECL_TOKENIZE_NO_BOS, &k);
+        ok = n + k + 1 <= cap;
+        if (ok) {
+            memcpy(ids + n, reply, (size_t)k * sizeof *ids);
+            n += k;
+            ids[n++] = end;
+            ok = moecl_chat_tokenize_format(tok, fmt, m + i + 1, 1, MOECL_CHAT_NO_BOS, ids + n, cap - n, &cnt) ==
+                 MOECL_OK;
+            n += cnt;
+        }
+        free(reply);
+    }
+    if (!ok || !ids_equal(ids, n, ref)) {
+        CHECKF(false, "chat %s turn by turn (%d messages) differs from the whole conversation", fmt, nm);
+        print_diff(ids, n, ref);
+    }
+    free(ids);
+    return true;
+}
+
 /* Each template the references were rendered with (chat_templates) is
  * recognised as the format named, and its conversations are checked
  * through it (pass 1 of check_chat). */
@@ -238,7 +286,7 @@ static void check_chat(const moecl_tokenizer *tok, const cJSON *chats, const cJS
                got ? got : moecl_last_error());
         mut->chat_template = own;
     }
-    int n_bad = 0, n = 0, n_auto = 0;
+    int n_bad = 0, n = 0, n_auto = 0, n_turns = 0;
     const cJSON *c;
     cJSON_ArrayForEach(c, chats) {
         const char *fmt = cJSON_GetObjectItem(c, "format")->valuestring;
@@ -270,6 +318,7 @@ static void check_chat(const moecl_tokenizer *tok, const cJSON *chats, const cJS
                 }
             }
             mut->chat_template = own;
+            if (pass == 0) n_turns += check_turn_by_turn(tok, fmt, m, nm, ref);
             n += 1;
             n_auto += pass;
             free(ids);
@@ -279,8 +328,9 @@ static void check_chat(const moecl_tokenizer *tok, const cJSON *chats, const cJS
     CHECKF(n_bad == 0, "%d of %d conversations differ from transformers' apply_chat_template", n_bad, n);
     CHECKF(cJSON_GetArraySize(chats) == 0 || n_auto > 0, "the tokenizer's own template (%s) was recognised",
            detected ? detected : moecl_last_error());
-    fprintf(stderr, "chat: %d conversations (%d through a recognised template; the tokenizer's own: %s), %d differ\n",
-            n, n_auto, detected ? detected : "(none)", n_bad);
+    fprintf(stderr, "chat: %d conversations (%d through a recognised template; the tokenizer's own: %s), %d differ; "
+            "%d built turn by turn\n", n, n_auto, detected ? detected : "(none)", n_bad, n_turns);
+    CHECK(n_turns > 0 || cJSON_GetArraySize(chats) == 0);
 
     /* Clear errors: an unknown format name, an unknown role. */
     moecl_chat_message bad[] = {{"user", "hi"}, {"tool", "x"}};
