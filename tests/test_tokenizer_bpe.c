@@ -4,13 +4,15 @@
  * (tests/data/tokenizer-{qwen3,olmoe,gpt2}/refs.json, from
  * tools/make_bpe_refs.py).
  *
- *   test_tokenizer_bpe TOKENIZER REFS [--moecl-gguf OUT.gguf]
+ *   test_tokenizer_bpe TOKENIZER REFS [--moecl-gguf OUT.gguf [--like REF.gguf]]
  *
  * TOKENIZER is a directory with tokenizer.json (and tokenizer_config.json)
  * or a GGUF file; with --moecl-gguf the tokenizer is first written to a GGUF
- * by moecl's own writer, read back, and that is what is checked. Every
- * corpus string must give the reference ids, decode back to its text (to
- * HF's decode where that differs) and stream back whole; special-token
+ * by moecl's own writer, read back, and that is what is checked (with
+ * --like, its metadata is first compared with REF's, written by PyPI gguf
+ * in llama.cpp's layout). Every corpus string must give the reference ids,
+ * decode back to its text (to HF's decode where that differs) and stream
+ * back whole, in whole characters; special-token
  * strings are checked both ways; each conversation of the chat set must give
  * transformers' ids; the other named pre-tokenizers (llama-bpe,
  * deepseek-llm, gpt-2) are checked on the Qwen3 vocabulary where the
@@ -221,6 +223,54 @@ static void check_lists_formats(const char *what) {
                    moecl_last_error());
 }
 
+/* moecl chat's multi-turn conversation, built in the cache turn by turn:
+ * the first user turn (after the system messages), then for each reply its
+ * tokens as generated plus the end-of-turn token, and the next user turn
+ * with MOECL_CHAT_NO_BOS. That must be what transformers gives for the
+ * whole conversation. Conversations of another shape, with replies a model
+ * would have tokenized with the text before (leading whitespace), or in
+ * Qwen3's format (which rewrites replies' reasoning), are not checked.
+ * Returns whether it was checked. */
+static bool check_turn_by_turn(const moecl_tokenizer *tok, const char *fmt, const moecl_chat_message *m, int nm,
+                               const cJSON *ref) {
+    if (!strcmp(fmt, "qwen3")) return false;
+    int first_user = 0;
+    while (first_user < nm && !strcmp(m[first_user].role, "system")) first_user++;
+    if (first_user == nm || (nm - first_user) % 2 == 0) return false;
+    for (int i = first_user; i < nm; i++) {
+        const char *want = (i - first_user) % 2 ? "assistant" : "user";
+        if (strcmp(m[i].role, want) || (!strcmp(want, "assistant") && strchr(" \t\n", m[i].content[0]) &&
+                                        m[i].content[0]))
+            return false;
+    }
+    int32_t end = !strcmp(fmt, "olmoe") ? tok->eos_id : mc_tokenizer_find(tok, "<|im_end|>", 10);
+    CHECK(end >= 0);
+    int32_t *ids = malloc(((size_t)cJSON_GetArraySize(ref) + 64) * sizeof *ids);
+    int32_t n = 0, cap = cJSON_GetArraySize(ref) + 64, cnt = 0;
+    bool ok = moecl_chat_tokenize_format(tok, fmt, m, first_user + 1, 0, ids, cap, &cnt) == MOECL_OK;
+    n = cnt;
+    for (int i = first_user + 1; ok && i + 1 < nm; i += 2) {
+        int k;
+        int32_t *reply = tokenize(tok, m[i].content, strlen(m[i].content), MOECL_TOKENIZE_NO_BOS, &k);
+        ok = n + k + 1 <= cap;
+        if (ok) {
+            memcpy(ids + n, reply, (size_t)k * sizeof *ids);
+            n += k;
+            ids[n++] = end;
+            ok = moecl_chat_tokenize_format(tok, fmt, m + i + 1, 1, MOECL_CHAT_NO_BOS, ids + n, cap - n, &cnt) ==
+                 MOECL_OK;
+            n += cnt;
+        }
+        free(reply);
+    }
+    if (!ok || !ids_equal(ids, n, ref)) {
+        CHECKF(false, "chat %s turn by turn (%d messages) differs from the whole conversation", fmt, nm);
+        print_diff(ids, n, ref);
+    }
+    free(ids);
+    return true;
+}
+
 /* Each template the references were rendered with (chat_templates) is
  * recognised as the format named, and its conversations are checked
  * through it (pass 1 of check_chat). */
@@ -236,7 +286,7 @@ static void check_chat(const moecl_tokenizer *tok, const cJSON *chats, const cJS
                got ? got : moecl_last_error());
         mut->chat_template = own;
     }
-    int n_bad = 0, n = 0, n_auto = 0;
+    int n_bad = 0, n = 0, n_auto = 0, n_turns = 0;
     const cJSON *c;
     cJSON_ArrayForEach(c, chats) {
         const char *fmt = cJSON_GetObjectItem(c, "format")->valuestring;
@@ -268,6 +318,7 @@ static void check_chat(const moecl_tokenizer *tok, const cJSON *chats, const cJS
                 }
             }
             mut->chat_template = own;
+            if (pass == 0) n_turns += check_turn_by_turn(tok, fmt, m, nm, ref);
             n += 1;
             n_auto += pass;
             free(ids);
@@ -277,8 +328,9 @@ static void check_chat(const moecl_tokenizer *tok, const cJSON *chats, const cJS
     CHECKF(n_bad == 0, "%d of %d conversations differ from transformers' apply_chat_template", n_bad, n);
     CHECKF(cJSON_GetArraySize(chats) == 0 || n_auto > 0, "the tokenizer's own template (%s) was recognised",
            detected ? detected : moecl_last_error());
-    fprintf(stderr, "chat: %d conversations (%d through a recognised template; the tokenizer's own: %s), %d differ\n",
-            n, n_auto, detected ? detected : "(none)", n_bad);
+    fprintf(stderr, "chat: %d conversations (%d through a recognised template; the tokenizer's own: %s), %d differ; "
+            "%d built turn by turn\n", n, n_auto, detected ? detected : "(none)", n_bad, n_turns);
+    CHECK(n_turns > 0 || cJSON_GetArraySize(chats) == 0);
 
     /* Clear errors: an unknown format name, an unknown role. */
     moecl_chat_message bad[] = {{"user", "hi"}, {"tool", "x"}};
@@ -332,14 +384,79 @@ static void check_pre_errors(moecl_tokenizer *tok, const char *out_gguf) {
     remove(out_gguf);
 }
 
+/* The tokenizer metadata of moecl's GGUF equals that of REF (written by PyPI
+ * gguf as llama.cpp's converter writes it, tools/gguf_vocab.py): the same
+ * model, pre-tokenizer, tokens, token types, merges and special ids; past
+ * REF's tokens only the "[PAD<id>]" placeholders (UNUSED) of a model's
+ * larger vocab_size. */
+static void check_like(const char *ours_path, const char *ref_path) {
+    mc_gguf *a = NULL, *b = NULL;
+    CHECKF(mc_gguf_open(ours_path, &a) == MOECL_OK && mc_gguf_open(ref_path, &b) == MOECL_OK, "open: %s",
+           moecl_last_error());
+    if (!a || !b) goto done;
+    static const char *const strs[] = {"tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.chat_template"};
+    for (size_t k = 0; k < sizeof strs / sizeof *strs; k++) {
+        const mc_gguf_kv *x = mc_gguf_find_kv(a, strs[k]), *y = mc_gguf_find_kv(b, strs[k]);
+        CHECKF((x == NULL) == (y == NULL), "%s present in both or neither", strs[k]);
+        if (x && y)
+            CHECKF(x->type == MC_GGUF_STRING && y->type == MC_GGUF_STRING && x->strs[0].len == y->strs[0].len &&
+                       !memcmp(x->strs[0].ptr, y->strs[0].ptr, x->strs[0].len),
+                   "%s equal", strs[k]);
+    }
+    static const char *const ids[] = {"tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
+                                      "tokenizer.ggml.padding_token_id"};
+    for (size_t k = 0; k < sizeof ids / sizeof *ids; k++) {
+        int64_t x = -1, y = -1;
+        CHECK(mc_gguf_get_int(a, ids[k], false, &x) == MOECL_OK && mc_gguf_get_int(b, ids[k], false, &y) == MOECL_OK);
+        CHECKF(x == y, "%s: moecl %lld, reference %lld", ids[k], (long long)x, (long long)y);
+    }
+    const mc_gguf_kv *ta = NULL, *tb = NULL, *ya = NULL, *yb = NULL, *ma = NULL, *mb = NULL;
+    CHECK(mc_gguf_get_arr(a, "tokenizer.ggml.tokens", true, MC_GGUF_STRING, &ta) == MOECL_OK &&
+          mc_gguf_get_arr(b, "tokenizer.ggml.tokens", true, MC_GGUF_STRING, &tb) == MOECL_OK &&
+          mc_gguf_get_arr(a, "tokenizer.ggml.token_type", true, MC_GGUF_INT32, &ya) == MOECL_OK &&
+          mc_gguf_get_arr(b, "tokenizer.ggml.token_type", true, MC_GGUF_INT32, &yb) == MOECL_OK &&
+          mc_gguf_get_arr(a, "tokenizer.ggml.merges", true, MC_GGUF_STRING, &ma) == MOECL_OK &&
+          mc_gguf_get_arr(b, "tokenizer.ggml.merges", true, MC_GGUF_STRING, &mb) == MOECL_OK);
+    if (!ta || !tb || !ya || !yb || !ma || !mb) goto done;
+    CHECK(ta->n >= tb->n && ya->n == ta->n && yb->n == tb->n);
+    int n_bad = 0;
+    for (uint64_t i = 0; i < ta->n && i < ya->n && n_bad < 5; i++) {
+        char pad[32];
+        int pl = snprintf(pad, sizeof pad, "[PAD%llu]", (unsigned long long)i);
+        const mc_gguf_str *x = &ta->strs[i], *y = i < tb->n ? &tb->strs[i] : NULL;
+        bool same_text = y ? x->len == y->len && !memcmp(x->ptr, y->ptr, x->len)
+                           : x->len == (uint64_t)pl && !memcmp(x->ptr, pad, (size_t)pl);
+        int64_t want_type = i < yb->n ? mc_gguf_arr_int(yb, i) : 5 /* UNUSED */;
+        if (!same_text || mc_gguf_arr_int(ya, i) != want_type) {
+            n_bad++;
+            CHECKF(false, "token %llu: \"%.*s\" type %lld, reference \"%.*s\" type %lld", (unsigned long long)i,
+                   (int)x->len, x->ptr, (long long)mc_gguf_arr_int(ya, i), y ? (int)y->len : pl, y ? y->ptr : pad,
+                   (long long)want_type);
+        }
+    }
+    CHECKF(ma->n == mb->n, "merges: %llu, reference %llu", (unsigned long long)ma->n, (unsigned long long)mb->n);
+    for (uint64_t i = 0; i < ma->n && i < mb->n; i++)
+        if (ma->strs[i].len != mb->strs[i].len || memcmp(ma->strs[i].ptr, mb->strs[i].ptr, ma->strs[i].len)) {
+            CHECKF(false, "merge %llu differs from the reference", (unsigned long long)i);
+            break;
+        }
+    fprintf(stderr, "moecl's GGUF against %s: %llu tokens (%llu past it), %llu merges compared\n", ref_path,
+            (unsigned long long)ta->n, (unsigned long long)(ta->n - tb->n), (unsigned long long)ma->n);
+done:
+    mc_gguf_close(a);
+    mc_gguf_close(b);
+}
+
 /* ------------------------------------------------------------------------ */
 
 int main(int argc, char **argv) {
-    if (argc != 3 && !(argc == 5 && !strcmp(argv[3], "--moecl-gguf"))) {
-        fprintf(stderr, "usage: test_tokenizer_bpe TOKENIZER REFS [--moecl-gguf OUT.gguf]\n");
+    if (argc != 3 && !(argc == 5 && !strcmp(argv[3], "--moecl-gguf")) &&
+        !(argc == 7 && !strcmp(argv[3], "--moecl-gguf") && !strcmp(argv[5], "--like"))) {
+        fprintf(stderr, "usage: test_tokenizer_bpe TOKENIZER REFS [--moecl-gguf OUT.gguf [--like REF.gguf]]\n");
         return 2;
     }
-    const char *path = argv[1], *refs_path = argv[2], *out_gguf = argc == 5 ? argv[4] : NULL;
+    const char *path = argv[1], *refs_path = argv[2], *out_gguf = argc >= 5 ? argv[4] : NULL;
+    const char *like = argc == 7 ? argv[6] : NULL;
     struct stat sb;
     if (stat(path, &sb) != 0 || stat(refs_path, &sb) != 0) {
         char why[600];
@@ -365,6 +482,7 @@ int main(int argc, char **argv) {
         CHECKF(mc_tokenizer_write_gguf_n(tok, w, tok->n_vocab + 7) == MOECL_OK, "write: %s", moecl_last_error());
         CHECK(mc_gguf_writer_finish(w) == MOECL_OK);
         mc_gguf_writer_free(w);
+        if (like) check_like(out_gguf, like);
         moecl_tokenizer *g = NULL;
         CHECKF(moecl_tokenizer_load(out_gguf, &g) == MOECL_OK, "reload %s: %s", out_gguf, moecl_last_error());
         if (g) {

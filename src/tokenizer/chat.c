@@ -116,6 +116,7 @@ done:
 enum fmt { FMT_MISTRAL, FMT_CHATML, FMT_QWEN2, FMT_QWEN25, FMT_QWEN3, FMT_OLMOE };
 static const char *const fmt_names[] = {"mistral", "chatml", "qwen2", "qwen2.5", "qwen3", "olmoe"};
 #define N_FMT 6
+#define FMT_LIST "mistral, chatml, qwen2, qwen2.5, qwen3 and olmoe" /* fmt_names, for messages */
 
 static const char qwen2_system[] = "You are a helpful assistant.";
 static const char qwen25_system[] = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.";
@@ -252,8 +253,7 @@ static int detect(const moecl_tokenizer *tok) {
     if (!t) {
         if (!tok->byte_level) return FMT_MISTRAL; /* Mixtral's tokenizer.json comes without one */
         mc_error(MOECL_ERR_UNSUPPORTED, "%s: the tokenizer has no chat template: name a chat format (the CLI's "
-                 "--chat-format): %s, %s, %s, %s, %s or %s", tok->path, fmt_names[0], fmt_names[1], fmt_names[2], fmt_names[3], fmt_names[4],
-                 fmt_names[5]);
+                 "--chat-format): " FMT_LIST, tok->path);
         return -1;
     }
     if (strstr(t, "[INST]")) return FMT_MISTRAL;
@@ -267,8 +267,7 @@ static int detect(const moecl_tokenizer *tok) {
         return FMT_OLMOE;
     }
     mc_error(MOECL_ERR_UNSUPPORTED, "%s: the chat template is not one moecl recognises: name a chat format (the "
-             "CLI's --chat-format): %s, %s, %s, %s, %s or %s", tok->path, fmt_names[0], fmt_names[1], fmt_names[2], fmt_names[3], fmt_names[4],
-             fmt_names[5]);
+             "CLI's --chat-format): " FMT_LIST, tok->path);
     return -1;
 }
 
@@ -294,9 +293,8 @@ moecl_status moecl_chat_tokenize_format(const moecl_tokenizer *tok, const char *
         for (int i = 0; i < N_FMT; i++)
             if (!strcmp(format, fmt_names[i])) fmt = i;
         if (fmt < 0)
-            return mc_error(MOECL_ERR_INVALID_ARG, "moecl_chat_tokenize: unknown chat format \"%s\": moecl knows %s, "
-                            "%s, %s, %s, %s and %s", format, fmt_names[0], fmt_names[1], fmt_names[2], fmt_names[3], fmt_names[4],
-                            fmt_names[5]);
+            return mc_error(MOECL_ERR_INVALID_ARG, "moecl_chat_tokenize: unknown chat format \"%s\": moecl knows "
+                            FMT_LIST, format);
     }
     moecl_status st = check_vocab(tok, fmt);
     if (st) return st;

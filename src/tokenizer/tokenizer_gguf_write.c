@@ -18,6 +18,10 @@
  * tokenizer whose pre-tokenizer llama.cpp has no name for cannot be
  * written), tokens and types (CONTROL for special added tokens, USER_DEFINED
  * for the others, as their text), the merges, no scores.
+ *
+ * Either way an added token not marked special that looks like a control
+ * token ("<|fim_prefix|>", "<pad>") is written CONTROL: llama.cpp's
+ * converter does so, and llama.cpp then keeps it out of plain text.
  */
 #include "formats/gguf.h"
 #include "tokenizer/tokenizer.h"
@@ -84,6 +88,21 @@ done:
     return st;
 }
 
+static bool wrapped_in(const mc_token *t, const char *pre, const char *post) {
+    size_t a = strlen(pre), b = strlen(post);
+    return t->len >= a + b && !memcmp(t->text, pre, a) && !memcmp(t->text + t->len - b, post, b);
+}
+
+/* The added tokens llama.cpp's converter types CONTROL though not special
+ * (its does_token_look_special). */
+static bool looks_special(const mc_token *t) {
+    static const char *const names[] = {"<pad>", "<mask>", "<2mass>", "[@BOS@]"};
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++)
+        if (t->len == strlen(names[i]) && !memcmp(t->text, names[i], t->len)) return true;
+    return wrapped_in(t, "<|", "|>") || wrapped_in(t, "<\xef\xbd\x9c", "\xef\xbd\x9c>") /* <｜...｜> */ ||
+           wrapped_in(t, "<unused", ">");
+}
+
 moecl_status mc_tokenizer_write_gguf(const moecl_tokenizer *tok, mc_gguf_writer *w) {
     return mc_tokenizer_write_gguf_n(tok, w, tok->n_vocab);
 }
@@ -122,7 +141,7 @@ moecl_status mc_tokenizer_write_gguf_n(const moecl_tokenizer *tok, mc_gguf_write
         switch (t->kind) {
         case MC_TOK_BYTE: types[i] = TT_BYTE; break;
         case MC_TOK_SPECIAL: types[i] = i == tok->unk_id ? TT_UNKNOWN : TT_CONTROL; break;
-        case MC_TOK_ADDED: types[i] = TT_USER_DEFINED; break;
+        case MC_TOK_ADDED: types[i] = looks_special(t) ? TT_CONTROL : TT_USER_DEFINED; break;
         case MC_TOK_UNUSED: /* a gap in the ids: a unique placeholder string */
             snprintf(unused[u], sizeof unused[u], tok->byte_level ? "[PAD%d]" : "[moecl unused %d]", i);
             strs[i].ptr = unused[u];
