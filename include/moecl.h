@@ -40,9 +40,11 @@
  *     of those calls (the application's, or the default action). An
  *     application that installs its own SIGBUS handler after loading a
  *     model must chain to the previous one, or it loses this protection.
- *   - Not covered: moecl_quantize's reads of its input, and a file replaced
- *     by another one after loading (the old file stays mapped and intact;
- *     the re-check then watches the name's new file).
+ *   - A file replaced by another one (rename) after loading is harmless:
+ *     the old file stays mapped and intact, and the re-check watches it
+ *     through a descriptor opened at load.
+ *   - Not covered: moecl_quantize's reads of its input (a fault there ends
+ *     the process as before).
  */
 #ifndef MOECL_H
 #define MOECL_H
