@@ -43,6 +43,9 @@ typedef struct collector {
     uint64_t cancel_other;   /* cancel this request ... */
     int cancel_other_at;     /* ... after this many tokens of ours */
     struct submit_at *submits;
+    int block_at;            /* hold the scheduler in the callback after this many tokens ... */
+    bool released;           /* ... until the test sets this (release()) */
+    int linger_ms;           /* then wait this long before returning */
 } collector;
 
 typedef struct submit_at {
@@ -68,6 +71,19 @@ static void on_event(const moecl_engine_event *ev, void *user) {
         c->text[c->text_len] = '\0';
     }
     int n = c->n_ids;
+    if (ev->finish == MOECL_FINISH_NONE && c->block_at && n == c->block_at) {
+        /* The scheduler waits here (at most 30 s): the test acts while no step runs. */
+        struct timespec dl;
+        clock_gettime(CLOCK_REALTIME, &dl);
+        dl.tv_sec += 30;
+        pthread_cond_broadcast(&g_cv);
+        while (!c->released && pthread_cond_timedwait(&g_cv, &g_mu, &dl) != ETIMEDOUT) {}
+        if (c->linger_ms) {
+            pthread_mutex_unlock(&g_mu);
+            usleep((useconds_t)c->linger_ms * 1000);
+            pthread_mutex_lock(&g_mu);
+        }
+    }
     if (ev->finish != MOECL_FINISH_NONE) {
         c->last = *ev;
         c->last.text = NULL;
@@ -102,11 +118,23 @@ static bool wait_done(collector *const *cs, int n) {
     return all;
 }
 
-static int ids_now(collector *c) {
+static void release(collector *c) {
     pthread_mutex_lock(&g_mu);
-    int n = c->n_ids;
+    c->released = true;
+    pthread_cond_broadcast(&g_cv);
     pthread_mutex_unlock(&g_mu);
-    return n;
+}
+
+/* Wait (at most 30 s) until the collector holds n ids. */
+static bool wait_ids(collector *c, int n) {
+    struct timespec dl;
+    clock_gettime(CLOCK_REALTIME, &dl);
+    dl.tv_sec += 30;
+    pthread_mutex_lock(&g_mu);
+    while (c->n_ids < n && !c->done && pthread_cond_timedwait(&g_cv, &g_mu, &dl) != ETIMEDOUT) {}
+    bool ok = c->n_ids >= n;
+    pthread_mutex_unlock(&g_mu);
+    return ok;
 }
 
 static moecl_engine_request greedy_request(const int32_t *prompt, int32_t n, int32_t max_tokens, collector *c) {
@@ -253,17 +281,19 @@ static void test_cancel(const moecl_model *m) {
      * prompt; the generating request cancels it after 5 of its tokens. */
     moecl_engine *e = engine_new(m, 2, 64, 2, 8);
     if (!e) return;
-    collector g = {.engine = e}, l = {.engine = e};
+    collector g = {.engine = e, .block_at = 1}, l = {.engine = e};
     collector *both[2] = {&g, &l};
     moecl_engine_request qg = greedy_request(p_short, 4, 40, &g);
     moecl_engine_request ql = greedy_request(p_long, 60, 10, &l);
     uint64_t idg = 0, idl = 0;
     CHECK(moecl_engine_submit(e, &qg, &idg) == MOECL_OK);
+    CHECK(wait_ids(&g, 1)); /* g holds the scheduler at its first token */
     CHECK(moecl_engine_submit(e, &ql, &idl) == MOECL_OK);
     pthread_mutex_lock(&g_mu);
     g.cancel_other = idl;
     g.cancel_other_at = 5;
     pthread_mutex_unlock(&g_mu);
+    release(&g);
     CHECK(wait_done(both, 2));
     CHECKF(l.last.finish == MOECL_FINISH_CANCELLED && l.n_ids == 0 && l.last.token == -1 &&
            l.last.usage.completion_tokens == 0, "mid-prompt cancel: finish %s, %d ids",
@@ -293,9 +323,12 @@ static void test_cancel(const moecl_model *m) {
     moecl_engine_request qb = greedy_request(p_short, 4, 30, &b);
     moecl_engine_request qq = greedy_request(p_long, 20, 5, &q);
     uint64_t idq = 0;
+    b.block_at = 1; /* b holds the only slot while q is queued and cancelled */
     CHECK(moecl_engine_submit(e, &qb, NULL) == MOECL_OK);
+    CHECK(wait_ids(&b, 1));
     CHECK(moecl_engine_submit(e, &qq, &idq) == MOECL_OK);
     CHECK(moecl_engine_cancel(e, idq) == MOECL_OK);
+    release(&b);
     collector *pb[2] = {&b, &q};
     CHECK(wait_done(pb, 2));
     CHECK(b.last.finish == MOECL_FINISH_LENGTH && b.n_ids == 30 && !memcmp(b.ids, ref, 30 * sizeof(int32_t)));
@@ -304,15 +337,16 @@ static void test_cancel(const moecl_model *m) {
     CHECK(q.last.finish == MOECL_FINISH_CANCELLED && q.n_ids == 0 && q.n_events == 1);
 
     /* From another thread while it generates without a limit. */
-    collector c = {.engine = e};
+    collector c = {.engine = e, .block_at = 2};
     moecl_engine_request qc = greedy_request(p_short, 4, 0, &c);
     uint64_t idc = 0;
     CHECK(moecl_engine_submit(e, &qc, &idc) == MOECL_OK);
-    for (int i = 0; i < 20000 && ids_now(&c) < 2; i++) usleep(100);
+    CHECK(wait_ids(&c, 2));
     CHECK(moecl_engine_cancel(e, idc) == MOECL_OK);
+    release(&c);
     collector *pc[1] = {&c};
     CHECK(wait_done(pc, 1));
-    CHECKF(c.last.finish == MOECL_FINISH_CANCELLED && c.n_ids >= 2 && c.n_ids < 60,
+    CHECKF(c.last.finish == MOECL_FINISH_CANCELLED && c.n_ids == 2,
            "cancel from another thread: %s after %d ids", moecl_finish_reason_str(c.last.finish), c.n_ids);
     moecl_engine_get_stats(e, &st);
     CHECK(st.n_running == 0 && st.n_queued == 0);
@@ -330,10 +364,11 @@ static void test_cancel(const moecl_model *m) {
     /* A bounded queue: with the slot busy, n_queue requests wait, the next is refused. */
     e = engine_new(m, 1, 64, 8, 2);
     if (!e) return;
-    collector busy = {.engine = e}, w1 = {.engine = e}, w2 = {.engine = e}, w3 = {.engine = e};
+    collector busy = {.engine = e, .block_at = 1, .linger_ms = 1000}, w1 = {.engine = e}, w2 = {.engine = e},
+              w3 = {.engine = e};
     moecl_engine_request qbusy = greedy_request(p_short, 4, 0, &busy);
     CHECK(moecl_engine_submit(e, &qbusy, NULL) == MOECL_OK);
-    for (int i = 0; i < 20000 && ids_now(&busy) < 1; i++) usleep(100);
+    CHECK(wait_ids(&busy, 1));
     moecl_engine_request q1 = greedy_request(p_short, 4, 2, &w1), q2 = greedy_request(p_short, 4, 2, &w2),
                          q3 = greedy_request(p_short, 4, 2, &w3);
     CHECK(moecl_engine_submit(e, &q1, NULL) == MOECL_OK);
@@ -343,7 +378,9 @@ static void test_cancel(const moecl_model *m) {
     moecl_engine_stats s2;
     moecl_engine_get_stats(e, &s2);
     CHECK(s2.n_queued == 2 && s2.n_running == 1);
-    /* freeing the engine ends every request with "cancelled" */
+    /* Freeing the engine ends every request with "cancelled": the scheduler,
+     * released, lingers a second in the callback while free() stops it. */
+    release(&busy);
     moecl_engine_free(e);
     CHECK(busy.done && busy.last.finish == MOECL_FINISH_CANCELLED);
     CHECK(w1.done && w1.last.finish == MOECL_FINISH_CANCELLED && w1.n_ids == 0);
