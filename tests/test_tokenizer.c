@@ -459,6 +459,9 @@ static void test_malformed(void) {
         {TINY_MODEL(", \"dropout\": 0.1"), MOECL_ERR_UNSUPPORTED, "dropout"},
         {TINY_MODEL(", \"ignore_merges\": true"), MOECL_ERR_UNSUPPORTED, "ignore_merges"},
         {"{\"model\": {\"type\": \"BPE\", \"vocab\": {}, \"merges\": []}}", MOECL_ERR_FORMAT, "vocabulary is empty"},
+        /* a large id in a small file: 16M slots (~700 MB) for 2 tokens (found by fuzz_tokenizer_json) */
+        {"{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 16000000}, \"merges\": []}}", MOECL_ERR_FORMAT,
+         "the largest id is 16000000 but only 2 tokens are named"},
         {"{\"normalizer\": {\"type\": \"NFKC\"}, " TINY_BODY(""), MOECL_ERR_UNSUPPORTED, "normalizer type \"NFKC\""},
         {"{\"pre_tokenizer\": {\"type\": \"ByteLevel\"}, " TINY_BODY(""), MOECL_ERR_FORMAT,
          "byte-level vocabulary without the token for byte 0x00"},

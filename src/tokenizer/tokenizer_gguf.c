@@ -386,6 +386,13 @@ static moecl_status splits_of(split_builder *b, int32_t id, int32_t *left_at) {
 static moecl_status find_splits(split_builder *b) {
     moecl_tokenizer *tok = b->tok;
     const char *P = tok->path;
+    /* a node per byte at most, numbered in an int32_t */
+    uint64_t total = 0;
+    for (int32_t id = 0; id < tok->n_vocab; id++)
+        if (tok->tokens[id].kind == MC_TOK_NORMAL) total += tok->tokens[id].len;
+    if (total >= (uint64_t)INT32_MAX)
+        return mc_error(MOECL_ERR_FORMAT, "%s: the normal tokens hold %llu bytes, more than the %d a merge table "
+                        "from scores is built for", P, (unsigned long long)total, INT32_MAX - 1);
     if (!trie_init(&b->fwd) || !trie_init(&b->bwd)) return mc_error(MOECL_ERR_NOMEM, "%s: out of memory", P);
     uint32_t longest = 0;
     moecl_status st;

@@ -524,6 +524,15 @@ static moecl_status parse_model(moecl_tokenizer *tok, const cJSON *model, const 
         ai++;
     }
     if (max_id < 0) return mc_error(MOECL_ERR_FORMAT, "%s: the vocabulary is empty", P);
+    /* Every id up to the largest gets a slot (the gaps unused), so a large id
+     * in a small file would cost hundreds of MB: real vocabularies number
+     * their tokens densely, so the id space may be at most twice the tokens
+     * named, plus 1024. */
+    const int64_t named = (int64_t)cJSON_GetArraySize(vocab) + ai;
+    if (max_id + 1 > 2 * named + 1024)
+        return mc_error(MOECL_ERR_FORMAT, "%s: the largest id is %lld but only %lld tokens are named (model.vocab "
+                        "and added_tokens): ids may run to at most twice the tokens, plus 1024", P,
+                        (long long)max_id, (long long)named);
     tok->n_vocab = (int32_t)max_id + 1;
     if (!(tok->tokens = calloc((size_t)tok->n_vocab, sizeof *tok->tokens)))
         return mc_error(MOECL_ERR_NOMEM, "%s: out of memory", P);
