@@ -497,7 +497,9 @@ moecl_status moecl_model_load(const char *path, const moecl_model_params *params
         if ((st = gguf_hparams(m->gguf, &m->hp))) goto fail;
         const mc_gguf_kv *toks = mc_gguf_find_kv(m->gguf, "tokenizer.ggml.tokens");
         if (toks && (st = check_vocab(path, (int64_t)toks->n, m->hp.n_vocab))) goto fail;
-        if ((st = mc_tokenizer_from_gguf(m->gguf, &m->tokenizer)) == MOECL_ERR_UNSUPPORTED) {
+        /* The progress callback can cancel a merge table built from scores. */
+        st = mc_tokenizer_from_gguf_ex(m->gguf, params->progress, params->progress_user_data, NULL, &m->tokenizer);
+        if (st == MOECL_ERR_UNSUPPORTED) {
             mc_log(MOECL_LOG_WARN, "%s: no tokenizer (%s); the model takes token ids", path, moecl_last_error());
             mc_clear_error();
             st = MOECL_OK;
