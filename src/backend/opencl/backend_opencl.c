@@ -34,6 +34,7 @@
 #include "backend/cpu/kernels.h"
 #include "quant/quant.h"
 
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -435,9 +436,8 @@ static moecl_status open_device(ocl_backend *o, const mc_opencl_params *p) {
     o->prompt_blk = pr && !strcmp(pr, "blk") ? true : pr && !strcmp(pr, "tiled") ? false : o->cpu_device;
     o->outs = 1; /* GPUs want many small groups (CPU devices use the _rows kernels) */
     const char *wait = getenv("OMP_WAIT_POLICY");
-    static bool warned; /* once a process */
-    if (o->cpu_device && (!wait || strcasecmp(wait, "passive")) && !warned) {
-        warned = true;
+    static atomic_flag warned = ATOMIC_FLAG_INIT; /* once a process, whichever context comes first */
+    if (o->cpu_device && (!wait || strcasecmp(wait, "passive")) && !atomic_flag_test_and_set(&warned)) {
         mc_log(MOECL_LOG_WARN,
                "opencl: %s is a CPU device sharing the cores with OpenMP, whose threads spin between parallel "
                "regions and slow the device's kernels down (3x on decode measured with PoCL): start the program "
