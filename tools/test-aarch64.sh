@@ -1,0 +1,51 @@
+#!/bin/sh
+# The aarch64 cross build's tests under qemu (build-aarch64/, tools/setup-aarch64.sh),
+# the part that fits CI's time on a 2-core machine; prints the ISA the CPU kernels
+# detect and one summary line "N passed, N failed, N skipped" as tools/test.sh does.
+#
+# Run: the quantized formats (conversions against references), every CPU golden test
+# (transformers' logits, HF and GGUF, scalar and default kernels), decode, the parsers,
+# the tokenizer against HF tokenizers and the scripts that run the CLI (through the
+# exe_wrapper), the fuzz corpora, the embedding example, the shared library's exports
+# and NEEDED entries, and the no-OpenCL tests.
+# Left out, with the reason (each runs on x86 in tools/test.sh):
+#   kernels             more than 5 CPU-minutes under qemu at its sizes (the matmul
+#                       shapes of every type, twice: auto and scalar are the same code
+#                       here); it needs a smaller-size knob. Run it with
+#                       `tools/test-aarch64.sh kernels` (names given are added).
+#   sampling            statistics over millions of draws: 15 min under qemu
+#   quantize, quantize_tokenizer, quantize_gguf_py, gguf_python
+#                       writing every GGUF type, minutes each under qemu; the formats'
+#                       bytes are checked by quant and the golden-gguf tests
+#   opencl, golden-*opencl*
+#                       no arm64 OpenCL library here: they would skip. no-opencl-ns
+#                       needs root; the other no-opencl-* tests run.
+#
+#   tools/test-aarch64.sh [TEST NAME...] [MESON TEST OPTIONS]
+set -u
+cd "$(dirname "$0")/.."
+leave_out='^(kernels|sampling|quantize|quantize_tokenizer|quantize_gguf_py|gguf_python|opencl|golden-.*opencl.*|no-opencl-ns)$'
+ninja -C build-aarch64 >/dev/null || exit 1
+tests=$(meson test -C build-aarch64 --list --no-rebuild 2>/dev/null | grep -v -E "$leave_out")
+[ -n "$tests" ] || { echo "test-aarch64: no tests listed in build-aarch64 (run tools/setup-aarch64.sh)" >&2; exit 1; }
+
+isa=$(qemu-aarch64 build-aarch64/moecl info -m tests/data/tiny-f32 --backend cpu 2>/dev/null | sed -n 's/^CPU kernels *//p')
+echo "test-aarch64: $(qemu-aarch64 --version | head -1); moecl's CPU kernels under it: ${isa:-unknown}"
+
+start=$(date +%s)
+# Timeouts x4: the tests' own limits are set for native speed.
+meson test -C build-aarch64 --no-rebuild --print-errorlogs --timeout-multiplier 4 $tests "$@"
+rc=$?
+python3 - build-aarch64/meson-logs/testlog.json <<'PY' || exit 1
+import json, sys
+counts = {"OK": 0, "FAIL": 0, "SKIP": 0, "TIMEOUT": 0, "ERROR": 0, "EXPECTEDFAIL": 0, "UNEXPECTEDPASS": 0}
+with open(sys.argv[1]) as f:
+    for line in f:
+        if line.strip():
+            r = json.loads(line)["result"]
+            counts[r] = counts.get(r, 0) + 1
+failed = counts["FAIL"] + counts["TIMEOUT"] + counts["ERROR"] + counts["UNEXPECTEDPASS"]
+print(f"aarch64 under qemu: {counts['OK']} passed, {failed} failed, {counts['SKIP']} skipped")
+PY
+echo "test-aarch64: $(($(date +%s) - start)) s"
+exit $rc
