@@ -14,6 +14,7 @@
  * (llama.cpp src/llama-quant.cpp, llama_tensor_get_type), for the types
  * moecl computes with.
  */
+#include "guard.h"
 #include "model.h"
 #include "arch/arch.h"
 #include "quant/quant.h"
@@ -477,8 +478,13 @@ moecl_status moecl_quantize(const char *in_path, const char *out_path, const moe
         const int64_t ne[3] = {es[i].ne[0], es[i].ne[1], es[i].ne[2]};
         st = mc_gguf_writer_add_tensor(j.w, es[i].name, mc_gguf_type_of(es[i].type), es[i].n_dims, ne);
     }
-    for (int i = 0; i < n && !st; i++)
-        st = write_entry(&j, m, &es[i]);
+    /* The input's weights are read here: a file truncated meanwhile is
+     * MOECL_ERR_IO naming it (src/guard.c), and nothing is written. */
+    if (!st && !(st = mc_guard_enter(m->guard))) {
+        for (int i = 0; i < n && !st; i++)
+            st = write_entry(&j, m, &es[i]);
+        st = mc_guard_leave(m->guard, st);
+    }
     if (!st) st = mc_gguf_writer_finish(j.w);
     if (!st) {
         char sizes[256] = "";

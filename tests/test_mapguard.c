@@ -133,6 +133,23 @@ static bool truncate_midway(float f, void *user) {
     return true;
 }
 
+/* moecl_quantize reading an input truncated while it writes: MOECL_ERR_IO
+ * naming the file, and no output (nor temporary file) left behind. */
+static char g_out[4300];
+static int case_quantize(void) {
+    moecl_quantize_params qp = moecl_quantize_default_params();
+    qp.type = "q8_0";
+    qp.n_threads = 2;
+    qp.progress = truncate_midway;
+    moecl_status st = moecl_quantize(g_model, g_out, &qp);
+    expect_io("quantize", st, moecl_last_error());
+    CHECKF(access(g_out, F_OK) != 0, "%s exists after a failed quantize", g_out);
+    char cmd[4400];
+    snprintf(cmd, sizeof cmd, "ls '%s'.*.tmp >/dev/null 2>&1", g_out);
+    CHECKF(system(cmd) != 0, "a temporary file of %s was left behind", g_out);
+    return t_done("test_mapguard");
+}
+
 static int case_load(void) {
     moecl_model *m = NULL;
     moecl_model_params mp = moecl_model_default_params();
@@ -240,6 +257,7 @@ static void run_case(const char *data, const char *work, bool gguf, const char *
         int rc = !strcmp(name, "between") ? case_between(go[1], resume[0])
                  : !strcmp(name, "during") ? case_during()
                  : !strcmp(name, "load")   ? case_load()
+                 : !strcmp(name, "quantize") ? case_quantize()
                                            : case_chained(work);
         fflush(stderr);
         _exit(rc);
@@ -268,8 +286,9 @@ int main(int argc, char **argv) {
     }
     mkdir(argv[2], 0755);
     moecl_log_set(NULL, MOECL_LOG_ERROR, NULL);
-    static const char *cases[] = {"between", "during", "load", "chained"};
+    snprintf(g_out, sizeof g_out, "%s/mapguard-out.gguf", argv[2]);
+    static const char *cases[] = {"between", "during", "load", "chained", "quantize"};
     for (int g = 0; g < 2; g++)
-        for (int i = 0; i < 4; i++) run_case(argv[1], argv[2], g == 1, cases[i]);
+        for (int i = 0; i < 5; i++) run_case(argv[1], argv[2], g == 1, cases[i]);
     return t_done("test_mapguard");
 }
