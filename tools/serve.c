@@ -79,6 +79,7 @@ typedef struct job {
     char *out;                 /* bytes ready to send (SSE), or the text (plain) */
     size_t out_len, out_sent, out_cap;
     bool overflow;             /* the client did not keep up: cancelled */
+    bool left;                 /* the client left and it was counted */
     bool done;
     moecl_finish_reason finish;
     moecl_engine_usage usage;
@@ -294,6 +295,7 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
             return clean ? MHD_CONTENT_READER_END_OF_STREAM : MHD_CONTENT_READER_END_WITH_ERROR;
         }
         if (atomic_load(&j->srv->stopping) || client_gone(j->fd)) {
+            j->left = true;
             pthread_mutex_unlock(&j->mu);
             moecl_engine_cancel(j->srv->engine, j->id);
             count_disconnect(j->srv, false);
@@ -309,8 +311,13 @@ static void stream_free(void *cls) {
     job *j = cls;
     pthread_mutex_lock(&j->mu);
     bool running = !j->done;
+    /* MHD found the connection closed while it still had output to send
+     * (the reader never saw the socket go): that is a client leaving too. */
+    bool count = running && !j->left && !j->overflow && !atomic_load(&j->srv->stopping);
+    j->left = j->left || count;
     pthread_mutex_unlock(&j->mu);
     if (running) moecl_engine_cancel(j->srv->engine, j->id);
+    if (count) count_disconnect(j->srv, false);
     job_release(j);
 }
 
