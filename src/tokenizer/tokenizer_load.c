@@ -77,8 +77,11 @@ static const char *type_name(const cJSON *j) {
 }
 
 static bool is_int(const cJSON *j, double lo, double hi) {
-    return cJSON_IsNumber(j) && j->valuedouble == (double)(int64_t)j->valuedouble && j->valuedouble >= lo &&
-           j->valuedouble <= hi;
+    if (!cJSON_IsNumber(j)) return false;
+    const double v = j->valuedouble;
+    /* The range before the cast: converting a value outside int64_t (1e400
+     * parses as inf; NaN fails both tests) is undefined behaviour. */
+    return v >= lo && v <= hi && v == (double)(int64_t)v;
 }
 
 /* A cJSON string as bytes. cJSON cuts strings at an escaped NUL (\u0000),
