@@ -91,6 +91,33 @@ typedef enum mc_qk_norm {
     MC_QK_NORM_FULL,     /* over the whole projection of a token (OLMoE) */
 } mc_qk_norm;
 
+/* Hugging Face tensor names that families share, for their hf_names tables
+ * (each family adds its own entries after the macro). The Llama layout of
+ * embeddings, norms and attention: */
+#define MC_HF_LLAMA_NAMES                                                          \
+    [MC_TN_TOK_EMBD] = "model.embed_tokens.weight",                                \
+    [MC_TN_OUTPUT_NORM] = "model.norm.weight",                                     \
+    [MC_TN_OUTPUT] = "lm_head.weight",                                             \
+    [MC_TN_ATTN_NORM] = "model.layers.%d.input_layernorm.weight",                  \
+    [MC_TN_ATTN_Q] = "model.layers.%d.self_attn.q_proj.weight",                    \
+    [MC_TN_ATTN_K] = "model.layers.%d.self_attn.k_proj.weight",                    \
+    [MC_TN_ATTN_V] = "model.layers.%d.self_attn.v_proj.weight",                    \
+    [MC_TN_ATTN_OUT] = "model.layers.%d.self_attn.o_proj.weight",                  \
+    [MC_TN_FFN_NORM] = "model.layers.%d.post_attention_layernorm.weight"
+/* ...plus Q/K/V biases and the routed experts under mlp. (Qwen2-MoE,
+ * Qwen3-MoE, OLMoE), per expert or fused as transformers 5 keeps them. */
+#define MC_HF_QWEN_NAMES                                                           \
+    MC_HF_LLAMA_NAMES,                                                             \
+    [MC_TN_ATTN_Q_BIAS] = "model.layers.%d.self_attn.q_proj.bias",                 \
+    [MC_TN_ATTN_K_BIAS] = "model.layers.%d.self_attn.k_proj.bias",                 \
+    [MC_TN_ATTN_V_BIAS] = "model.layers.%d.self_attn.v_proj.bias",                 \
+    [MC_TN_ROUTER] = "model.layers.%d.mlp.gate.weight",                            \
+    [MC_TN_EXP_GATE] = "model.layers.%d.mlp.experts.%d.gate_proj.weight",          \
+    [MC_TN_EXP_UP] = "model.layers.%d.mlp.experts.%d.up_proj.weight",              \
+    [MC_TN_EXP_DOWN] = "model.layers.%d.mlp.experts.%d.down_proj.weight",          \
+    [MC_TN_EXPS_GATE_UP] = "model.layers.%d.mlp.experts.gate_up_proj",             \
+    [MC_TN_EXPS_DOWN] = "model.layers.%d.mlp.experts.down_proj"
+
 typedef struct mc_arch {
     const char *name;          /* moecl's name of the family */
     const char *hf_arch;       /* config.json "architectures"[0] */
