@@ -5,7 +5,6 @@
 #include "ops.h"
 
 #include <math.h>
-#include <omp.h>
 #include <string.h>
 
 void mc_rmsnorm(float *out, const float *x, const float *w, int64_t n, float eps) {
@@ -37,7 +36,9 @@ void mc_rope(float *x, int n_heads, int head_dim, int32_t pos, float theta, bool
 
 /* One query head of one token against its sequence's cached keys. Cloned
  * per instruction set (the library is built for baseline x86-64); the simd
- * reductions let the compiler vectorise the dot products. */
+ * reductions let the compiler vectorise the dot products (reordering the
+ * float sums, which it may not do on its own). They need only -fopenmp-simd
+ * (meson.build), not the OpenMP runtime. */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 __attribute__((target_clones("avx512f", "avx2", "default")))
 #endif
@@ -79,13 +80,15 @@ static void attend_one(const mc_attn_args *a, int64_t t, int h, float *scores) {
     }
 }
 
+/* Pairs [w0, w1) on thread tid. */
+static void attend_chunk(void *arg, int64_t w0, int64_t w1, int tid) {
+    const mc_attn_args *a = arg;
+    float *scores = a->scratch + (int64_t)tid * a->n_ctx;
+    for (int64_t w = w0; w < w1; w++) attend_one(a, w / a->n_head, (int)(w % a->n_head), scores);
+}
+
 void mc_attention(const mc_attn_args *a) {
-    const int64_t n_work = a->T * a->n_head;
     /* Each (token, head) pair is independent; work per pair grows with its
      * position, so hand pairs out dynamically. */
-#pragma omp parallel for schedule(dynamic, 4) num_threads(a->n_threads) if (n_work > 1)
-    for (int64_t w = 0; w < n_work; w++) {
-        float *scores = a->scratch + (int64_t)omp_get_thread_num() * a->n_ctx;
-        attend_one(a, w / a->n_head, (int)(w % a->n_head), scores);
-    }
+    mc_pool_for(a->pool, a->T * a->n_head, MC_POOL_DYNAMIC, 4, a->n_threads, attend_chunk, (void *)a);
 }

@@ -18,7 +18,6 @@
 #include "ops.h"
 
 #include <math.h>
-#include <omp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,6 +30,7 @@ struct moecl_context {
     const moecl_model *model;
     moecl_context_params params;
     int n_threads;
+    mc_pool *pool;        /* the CPU kernels' and attention's threads */
     int32_t n_ctx, n_batch, n_seq;
 
     /* Backends: [0] runs attention projections and the LM head; experts of
@@ -127,7 +127,7 @@ static moecl_status add_opencl(moecl_context *ctx, const moecl_context_params *p
         .mem_budget = params->gpu_mem_mib < 0 ? -1 : (int64_t)params->gpu_mem_mib << 20,
         .experts_per_layer = params->gpu_experts,
         .dtype = params->device_dtype,
-        .n_threads = ctx->n_threads,
+        .pool = ctx->pool,
     };
     if (!demanded && !named && mc_cl_devices(NULL, 0) == 0) {
         mc_log(MOECL_LOG_INFO, "opencl: no OpenCL device; experts run on the CPU");
@@ -234,11 +234,13 @@ static moecl_status context_new(const moecl_model *model, const moecl_context_pa
     ctx->n_ctx = (int32_t)n_ctx;
     ctx->n_batch = (int32_t)n_batch;
     ctx->n_seq = (int32_t)n_seq;
-    ctx->n_threads = params->n_threads > 0 ? params->n_threads : omp_get_num_procs();
+    ctx->n_threads = params->n_threads > 0 ? params->n_threads : mc_pool_default_threads();
 
     mc_backend_check_blas();
-    moecl_status st = mc_backend_cpu_new(model, ctx->n_threads, &ctx->backends[0]);
+    moecl_status st = mc_pool_new(ctx->n_threads, &ctx->pool);
+    if (!st) st = mc_backend_cpu_new(model, ctx->pool, &ctx->backends[0]);
     if (st) {
+        mc_pool_free(ctx->pool);
         free(ctx);
         return st;
     }
@@ -302,6 +304,7 @@ static moecl_status context_new(const moecl_model *model, const moecl_context_pa
 void moecl_context_free(moecl_context *ctx) {
     if (!ctx) return;
     for (int i = 0; i < ctx->n_backends; i++) mc_backend_free(ctx->backends[i]);
+    mc_pool_free(ctx->pool);
     void *bufs[] = {ctx->k_cache, ctx->v_cache, ctx->seq_len, ctx->seq_count, ctx->x, ctx->xn, ctx->xo, ctx->q,
                     ctx->k, ctx->v, ctx->att, ctx->proj, ctx->tok_seq, ctx->tok_pos, ctx->r_expert,
                     ctx->r_weight, ctx->gx, ctx->gy, ctx->fh1, ctx->fh3, ctx->plan.order, ctx->plan.offsets,
@@ -426,7 +429,7 @@ static moecl_status attention_block(moecl_context *ctx, int il, int64_t T) {
         .T = T, .n_head = hp->n_head, .n_head_kv = hp->n_head_kv, .head_dim = hp->head_dim,
         .n_ctx = ctx->n_ctx, .window = hp->sliding_window, .seq = ctx->tok_seq, .pos = ctx->tok_pos,
         .q = ctx->q, .k_cache = kc, .v_cache = vc, .out = ctx->att, .scratch = ctx->att_scratch,
-        .n_threads = ctx->n_threads,
+        .n_threads = ctx->n_threads, .pool = ctx->pool,
     };
     mc_attention(&a);
     if ((st = matmul(ctx, &L->wo, ctx->att, T, ctx->proj))) return st;

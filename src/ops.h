@@ -7,6 +7,7 @@
 #define MOECL_OPS_H
 
 #include "internal.h"
+#include "util/threadpool.h"
 
 /* ---- attention.c ----------------------------------------------------------- */
 
@@ -26,6 +27,7 @@ void mc_rope(float *x, int n_heads, int head_dim, int32_t pos, float theta, bool
  * when window > 0). The cache for sequence s, position j, starts at
  * k_cache + (s * n_ctx + j) * kv_dim, with kv_dim = n_head_kv * head_dim.
  * q: [T, n_head * head_dim] after RoPE; out: same shape.
+ * Runs on n_threads threads of pool (NULL: the calling thread alone).
  * scratch: n_threads * n_ctx floats. */
 typedef struct mc_attn_args {
     int64_t T;
@@ -37,6 +39,7 @@ typedef struct mc_attn_args {
     float *out;                /* [T, n_head * head_dim] */
     float *scratch;
     int n_threads;
+    mc_pool *pool;
 } mc_attn_args;
 void mc_attention(const mc_attn_args *a);
 

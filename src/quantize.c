@@ -19,10 +19,10 @@
 #include "arch/arch.h"
 #include "quant/quant.h"
 #include "tokenizer/tokenizer.h"
+#include "util/threadpool.h"
 
 #include <dirent.h>
 #include <errno.h>
-#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -104,6 +104,7 @@ typedef struct job {
     const recipe *r;
     const mc_hparams *hp;
     int n_threads;
+    mc_pool *pool;
     bool allow_requantize;
     moecl_progress_fn progress;
     void *progress_user;
@@ -148,6 +149,27 @@ static moecl_status step(job *j, int64_t rows) {
     return MOECL_OK;
 }
 
+/* Rows [r0 + i0, r0 + i1) of W into rows [i0, i1) of the chunk, on thread tid. */
+typedef struct rows_job {
+    job *j;
+    const mc_tensor *W;
+    moecl_dtype t;
+    bool permute;
+    int64_t r0;
+    size_t in_row, out_row;
+} rows_job;
+
+static void convert_rows(void *arg, int64_t i0, int64_t i1, int tid) {
+    const rows_job *rj = arg;
+    const int64_t cols = rj->W->cols;
+    float *f = rj->j->rows_f32 + (size_t)tid * (size_t)cols;
+    for (int64_t i = i0; i < i1; i++) {
+        const int64_t src = source_row(rj->r0 + i, rj->j->hp->head_dim, rj->permute);
+        mc_dequantize_row(rj->W->type, (const char *)rj->W->data + (size_t)src * rj->in_row, f, cols);
+        mc_quantize_row(rj->t, f, rj->j->chunk + (size_t)i * rj->out_row, cols);
+    }
+}
+
 /* Convert the matrix W to type t and append its bytes to the file. */
 static moecl_status write_matrix(job *j, const mc_tensor *W, moecl_dtype t, bool permute) {
     const int64_t rows = W->rows, cols = W->cols;
@@ -164,13 +186,8 @@ static moecl_status write_matrix(job *j, const mc_tensor *W, moecl_dtype t, bool
         if (t == W->type && !permute) { /* same type: the bytes as they are */
             memcpy(j->chunk, (const char *)W->data + (size_t)r0 * in_row, (size_t)n * out_row);
         } else {
-#pragma omp parallel for num_threads(j->n_threads) schedule(dynamic, 8)
-            for (int64_t i = 0; i < n; i++) {
-                float *f = j->rows_f32 + (size_t)omp_get_thread_num() * (size_t)cols;
-                const int64_t src = source_row(r0 + i, j->hp->head_dim, permute);
-                mc_dequantize_row(W->type, (const char *)W->data + (size_t)src * in_row, f, cols);
-                mc_quantize_row(t, f, j->chunk + (size_t)i * out_row, cols);
-            }
+            rows_job rj = {.j = j, .W = W, .t = t, .permute = permute, .r0 = r0, .in_row = in_row, .out_row = out_row};
+            mc_pool_for(j->pool, n, MC_POOL_DYNAMIC, 8, j->n_threads, convert_rows, &rj);
         }
         if ((st = mc_gguf_writer_write_data(j->w, j->chunk, (size_t)n * out_row))) return st;
         if ((st = step(j, n))) return st;
@@ -403,7 +420,7 @@ moecl_status moecl_quantize(const char *in_path, const char *out_path, const moe
                         "accuracy: allow it explicitly", in_path, moecl_dtype_name(src_type), r->name);
     }
 
-    j.n_threads = params->n_threads > 0 ? params->n_threads : omp_get_num_procs();
+    j.n_threads = params->n_threads > 0 ? params->n_threads : mc_pool_default_threads();
     const int L = hp->n_layer, max_entries = 3 + 24 * L;
     entry *es = calloc((size_t)max_entries, sizeof *es);
     if (!es) {
@@ -474,6 +491,7 @@ moecl_status moecl_quantize(const char *in_path, const char *out_path, const moe
         j.rows_total += es[i].what == E_F32 ? 1 : es[i].what == E_MATRIX ? es[i].ne[1] : es[i].ne[1] * es[i].ne[2];
 
     st = write_metadata(&j, m, in_path);
+    if (!st) st = mc_pool_new(j.n_threads, &j.pool);
     for (int i = 0; i < n && !st; i++) {
         const int64_t ne[3] = {es[i].ne[0], es[i].ne[1], es[i].ne[2]};
         st = mc_gguf_writer_add_tensor(j.w, es[i].name, mc_gguf_type_of(es[i].type), es[i].n_dims, ne);
@@ -496,6 +514,7 @@ moecl_status moecl_quantize(const char *in_path, const char *out_path, const moe
         mc_log(MOECL_LOG_INFO, "%s: %d tensors as %s: %s", out_path, n, r->name, sizes);
     }
     mc_gguf_writer_free(j.w);
+    mc_pool_free(j.pool);
     free(j.chunk);
     free(j.rows_f32);
     free(es);

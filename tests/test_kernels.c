@@ -201,6 +201,13 @@ static void test_swiglu(void) {
 /* ---- matmul ------------------------------------------------------------------ */
 
 static int n_configs = 0;
+
+/* A pool of nt threads (1..2), made on first use and kept for the run. */
+static mc_pool *g_pools[3];
+static mc_pool *pool_of(int nt) {
+    if (!g_pools[nt]) CHECK(mc_pool_new(nt, &g_pools[nt]) == MOECL_OK);
+    return g_pools[nt];
+}
 static double worst_nerr = 0;
 
 /* Normalised error max|y - ref| / max|ref| of the int8-activation path
@@ -310,7 +317,7 @@ static void run_config(moecl_dtype dt, int64_t rows, int64_t cols, int64_t T, co
             void *scratch = ss ? aligned_alloc(64, (ss + 63) & ~(size_t)63) : NULL;
             CHECK(ss == 0 || scratch);
             for (size_t i = 0; i < (size_t)(T * rows); i++) Y[i] = NAN; /* every output must be written */
-            mc_cpu_matmul(&W, X, T, Y, nt, scratch);
+            mc_cpu_matmul(&W, X, T, Y, pool_of(nt), scratch);
             double e = nerr(Y, ref, (size_t)(T * rows), scale);
             const bool qint = mc_cpu_quant_int8(dt, T);
             if (qint) {
@@ -339,7 +346,7 @@ static void run_config(moecl_dtype dt, int64_t rows, int64_t cols, int64_t T, co
             if (qint) { /* the SIMD int8 path against the scalar float path */
                 float *Ys = malloc((size_t)(T * rows) * sizeof *Ys);
                 mc_cpu_force_scalar(true);
-                mc_cpu_matmul(&W, X, T, Ys, nt, NULL);
+                mc_cpu_matmul(&W, X, T, Ys, pool_of(nt), NULL);
                 set_mode(mode);
                 double es = nerr(Y, Ys, (size_t)(T * rows), scale);
                 CHECKF(es <= QINT_BOUND, "%s int8 vs scalar rows=%lld cols=%lld T=%lld: nerr %.3g",
@@ -354,7 +361,7 @@ static void run_config(moecl_dtype dt, int64_t rows, int64_t cols, int64_t T, co
     set_mode(MODE_AUTO);
     if (mc_cpu_matmul_scratch_size(&W, T, 2) > 0) {
         for (size_t i = 0; i < (size_t)(T * rows); i++) Y[i] = NAN;
-        mc_cpu_matmul(&W, X, T, Y, 2, NULL);
+        mc_cpu_matmul(&W, X, T, Y, pool_of(2), NULL);
         double e = nerr(Y, ref, (size_t)(T * rows), scale);
         CHECKF(e <= 1e-5, "no scratch %s rows=%lld cols=%lld T=%lld: nerr %.3g", moecl_dtype_name(dt),
                (long long)rows, (long long)cols, (long long)T, e);
@@ -400,10 +407,10 @@ static void test_matmul(const bool modes[MODE_COUNT]) {
     /* Degenerate shapes. */
     float X[4] = {1, 2, 3, 4}, Y[4] = {5, 5, 5, 5};
     mc_tensor W0 = {.type = MOECL_DTYPE_F32, .rows = 2, .cols = 0, .data = X, .nbytes = 0};
-    mc_cpu_matmul(&W0, X, 2, Y, 2, NULL);
+    mc_cpu_matmul(&W0, X, 2, Y, pool_of(2), NULL);
     CHECK(Y[0] == 0 && Y[1] == 0 && Y[2] == 0 && Y[3] == 0);
     Y[0] = 5;
-    mc_cpu_matmul(&W0, X, 0, Y, 2, NULL);
+    mc_cpu_matmul(&W0, X, 0, Y, pool_of(2), NULL);
     CHECK(Y[0] == 5);
     CHECK(mc_cpu_matmul_scratch_size(&W0, 100, 2) == 0);
 }
@@ -440,7 +447,7 @@ static void run_int8_config(const char *level, const char *kern, int ki, moecl_d
         mc_cpu_force_scalar(false);
         for (int64_t i = 0; i < T * rows; i++) Y[i] = NAN;
         (void)mc_cpu_take_int8_kernels();
-        mc_cpu_matmul(&W, X, T, Y, nt, NULL);
+        mc_cpu_matmul(&W, X, T, Y, pool_of(nt), NULL);
         const char *ran = mc_cpu_take_int8_kernels();
         CHECKF(!strcmp(ran, kern), "MOECL_CPU_ISA=%s %s T=%lld: int8 kernels %s ran, not %s", level,
                moecl_dtype_name(dt), (long long)T, ran, kern);
@@ -449,7 +456,7 @@ static void run_int8_config(const char *level, const char *kern, int ki, moecl_d
         CHECKF(e <= 1e-5, "%s int8 %s rows=%lld cols=%lld T=%lld threads=%d vs rounded-X float64: nerr %.3g", kern,
                moecl_dtype_name(dt), (long long)rows, (long long)cols, (long long)T, nt, e);
         mc_cpu_force_scalar(true);
-        mc_cpu_matmul(&W, X, T, Ys, nt, NULL);
+        mc_cpu_matmul(&W, X, T, Ys, pool_of(nt), NULL);
         double es = nerr(Y, Ys, (size_t)(T * rows), scale);
         CHECKF(es <= QINT_BOUND, "%s int8 %s rows=%lld cols=%lld T=%lld vs scalar float path: nerr %.3g", kern,
                moecl_dtype_name(dt), (long long)rows, (long long)cols, (long long)T, es);
@@ -592,5 +599,6 @@ int main(void) {
                     moecl_dtype_name((moecl_dtype)dt), worst_qint[dt], QINT_BOUND, worst_qint_big[dt]);
     fprintf(stderr, "matmul: %d runs on the int8 path; against X rounded to int8: worst %.3g\n", n_qint,
             worst_qint_exact);
+    for (int i = 0; i < 3; i++) mc_pool_free(g_pools[i]);
     return t_done("test_kernels");
 }

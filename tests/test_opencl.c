@@ -101,6 +101,13 @@ static void compare_moe(mc_backend *cl, mc_backend *cpu, const moecl_model *m, i
     free(Yg);
 }
 
+/* Two threads for the CPU backends these tests make (contexts make their own). */
+static mc_pool *g_pool;
+static mc_pool *test_pool(void) {
+    if (!g_pool) CHECK(mc_pool_new(2, &g_pool) == MOECL_OK);
+    return g_pool;
+}
+
 static void test_ops_model(const char *dir, moecl_dtype dev_dtype, double bound) {
     moecl_model *m = NULL;
     CHECKF(moecl_model_load(dir, NULL, &m) == MOECL_OK, "%s: %s", dir, moecl_last_error());
@@ -110,11 +117,11 @@ static void test_ops_model(const char *dir, moecl_dtype dev_dtype, double bound)
             moecl_dtype_name(m->layers[0].experts[0].w1.type), E, m->hp.n_embd, m->hp.n_ff,
             moecl_dtype_name(dev_dtype));
     mc_backend *cpu = NULL, *cl = NULL;
-    CHECK(mc_backend_cpu_new(m, 2, &cpu) == MOECL_OK);
+    CHECK(mc_backend_cpu_new(m, test_pool(), &cpu) == MOECL_OK);
     uint8_t *place = calloc((size_t)L * E, 1);
     int64_t n_placed = 0;
     mc_opencl_params op = {.selector = getenv("MOECL_DEVICE"), .gpu_only = false, .mem_budget = -1,
-                           .experts_per_layer = -1, .dtype = dev_dtype, .n_threads = 2};
+                           .experts_per_layer = -1, .dtype = dev_dtype, .pool = test_pool()};
     CHECKF(mc_backend_opencl_new(m, &op, place, 1, &n_placed, &cl) == MOECL_OK, "%s", moecl_last_error());
     CHECK(n_placed == (int64_t)L * E);
     for (int i = 0; i < L * E; i++) CHECK(place[i] == 1);
@@ -537,7 +544,7 @@ static void test_quant_type(moecl_model *m, moecl_dtype t) {
     uint8_t *place = calloc((size_t)L * E, 1);
     int64_t n_placed = 0;
     mc_opencl_params op = {.selector = getenv("MOECL_DEVICE"), .gpu_only = false, .mem_budget = -1,
-                           .experts_per_layer = -1, .dtype = MOECL_DTYPE_COUNT, .n_threads = 2};
+                           .experts_per_layer = -1, .dtype = MOECL_DTYPE_COUNT, .pool = test_pool()};
     for (int pass = 0; pass < 2; pass++) { /* the blocks as they are; then dequantized to F32 at upload */
         op.dtype = pass ? MOECL_DTYPE_F32 : MOECL_DTYPE_COUNT;
         mc_backend *cl = NULL;
@@ -789,5 +796,6 @@ int main(void) {
         test_ops(dir);
         remove_dir(dir);
     }
+    mc_pool_free(g_pool);
     return t_done("opencl");
 }

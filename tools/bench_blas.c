@@ -16,8 +16,8 @@
  * (d) with --quant: the quantized types at a Mixtral expert shape
  *     (14336x4096): T=1 and 2 in weight GB/s (and as a fraction of the read
  *     bandwidth of (a)), T=32 and 128 in GFLOP/s; --quant-only skips (b).
- * First of all, the cost of an empty parallel region: what OMP_WAIT_POLICY
- * decides (passive: a futex wake per region).
+ * First of all, the cost of an empty mc_pool_for: what MOECL_SPIN_US decides
+ * (0: the workers sleep at once, a futex wake per call).
  *
  * Each figure is the median of several runs. Thread counts measured: 1 and N
  * (default: all processors). Not a test: it checks nothing.
@@ -27,7 +27,6 @@
 
 #include <cblas.h>
 #include <math.h>
-#include <omp.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -113,19 +112,37 @@ static float sum_floats(const float *p, size_t n, int streams) {
 
 static volatile float g_sink;
 
+/* One pool per thread count, made on first use. */
+static mc_pool *g_pools[65];
+static mc_pool *pool_of(int nth) {
+    if (nth > 64) nth = 64;
+    if (!g_pools[nth] && mc_pool_new(nth, &g_pools[nth])) {
+        fprintf(stderr, "bench-blas: %s\n", moecl_last_error());
+        exit(1);
+    }
+    return g_pools[nth];
+}
+
+typedef struct read_job {
+    const float *buf;
+    int streams;
+    float part[64]; /* one sum per thread */
+} read_job;
+
+static void read_chunk(void *arg, int64_t a, int64_t b, int tid) {
+    read_job *j = arg;
+    j->part[tid] += sum_floats(j->buf + a, (size_t)(b - a), j->streams);
+}
+
 static double bench_read(const float *buf, size_t n, int nth, int streams) {
     double t[16];
     for (int r = 0; r < g_runs; r++) {
         double t0 = now();
-        float total = 0;
-#pragma omp parallel num_threads(nth) reduction(+ : total)
-        {
-            int id = omp_get_thread_num(), nt = omp_get_num_threads();
-            size_t chunk = (n / (size_t)nt + 31) & ~(size_t)31;
-            size_t a = (size_t)id * chunk, b = a + chunk < n ? a + chunk : n;
-            if (a < b) total += sum_floats(buf + a, b - a, streams);
-        }
+        read_job j = {.buf = buf, .streams = streams};
+        mc_pool_for(pool_of(nth), (int64_t)n, MC_POOL_STATIC, 32, nth, read_chunk, &j);
         t[r] = now() - t0;
+        float total = 0;
+        for (int i = 0; i < 64; i++) total += j.part[i];
         g_sink = total;
     }
     return (double)n * sizeof(float) / median(t, g_runs) * 1e-9;
@@ -137,12 +154,12 @@ static double bench_read(const float *buf, size_t n, int nth, int streams) {
 static double time_matmul(const mc_tensor *W, const float *X, int64_t T, float *Y, int nth, void *scratch) {
     double t[16];
     double t0 = now();
-    mc_cpu_matmul(W, X, T, Y, nth, scratch); /* warm-up, and a first estimate */
+    mc_cpu_matmul(W, X, T, Y, pool_of(nth), scratch); /* warm-up, and a first estimate */
     double once = now() - t0;
     int reps = once >= 20e-3 ? 1 : (int)(20e-3 / (once + 1e-7)) + 1;
     for (int r = 0; r < g_runs; r++) {
         t0 = now();
-        for (int k = 0; k < reps; k++) mc_cpu_matmul(W, X, T, Y, nth, scratch);
+        for (int k = 0; k < reps; k++) mc_cpu_matmul(W, X, T, Y, pool_of(nth), scratch);
         t[r] = (now() - t0) / reps;
     }
     return median(t, g_runs);
@@ -162,7 +179,6 @@ static void section_memory(size_t bytes, int nmax) {
     float *buf = xalloc(bytes);
     size_t n = bytes / sizeof(float);
     /* 0x3c00 in every 16-bit half: a finite value as f32, f16 (1.0), bf16. */
-#pragma omp parallel for num_threads(nmax) schedule(static)
     for (size_t i = 0; i < n; i++) ((uint32_t *)buf)[i] = 0x3c003c00u;
 
     double raw[2] = {0};
@@ -357,23 +373,28 @@ static void section_quant(int nmax) {
     }
 }
 
-/* Cost of opening a parallel region that does nothing: the floor under every
- * multi-threaded kernel call, and what OMP_WAIT_POLICY changes. */
+/* Cost of an mc_pool_for that does nothing: the floor under every
+ * multi-threaded kernel call, and what MOECL_SPIN_US changes. */
+static void nothing(void *arg, int64_t a, int64_t b, int tid) {
+    (void)a, (void)b, (void)tid;
+    g_sink = *(const float *)arg;
+}
+
 static void section_overhead(int nmax) {
     if (nmax < 2) return;
     enum { N = 201 };
     double t[N];
     for (int r = 0; r < N; r++) {
+        static const float zero = 0;
         double t0 = now();
-#pragma omp parallel num_threads(nmax)
-        g_sink = 0;
+        mc_pool_for(pool_of(nmax), nmax, MC_POOL_STATIC, 1, nmax, nothing, (void *)&zero);
         t[r] = now() - t0;
         /* what a decode step does between kernels: a little serial work */
         double t1 = now();
         while (now() - t1 < 50e-6) {
         }
     }
-    printf("empty parallel region (%d threads, after 50 us of serial work): %.1f us median\n", nmax,
+    printf("empty mc_pool_for (%d threads, after 50 us of serial work): %.1f us median\n", nmax,
            median(t, N) * 1e6);
 }
 
@@ -404,9 +425,9 @@ static void section_act_error(void) {
         for (int64_t r = 0; r < rows; r++) mc_quantize_row((moecl_dtype)t, w + r * cols, q + (size_t)r * rb, cols);
         mc_tensor W = {.type = (moecl_dtype)t, .rows = rows, .cols = cols, .data = q, .nbytes = rb * (size_t)rows};
         mc_cpu_force_scalar(true);
-        mc_cpu_matmul(&W, x, 1, y0, 1, NULL);
+        mc_cpu_matmul(&W, x, 1, y0, NULL, NULL);
         mc_cpu_force_scalar(false);
-        mc_cpu_matmul(&W, x, 1, y1, 1, NULL);
+        mc_cpu_matmul(&W, x, 1, y1, NULL, NULL);
         double se = 0, sr = 0;
         for (int64_t r = 0; r < rows; r++) {
             se += ((double)y1[r] - y0[r]) * ((double)y1[r] - y0[r]);
@@ -423,7 +444,7 @@ static void section_act_error(void) {
 }
 
 int main(int argc, char **argv) {
-    int nmax = omp_get_num_procs();
+    int nmax = mc_pool_default_threads();
     bool quick = false, sweep = false, quant = false, quant_only = false;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--threads") && i + 1 < argc) nmax = atoi(argv[++i]);
@@ -440,11 +461,12 @@ int main(int argc, char **argv) {
         }
     }
     if (nmax < 1) nmax = 1;
+    if (nmax > 64) nmax = 64;
     if (quick) g_runs = 3;
-    const char *wp = getenv("OMP_WAIT_POLICY");
+
     printf("OpenBLAS core: %s\nOpenBLAS config: %s\n", openblas_get_corename(), openblas_get_config());
-    printf("kernels ISA: %s   int8 kernels: %s   processors: %d   threads measured: 1 and %d   OMP_WAIT_POLICY=%s\n",
-           mc_cpu_isa(), mc_cpu_int8_kernels(), omp_get_num_procs(), nmax, wp ? wp : "(unset)");
+    printf("kernels ISA: %s   int8 kernels: %s   physical cores: %d   threads measured: 1 and %d   spin: %d us\n",
+           mc_cpu_isa(), mc_cpu_int8_kernels(), mc_pool_default_threads(), nmax, mc_pool_spin_us());
     openblas_set_num_threads(1);
     section_overhead(nmax);
     section_memory(quick ? (size_t)256 << 20 : (size_t)1 << 30, nmax);

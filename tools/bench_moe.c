@@ -59,7 +59,7 @@ static double time_backend(const moecl_model *m, const char *prompt_kernels, int
     uint8_t *place = calloc((size_t)L * E, 1);
     int64_t n_placed = 0;
     mc_opencl_params op = {.selector = getenv("MOECL_DEVICE"), .mem_budget = -1, .experts_per_layer = 1,
-                           .dtype = MOECL_DTYPE_F32, .n_threads = 2};
+                           .dtype = MOECL_DTYPE_F32, .pool = NULL};
     mc_backend *be = NULL;
     if (mc_backend_opencl_new(m, &op, place, 1, &n_placed, &be)) {
         fprintf(stderr, "%s\n", moecl_last_error());

@@ -22,6 +22,7 @@
 
 #include "internal.h"
 #include "model.h"
+#include "util/threadpool.h"
 
 typedef struct mc_backend mc_backend;
 
@@ -76,7 +77,9 @@ struct mc_backend {
 void mc_backend_check_blas(void);
 
 /* Backends. */
-moecl_status mc_backend_cpu_new(const moecl_model *model, int n_threads, mc_backend **out);
+/* The CPU backend computes on pool's threads (the context's; it must outlive
+ * the backend; NULL: the calling thread alone). */
+moecl_status mc_backend_cpu_new(const moecl_model *model, mc_pool *pool, mc_backend **out);
 
 /* What the OpenCL backend is asked for (src/backend/opencl/). */
 typedef struct mc_opencl_params {
@@ -85,7 +88,7 @@ typedef struct mc_opencl_params {
     int64_t mem_budget;    /* bytes of expert weights on the device; < 0: device memory minus headroom */
     int experts_per_layer; /* most experts of a layer on the device; < 0: no limit but the budget */
     moecl_dtype dtype;     /* F32 or F16 on the device; MOECL_DTYPE_COUNT: match the model */
-    int n_threads;         /* for the CPU kernels its matmul delegates to */
+    mc_pool *pool;         /* the context's threads, for the CPU kernels its matmul delegates to */
 } mc_opencl_params;
 
 /* Open a device, build the kernels, choose which experts the device holds

@@ -1,6 +1,6 @@
 /*
  * backend_cpu.c - the CPU backend: matrix products and expert FFNs through
- * the kernels in kernels.c (OpenMP threads, single-threaded OpenBLAS).
+ * the kernels in kernels.c (the context's thread pool, single-threaded OpenBLAS).
  */
 #include "backend/backend.h"
 #include "backend/cpu/kernels.h"
@@ -8,7 +8,7 @@
 #include <stdlib.h>
 
 typedef struct cpu_backend {
-    int n_threads;
+    mc_pool *pool;        /* the context's; not owned */
     void *scratch;        /* matmul scratch, 64-byte aligned */
     size_t scratch_size;
     float *h1, *h3;       /* [rows, n_ff] expert hidden activations */
@@ -28,9 +28,9 @@ static moecl_status reserve(cpu_backend *c, size_t scratch_bytes) {
 
 static moecl_status cpu_matmul(mc_backend *be, const mc_tensor *W, const float *X, int64_t T, float *Y) {
     cpu_backend *c = be->impl;
-    moecl_status st = reserve(c, mc_cpu_matmul_scratch_size(W, T, c->n_threads));
+    moecl_status st = reserve(c, mc_cpu_matmul_scratch_size(W, T, mc_pool_size(c->pool)));
     if (st) return st;
-    mc_cpu_matmul(W, X, T, Y, c->n_threads, c->scratch);
+    mc_cpu_matmul(W, X, T, Y, c->pool, c->scratch);
     return MOECL_OK;
 }
 
@@ -77,7 +77,7 @@ static const mc_backend_i cpu_iface = {
     .moe_wait = NULL,
 };
 
-moecl_status mc_backend_cpu_new(const moecl_model *model, int n_threads, mc_backend **out) {
+moecl_status mc_backend_cpu_new(const moecl_model *model, mc_pool *pool, mc_backend **out) {
     /* Every context makes this backend: the place to refuse a MOECL_CPU_ISA
      * the kernels do not know, rather than ignore it. */
     moecl_status st = mc_cpu_check_env();
@@ -89,7 +89,7 @@ moecl_status mc_backend_cpu_new(const moecl_model *model, int n_threads, mc_back
         free(c);
         return mc_error(MOECL_ERR_NOMEM, "cpu backend: out of memory");
     }
-    c->n_threads = n_threads;
+    c->pool = pool;
     be->iface = &cpu_iface;
     be->model = model;
     be->impl = c;

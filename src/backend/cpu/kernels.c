@@ -16,12 +16,12 @@
  *                     (a block sized to stay in L2) into the caller's scratch
  *                     and multiplied from there.
  *
- * Threads: OpenMP is the only thread pool. Each call opens at most one
- * parallel region; thread i owns a contiguous chunk of W's rows (chunk
- * boundaries are multiples of MC_ROW_ALIGN) and, on the sgemm path, slice i
- * of scratch. OpenBLAS is kept at one thread and called from inside our
- * region, so the two libraries never compete for the cores.
- * Calls with little work run on the calling thread without a region.
+ * Threads: the caller's pool (util/threadpool.h) is the only one. Each call
+ * runs at most one mc_pool_for over W's rows, in chunks whose boundaries are
+ * multiples of MC_ROW_ALIGN; thread i uses slice i of scratch on the sgemm
+ * path. OpenBLAS is kept at one thread and called from inside our chunks,
+ * so the two libraries never compete for the cores.
+ * Calls with little work run on the calling thread alone.
  *
  * This file chooses the kernels by instruction set (isa.c) and runs the
  * product; the kernels themselves live one file per ISA and concern (see
@@ -32,7 +32,6 @@
 #include <cblas.h>
 #include <limits.h>
 #include <math.h>
-#include <omp.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <strings.h>
@@ -43,16 +42,9 @@ const char *mc_cpu_take_int8_kernels(void) {
     return mc_cpu_qint_name(atomic_exchange_explicit(&g_last_qint, QINT_NONE, memory_order_relaxed));
 }
 
-static atomic_int g_passive = -1; /* OMP_WAIT_POLICY=passive; -1: not read yet */
-
+/* Workers that sleep at once (MOECL_SPIN_US=0) cost a wake per call. */
 static double par_min_work(void) {
-    int passive = atomic_load_explicit(&g_passive, memory_order_relaxed);
-    if (passive < 0) {
-        const char *p = getenv("OMP_WAIT_POLICY");
-        passive = p && !strcasecmp(p, "passive");
-        atomic_store_explicit(&g_passive, passive, memory_order_relaxed);
-    }
-    return passive ? MC_PAR_MIN_WORK_PASSIVE : MC_PAR_MIN_WORK;
+    return mc_pool_spin_us() > 0 ? MC_PAR_MIN_WORK : MC_PAR_MIN_WORK_PASSIVE;
 }
 
 /* ======================================================================== */
@@ -114,7 +106,7 @@ static plan make_plan(const mc_tensor *W, int64_t T, int n_threads) {
     int64_t small_t = W->type == MOECL_DTYPE_F32 ? MC_SMALL_T : is_quant(W->type) ? MC_SMALL_T_Q : MC_SMALL_T_16;
     p.blas = T > small_t && rows <= INT_MAX && cols <= INT_MAX && T <= INT_MAX;
 
-    int n = n_threads > 0 ? n_threads : omp_get_num_procs();
+    int n = n_threads > 0 ? n_threads : 1;
     int64_t max_by_rows = (rows + MC_ROW_ALIGN - 1) / MC_ROW_ALIGN;
     if (n > max_by_rows) n = (int)max_by_rows;
     double work = (double)T * (double)rows * (double)cols;
@@ -167,22 +159,36 @@ static void matmul_rows(const plan *p, int isa, int qint, const mc_tensor *W, co
     }
 }
 
-void mc_cpu_matmul(const mc_tensor *W, const float *X, int64_t T, float *Y, int n_threads, void *scratch) {
+typedef struct matmul_job {
+    const plan *p;
+    int isa, qint;
+    const mc_tensor *W;
+    const float *X;
+    const qact *qa;
+    int64_t T;
+    float *Y, *scratch;
+} matmul_job;
+
+static void matmul_chunk(void *arg, int64_t r0, int64_t r1, int tid) {
+    const matmul_job *j = arg;
+    matmul_rows(j->p, j->isa, j->qint, j->W, j->X, j->qa, j->T, j->Y, r0, r1,
+                j->scratch ? j->scratch + (size_t)tid * j->p->slice_floats : NULL);
+}
+
+void mc_cpu_matmul(const mc_tensor *W, const float *X, int64_t T, float *Y, mc_pool *pool, void *scratch) {
     const int64_t rows = W->rows, cols = W->cols;
     if (T <= 0 || rows <= 0) return;
     if (cols <= 0) {
         memset(Y, 0, (size_t)T * (size_t)rows * sizeof(float));
         return;
     }
-    plan p = make_plan(W, T, n_threads);
+    plan p = make_plan(W, T, mc_pool_size(pool));
     /* Without the scratch it asked for, fall back to the fused kernels,
      * which are correct (if slower) for any T. */
     if (p.blas && p.slice_floats && !scratch) p.blas = false;
     /* OpenBLAS's thread count is process-global: checked on every call (it
      * costs nothing) rather than once, in case other code changed it. */
     if (p.blas && openblas_get_num_threads() != 1) openblas_set_num_threads(1);
-    const int isa = mc_cpu_level();
-    float *scr = scratch;
     /* int8 activations: quantized here, once, for every thread (if the
      * allocation fails, the float kernels do the work) */
     qact qa_store, *qa = NULL;
@@ -191,20 +197,18 @@ void mc_cpu_matmul(const mc_tensor *W, const float *X, int64_t T, float *Y, int 
         qa = &qa_store;
         atomic_store_explicit(&g_last_qint, qint, memory_order_relaxed);
     }
-
-    if (p.n_threads == 1) {
-        matmul_rows(&p, isa, qint, W, X, qa, T, Y, 0, rows, scr);
-        if (qa) mc_qact_free(qa);
-        return;
-    }
-#pragma omp parallel num_threads(p.n_threads)
-    {
-        /* The team may be smaller than asked (nested region, thread limit). */
-        int nt = omp_get_num_threads(), id = omp_get_thread_num();
-        int64_t chunk = (rows + nt - 1) / nt;
-        chunk = (chunk + MC_ROW_ALIGN - 1) / MC_ROW_ALIGN * MC_ROW_ALIGN;
-        int64_t r0 = (int64_t)id * chunk, r1 = r0 + chunk < rows ? r0 + chunk : rows;
-        if (r0 < r1) matmul_rows(&p, isa, qint, W, X, qa, T, Y, r0, r1, scr ? scr + (size_t)id * p.slice_floats : NULL);
+    matmul_job j = {.p = &p, .isa = mc_cpu_level(), .qint = qint, .W = W, .X = X, .qa = qa, .T = T, .Y = Y,
+                    .scratch = scratch};
+    if (p.blas) {
+        /* sgemm packs X again on every call: one large block per thread */
+        mc_pool_for(pool, rows, MC_POOL_STATIC, MC_ROW_ALIGN, p.n_threads, matmul_chunk, &j);
+    } else {
+        /* Several chunks per thread, so that a thread the scheduler has
+         * taken off its core leaves little for the others to wait on. */
+        int64_t grain = (rows + (int64_t)p.n_threads * MC_CHUNKS_PER_THREAD - 1) /
+                        ((int64_t)p.n_threads * MC_CHUNKS_PER_THREAD);
+        grain = (grain + MC_ROW_ALIGN - 1) / MC_ROW_ALIGN * MC_ROW_ALIGN;
+        mc_pool_for(pool, rows, MC_POOL_DYNAMIC, grain, p.n_threads, matmul_chunk, &j);
     }
     if (qa) mc_qact_free(qa);
 }

@@ -1,12 +1,13 @@
 /*
  * kernels.h - CPU compute kernels: matrix products against weights stored in
- * any moecl_dtype, SwiGLU. One thread pool (OpenMP); OpenBLAS is only ever
- * called single-threaded, from inside our parallel regions.
+ * any moecl_dtype, SwiGLU. One thread pool (the caller's mc_pool); OpenBLAS
+ * is only ever called single-threaded, from inside the pool's chunks.
  */
 #ifndef MOECL_CPU_KERNELS_H
 #define MOECL_CPU_KERNELS_H
 
 #include "internal.h"
+#include "util/threadpool.h"
 
 #include <stdbool.h>
 
@@ -14,10 +15,11 @@
  * Few rows (T <= MC_SMALL_T): fused dequantize-and-dot kernels that read each
  * weight once for all T rows. Many rows: per-thread chunks of W converted to
  * float32 in scratch (unless already F32) and multiplied with sgemm.
- * scratch: at least mc_cpu_matmul_scratch_size(W, T, n_threads) bytes,
- * 64-byte aligned (may be NULL if that size is 0). */
+ * Runs on the threads of pool (NULL: the calling thread alone).
+ * scratch: at least mc_cpu_matmul_scratch_size(W, T, mc_pool_size(pool))
+ * bytes, 64-byte aligned (may be NULL if that size is 0). */
 size_t mc_cpu_matmul_scratch_size(const mc_tensor *W, int64_t T, int n_threads);
-void mc_cpu_matmul(const mc_tensor *W, const float *X, int64_t T, float *Y, int n_threads, void *scratch);
+void mc_cpu_matmul(const mc_tensor *W, const float *X, int64_t T, float *Y, mc_pool *pool, void *scratch);
 
 /* gate[i] = silu(gate[i]) * up[i] for n elements. */
 void mc_cpu_swiglu(float *gate, const float *up, int64_t n);

@@ -70,15 +70,24 @@
 
 /* T * rows * cols below this runs on the calling thread: waking the team
  * costs more than the work. Measured on Zen 4 (2 vCPU, KVM), BF16, T=1:
- * with libgomp's default wait policy a region costs < 1 us and 2 threads
- * break even at ~32k; with OMP_WAIT_POLICY=passive every region costs
- * 15-35 us (a futex wake through the hypervisor) and 2 threads only break
- * even at ~1M, so that policy gets MC_PAR_MIN_WORK_PASSIVE. */
+ * with OpenMP threads spinning between regions a region cost < 1 us and 2
+ * threads broke even at ~32k; with threads asleep (OMP_WAIT_POLICY=passive)
+ * every region cost 15-35 us (a futex wake through the hypervisor) and 2
+ * threads only broke even at ~1M. The pool's workers spin for a while after
+ * each call (threadpool.h), so within a decode step they are awake and the
+ * first figure holds; MOECL_SPIN_US=0 gets MC_PAR_MIN_WORK_PASSIVE. */
 #ifndef MC_PAR_MIN_WORK
 #define MC_PAR_MIN_WORK 32768
 #endif
 #ifndef MC_PAR_MIN_WORK_PASSIVE
 #define MC_PAR_MIN_WORK_PASSIVE (1 << 20)
+#endif
+
+/* Chunks per thread of the fused kernels' rows (claimed dynamically): more
+ * chunks leave less for the other threads to wait on when one is taken off
+ * its core, at a claim (one atomic operation) each. */
+#ifndef MC_CHUNKS_PER_THREAD
+#define MC_CHUNKS_PER_THREAD 4
 #endif
 
 /* Float32 weights converted per sgemm call on the F16/BF16 path: about

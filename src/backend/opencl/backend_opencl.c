@@ -435,15 +435,8 @@ static moecl_status open_device(ocl_backend *o, const mc_opencl_params *p) {
     o->few_rows_rows = fr && !strcmp(fr, "rows") ? true : fr && !strcmp(fr, "vec") ? false : o->cpu_device;
     o->prompt_blk = pr && !strcmp(pr, "blk") ? true : pr && !strcmp(pr, "tiled") ? false : o->cpu_device;
     o->outs = 1; /* GPUs want many small groups (CPU devices use the _rows kernels) */
-    const char *wait = getenv("OMP_WAIT_POLICY");
-    static atomic_flag warned = ATOMIC_FLAG_INIT; /* once a process, whichever context comes first */
-    if (o->cpu_device && (!wait || strcasecmp(wait, "passive")) && !atomic_flag_test_and_set(&warned)) {
-        mc_log(MOECL_LOG_WARN,
-               "opencl: %s is a CPU device sharing the cores with OpenMP, whose threads spin between parallel "
-               "regions and slow the device's kernels down (3x on decode measured with PoCL): start the program "
-               "with OMP_WAIT_POLICY=passive",
-               o->dev.name);
-    }
+    /* (A CPU device shares the cores with the context's pool, whose workers
+     * sleep after a short spin: MOECL_SPIN_US, threadpool.h.) */
     return MOECL_OK;
 }
 
@@ -657,7 +650,7 @@ moecl_status mc_backend_opencl_new(const moecl_model *model, const mc_opencl_par
     int *n_of = calloc((size_t)L, sizeof(int));
     int64_t total = 0;
     moecl_status st = (o->slot && o->layers && o->groups_host && n_of)
-                          ? mc_backend_cpu_new(model, p->n_threads, &o->cpu)
+                          ? mc_backend_cpu_new(model, p->pool, &o->cpu)
                           : mc_error(MOECL_ERR_NOMEM, "opencl: out of memory");
     if (!st) st = open_device(o, p);
     if (!st) {
