@@ -28,7 +28,7 @@
  *     re-check the size of every weight file (fstat); a file shorter than
  *     when it was mapped gives MOECL_ERR_IO naming the file.
  *   - While those calls run, a SIGBUS raised by reading the model's mapped
- *     weights, on any thread (the caller's, OpenMP's, OpenBLAS's), is caught:
+ *     weights, on any thread (the caller's, moecl's workers, OpenBLAS's), is caught:
  *     the read sees zeros, the call stops at the next layer and returns
  *     MOECL_ERR_IO naming the file. The process does not die.
  *   - After either error the model is dead: every later decode on any of
@@ -232,7 +232,7 @@ typedef struct moecl_context_params {
     uint32_t n_ctx;       /* positions per sequence; 0: min(n_ctx_train, 4096) */
     uint32_t n_batch;     /* most tokens one moecl_decode call may take; 0: 512 */
     uint32_t n_seq_max;   /* independent sequences in the KV cache; 0: 1 */
-    int32_t n_threads;    /* worker threads; 0: one per online CPU */
+    int32_t n_threads;    /* threads computing (the caller's included); 0: the physical (performance) cores */
     bool logits_all;      /* keep logits of every token of a batch, not only the last of each sequence */
     moecl_backend_type backend;
     moecl_abort_fn abort_callback; /* NULL: never abort */
@@ -281,7 +281,12 @@ MOECL_API moecl_status moecl_device_get_info(int32_t index, moecl_device_info *i
  * x n_head_kv x head_dim floats) is larger than the machine's physical
  * memory (sysconf(_SC_PHYS_PAGES)), since it could never be filled, or when
  * an allocation fails; MOECL_ERR_IO when the model is dead (see the top of
- * this file). Thread-safe with respect to the model. */
+ * this file). Thread-safe with respect to the model.
+ * The context starts n_threads - 1 worker threads of its own, which live
+ * until moecl_context_free. Between decode calls they spin for at most
+ * MOECL_SPIN_US microseconds (environment; default 100, 0: none) and then
+ * sleep, so an idle context costs no CPU; they take no asynchronous
+ * signals. MOECL_ERR_BACKEND if a thread cannot be started. */
 MOECL_API moecl_status moecl_context_new(const moecl_model *model, const moecl_context_params *params,
                                          moecl_context **out);
 
@@ -422,7 +427,7 @@ typedef struct moecl_quantize_params {
      * Norms and the router stay F32. A matrix whose rows are not whole
      * blocks of the chosen type falls back to Q8_0, then F16. */
     const char *type;
-    int n_threads;              /* 0: all cores */
+    int n_threads;              /* 0: the physical (performance) cores */
     bool allow_requantize;      /* quantize weights that already are (loses accuracy) */
     moecl_progress_fn progress; /* NULL: none; called at least every 256 rows written (0 while loading
                                    the input); returning false cancels: MOECL_ERR_ABORTED, nothing

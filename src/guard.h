@@ -10,7 +10,7 @@
  *      since load (fstat: a few microseconds for all the files).
  *   2. While such a call runs, the model is "armed": a process-wide SIGBUS
  *      handler turns a fault on an address inside one of the model's mapped
- *      ranges, on any thread (OpenMP, OpenBLAS and driver threads included),
+ *      ranges, on any thread (pool workers, OpenBLAS and driver threads included),
  *      into a flag, maps zero pages over the rest of that range so the
  *      faulting instruction and every later read go on harmlessly, and
  *      returns. The call then sees the flag and fails with MOECL_ERR_IO.
@@ -18,10 +18,10 @@
  *      installed before ours (the application's, or the default: the
  *      process dies as it would without moecl).
  *
- * Why not sigsetjmp/siglongjmp: a fault usually happens on an OpenMP worker
+ * Why not sigsetjmp/siglongjmp: a fault usually happens on a pool worker
  * or inside OpenBLAS, where no jump buffer of the caller can be reached, and
- * jumping out of a parallel region or a BLAS call leaves the runtime's locks
- * and thread team in an undefined state. Letting the faulting read finish on
+ * jumping out of a chunk or a BLAS call leaves the pool's or the BLAS's locks
+ * and threads in an undefined state. Letting the faulting read finish on
  * a zero page needs no jump at all and works on every thread the same way.
  *
  * Either way the model is then dead: its mapping no longer holds its

@@ -7,10 +7,10 @@
 set -eu
 cd "$(dirname "$0")/.."
 
-# libc6-dev:arm64 and libgomp1:arm64 give qemu the arm64 dynamic linker and
-# OpenMP runtime where it looks (/lib/ld-linux-aarch64.so.1,
-# /usr/lib/aarch64-linux-gnu); the cross compiler's own copies live elsewhere.
-PACKAGES="gcc-aarch64-linux-gnu libc6-dev:arm64 libgomp1:arm64 libopenblas-dev:arm64 libcjson-dev:arm64 \
+# libc6-dev:arm64 gives qemu the arm64 dynamic linker and C library where it
+# looks (/lib/ld-linux-aarch64.so.1, /usr/lib/aarch64-linux-gnu); the cross
+# compiler's own copies live elsewhere.
+PACKAGES="gcc-aarch64-linux-gnu libc6-dev:arm64 libopenblas-dev:arm64 libcjson-dev:arm64 \
 libpcre2-dev:arm64 libutf8proc-dev:arm64 libmicrohttpd-dev:arm64 \
 opencl-headers qemu-user meson ninja-build pkg-config python3"
 
