@@ -17,6 +17,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -281,6 +282,77 @@ static void test_cycles(void) {
     mc_pool_free(NULL);
 }
 
+/* ---- counting cores ------------------------------------------------------- */
+
+static void put(const char *root, const char *rel, const char *text) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", root, rel);
+    for (char *s = path + strlen(root) + 1; *s; s++) /* the directories on the way */
+        if (*s == '/') {
+            *s = '\0';
+            mkdir(path, 0755);
+            *s = '/';
+        }
+    FILE *f = fopen(path, "w");
+    CHECK(f != NULL);
+    if (f) {
+        fputs(text, f);
+        fclose(f);
+    }
+}
+
+static void siblings(const char *root, int cpu, const char *list) {
+    char rel[128];
+    snprintf(rel, sizeof rel, "devices/system/cpu/cpu%d/topology/thread_siblings_list", cpu);
+    put(root, rel, list);
+}
+
+static void test_count_cores(void) {
+#if defined(__linux__)
+    char root[] = "/tmp/moecl-sysfs-XXXXXX";
+    CHECK(mkdtemp(root) != NULL);
+    /* 4 cores with 2 threads each, Linux numbering: siblings (i, i + 4) */
+    put(root, "devices/system/cpu/online", "0-7\n");
+    for (int c = 0; c < 8; c++) {
+        char l[16];
+        snprintf(l, sizeof l, "%d,%d\n", c % 4, c % 4 + 4);
+        siblings(root, c, l);
+    }
+    CHECKF(mc_pool_count_cores(root, false) == 4, "SMT: %d cores, want 4", mc_pool_count_cores(root, false));
+    /* CPUs 2 and 6 (core 2) offline: 3 cores; a list with ranges and singles */
+    put(root, "devices/system/cpu/online", "0-1,3-5,7\n");
+    CHECKF(mc_pool_count_cores(root, false) == 3, "offline: %d cores, want 3", mc_pool_count_cores(root, false));
+    /* hybrid: P-cores 0-3 as 2 cores with 2 threads each, E-cores 4-7 single */
+    put(root, "devices/system/cpu/online", "0-7\n");
+    for (int c = 0; c < 4; c++) siblings(root, c, c < 2 ? "0-1\n" : "2-3\n");
+    for (int c = 4; c < 8; c++) {
+        char l[16];
+        snprintf(l, sizeof l, "%d\n", c);
+        siblings(root, c, l);
+    }
+    put(root, "devices/cpu_core/cpus", "0-3\n");
+    CHECKF(mc_pool_count_cores(root, false) == 2, "hybrid: %d cores, want 2 (P-cores)",
+           mc_pool_count_cores(root, false));
+    /* no topology files: every online CPU counts */
+    put(root, "devices/cpu_core/cpus", "\n");
+    char rel[128];
+    for (int c = 0; c < 8; c++) {
+        snprintf(rel, sizeof rel, "%s/devices/system/cpu/cpu%d/topology/thread_siblings_list", root, c);
+        remove(rel);
+    }
+    CHECKF(mc_pool_count_cores(root, false) == 8, "no topology: %d cores, want 8", mc_pool_count_cores(root, false));
+    /* garbage: cannot tell */
+    put(root, "devices/system/cpu/online", "x-y\n");
+    CHECK(mc_pool_count_cores(root, false) == 0);
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);
+    CHECK(system(cmd) == 0);
+    /* this machine: never more than the online CPUs */
+    const int here = mc_pool_count_cores("/sys", true);
+    CHECK(here >= 0 && here <= sysconf(_SC_NPROCESSORS_ONLN));
+#endif
+}
+
 int main(int argc, char **argv) {
     g_quick = argc > 1 && !strcmp(argv[1], "--quick");
     const int cores = mc_pool_default_threads();
@@ -288,6 +360,7 @@ int main(int argc, char **argv) {
     fprintf(stderr, "default threads (physical cores): %d of %ld online CPUs; spin %d us\n", cores, online,
             mc_pool_spin_us());
     CHECK(cores >= 1 && (online < 1 || cores <= online));
+    test_count_cores();
     test_coverage();
     test_workers_run();
     test_nested();

@@ -158,17 +158,18 @@ static bool read_cpu_list(const char *path, cpu_set_t *set) {
     return ok;
 }
 
-/* Physical cores among the online CPUs this process may run on (performance
- * cores only on a hybrid Intel); 0 if sysfs cannot tell. */
-static int linux_cores(void) {
+int mc_pool_count_cores(const char *sys, bool affinity) {
     cpu_set_t cand, tmp;
-    if (!read_cpu_list("/sys/devices/system/cpu/online", &cand)) return 0;
-    if (sched_getaffinity(0, sizeof tmp, &tmp) == 0) CPU_AND(&cand, &cand, &tmp);
+    char path[512];
+    snprintf(path, sizeof path, "%s/devices/system/cpu/online", sys);
+    if (!read_cpu_list(path, &cand)) return 0;
+    if (affinity && sched_getaffinity(0, sizeof tmp, &tmp) == 0) CPU_AND(&cand, &cand, &tmp);
     /* Hybrid Intel (Alder Lake on): the P-cores are PMU "cpu_core", the
      * E-cores "cpu_atom". Threads on E-cores run the same chunks at about
      * half the speed; without work stealing on a finer grain they would
      * only slow the P-cores down. */
-    if (read_cpu_list("/sys/devices/cpu_core/cpus", &tmp)) {
+    snprintf(path, sizeof path, "%s/devices/cpu_core/cpus", sys);
+    if (read_cpu_list(path, &tmp)) {
         cpu_set_t p;
         CPU_AND(&p, &cand, &tmp);
         if (CPU_COUNT(&p) > 0) cand = p;
@@ -177,14 +178,18 @@ static int linux_cores(void) {
     for (int c = 0; c < CPU_SETSIZE; c++) {
         if (!CPU_ISSET(c, &cand)) continue;
         /* A core counts at its lowest candidate SMT sibling. */
-        char path[96];
-        snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu%d/topology/thread_siblings_list", c);
+        snprintf(path, sizeof path, "%s/devices/system/cpu/cpu%d/topology/thread_siblings_list", sys, c);
         bool first = true;
         if (read_cpu_list(path, &tmp))
             for (int s = 0; s < c && first; s++) first = !(CPU_ISSET(s, &tmp) && CPU_ISSET(s, &cand));
         cores += first;
     }
     return cores;
+}
+#else
+int mc_pool_count_cores(const char *sys, bool affinity) {
+    (void)sys, (void)affinity;
+    return 0;
 }
 #endif
 
@@ -200,7 +205,7 @@ static void read_settings(void) {
     }
     int n = 0;
 #if defined(__linux__)
-    n = linux_cores();
+    n = mc_pool_count_cores("/sys", true);
 #elif defined(__APPLE__)
     int v = 0;
     size_t len = sizeof v;

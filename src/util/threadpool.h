@@ -26,6 +26,7 @@
 
 #include "internal.h"
 
+#include <stdbool.h>
 #include <stdint.h>
 
 /* Spin before sleeping, in microseconds, when MOECL_SPIN_US is not set
@@ -41,6 +42,12 @@ typedef struct mc_pool mc_pool;
  * performance cores of a hybrid CPU (Linux: /sys/devices/cpu_core/cpus;
  * macOS: hw.perflevel0.physicalcpu). Falls back to the online CPUs. >= 1. */
 int mc_pool_default_threads(void);
+
+/* Linux: the physical cores that sysfs under `sys` ("/sys") shows among the
+ * online CPUs (and, with affinity, those this process may run on), counted
+ * as mc_pool_default_threads does; 0 if it cannot tell, and elsewhere. For
+ * the tests, which give it a made-up tree. */
+int mc_pool_count_cores(const char *sys, bool affinity);
 
 /* A pool of n_threads threads in all (n_threads - 1 workers started now;
  * n_threads <= 0: mc_pool_default_threads()). MOECL_ERR_NOMEM or
