@@ -284,7 +284,7 @@ MOECL_API moecl_status moecl_device_get_info(int32_t index, moecl_device_info *i
  * this file). Thread-safe with respect to the model.
  * The context starts n_threads - 1 worker threads of its own, which live
  * until moecl_context_free. Between decode calls they spin for at most
- * MOECL_SPIN_US microseconds (environment; default 100, 0: none) and then
+ * MOECL_SPIN_US microseconds (environment; default 20, 0: none) and then
  * sleep, so an idle context costs no CPU; they take no asynchronous
  * signals. MOECL_ERR_BACKEND if a thread cannot be started. */
 MOECL_API moecl_status moecl_context_new(const moecl_model *model, const moecl_context_params *params,

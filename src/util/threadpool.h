@@ -29,10 +29,15 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-/* Spin before sleeping, in microseconds, when MOECL_SPIN_US is not set
- * (see the measurements in threadpool.c). */
+/* Spin before sleeping, in microseconds, when MOECL_SPIN_US is not set.
+ * Long enough to bridge the host work between the parallel steps of a
+ * decode (microseconds), short because the scheduler favours a thread that
+ * sleeps over one that burns its share spinning: with a busy process beside
+ * it (on a shared 2-vCPU machine at load 13-18, so noisy), mixtral-mini
+ * Q4_K_M generation medians were 30.0 tok/s with 20 us, 14.2 with 100 us
+ * and 15.1 with 0 (tools/bench_threads.sh, 3 rounds). */
 #ifndef MC_POOL_SPIN_US
-#define MC_POOL_SPIN_US 100
+#define MC_POOL_SPIN_US 20
 #endif
 
 typedef struct mc_pool mc_pool;
