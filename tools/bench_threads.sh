@@ -6,16 +6,18 @@
 #   tools/bench_threads.sh MODEL.gguf ROUNDS NAME=COMMAND...
 #
 # COMMAND is run by bash with $M set to the model file; it must print one number,
-# the generation tok/s. Helpers for the usual programs (source this file's
-# functions with the names below):
+# the generation tok/s. Helpers for the usual programs (exported functions; under
+# env, call them through bash -c):
 #   moecl_tg BINARY    moecl bench -p 16 -n 64 -t $T -r 1 --backend cpu
 #   llama_tg           llama-bench -p 0 -n 64 -t $T -r 1 ($LLAMA_BENCH)
 # Example (what issue 10 item 5 measured):
 #   tools/bench_threads.sh /tmp/mm-q4_K_M.gguf 3 \
-#     'omp=env -u OMP_WAIT_POLICY moecl_tg /tmp/omp-build/moecl' \
-#     'omp-passive=OMP_WAIT_POLICY=passive moecl_tg /tmp/omp-build/moecl' \
+#     'omp=env -u OMP_WAIT_POLICY bash -c "moecl_tg /tmp/omp-build/moecl"' \
+#     'omp-passive=OMP_WAIT_POLICY=passive bash -c "moecl_tg /tmp/omp-build/moecl"' \
 #     'pool=moecl_tg build/moecl' 'llama=llama_tg'
-# The competing process is `nice -n 0 sh -c 'while :; do :; done'`, started before
+# llama-bench needs a GGUF with a tokenizer (moecl quantize of a directory that has
+# tokenizer.json). /tmp/omp-build: `meson setup /tmp/omp-build MAIN && ninja -C
+# /tmp/omp-build moecl` on a checkout from before the pool. The competing process is `nice -n 0 sh -c 'while :; do :; done'`, started before
 # and killed after each program's run in the "busy" half of a round.
 set -u
 T=${T:-2}
