@@ -17,8 +17,9 @@
 #     'pool=moecl_tg build/moecl' 'llama=llama_tg'
 # llama-bench needs a GGUF with a tokenizer (moecl quantize of a directory that has
 # tokenizer.json). /tmp/omp-build: `meson setup /tmp/omp-build MAIN && ninja -C
-# /tmp/omp-build moecl` on a checkout from before the pool. The competing process is `nice -n 0 sh -c 'while :; do :; done'`, started before
-# and killed after each program's run in the "busy" half of a round.
+# /tmp/omp-build moecl` on a checkout from before the pool. The competing process
+# is `nice -n 0 sh -c 'while :; do :; done'`, started before and killed after each
+# program's run in the "busy" half of a round.
 set -u
 T=${T:-2}
 LLAMA_BENCH=${LLAMA_BENCH:-/work/llama.cpp/build/bin/llama-bench}
@@ -35,7 +36,7 @@ llama_tg() {
 export -f moecl_tg llama_tg
 
 if [ $# -lt 3 ]; then
-    sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
 fi
 M=$1
