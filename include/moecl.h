@@ -346,6 +346,50 @@ MOECL_API int32_t moecl_seq_length(const moecl_context *ctx, int32_t seq);
  * means every sequence. Used to rewind or start over without reallocation. */
 MOECL_API moecl_status moecl_seq_truncate(moecl_context *ctx, int32_t seq, int32_t n_keep);
 
+/* ---- Routing statistics -------------------------------------------------- */
+
+/* Per context, moecl can count the tokens its routers send to each expert of
+ * each layer and the sum of their router weights (the weights after the
+ * family's rule: renormalised top-k for Mixtral and Qwen3-MoE, the top-k
+ * softmax probabilities for OLMoE and Qwen2-MoE). Counts are indexed
+ * [layer * n_expert + expert] (layer-major; a dense layer's are all 0) and
+ * cover every successful moecl_decode(_batch) since the counters were turned
+ * on or last reset: a decode that fails (aborted, context full, I/O) adds
+ * nothing. Each token of a batch adds n_expert_used to the counts of every
+ * MoE layer. Off by default; when on they cost a few integer and float adds
+ * per token per layer. Not thread-safe: call them from the thread that
+ * decodes (see moecl_engine_get_routing_counts for an engine). */
+
+/* Turn the counters on or off (turning off keeps the totals). MOECL_ERR_NOMEM
+ * the first time if their 2 x n_layer x n_expert values cannot be allocated;
+ * MOECL_ERR_INVALID_ARG for a NULL ctx. */
+MOECL_API moecl_status moecl_context_set_routing_counters(moecl_context *ctx, bool on);
+
+/* Copy the totals: tokens[i] routed and weight_sum[i], for i < n_layer *
+ * n_expert (either pointer may be NULL to skip it). n is the length of the
+ * arrays; MOECL_ERR_INVALID_ARG if it is less than n_layer * n_expert or ctx
+ * is NULL. All zero if the counters were never on. */
+MOECL_API moecl_status moecl_context_get_routing_counts(const moecl_context *ctx, uint64_t *tokens,
+                                                        double *weight_sum, size_t n);
+
+/* Set the totals to zero (whether or not the counters are on). */
+MOECL_API moecl_status moecl_context_reset_routing_counts(moecl_context *ctx);
+
+/* Called during moecl_decode(_batch), on the decoding thread, once per token
+ * per MoE layer right after that layer's router chose: layer, the token's
+ * index in the batch, its sequence and position, and its k = n_expert_used
+ * experts with their weights, in decreasing order of router probability
+ * (experts/weights are valid during the call only). A decode that fails
+ * later has still made the calls of the layers it reached. It must not call
+ * moecl functions on the same context. */
+typedef void (*moecl_routing_fn)(int32_t layer, int32_t token, int32_t seq, int32_t pos, const int32_t *experts,
+                                 const float *weights, int32_t k, void *user_data);
+
+/* Set (cb NULL: remove) the routing callback; NULL costs one test per layer.
+ * MOECL_ERR_INVALID_ARG for a NULL ctx, MOECL_ERR_NOMEM as above. */
+MOECL_API moecl_status moecl_context_set_routing_callback(moecl_context *ctx, moecl_routing_fn cb,
+                                                          void *user_data);
+
 /* ------------------------------------------------------------------------ */
 /* Sampling                                                                 */
 /* ------------------------------------------------------------------------ */

@@ -67,9 +67,16 @@ struct moecl_context {
     int32_t last_T;
 
     mc_moe_trace *trace;  /* [n_layer] or NULL: see mc_context_trace */
+    struct route_stats *rs; /* routing counters and callback; NULL until one is set */
 
     char last_error[1024];
 };
+
+/* Routing counters and callback (the section at the end of this file). */
+static void route_stats_free(struct route_stats *rs);
+static void route_stats_begin(moecl_context *ctx);
+static void route_stats_record(moecl_context *ctx, int il, int64_t T);
+static void route_stats_commit(moecl_context *ctx);
 
 /* ------------------------------------------------------------------------ */
 /* Errors                                                                   */
@@ -307,6 +314,7 @@ void moecl_context_free(moecl_context *ctx) {
                     ctx->r_weight, ctx->gx, ctx->gy, ctx->fh1, ctx->fh3, ctx->plan.order, ctx->plan.offsets,
                     ctx->plan.row, ctx->counts, ctx->att_scratch, ctx->logit_row, ctx->logits, ctx->placement};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
+    route_stats_free(ctx->rs);
     free(ctx);
 }
 
@@ -456,6 +464,7 @@ static moecl_status routed_experts(moecl_context *ctx, int il, int64_t T) {
     const uint8_t *place = ctx->placement + (int64_t)il * E;
 
     mc_route_rule(ctx->xn, L->router, T, (int)D, E, K, hp->norm_topk, ctx->r_expert, ctx->r_weight);
+    if (ctx->rs) route_stats_record(ctx, il, T);
     mc_gather_plan_build(&ctx->plan, ctx->r_expert, T, K, E, place, ctx->counts);
     mc_gather(&ctx->plan, ctx->xn, T, K, (int)D, ctx->gx);
 
@@ -617,6 +626,7 @@ static moecl_status decode_batch(moecl_context *ctx, const moecl_batch *batch) {
     }
     ctx->last_T = 0; /* logits are invalid until this call succeeds */
 
+    if (ctx->rs) route_stats_begin(ctx);
     embed(ctx, batch->tokens, T);
     moecl_status st;
     for (int il = 0; il < hp->n_layer; il++) {
@@ -633,6 +643,7 @@ static moecl_status decode_batch(moecl_context *ctx, const moecl_batch *batch) {
     if ((st = matmul(ctx, &m->lm_head, ctx->xo, n_out, ctx->logits))) return st;
 
     for (int32_t s = 0; s < ctx->n_seq; s++) ctx->seq_len[s] += ctx->seq_count[s];
+    if (ctx->rs) route_stats_commit(ctx);
     ctx->last_T = (int32_t)T;
     return MOECL_OK;
 }
@@ -647,4 +658,129 @@ const float *moecl_get_logits(moecl_context *ctx, int32_t i) {
     if (i == -1) i = ctx->last_T - 1;
     if (i < 0 || i >= ctx->last_T || ctx->logit_row[i] < 0) return NULL;
     return ctx->logits + (int64_t)ctx->logit_row[i] * ctx->model->hp.n_vocab;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Routing counters and the routing callback                                */
+/* ------------------------------------------------------------------------ */
+
+/* Counts of a decode are kept apart until it succeeds, so the totals cover
+ * exactly the batches whose results the caller got (an aborted or failed
+ * decode changes nothing, as for the KV cache). */
+struct route_stats {
+    bool counting;
+    uint64_t *tokens, *step_tokens; /* [n_layer * n_expert] totals; this decode's */
+    double *wsum, *step_wsum;       /* [n_layer * n_expert] */
+    moecl_routing_fn cb;
+    void *cb_user;
+};
+
+static void route_stats_free(struct route_stats *rs) {
+    if (!rs) return;
+    free(rs->tokens);
+    free(rs->step_tokens);
+    free(rs->wsum);
+    free(rs->step_wsum);
+    free(rs);
+}
+
+static moecl_status route_stats_get(moecl_context *ctx, const char *fn, struct route_stats **out) {
+    if (!ctx) return mc_error(MOECL_ERR_INVALID_ARG, "%s: ctx is NULL", fn);
+    if (!ctx->rs) {
+        const size_t n = (size_t)ctx->model->hp.n_layer * (size_t)ctx->model->hp.n_expert;
+        struct route_stats *rs = calloc(1, sizeof *rs);
+        if (rs) {
+            rs->tokens = calloc(n, sizeof *rs->tokens);
+            rs->step_tokens = calloc(n, sizeof *rs->step_tokens);
+            rs->wsum = calloc(n, sizeof *rs->wsum);
+            rs->step_wsum = calloc(n, sizeof *rs->step_wsum);
+        }
+        if (!rs || !rs->tokens || !rs->step_tokens || !rs->wsum || !rs->step_wsum) {
+            route_stats_free(rs);
+            return ctx_error(ctx, MOECL_ERR_NOMEM, "%s: out of memory", fn);
+        }
+        ctx->rs = rs;
+    }
+    *out = ctx->rs;
+    return MOECL_OK;
+}
+
+static void route_stats_begin(moecl_context *ctx) {
+    struct route_stats *rs = ctx->rs;
+    if (!rs->counting) return;
+    const size_t n = (size_t)ctx->model->hp.n_layer * (size_t)ctx->model->hp.n_expert;
+    memset(rs->step_tokens, 0, n * sizeof *rs->step_tokens);
+    memset(rs->step_wsum, 0, n * sizeof *rs->step_wsum);
+}
+
+/* After layer il's router chose r_expert / r_weight [T, K]. */
+static void route_stats_record(moecl_context *ctx, int il, int64_t T) {
+    struct route_stats *rs = ctx->rs;
+    const int K = ctx->model->hp.n_expert_used, E = ctx->model->hp.n_expert;
+    if (rs->counting) {
+        uint64_t *c = rs->step_tokens + (int64_t)il * E;
+        double *w = rs->step_wsum + (int64_t)il * E;
+        for (int64_t i = 0; i < T * K; i++) {
+            c[ctx->r_expert[i]]++;
+            w[ctx->r_expert[i]] += ctx->r_weight[i];
+        }
+    }
+    if (rs->cb)
+        for (int64_t t = 0; t < T; t++)
+            rs->cb(il, (int32_t)t, ctx->tok_seq[t], ctx->tok_pos[t], ctx->r_expert + t * K, ctx->r_weight + t * K, K,
+                   rs->cb_user);
+}
+
+static void route_stats_commit(moecl_context *ctx) {
+    struct route_stats *rs = ctx->rs;
+    if (!rs->counting) return;
+    const size_t n = (size_t)ctx->model->hp.n_layer * (size_t)ctx->model->hp.n_expert;
+    for (size_t i = 0; i < n; i++) {
+        rs->tokens[i] += rs->step_tokens[i];
+        rs->wsum[i] += rs->step_wsum[i];
+    }
+}
+
+moecl_status moecl_context_set_routing_counters(moecl_context *ctx, bool on) {
+    if (ctx && !ctx->rs && !on) return MOECL_OK; /* nothing to turn off: allocate nothing */
+    struct route_stats *rs = NULL;
+    moecl_status st = route_stats_get(ctx, "moecl_context_set_routing_counters", &rs);
+    if (st) return st;
+    rs->counting = on;
+    return MOECL_OK;
+}
+
+moecl_status moecl_context_get_routing_counts(const moecl_context *ctx, uint64_t *tokens, double *weight_sum,
+                                              size_t n) {
+    if (!ctx) return mc_error(MOECL_ERR_INVALID_ARG, "moecl_context_get_routing_counts: ctx is NULL");
+    const size_t need = (size_t)ctx->model->hp.n_layer * (size_t)ctx->model->hp.n_expert;
+    if (n < need)
+        return mc_error(MOECL_ERR_INVALID_ARG,
+                        "moecl_context_get_routing_counts: n is %zu; n_layer x n_expert = %zu values are needed", n,
+                        need);
+    const struct route_stats *rs = ctx->rs;
+    for (size_t i = 0; i < need; i++) {
+        if (tokens) tokens[i] = rs ? rs->tokens[i] : 0;
+        if (weight_sum) weight_sum[i] = rs ? rs->wsum[i] : 0.0;
+    }
+    return MOECL_OK;
+}
+
+moecl_status moecl_context_reset_routing_counts(moecl_context *ctx) {
+    if (!ctx) return mc_error(MOECL_ERR_INVALID_ARG, "moecl_context_reset_routing_counts: ctx is NULL");
+    if (!ctx->rs) return MOECL_OK;
+    const size_t n = (size_t)ctx->model->hp.n_layer * (size_t)ctx->model->hp.n_expert;
+    memset(ctx->rs->tokens, 0, n * sizeof *ctx->rs->tokens);
+    memset(ctx->rs->wsum, 0, n * sizeof *ctx->rs->wsum);
+    return MOECL_OK;
+}
+
+moecl_status moecl_context_set_routing_callback(moecl_context *ctx, moecl_routing_fn cb, void *user_data) {
+    if (ctx && !ctx->rs && !cb) return MOECL_OK;
+    struct route_stats *rs = NULL;
+    moecl_status st = route_stats_get(ctx, "moecl_context_set_routing_callback", &rs);
+    if (st) return st;
+    rs->cb = cb;
+    rs->cb_user = user_data;
+    return MOECL_OK;
 }
