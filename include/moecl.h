@@ -671,9 +671,9 @@ MOECL_API moecl_status moecl_chat_tokenize(const moecl_tokenizer *tok, const moe
  * Memory: the KV cache is reserved up front for n_slots x n_ctx positions
  * (a sequence cannot borrow the positions of another).
  *
- * Thread safety: moecl_engine_submit, moecl_engine_cancel and
- * moecl_engine_get_stats may be called from any thread at any time,
- * including from inside an event callback. moecl_engine_free must not be
+ * Thread safety: moecl_engine_submit, moecl_engine_cancel,
+ * moecl_engine_get_stats and moecl_engine_get_routing_counts may be called
+ * from any thread at any time, including from inside an event callback. moecl_engine_free must not be
  * called from a callback or concurrently with the other calls. */
 typedef struct moecl_engine moecl_engine;
 
@@ -816,6 +816,15 @@ typedef struct moecl_engine_stats {
 
 /* Fill *stats. MOECL_ERR_INVALID_ARG for a NULL argument. Thread-safe. */
 MOECL_API moecl_status moecl_engine_get_stats(moecl_engine *engine, moecl_engine_stats *stats);
+
+/* Tokens routed to each expert of each layer and the sum of their router
+ * weights, over every step since the engine was created, as
+ * moecl_context_get_routing_counts gives them for the engine's context
+ * (layer-major, n >= n_layer * n_expert, either pointer may be NULL; the
+ * engine keeps its counters on). Updated after each successful step.
+ * MOECL_ERR_INVALID_ARG for a NULL engine or n too small. Thread-safe. */
+MOECL_API moecl_status moecl_engine_get_routing_counts(moecl_engine *engine, uint64_t *tokens, double *weight_sum,
+                                                       size_t n);
 
 /* The tokenizer of the engine's model (NULL if it has none). Owned by the model. */
 MOECL_API const moecl_tokenizer *moecl_engine_get_tokenizer(const moecl_engine *engine);

@@ -82,6 +82,9 @@ struct moecl_engine {
     int32_t n_queued, n_running;
     uint64_t next_id, n_admitted;
     moecl_engine_stats stats;
+    size_t n_route;          /* n_layer * n_expert */
+    uint64_t *route_tokens;  /* [n_route] the context's routing counters, copied after each step, under mu */
+    double *route_wsum;      /* [n_route] */
 };
 
 /* ------------------------------------------------------------------------ */
@@ -328,6 +331,13 @@ moecl_status moecl_engine_new(const moecl_model *model, const moecl_engine_param
     cp.abort_callback = abort_on_shutdown;
     cp.abort_user_data = e;
     if ((st = moecl_context_new(model, &cp, &e->ctx))) goto fail;
+    /* Routing counters cost a few adds per token and layer: always on, for
+     * moecl_engine_get_routing_counts. */
+    e->n_route = (size_t)info.n_layer * (size_t)info.n_expert;
+    e->route_tokens = calloc(e->n_route ? e->n_route : 1, sizeof *e->route_tokens);
+    e->route_wsum = calloc(e->n_route ? e->n_route : 1, sizeof *e->route_wsum);
+    if (!e->route_tokens || !e->route_wsum) goto nomem;
+    if ((st = moecl_context_set_routing_counters(e->ctx, true))) goto fail;
     /* the context may clamp the budget (never above n_slots * n_ctx) */
     e->n_ctx = p.n_ctx;
     e->n_batch = (int64_t)p.n_batch < (int64_t)p.n_slots * p.n_ctx ? p.n_batch : p.n_slots * p.n_ctx;
@@ -376,6 +386,8 @@ void moecl_engine_free(moecl_engine *e) {
     free(e->batch_tok);
     free(e->batch_seq);
     moecl_context_free(e->ctx);
+    free(e->route_tokens);
+    free(e->route_wsum);
     pthread_cond_destroy(&e->cv);
     pthread_mutex_destroy(&e->mu);
     free(e);
@@ -431,6 +443,19 @@ moecl_status moecl_engine_get_stats(moecl_engine *e, moecl_engine_stats *stats) 
     *stats = e->stats;
     stats->n_running = e->n_running;
     stats->n_queued = e->n_queued;
+    pthread_mutex_unlock(&e->mu);
+    return MOECL_OK;
+}
+
+moecl_status moecl_engine_get_routing_counts(moecl_engine *e, uint64_t *tokens, double *weight_sum, size_t n) {
+    if (!e) return mc_error(MOECL_ERR_INVALID_ARG, "moecl_engine_get_routing_counts: engine is NULL");
+    if (n < e->n_route)
+        return mc_error(MOECL_ERR_INVALID_ARG,
+                        "moecl_engine_get_routing_counts: n is %zu; n_layer x n_expert = %zu values are needed", n,
+                        e->n_route);
+    pthread_mutex_lock(&e->mu);
+    if (tokens) memcpy(tokens, e->route_tokens, e->n_route * sizeof *tokens);
+    if (weight_sum) memcpy(weight_sum, e->route_wsum, e->n_route * sizeof *weight_sum);
     pthread_mutex_unlock(&e->mu);
     return MOECL_OK;
 }
@@ -637,6 +662,7 @@ static void step(moecl_engine *e) {
     while (bucket < 16 && (1 << bucket) < T) bucket++;
     e->stats.batch_hist[bucket]++;
     e->stats.step_seconds += dt;
+    if (!st) moecl_context_get_routing_counts(e->ctx, e->route_tokens, e->route_wsum, e->n_route);
     pthread_mutex_unlock(&e->mu);
 
     if (st) {
