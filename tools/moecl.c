@@ -266,6 +266,21 @@ static int load_model(const options *o, moecl_model **model, double *seconds) {
     return 0;
 }
 
+/* For subcommands in other files (tools/stats.c): the model as run and chat
+ * find it (path NULL: $MOECL_MODEL, else the default model); the path used
+ * into resolved. 0 on success, else the exit code. */
+int cli_load_model(const char *path, moecl_model **model, char *resolved, size_t len);
+int cli_load_model(const char *path, moecl_model **model, char *resolved, size_t len) {
+    options o = {0};
+    o.model = path;
+    char buf[4096];
+    const char *p = resolve_model(&o, buf, sizeof buf);
+    if (!p) return 1;
+    snprintf(resolved, len, "%s", p);
+    o.model = p;
+    return load_model(&o, model, NULL);
+}
+
 static int parse_token_list(const char *s, int32_t **out, int *n) {
     int cap = 16, cnt = 0;
     int32_t *v = malloc((size_t)cap * sizeof *v);
@@ -1097,6 +1112,7 @@ static void ensure_fast_blas(char **argv) {
 
 int cmd_serve(int argc, char **argv);          /* tools/serve.c */
 int cmd_bench_parallel(int argc, char **argv); /* tools/bench_parallel.c */
+int cmd_stats(int argc, char **argv);          /* tools/stats.c */
 
 /* Each subcommand's usage; `moecl help` prints them all, `moecl CMD --help` its own. */
 typedef struct usage_entry {
@@ -1127,6 +1143,9 @@ static const usage_entry k_usage[] = {
     {"serve", "  moecl serve    -m PATH [--host 127.0.0.1] [--port 8080] [--parallel N] [-c CTX] [-b BATCH]\n"
               "                 [--queue N] [--api-key KEY] [-n N] [sampling options] [-t THREADS] [backend options]\n"
               "                 # OpenAI-compatible HTTP server (README: Serving)\n", true},
+    {"stats", "  moecl stats    [-m PATH] (-p TEXT | -f FILE) [--layer L] [--json FILE] [--html FILE]\n"
+              "                 [--save-profile FILE] [--pictures DIR] [-c CTX] [--max-tokens N] [-t THREADS]\n"
+              "                 # routing: load, balance, co-activation, specialisation, consistency\n", false},
     {"quantize", "  moecl quantize IN OUT.gguf [TYPE] [-t THREADS] [--allow-requantize]\n"
                  "                 # TYPE: q4_K_M (default), q4_K_S, q5_K_M, q5_K_S, q6_K, q8_0, q4_0,\n"
                  "                 # q4_K, q5_K (every matrix that type), f16, bf16, f32\n", false},
@@ -1183,6 +1202,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "detokenize")) return cmd_detokenize(argc, argv);
     if (!strcmp(cmd, "quantize")) return cmd_quantize(argc, argv);
     if (!strcmp(cmd, "serve")) return cmd_serve(argc, argv); /* tools/serve.c */
+    if (!strcmp(cmd, "stats")) return cmd_stats(argc, argv); /* tools/stats.c */
     for (int i = 2; !strcmp(cmd, "bench") && i < argc; i++)
         if (!strcmp(argv[i], "--parallel")) return cmd_bench_parallel(argc, argv); /* tools/bench_parallel.c */
     options o = {0};
