@@ -307,7 +307,7 @@ static int measure_consistency(const moecl_model *model, const moecl_tokenizer *
     out->layer_same = calloc((size_t)2 * d->L, sizeof *out->layer_same);
     const int rows = P + na + nb + 8;
     moecl_context_params cp = moecl_context_default_params();
-    cp.n_ctx = (uint32_t)(na + P + 1);
+    cp.n_ctx = (uint32_t)(na + nb + P + 1);
     cp.n_seq_max = 3;
     cp.n_batch = (uint32_t)(na + nb + P);
     cp.n_threads = n_threads;
