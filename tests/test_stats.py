@@ -2,6 +2,12 @@
 """`moecl stats` against its own per-token routes, recomputed here (Python standard library).
 
     test_stats.py MOECL_EXE TOKENIZER_JSON WORK_DIR [--pictures]
+    test_stats.py MOECL_EXE --golden MODEL_DIR WORK_DIR
+
+--golden: a golden model (no tokenizer) routed with --tokens from its routing.json
+(tools/make_routing_refs.py, transformers in float64): the report's and the profile's
+counts must be transformers' counts, and dense layers must be marked dense with a
+profile row of zeros.
 
 Writes a random 3-layer, 8-expert top-2 model with the Mistral tokenizer, routes a text
 with digits, punctuation and other scripts, and checks the JSON report (the interface):
@@ -221,7 +227,46 @@ def check_pictures(exe, model, work, text_file, E):
     return 0
 
 
+def check_golden(exe, model_dir, work):
+    with open(os.path.join(model_dir, "routing.json")) as f:
+        ref = json.load(f)
+    L, E, K, N = ref["n_layer"], ref["n_expert"], ref["n_expert_used"], len(ref["tokens"])
+    js, prof = os.path.join(work, "stats.json"), os.path.join(work, "profile.json")
+    p = run([exe, "stats", "-m", model_dir, "--tokens", ",".join(map(str, ref["tokens"])), "-t", "2",
+             "--json", js, "--save-profile", prof])
+    check(p.returncode == 0, "stats --tokens on %s: %s" % (model_dir, p.stderr[-500:]))
+    if p.returncode:
+        return
+    with open(js) as f:
+        r = json.load(f)
+    with open(prof) as f:
+        pr = json.load(f)
+    check(r["tokens"] == N and pr["tokens"] == N, "all %d tokens routed" % N)
+    for l in range(L):
+        dense = ref["layers"][l]["dense"]
+        check(r["layers"][l]["dense"] == dense, "layer %d dense: %s" % (l, dense))
+        if dense:
+            check(pr["freq"][l] == [0] * E, "dense layer %d: profile row of zeros" % l)
+            continue
+        check(r["layers"][l]["counts"] == ref["counts"][l], "layer %d: counts %s, transformers %s"
+              % (l, r["layers"][l]["counts"], ref["counts"][l]))
+        check(all(abs(a - b) < 1e-5 for a, b in zip(r["layers"][l]["weight_sums"], ref["weight_sums"][l])),
+              "layer %d: weight sums" % l)
+        check(all(abs(f - c / N) < 1e-8 for f, c in zip(pr["freq"][l], ref["counts"][l])), "layer %d: profile" % l)
+        check(abs(sum(pr["freq"][l]) - K) < 1e-6, "layer %d: profile row sums to K" % l)
+        routes = [row[l] for row in r["routes"]]
+        check(routes == ref["layers"][l]["experts"], "layer %d: routes are transformers' choices" % l)
+
+
 def main():
+    if len(sys.argv) == 5 and sys.argv[2] == "--golden":
+        exe, model_dir, work = sys.argv[1], sys.argv[3], sys.argv[4]
+        shutil.rmtree(work, ignore_errors=True)
+        os.makedirs(work)
+        check_golden(exe, model_dir, work)
+        shutil.rmtree(work, ignore_errors=True)
+        print("test_stats: %d failures" % len(FAILURES), file=sys.stderr)
+        return 1 if FAILURES else 0
     if len(sys.argv) < 4:
         print("usage: test_stats.py MOECL_EXE TOKENIZER_JSON WORK_DIR [--pictures]", file=sys.stderr)
         return 1

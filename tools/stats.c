@@ -172,6 +172,7 @@ static double gini(const uint64_t *c, int E) {
 /* ------------------------------------------------------------------------ */
 
 static int token_class(const moecl_tokenizer *tok, int32_t id) {
+    if (!tok) return -1; /* ids without a tokenizer: no class */
     if (moecl_token_is_special(tok, id)) return CLS_SPECIAL;
     size_t n = 0;
     const unsigned char *p = (const unsigned char *)moecl_token_to_piece(tok, id, &n);
@@ -293,13 +294,18 @@ static int decode_seq(moecl_context *ctx, const int32_t *ids, int n, int32_t seq
 }
 
 static int measure_consistency(const moecl_model *model, const moecl_tokenizer *tok, const stats_data *d,
-                               int n_threads, consistency *out) {
+                               int32_t bos, int32_t n_vocab, int n_threads, consistency *out) {
     int rc = 1;
-    const int skip = d->N > 0 && moecl_token_is_special(tok, d->ids[0]) ? 1 : 0; /* the BOS */
+    const int skip = d->N > 0 && d->ids[0] == bos ? 1 : 0;
     const int P = (int)(d->N < PROBE_TOKENS ? d->N : PROBE_TOKENS);
     int32_t fa[256], fb[256], na = 0, nb = 0;
-    if (moecl_tokenize(tok, k_filler_a, strlen(k_filler_a), 0, fa, 256, &na) ||
-        moecl_tokenize(tok, k_filler_b, strlen(k_filler_b), 0, fb, 256, &nb)) {
+    if (!tok) { /* ids only: other ids, spread over the vocabulary */
+        na = 24;
+        nb = 20;
+        for (int i = 0; i < na; i++) fa[i] = (int32_t)((7919u * (unsigned)i + 3) % (unsigned)n_vocab);
+        for (int i = 0; i < nb; i++) fb[i] = (int32_t)((104729u * (unsigned)i + 11) % (unsigned)n_vocab);
+    } else if (moecl_tokenize(tok, k_filler_a, strlen(k_filler_a), 0, fa, 256, &na) ||
+               moecl_tokenize(tok, k_filler_b, strlen(k_filler_b), 0, fb, 256, &nb)) {
         fprintf(stderr, "moecl stats: cannot tokenize the consistency texts: %s\n", moecl_last_error());
         return 1;
     }
@@ -392,6 +398,10 @@ static void json_str(FILE *f, const char *s, size_t n) {
 /* Token text for JSON and HTML: the piece, with invalid UTF-8 as \xNN. */
 static void token_text(const moecl_tokenizer *tok, int32_t id, char *out, size_t cap) {
     size_t n = 0, o = 0;
+    if (!tok) {
+        snprintf(out, cap, "#%d", id);
+        return;
+    }
     const unsigned char *p = (const unsigned char *)moecl_token_to_piece(tok, id, &n);
     out[0] = '\0';
     if (!p) return;
@@ -689,6 +699,36 @@ static void print_summary(const stats_data *d, const consistency *cs) {
 /* The command                                                              */
 /* ------------------------------------------------------------------------ */
 
+/* "1,2,3" into a malloc'd array; NULL (after saying why) if malformed or an
+ * id is outside the vocabulary. */
+static int32_t *parse_ids(const char *s, int32_t n_vocab, int32_t *n) {
+    size_t cap = 64;
+    int32_t *v = malloc(cap * sizeof *v);
+    *n = 0;
+    for (const char *p = s; v && *p;) {
+        char *end;
+        errno = 0;
+        long x = strtol(p, &end, 10);
+        if (errno || end == p || x < 0 || x >= n_vocab) {
+            fprintf(stderr, "moecl stats: --tokens: bad id list '%s' (comma-separated ids from 0 to %d)\n", s,
+                    n_vocab - 1);
+            free(v);
+            return NULL;
+        }
+        if ((size_t)*n == cap) {
+            int32_t *nv = realloc(v, (cap *= 2) * sizeof *v);
+            if (!nv) free(v);
+            v = nv;
+            if (!v) break;
+        }
+        v[(*n)++] = (int32_t)x;
+        p = end;
+        while (*p == ',' || *p == ' ') p++;
+    }
+    if (!v) fprintf(stderr, "moecl stats: out of memory\n");
+    return v;
+}
+
 static const char *base_name(const char *path, char *buf, size_t cap) {
     size_t n = strlen(path);
     while (n > 1 && path[n - 1] == '/') n--;
@@ -722,7 +762,7 @@ static int write_pictures(const char *dir, const stats_pic pics[3]) {
 
 int cmd_stats(int argc, char **argv);
 int cmd_stats(int argc, char **argv) {
-    const char *model_path = NULL, *prompt = NULL, *file = NULL, *json = NULL, *html = NULL, *profile = NULL,
+    const char *model_path = NULL, *prompt = NULL, *file = NULL, *id_list = NULL, *json = NULL, *html = NULL, *profile = NULL,
                *pictures = NULL;
     int layer = -1, chunk = 512, max_tokens = 16384, threads = 0;
     for (int i = 2; i < argc; i++) {
@@ -732,6 +772,7 @@ int cmd_stats(int argc, char **argv) {
         if (!strcmp(a, "-m") || !strcmp(a, "--model")) { NEED(); model_path = v; }
         else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) { NEED(); prompt = v; }
         else if (!strcmp(a, "-f") || !strcmp(a, "--file")) { NEED(); file = v; }
+        else if (!strcmp(a, "--tokens")) { NEED(); id_list = v; }
         else if (!strcmp(a, "--layer")) INT(layer, 0, 1 << 20);
         else if (!strcmp(a, "--json")) { NEED(); json = v; }
         else if (!strcmp(a, "--html")) { NEED(); html = v; }
@@ -745,16 +786,17 @@ int cmd_stats(int argc, char **argv) {
 #undef NEED
 #undef INT
     }
-    if (!prompt == !file) return usage("%s", "give the text with -p TEXT or -f FILE (one of them)");
+    if ((prompt != NULL) + (file != NULL) + (id_list != NULL) != 1)
+        return usage("%s", "give the text with -p TEXT, -f FILE or --tokens 1,2,3 (one of them)");
     if ((html || pictures) && !stats_have_cairo())
         return usage("%s", "--html and --pictures need cairo, and this moecl was built without it (Debian: "
                            "libcairo2-dev, then rebuild)");
 
     int rc = 1;
     size_t len = 0;
-    char *text = prompt ? strdup(prompt) : read_text(file, &len);
+    char *text = prompt ? strdup(prompt) : id_list ? strdup(id_list) : read_text(file, &len);
     if (!text) return 1;
-    if (prompt) len = strlen(text);
+    if (!file) len = strlen(text);
     moecl_model *model = NULL;
     char resolved[4200], name[256];
     if ((rc = cli_load_model(model_path, &model, resolved, sizeof resolved))) {
@@ -767,13 +809,14 @@ int cmd_stats(int argc, char **argv) {
     consistency cs = {0};
     stats_pic pics[3] = {{0}};
     const char **pieces = NULL;
+    char *id_text = NULL;
     moecl_context *ctx = NULL;
     recorder rec = {0};
     moecl_model_info mi;
     moecl_model_get_info(model, &mi);
     const moecl_tokenizer *tok = moecl_model_get_tokenizer(model);
-    if (!tok) {
-        fprintf(stderr, "moecl stats: %s has no tokenizer\n", resolved);
+    if (!tok && !id_list) {
+        fprintf(stderr, "moecl stats: %s has no tokenizer: give token ids with --tokens 1,2,3\n", resolved);
         goto done;
     }
     d.model_name = base_name(resolved, name, sizeof name);
@@ -787,14 +830,21 @@ int cmd_stats(int argc, char **argv) {
     }
 
     int32_t n_ids = 0;
-    if (moecl_tokenize(tok, text, len, 0, NULL, 0, &n_ids) != MOECL_OK && n_ids <= 0) {
-        fprintf(stderr, "moecl stats: cannot tokenize the text: %s\n", moecl_last_error());
-        goto done;
-    }
-    d.ids = malloc((size_t)(n_ids ? n_ids : 1) * sizeof *d.ids);
-    if (!d.ids || moecl_tokenize(tok, text, len, 0, d.ids, n_ids, &n_ids) != MOECL_OK) {
-        fprintf(stderr, "moecl stats: cannot tokenize the text: %s\n", moecl_last_error());
-        goto done;
+    if (id_list) {
+        if (!(d.ids = parse_ids(id_list, mi.n_vocab, &n_ids))) {
+            rc = 2;
+            goto done;
+        }
+    } else {
+        if (moecl_tokenize(tok, text, len, 0, NULL, 0, &n_ids) != MOECL_OK && n_ids <= 0) {
+            fprintf(stderr, "moecl stats: cannot tokenize the text: %s\n", moecl_last_error());
+            goto done;
+        }
+        d.ids = malloc((size_t)(n_ids ? n_ids : 1) * sizeof *d.ids);
+        if (!d.ids || moecl_tokenize(tok, text, len, 0, d.ids, n_ids, &n_ids) != MOECL_OK) {
+            fprintf(stderr, "moecl stats: cannot tokenize the text: %s\n", moecl_last_error());
+            goto done;
+        }
     }
     d.N = n_ids < max_tokens ? n_ids : max_tokens;
     if (n_ids > max_tokens)
@@ -869,7 +919,7 @@ int cmd_stats(int argc, char **argv) {
             const int32_t *ex = d.ex + (t * d.L + l) * d.K;
             for (int i = 0; i < d.K; i++) {
                 if (ex[i] < 0) continue;
-                y->cls[(size_t)cls_of[t] * d.E + ex[i]]++;
+                if (cls_of[t] >= 0) y->cls[(size_t)cls_of[t] * d.E + ex[i]]++;
                 y->coact[(size_t)ex[i] * d.E + ex[i]]++;
                 for (int j = 0; j < d.K; j++)
                     if (j != i && ex[j] >= 0) y->coact[(size_t)ex[i] * d.E + ex[j]]++;
@@ -885,15 +935,22 @@ int cmd_stats(int argc, char **argv) {
         for (int k = 0; k < d.L && d.layers[d.layer_shown].dense; k++) d.layer_shown = (d.L / 2 + k) % d.L;
     }
 
-    if (measure_consistency(model, tok, &d, threads, &cs)) goto done;
+    if (measure_consistency(model, tok, &d, mi.bos_id, mi.n_vocab, threads, &cs)) goto done;
     print_summary(&d, &cs);
 
     if (html || pictures) {
         pieces = calloc((size_t)d.N, sizeof *pieces);
-        if (!pieces) goto done;
+        id_text = malloc((size_t)d.N * 16);
+        if (!pieces || !id_text) goto done;
         for (int64_t t = 0; t < d.N; t++) {
-            const char *p = moecl_token_to_piece(tok, d.ids[t], NULL);
-            pieces[t] = p && !moecl_token_is_special(tok, d.ids[t]) ? p : "";
+            const char *p = tok ? moecl_token_to_piece(tok, d.ids[t], NULL) : NULL;
+            if (!tok) { /* ids only: "#id " */
+                snprintf(id_text + t * 16, 16, "#%d ", d.ids[t]);
+                p = id_text + t * 16;
+            } else if (moecl_token_is_special(tok, d.ids[t])) {
+                p = "";
+            }
+            pieces[t] = p ? p : "";
         }
         d.piece = pieces;
         char err[256];
@@ -912,6 +969,7 @@ int cmd_stats(int argc, char **argv) {
 done:
     for (int i = 0; i < 3; i++) stats_pic_free(&pics[i]);
     free(pieces);
+    free(id_text);
     if (d.layers) {
         free(d.layers[0].counts);
         free(d.layers[0].wsum);

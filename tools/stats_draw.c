@@ -205,7 +205,7 @@ static void paint_heatmap(cairo_t *cr, const stats_data *d, int w, int h) {
     snprintf(s, sizeof s, "Load per expert, %lld tokens, top-%d", (long long)d->N, d->K);
     text_at(cr, 10, 22, 15, s, 0);
     cairo_select_font_face(cr, FONT, CAIRO_FONT_SLANT_NORMAL, CAIRO_FONT_WEIGHT_NORMAL);
-    text_at(cr, g.x0 + d->E * g.cw / 2, 48, 11, "expert", 0.5);
+    text_at(cr, g.x0 + d->E * g.cw / 2, 40, 11, "expert", 0.5);
     const double mean = (double)d->N * d->K / d->E;
     for (int e = 0; e < d->E; e++)
         if (d->E <= 16 || e % 8 == 0) {
