@@ -1143,8 +1143,9 @@ static const usage_entry k_usage[] = {
     {"serve", "  moecl serve    -m PATH [--host 127.0.0.1] [--port 8080] [--parallel N] [-c CTX] [-b BATCH]\n"
               "                 [--queue N] [--api-key KEY] [-n N] [sampling options] [-t THREADS] [backend options]\n"
               "                 # OpenAI-compatible HTTP server (README: Serving)\n", true},
-    {"stats", "  moecl stats    [-m PATH] (-p TEXT | -f FILE) [--layer L] [--json FILE] [--html FILE]\n"
-              "                 [--save-profile FILE] [--pictures DIR] [-c CTX] [--max-tokens N] [-t THREADS]\n"
+    {"stats", "  moecl stats    [-m PATH] (-p TEXT | -f FILE | --tokens 1,2,3) [--layer L] [--json FILE]\n"
+              "                 [--html FILE] [--save-profile FILE] [--pictures DIR] [-c CTX] [--max-tokens N]\n"
+              "                 [-t THREADS]\n"
               "                 # routing: load, balance, co-activation, specialisation, consistency\n", false},
     {"quantize", "  moecl quantize IN OUT.gguf [TYPE] [-t THREADS] [--allow-requantize]\n"
                  "                 # TYPE: q4_K_M (default), q4_K_S, q5_K_M, q5_K_S, q6_K, q8_0, q4_0,\n"

@@ -1,7 +1,7 @@
 /*
  * stats.c - `moecl stats`: what the routers of a model do with a text.
  *
- *   moecl stats [-m PATH] (-p TEXT | -f FILE) [--layer L] [--json FILE] [--html FILE]
+ *   moecl stats [-m PATH] (-p TEXT | -f FILE | --tokens 1,2,3) [--layer L] [--json FILE] [--html FILE]
  *               [--save-profile FILE] [--pictures DIR] [-c CTX] [--max-tokens N] [-t THREADS]
  *
  * The text is decoded in chunks of CTX positions (one sequence, one batch
