@@ -32,6 +32,7 @@
 #include "backend/backend.h"
 #include "backend/opencl/opencl.h"
 #include "backend/cpu/kernels.h"
+#include "placement.h"
 #include "quant/quant.h"
 
 #include <stdatomic.h>
@@ -93,6 +94,9 @@ typedef struct ocl_backend {
     bool failed;          /* the device failed during a decode: everything runs on the CPU */
     mc_backend *cpu;      /* matmul, and the experts once the device failed */
     uint64_t weight_bytes;
+    int64_t budget;       /* bytes of expert weights the planner may place here */
+    int max_per_layer;    /* experts of one layer the largest allocation holds */
+    double read_bps, rtt_s; /* mc_cl_probe's measurements; 0: unknown */
     /* test hooks */
     long n_allocs, fail_alloc_at;
     long n_submits, n_waits, fail_submit_at, fail_wait_at;
@@ -509,25 +513,22 @@ static void layer_types(const moecl_model *m, ocl_backend *o, bool match) {
     }
 }
 
-/* How many experts each layer puts on the device: round-robin over the
- * layers while the budget lasts, at most cap per layer and no buffer larger
- * than the device's largest allocation. Fails when the device cannot hold a
- * single expert matrix in one allocation. */
-static moecl_status plan_placement(const moecl_model *m, ocl_backend *o, const mc_opencl_params *p, int *n_of,
-                                   int64_t *total) {
+/* The bytes the planner may fill: the caller's budget, else the device's
+ * memory less headroom for activations, the driver and other programs. */
+static int64_t budget_of(const ocl_backend *o, const mc_opencl_params *p) {
+    if (p->mem_budget >= 0) return p->mem_budget;
+    uint64_t head = o->dev.global_mem / 10;
+    if (head < ((uint64_t)512 << 20)) head = (uint64_t)512 << 20;
+    return o->dev.global_mem > head ? (int64_t)(o->dev.global_mem - head) : 0;
+}
+
+/* The most experts of one layer the device's largest allocation holds (each
+ * matrix of a layer's experts is one buffer); fails when not even one fits. */
+static moecl_status max_per_layer(const moecl_model *m, const ocl_backend *o, int *out) {
     const mc_hparams *hp = &m->hp;
-    const int E = hp->n_expert, L = hp->n_layer;
-    int64_t budget = p->mem_budget;
-    if (budget < 0) { /* device memory less headroom for activations, the driver and other programs */
-        uint64_t head = o->dev.global_mem / 10;
-        if (head < ((uint64_t)512 << 20)) head = (uint64_t)512 << 20;
-        budget = o->dev.global_mem > head ? (int64_t)(o->dev.global_mem - head) : 0;
-    }
-    int cap = E;
-    if (p->experts_per_layer >= 0 && p->experts_per_layer < cap) cap = p->experts_per_layer;
-    *total = 0;
-    for (int l = 0; l < L; l++) n_of[l] = 0;
-    for (int l = 0; l < L && cap > 0; l++) {
+    int most = hp->n_expert;
+    for (int l = 0; l < hp->n_layer; l++) {
+        if (!m->layers[l].experts) continue;
         const cl_layer *cl = &o->layers[l];
         const size_t mat = cl->b13 > cl->b2 ? cl->b13 : cl->b2;
         char a[32], b[32];
@@ -537,23 +538,10 @@ static moecl_status plan_placement(const moecl_model *m, ocl_backend *o, const m
                             "matrix of layer %d (%s as %s)",
                             o->dev.name, human(o->dev.max_alloc, a, sizeof a), l, human(mat, b, sizeof b),
                             moecl_dtype_name(cl->b13 >= cl->b2 ? cl->t13 : cl->t2));
+        const uint64_t n = o->dev.max_alloc / mat;
+        if (n < (uint64_t)most) most = (int)n;
     }
-    bool grew = true;
-    for (int round = 0; round < cap && grew; round++) {
-        grew = false;
-        for (int l = 0; l < L; l++) {
-            const cl_layer *cl = &o->layers[l];
-            const int64_t bytes = (int64_t)(2 * cl->b13 + cl->b2);
-            const uint64_t n = (uint64_t)n_of[l] + 1;
-            if (!m->layers[l].experts || n_of[l] != round || bytes > budget || n * cl->b13 > o->dev.max_alloc ||
-                n * cl->b2 > o->dev.max_alloc)
-                continue;
-            budget -= bytes;
-            n_of[l]++;
-            (*total)++;
-            grew = true;
-        }
-    }
+    *out = most;
     return MOECL_OK;
 }
 
@@ -576,17 +564,23 @@ static moecl_status upload(ocl_backend *o, cl_mem buf, int slot, moecl_dtype t, 
     return MOECL_OK;
 }
 
-/* Allocate and fill the weight buffers of the experts placed. */
-static moecl_status upload_all(const moecl_model *model, ocl_backend *o, const int *n_of) {
+/* Allocate and fill the weight buffers of the experts placement[] gives to
+ * `index`; a layer's slots follow its expert numbers. */
+static moecl_status upload_all(const moecl_model *model, ocl_backend *o, const uint8_t *placement, uint8_t index,
+                               int *n_of) {
     const mc_hparams *hp = &model->hp;
     const int E = hp->n_expert;
     const size_t n = (size_t)hp->n_ff * (size_t)hp->n_embd;
     bool convert = false;
-    for (int l = 0; l < hp->n_layer; l++)
+    for (int l = 0; l < hp->n_layer; l++) {
+        n_of[l] = 0;
+        if (!model->layers[l].experts) continue;
+        for (int e = 0; e < E; e++) n_of[l] += placement[(int64_t)l * E + e] == index;
         if (n_of[l]) {
             const mc_expert *x = &model->layers[l].experts[0];
             convert |= o->layers[l].t13 != x->w1.type || o->layers[l].t2 != x->w2.type;
         }
+    }
     float *tmp32 = convert ? malloc(n * sizeof(float)) : NULL;
     uint16_t *tmp16 = convert ? malloc(n * sizeof(uint16_t)) : NULL;
     moecl_status st = MOECL_OK;
@@ -607,11 +601,12 @@ static moecl_status upload_all(const moecl_model *model, ocl_backend *o, const i
                               human(bytes, hb, sizeof hb), l, o->dev.name, mc_cl_strerror(err));
         }
         cl->n_slots = n_of[l];
-        for (int e = 0; e < n_of[l] && !st; e++) { /* the first experts of each layer */
+        for (int e = 0, slot = 0; e < E && !st; e++) {
+            if (placement[(int64_t)l * E + e] != index) continue;
             const mc_expert *x = &model->layers[l].experts[e];
             const mc_tensor *w[3] = {&x->w1, &x->w3, &x->w2};
-            for (int i = 0; i < 3 && !st; i++) st = upload(o, *bufs[i], e, t[i], b[i], w[i], tmp32, tmp16);
-            o->slot[(int64_t)l * E + e] = e;
+            for (int i = 0; i < 3 && !st; i++) st = upload(o, *bufs[i], slot, t[i], b[i], w[i], tmp32, tmp16);
+            o->slot[(int64_t)l * E + e] = slot++;
         }
         o->weight_bytes += (uint64_t)n_of[l] * (2 * cl->b13 + cl->b2);
     }
@@ -620,10 +615,8 @@ static moecl_status upload_all(const moecl_model *model, ocl_backend *o, const i
     return st;
 }
 
-moecl_status mc_backend_opencl_new(const moecl_model *model, const mc_opencl_params *p, uint8_t *placement,
-                                   uint8_t index, int64_t *n_placed, mc_backend **out) {
+moecl_status mc_backend_opencl_open(const moecl_model *model, const mc_opencl_params *p, mc_backend **out) {
     *out = NULL;
-    *n_placed = 0;
     const mc_hparams *hp = &model->hp;
     const int E = hp->n_expert, L = hp->n_layer;
     moecl_dtype dt = p->dtype;
@@ -654,16 +647,50 @@ moecl_status mc_backend_opencl_new(const moecl_model *model, const mc_opencl_par
     o->slot = malloc((size_t)L * (size_t)E * sizeof(int32_t));
     o->layers = calloc((size_t)L, sizeof *o->layers);
     o->groups_host = calloc((size_t)E * 4, sizeof(cl_int));
-    int *n_of = calloc((size_t)L, sizeof(int));
-    int64_t total = 0;
-    moecl_status st = (o->slot && o->layers && o->groups_host && n_of)
-                          ? mc_backend_cpu_new(model, p->n_threads, &o->cpu)
-                          : mc_error(MOECL_ERR_NOMEM, "opencl: out of memory");
+    moecl_status st = (o->slot && o->layers && o->groups_host) ? mc_backend_cpu_new(model, p->n_threads, &o->cpu)
+                                                               : mc_error(MOECL_ERR_NOMEM, "opencl: out of memory");
     if (!st) st = open_device(o, p);
     if (!st) {
         for (int64_t i = 0; i < (int64_t)L * E; i++) o->slot[i] = -1;
         layer_types(model, o, match);
-        st = plan_placement(model, o, p, n_of, &total);
+        o->budget = budget_of(o, p);
+        st = max_per_layer(model, o, &o->max_per_layer);
+    }
+    if (st) {
+        ocl_free(be);
+        return st;
+    }
+    mc_cl_probe(o->ctx, o->queue, &o->dev, &o->read_bps, &o->rtt_s);
+    *out = be;
+    return MOECL_OK;
+}
+
+void mc_backend_opencl_plan_info(const mc_backend *be, mc_opencl_plan_info *info) {
+    const ocl_backend *o = be->impl;
+    info->budget = o->budget;
+    info->max_per_layer = o->max_per_layer;
+    info->read_bps = o->read_bps;
+    info->rtt_s = o->rtt_s;
+}
+
+uint64_t mc_backend_opencl_expert_bytes(const mc_backend *be, int layer) {
+    const ocl_backend *o = be->impl;
+    if (!be->model->layers[layer].experts) return 0;
+    return 2 * (uint64_t)o->layers[layer].b13 + o->layers[layer].b2;
+}
+
+moecl_status mc_backend_opencl_load(mc_backend *be, const uint8_t *placement, uint8_t index, int64_t *n_placed) {
+    ocl_backend *o = be->impl;
+    const moecl_model *model = be->model;
+    const mc_hparams *hp = &model->hp;
+    const int E = hp->n_expert, L = hp->n_layer;
+    *n_placed = 0;
+    int *n_of = calloc((size_t)L, sizeof(int));
+    if (!n_of) return mc_error(MOECL_ERR_NOMEM, "opencl: out of memory");
+    moecl_status st = MOECL_OK;
+    for (int l = 0; l < L; l++) {
+        for (int e = 0; model->layers[l].experts && e < E; e++) n_of[l] += placement[(int64_t)l * E + e] == index;
+        *n_placed += n_of[l];
     }
     for (int l = 0; l < L && !st; l++) /* the programs the placed experts need */
         if (n_of[l] && !(st = build_for(o, o->layers[l].t13))) st = build_for(o, o->layers[l].t2);
@@ -674,21 +701,51 @@ moecl_status mc_backend_opencl_new(const moecl_model *model, const mc_opencl_par
             st = mc_error(MOECL_ERR_BACKEND, "opencl: cannot allocate a buffer on %s: %s", o->dev.name,
                           mc_cl_strerror(err));
     }
-    if (!st) st = upload_all(model, o, n_of);
+    if (!st) st = upload_all(model, o, placement, index, n_of);
+    if (!st)
+        mc_log(MOECL_LOG_INFO,
+               "opencl: %s (%s, %s): %lld of %lld experts on the device as %s/%s, %.1f MiB; layer 0: %d of %d",
+               o->dev.name, o->dev.platform_name, o->dev.version, (long long)*n_placed, (long long)L * E,
+               moecl_dtype_name(o->layers[0].t13), moecl_dtype_name(o->layers[0].t2),
+               (double)o->weight_bytes / 1048576.0, n_of[0], E);
+    free(n_of);
+    if (st) *n_placed = 0;
+    return st;
+}
+
+moecl_status mc_backend_opencl_new(const moecl_model *model, const mc_opencl_params *p, uint8_t *placement,
+                                   uint8_t index, int64_t *n_placed, mc_backend **out) {
+    *out = NULL;
+    *n_placed = 0;
+    mc_backend *be = NULL;
+    moecl_status st = mc_backend_opencl_open(model, p, &be);
+    if (st) return st;
+    const mc_hparams *hp = &model->hp;
+    const int L = hp->n_layer, E = hp->n_expert;
+    uint64_t *dev_b = calloc((size_t)L, sizeof *dev_b), *host_b = calloc((size_t)L, sizeof *host_b);
+    uint8_t *where = calloc((size_t)L * (size_t)E, 1);
+    if (!dev_b || !host_b || !where) st = mc_error(MOECL_ERR_NOMEM, "opencl: out of memory");
+    if (!st) {
+        mc_opencl_plan_info pi;
+        mc_backend_opencl_plan_info(be, &pi);
+        mc_place_input in = {.n_layer = L, .n_expert = E, .n_expert_used = hp->n_expert_used,
+                             .expert_dev_bytes = dev_b, .expert_host_bytes = host_b, .n_dev = 1,
+                             .experts_per_layer = p->experts_per_layer};
+        in.dev[0] = (mc_place_dev){.budget = pi.budget, .max_per_layer = pi.max_per_layer};
+        for (int l = 0; l < L; l++) host_b[l] = dev_b[l] = mc_backend_opencl_expert_bytes(be, l);
+        mc_place_plan plan = {.where = where};
+        mc_place_plan_make(&in, &plan);
+        st = mc_backend_opencl_load(be, where, 1, n_placed);
+        for (int64_t i = 0; !st && i < (int64_t)L * E; i++)
+            if (where[i]) placement[i] = index;
+    }
+    free(dev_b);
+    free(host_b);
+    free(where);
     if (st) {
-        free(n_of);
-        ocl_free(be);
+        mc_backend_free(be);
         return st;
     }
-    for (int l = 0; l < L; l++)
-        for (int e = 0; e < n_of[l]; e++) placement[(int64_t)l * E + e] = index;
-    mc_log(MOECL_LOG_INFO,
-           "opencl: %s (%s, %s): %lld of %lld experts on the device as %s/%s, %.1f MiB; layer 0: %d of %d",
-           o->dev.name, o->dev.platform_name, o->dev.version, (long long)total, (long long)L * E,
-           moecl_dtype_name(o->layers[0].t13), moecl_dtype_name(o->layers[0].t2),
-           (double)o->weight_bytes / 1048576.0, n_of[0], E);
-    free(n_of);
-    *n_placed = total;
     *out = be;
     return MOECL_OK;
 }

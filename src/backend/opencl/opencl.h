@@ -126,6 +126,21 @@ moecl_status mc_cl_select(const char *selector, bool gpu_only, mc_cl_device *out
 moecl_status mc_cl_build(cl_context ctx, const mc_cl_device *dev, const char *file, const char *options,
                          const char *const *kernels, int n_kernels, cl_program *out);
 
+/* Small measurements (the bandwidth probe) cached beside the program
+ * binaries, keyed by device (NULL: the host) and name, checksummed and
+ * written atomically like them; MOECL_CL_CACHE turns them off too. load:
+ * true when a valid entry of exactly len bytes was copied into buf (a
+ * damaged one is removed). */
+bool mc_cl_cache_blob_load(const mc_cl_device *dev, const char *name, void *buf, size_t len);
+void mc_cl_cache_blob_store(const mc_cl_device *dev, const char *name, const void *data, size_t len);
+
+/* A device's read bandwidth (bytes/s, the probe_read kernel over a buffer
+ * larger than its caches) and one round trip (a small write, a launch and
+ * a small read, blocking; seconds), measured once per device and cached
+ * (probe.c). $MOECL_CL_PROBE=off: not measured (both 0); =GBPS[,RTT_US]:
+ * these values instead (tests). 0 for both when the probe fails. */
+void mc_cl_probe(cl_context ctx, cl_command_queue queue, const mc_cl_device *dev, double *read_bps, double *rtt_s);
+
 /* "CL_OUT_OF_RESOURCES" and so on. */
 const char *mc_cl_strerror(cl_int err);
 
