@@ -208,14 +208,15 @@ static moecl_status add_opencl(moecl_context *ctx, const moecl_context_params *p
     mc_place_input in = {.n_layer = L, .n_expert = E, .n_expert_used = hp->n_expert_used, .expert_dev_bytes = dev_b,
                          .expert_host_bytes = host_b, .freq = params->expert_freq,
                          .dense_bytes = dense_bytes_per_token(m), .n_dev = n,
-                         .host_read_bps = mc_host_read_bps(ctx->n_threads),
-                         .experts_per_layer = params->gpu_experts};
+                         .host_read_bps = mc_host_read_bps(ctx->n_threads), .experts_per_layer = -1};
     mc_place_plan plan = {.where = where};
     if (!st) {
         for (int d = 0; d < n; d++) {
             mc_opencl_plan_info di;
             mc_backend_opencl_plan_info(bes[d], &di);
-            in.dev[d] = (mc_place_dev){.budget = di.budget, .max_per_layer = di.max_per_layer,
+            int most = di.max_per_layer; /* gpu_experts caps each device */
+            if (params->gpu_experts >= 0 && params->gpu_experts < most) most = params->gpu_experts;
+            in.dev[d] = (mc_place_dev){.budget = di.budget, .max_per_layer = most,
                                        .read_bps = di.read_bps, .rtt_s = di.rtt_s};
             for (int l = 0; l < L; l++) dev_b[(size_t)l * n + d] = mc_backend_opencl_expert_bytes(bes[d], l);
         }
