@@ -51,11 +51,11 @@
 #define MIN_CLC 12 /* OpenCL C 1.2 */
 
 /* The kernels, one table: family file, name. */
-enum { K_GU_VEC, K_DN_VEC, K_GU_TILED, K_DN_TILED, K_GU_ROWS, K_DN_ROWS, K_GU_BLK, K_DN_BLK, K_FLOAT_N };
+enum { K_GU_VEC, K_DN_VEC, K_GU_TILED, K_DN_TILED, K_GU_ROWS, K_DN_ROWS, K_GU_BLK, K_DN_BLK, K_SWIGLU, K_FLOAT_N };
 enum { K_GU_Q, K_DN_Q, K_QUANT_N };
 static const char *const float_kernels[K_FLOAT_N] = {
     "moe_gate_up_vec", "moe_down_vec", "moe_gate_up_tiled", "moe_down_tiled",
-    "moe_gate_up_rows", "moe_down_rows", "moe_gate_up_blk", "moe_down_blk",
+    "moe_gate_up_rows", "moe_down_rows", "moe_gate_up_blk", "moe_down_blk", "moe_swiglu",
 };
 static const char *const quant_kernels[K_QUANT_N] = {"moeq_gate_up", "moeq_down"};
 
@@ -82,6 +82,8 @@ typedef struct ocl_backend {
     int32_t *slot;        /* [n_layer * n_expert] slot on the device, -1: not here */
     cl_layer *layers;     /* [n_layer] */
     cl_mem x, h, y;       /* [cap_rows, n_embd], [cap_rows, n_ff], [cap_rows, n_embd] */
+    cl_mem h3;            /* [cap_rows, n_ff] the up product on the CLBlast path; NULL when it is off */
+    int64_t blast_rows;   /* rows per expert (the most of a call) from which F32 layers use CLBlast; INT64_MAX: never */
     cl_mem groups;        /* [n_expert] int4 */
     size_t cap_rows;
     cl_int *groups_host;  /* [n_expert * 4], read by the pending write */
@@ -138,15 +140,17 @@ static moecl_status reserve_rows(mc_backend *be, size_t rows) {
     const size_t D = (size_t)be->model->hp.n_embd, F = (size_t)be->model->hp.n_ff;
     size_t cap = o->cap_rows ? o->cap_rows : 16;
     while (cap < rows) cap *= 2;
-    cl_mem bufs[3] = {o->x, o->h, o->y};
-    for (int i = 0; i < 3; i++)
+    cl_mem bufs[4] = {o->x, o->h, o->y, o->h3};
+    for (int i = 0; i < 4; i++)
         if (bufs[i]) clReleaseMemObject(bufs[i]);
-    o->x = o->h = o->y = NULL;
+    o->x = o->h = o->y = o->h3 = NULL;
     o->cap_rows = 0;
     cl_int e1 = CL_SUCCESS, e2 = CL_SUCCESS, e3 = CL_SUCCESS;
     o->x = alloc_buf(o, CL_MEM_READ_ONLY, cap * D * sizeof(float), &e1);
     if (!e1) o->h = alloc_buf(o, CL_MEM_READ_WRITE, cap * F * sizeof(float), &e2);
     if (!e1 && !e2) o->y = alloc_buf(o, CL_MEM_WRITE_ONLY, cap * D * sizeof(float), &e3);
+    if (!e1 && !e2 && !e3 && o->blast_rows != INT64_MAX)
+        o->h3 = alloc_buf(o, CL_MEM_READ_WRITE, cap * F * sizeof(float), &e3);
     if (e1 || e2 || e3)
         return mc_error(MOECL_ERR_BACKEND, "opencl: cannot allocate activations for %zu rows on %s: %s", cap,
                         o->dev.name, mc_cl_strerror(e1 ? e1 : e2 ? e2 : e3));
@@ -202,6 +206,40 @@ static cl_kernel stage_kernel(ocl_backend *o, bool down, moecl_dtype t, int64_t 
     return o->kf[(o->prompt_blk ? K_GU_BLK : K_GU_TILED) + d];
 }
 
+/* The expert FFNs of an F32 layer through CLBlast: per expert, H = X·W1ᵀ
+ * and H3 = X·W3ᵀ; H = silu(H) ⊙ H3 for all rows at once; per expert
+ * Y = H·W2ᵀ. The groups (slot, first row, rows) are o->groups_host's. */
+static moecl_status enqueue_blast(ocl_backend *o, const cl_layer *L, int n_used, int64_t rows, cl_int D, cl_int F) {
+    const size_t d = (size_t)D, f = (size_t)F;
+    for (int pass = 0; pass < 2; pass++) {
+        if (pass == 1) { /* between the products: SwiGLU */
+            const cl_int n = (cl_int)((size_t)rows * f);
+            cl_int err = clSetKernelArg(o->kf[K_SWIGLU], 0, sizeof(cl_mem), &o->h);
+            err |= clSetKernelArg(o->kf[K_SWIGLU], 1, sizeof(cl_mem), &o->h3);
+            err |= clSetKernelArg(o->kf[K_SWIGLU], 2, sizeof(cl_int), &n);
+            CL_CHECK(err, "setting the SwiGLU kernel's arguments");
+            size_t g = ((size_t)n + 63) / 64 * 64;
+            CL_CHECK(clEnqueueNDRangeKernel(o->queue, o->kf[K_SWIGLU], 1, NULL, &g, NULL, 0, NULL, NULL),
+                     "launching SwiGLU");
+        }
+        for (int i = 0; i < n_used; i++) {
+            const size_t slot = (size_t)o->groups_host[4 * i], r0 = (size_t)o->groups_host[4 * i + 1];
+            const size_t n = (size_t)o->groups_host[4 * i + 2];
+            int st = 0;
+            if (pass == 0) {
+                st = mc_clblast_sgemm_nt(o->queue, n, f, d, o->x, r0 * d, L->w1, slot * f * d, o->h, r0 * f);
+                if (!st) st = mc_clblast_sgemm_nt(o->queue, n, f, d, o->x, r0 * d, L->w3, slot * f * d, o->h3, r0 * f);
+            } else {
+                st = mc_clblast_sgemm_nt(o->queue, n, d, f, o->h, r0 * f, L->w2, slot * d * f, o->y, r0 * d);
+            }
+            if (st)
+                return mc_error(MOECL_ERR_BACKEND, "opencl: CLBlast's SGEMM on %s failed with status %d", o->dev.name,
+                                st);
+        }
+    }
+    return MOECL_OK;
+}
+
 static moecl_status enqueue(mc_backend *be, const mc_moe_work *w) {
     ocl_backend *o = be->impl;
     const mc_hparams *hp = &be->model->hp;
@@ -234,10 +272,14 @@ static moecl_status enqueue(mc_backend *be, const mc_moe_work *w) {
     CL_CHECK(clEnqueueWriteBuffer(o->queue, o->groups, CL_FALSE, 0, (size_t)w->n_used * 4 * sizeof(cl_int),
                                   o->groups_host, 0, NULL, NULL),
              "writing the groups");
-    if ((st = set_args(o, stage_kernel(o, false, L->t13, max_rows), o->x, L->w1, L->w3, o->h, D, F))) return st;
-    if ((st = set_args(o, stage_kernel(o, true, L->t2, max_rows), o->h, L->w2, NULL, o->y, D, F))) return st;
-    if ((st = launch(o, false, L->t13, (size_t)F, max_rows, (size_t)w->n_used))) return st;
-    if ((st = launch(o, true, L->t2, (size_t)D, max_rows, (size_t)w->n_used))) return st;
+    if (L->t13 == MOECL_DTYPE_F32 && L->t2 == MOECL_DTYPE_F32 && max_rows >= o->blast_rows && o->h3) {
+        if ((st = enqueue_blast(o, L, w->n_used, rows, D, F))) return st;
+    } else {
+        if ((st = set_args(o, stage_kernel(o, false, L->t13, max_rows), o->x, L->w1, L->w3, o->h, D, F))) return st;
+        if ((st = set_args(o, stage_kernel(o, true, L->t2, max_rows), o->h, L->w2, NULL, o->y, D, F))) return st;
+        if ((st = launch(o, false, L->t13, (size_t)F, max_rows, (size_t)w->n_used))) return st;
+        if ((st = launch(o, true, L->t2, (size_t)D, max_rows, (size_t)w->n_used))) return st;
+    }
     CL_CHECK(clEnqueueReadBuffer(o->queue, o->y, CL_FALSE, 0, xbytes, w->Y + r0 * D, 0, NULL, &o->read_ev),
              "reading the outputs");
     CL_CHECK(clFlush(o->queue), "flushing the queue");
@@ -335,8 +377,8 @@ static void ocl_free(mc_backend *be) {
             for (int i = 0; i < 3; i++)
                 if (m[i]) clReleaseMemObject(m[i]);
         }
-        cl_mem m[4] = {o->x, o->h, o->y, o->groups};
-        for (int i = 0; i < 4; i++)
+        cl_mem m[5] = {o->x, o->h, o->y, o->groups, o->h3};
+        for (int i = 0; i < 5; i++)
             if (m[i]) clReleaseMemObject(m[i]);
         for (int i = 0; i < K_FLOAT_N; i++)
             if (o->kf[i]) clReleaseKernel(o->kf[i]);
@@ -644,6 +686,7 @@ moecl_status mc_backend_opencl_open(const moecl_model *model, const mc_opencl_pa
         return mc_error(MOECL_ERR_NOMEM, "opencl: out of memory");
     }
     o->fdtype = dt;
+    o->blast_rows = INT64_MAX;
     o->slot = malloc((size_t)L * (size_t)E * sizeof(int32_t));
     o->layers = calloc((size_t)L, sizeof *o->layers);
     o->groups_host = calloc((size_t)E * 4, sizeof(cl_int));
@@ -663,6 +706,105 @@ moecl_status mc_backend_opencl_open(const moecl_model *model, const mc_opencl_pa
     mc_cl_probe(o->ctx, o->queue, &o->dev, &o->read_bps, &o->rtt_s);
     *out = be;
     return MOECL_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* CLBlast where it wins                                                    */
+/* ------------------------------------------------------------------------ */
+
+/* Seconds for one expert of layer l, slot 0, on `rows` rows, our kernels
+ * (blast false) or CLBlast's: the best of 3 after a warm-up (CLBlast
+ * compiles its kernels on first use); < 0 on a failure. */
+static double time_expert(mc_backend *be, int l, int e, int64_t rows, bool blast, float *X, float *Y) {
+    ocl_backend *o = be->impl;
+    const int64_t keep = o->blast_rows;
+    o->blast_rows = blast ? 0 : INT64_MAX;
+    const int64_t off[2] = {0, rows};
+    const mc_moe_work w = {.layer = l, .n_used = 1, .expert_ids = &e, .offsets = off, .X = X, .Y = Y};
+    double best = -1;
+    for (int it = 0; it < 4; it++) {
+        const int64_t t0 = mc_now_ns();
+        if (enqueue(be, &w) != MOECL_OK || drain(o) != CL_SUCCESS) {
+            best = -1;
+            break;
+        }
+        const double dt = (double)(mc_now_ns() - t0) * 1e-9;
+        if (it > 0 && (best < 0 || dt < best)) best = dt;
+    }
+    o->blast_rows = keep;
+    return best;
+}
+
+/* From how many rows per expert CLBlast's SGEMM beats our kernels on this
+ * device, for the F32 layers: measured once per device and expert shape
+ * and cached beside the programs. $MOECL_CLBLAST: off never; on from
+ * VEC_MAX_ROWS + 1 rows (few rows stay ours; the tests); measure measures
+ * on any device; unset (auto) measures on GPUs only: on CPU devices (PoCL)
+ * our kernels won at every size measured (bench_moe). */
+static void choose_blast(mc_backend *be) {
+    ocl_backend *o = be->impl;
+    const mc_hparams *hp = &be->model->hp;
+    o->blast_rows = INT64_MAX;
+    const char *env = getenv("MOECL_CLBLAST");
+    const bool on = env && !strcmp(env, "on"), measure = env && !strcmp(env, "measure");
+    if ((env && !strcmp(env, "off")) || (!on && !measure && !o->dev.is_gpu)) return;
+    int l = 0, e = -1; /* an F32 layer with an expert here */
+    for (; l < hp->n_layer && e < 0; l++) {
+        if (!o->layers[l].n_slots || o->layers[l].t13 != MOECL_DTYPE_F32 || o->layers[l].t2 != MOECL_DTYPE_F32)
+            continue;
+        for (int x = 0; x < hp->n_expert && e < 0; x++)
+            if (o->slot[(int64_t)l * hp->n_expert + x] >= 0) e = x;
+    }
+    if (e < 0 || !mc_clblast_available()) return;
+    l--;
+    if (on) {
+        o->blast_rows = VEC_MAX_ROWS + 1;
+        mc_log(MOECL_LOG_INFO, "opencl: CLBlast's SGEMM on %s from %d rows per expert (MOECL_CLBLAST=on)",
+               o->dev.name, VEC_MAX_ROWS + 1);
+        return;
+    }
+    char key[64];
+    snprintf(key, sizeof key, "clblast-rows-%d-%d", hp->n_embd, hp->n_ff);
+    int64_t cached[2];
+    if (mc_cl_cache_blob_load(&o->dev, key, cached, sizeof cached) && cached[0] == 1 && cached[1] > VEC_MAX_ROWS) {
+        o->blast_rows = cached[1];
+        return;
+    }
+    static const int64_t sizes[] = {16, 32, 64, 128, 256, 512};
+    const int n_sizes = (int)(sizeof sizes / sizeof sizes[0]);
+    float *X = calloc((size_t)512 * (size_t)hp->n_embd, sizeof(float));
+    float *Y = malloc((size_t)512 * (size_t)hp->n_embd * sizeof(float));
+    int64_t from = INT64_MAX;
+    char line[256] = "";
+    size_t used = 0;
+    o->blast_rows = 0; /* reserve_rows allocates the up product's buffer from now on */
+    if (reserve_rows(be, 512) != MOECL_OK) {
+        free(X);
+        X = NULL;
+    }
+    for (int i = n_sizes - 1; X && Y && i >= 0; i--) { /* from the top: the crossover is the last size it wins */
+        const double ours = time_expert(be, l, e, sizes[i], false, X, Y);
+        const double blast = time_expert(be, l, e, sizes[i], true, X, Y);
+        if (used < sizeof line)
+            used += (size_t)snprintf(line + used, sizeof line - used, " %lld rows %.2f/%.2f", (long long)sizes[i],
+                                     ours * 1e3, blast * 1e3);
+        if (ours < 0 || blast < 0 || blast >= ours) break;
+        from = sizes[i];
+    }
+    mc_clear_error();
+    free(X);
+    free(Y);
+    o->blast_rows = from;
+    if (from == INT64_MAX && o->h3) { /* not used: give its buffer back */
+        clReleaseMemObject(o->h3);
+        o->h3 = NULL;
+    }
+    char what[64] = "never wins";
+    if (from != INT64_MAX) snprintf(what, sizeof what, "wins from %lld rows per expert", (long long)from);
+    mc_log(MOECL_LOG_INFO, "opencl: CLBlast's SGEMM on %s %s (ms, ours/CLBlast:%s)", o->dev.name, what, line);
+    cached[0] = 1;
+    cached[1] = from;
+    mc_cl_cache_blob_store(&o->dev, key, cached, sizeof cached);
 }
 
 void mc_backend_opencl_plan_info(const mc_backend *be, mc_opencl_plan_info *info) {
@@ -702,6 +844,7 @@ moecl_status mc_backend_opencl_load(mc_backend *be, const uint8_t *placement, ui
                           mc_cl_strerror(err));
     }
     if (!st) st = upload_all(model, o, placement, index, n_of);
+    if (!st) choose_blast(be);
     if (!st)
         mc_log(MOECL_LOG_INFO,
                "opencl: %s (%s, %s): %lld of %lld experts on the device as %s/%s, %.1f MiB; layer 0: %d of %d",

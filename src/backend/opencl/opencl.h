@@ -141,6 +141,16 @@ void mc_cl_cache_blob_store(const mc_cl_device *dev, const char *name, const voi
  * these values instead (tests). 0 for both when the probe fails. */
 void mc_cl_probe(cl_context ctx, cl_command_queue queue, const mc_cl_device *dev, double *read_bps, double *rtt_s);
 
+/* ---- CLBlast, opened at run time (clblast.c) ---------------------------- */
+
+/* Load libclblast once (thread-safe); false when absent or built without it. */
+bool mc_clblast_available(void);
+/* C[m, n] (offset c_off, row-major) = A[m, k] (a_off) · B[n, k]ᵀ (b_off),
+ * float, enqueued on queue without an event. CLBlast's status: 0 success,
+ * -1 when CLBlast is unavailable. Offsets and sizes are in elements. */
+int mc_clblast_sgemm_nt(cl_command_queue queue, size_t m, size_t n, size_t k, cl_mem a, size_t a_off, cl_mem b,
+                        size_t b_off, cl_mem c, size_t c_off);
+
 /* "CL_OUT_OF_RESOURCES" and so on. */
 const char *mc_cl_strerror(cl_int err);
 
