@@ -140,6 +140,9 @@ void mc_cl_cache_blob_store(const mc_cl_device *dev, const char *name, const voi
  * (probe.c). $MOECL_CL_PROBE=off: not measured (both 0); =GBPS[,RTT_US]:
  * these values instead (tests). 0 for both when the probe fails. */
 void mc_cl_probe(cl_context ctx, cl_command_queue queue, const mc_cl_device *dev, double *read_bps, double *rtt_s);
+/* The measurement itself, never cached (tools/bench_device.c); false on a failure. */
+bool mc_cl_probe_measure(cl_context ctx, cl_command_queue queue, const mc_cl_device *dev, double *read_bps,
+                         double *rtt_s);
 
 /* ---- CLBlast, opened at run time (clblast.c) ---------------------------- */
 

@@ -91,6 +91,12 @@ static bool measure(cl_context ctx, cl_command_queue q, const mc_cl_device *dev,
     return ok && best > 0;
 }
 
+bool mc_cl_probe_measure(cl_context ctx, cl_command_queue queue, const mc_cl_device *dev, double *read_bps,
+                         double *rtt_s) {
+    *read_bps = *rtt_s = 0;
+    return measure(ctx, queue, dev, read_bps, rtt_s);
+}
+
 void mc_cl_probe(cl_context ctx, cl_command_queue queue, const mc_cl_device *dev, double *read_bps, double *rtt_s) {
     *read_bps = *rtt_s = 0;
     const char *env = getenv("MOECL_CL_PROBE");
