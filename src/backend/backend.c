@@ -56,10 +56,27 @@ typedef struct host_probe {
  * calloc's untouched pages all map one zero page, which stays in cache);
  * best of 4 after a warm-up. Cached beside the OpenCL programs, per thread
  * count; $MOECL_HOST_BW=GBPS sets it (tests), =off leaves it unknown (0). */
+static pthread_mutex_t g_host_mu = PTHREAD_MUTEX_INITIALIZER;
+static int g_host_threads;   /* the last measurement of this process, also when the cache is off */
+static double g_host_bps;
+
+static double host_read_bps(int n_threads);
+
 double mc_host_read_bps(int n_threads) {
     const char *env = getenv("MOECL_HOST_BW");
     if (env && !strcmp(env, "off")) return 0;
     if (env && atof(env) > 0) return atof(env) * 1e9;
+    pthread_mutex_lock(&g_host_mu); /* one measurement at a time: two would halve each other's figure */
+    if (g_host_threads != n_threads || g_host_bps <= 0) {
+        g_host_bps = host_read_bps(n_threads);
+        g_host_threads = n_threads;
+    }
+    const double bps = g_host_bps;
+    pthread_mutex_unlock(&g_host_mu);
+    return bps;
+}
+
+static double host_read_bps(int n_threads) {
     char name[48];
     snprintf(name, sizeof name, "host-probe-%d", n_threads);
     host_probe hp;

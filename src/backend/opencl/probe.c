@@ -5,6 +5,7 @@
  */
 #include "backend/opencl/opencl.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -97,6 +98,18 @@ bool mc_cl_probe_measure(cl_context ctx, cl_command_queue queue, const mc_cl_dev
     return measure(ctx, queue, dev, read_bps, rtt_s);
 }
 
+/* This process's measurements, also when the disk cache is off: a device
+ * is measured once a process at most. Keyed like the disk cache. */
+#define MEMO_N 8
+static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+    char key[400];
+    double read_bps, rtt_s;
+} g_memo[MEMO_N];
+static int g_n_memo;
+
+static void probe(cl_context ctx, cl_command_queue queue, const mc_cl_device *dev, double *read_bps, double *rtt_s);
+
 void mc_cl_probe(cl_context ctx, cl_command_queue queue, const mc_cl_device *dev, double *read_bps, double *rtt_s) {
     *read_bps = *rtt_s = 0;
     const char *env = getenv("MOECL_CL_PROBE");
@@ -107,6 +120,27 @@ void mc_cl_probe(cl_context ctx, cl_command_queue queue, const mc_cl_device *dev
         *rtt_s = us > 0 ? us * 1e-6 : 0;
         return;
     }
+    char key[400];
+    snprintf(key, sizeof key, "%s|%s|%s|%s", dev->platform_name, dev->name, dev->version, dev->driver);
+    pthread_mutex_lock(&g_mu); /* one probe at a time: two would share the memory bus and halve each other */
+    int i = 0;
+    while (i < g_n_memo && strcmp(g_memo[i].key, key)) i++;
+    if (i < g_n_memo) {
+        *read_bps = g_memo[i].read_bps;
+        *rtt_s = g_memo[i].rtt_s;
+    } else {
+        probe(ctx, queue, dev, read_bps, rtt_s);
+        if (*read_bps > 0 && g_n_memo < MEMO_N) {
+            snprintf(g_memo[g_n_memo].key, sizeof g_memo[g_n_memo].key, "%s", key);
+            g_memo[g_n_memo].read_bps = *read_bps;
+            g_memo[g_n_memo++].rtt_s = *rtt_s;
+        }
+    }
+    pthread_mutex_unlock(&g_mu);
+}
+
+/* From the disk cache, else measured and cached. */
+static void probe(cl_context ctx, cl_command_queue queue, const mc_cl_device *dev, double *read_bps, double *rtt_s) {
     probe_entry e;
     if (mc_cl_cache_blob_load(dev, "probe", &e, sizeof e) && e.version == PROBE_VERSION && e.read_bps > 0 &&
         e.read_bps < 1e15 && e.rtt_s >= 0 && e.rtt_s < 10) {
