@@ -46,6 +46,11 @@
 # PYTHONPATH there, and rewrites the pkg-config files' /usr to the prefix.
 # libmoecl opens libOpenCL.so.1 at run time: the driver's or the prefix's
 # loader finds the NVIDIA ICD through /etc/OpenCL/vendors (or OCL_ICD_VENDORS).
+# The prefix's libc6-dev links against the machine's own glibc (its libc.so
+# names /lib/x86_64-linux-gnu/libc.so.6), which must be at least Debian 12's
+# 2.36; on an older system build in a Debian 12 container instead. Checked
+# here: the pkg-config rewrite (libcjson from unpacked .debs resolves to the
+# prefix); not checked: a whole build on a machine without a compiler.
 set -euo pipefail
 
 src=$(cd "$(dirname "$0")/.." && pwd)
@@ -116,8 +121,11 @@ if [ -n "$debs" ]; then
 fi
 
 # ---- build --------------------------------------------------------------------------
+meson=(meson)
+# the unpacked meson's #! names /usr/bin/python3, which a bare machine may lack
+[ -n "$debs" ] && [ -f "$out/prefix/usr/bin/meson" ] && meson=(python3 "$out/prefix/usr/bin/meson")
 if [ ! -f "$build/build.ninja" ]; then
-    run meson setup "$build" "$src" --buildtype=release
+    run "${meson[@]}" setup "$build" "$src" --buildtype=release
 fi
 run ninja -C "$build" moecl bench-device
 build=$(cd "$build" && pwd)
