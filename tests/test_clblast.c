@@ -8,7 +8,8 @@
  * single tokens: logits with MOECL_CLBLAST=on equal those with =off and the
  * CPU backend's within 1e-5 (normalised). MOECL_CLBLAST=measure then
  * measures the crossover on this device, logs it and caches it: a second
- * context reads it back without measuring. Skips (77) without an OpenCL
+ * context reads it back without measuring, and a damaged entry is removed
+ * and measured again. Skips (77) without an OpenCL
  * device or without CLBlast.
  */
 #include "test_util.h"
@@ -16,6 +17,7 @@
 #include "backend/opencl/opencl.h"
 #include "moecl.h"
 
+#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -106,6 +108,31 @@ int main(void) {
     }
     if (run(m, MOECL_BACKEND_OPENCL, "measure", blast, V))
         CHECKF(!strstr(g_log, "ours/CLBlast"), "measured again: %s", g_log);
+    /* the entries: the crossover and the device's bandwidth probe; a damaged
+     * one is removed with a warning and measured again */
+    char entry[400] = "", probe[400] = "";
+    DIR *d = opendir(cache);
+    for (struct dirent *de; d && (de = readdir(d));) {
+        if (!strncmp(de->d_name, "clblast-rows-72-200-", 20) && !strstr(de->d_name, ".tmp"))
+            snprintf(entry, sizeof entry, "%s/%s", cache, de->d_name);
+        if (!strncmp(de->d_name, "probe-", 6) && !strstr(de->d_name, ".tmp"))
+            snprintf(probe, sizeof probe, "%s/%s", cache, de->d_name);
+    }
+    if (d) closedir(d);
+    CHECKF(entry[0] && probe[0], "cache entries: crossover '%s', probe '%s'", entry, probe);
+    size_t n = 0;
+    unsigned char *bytes = entry[0] ? (unsigned char *)t_read_file(entry, &n) : NULL;
+    CHECK(bytes && n > 32);
+    if (bytes && n > 32) {
+        bytes[n - 1] ^= 0x40;
+        FILE *f = fopen(entry, "wb");
+        CHECK(f && fwrite(bytes, 1, n, f) == n);
+        if (f) fclose(f);
+        if (run(m, MOECL_BACKEND_OPENCL, "measure", blast, V))
+            CHECKF(strstr(g_log, "cached measurement") && strstr(g_log, "checksum") && strstr(g_log, "ours/CLBlast"),
+                   "a damaged entry: %s", g_log);
+    }
+    free(bytes);
     moecl_log_set(NULL, MOECL_LOG_WARN, NULL);
     free(cpu);
     free(ours);
