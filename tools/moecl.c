@@ -547,12 +547,12 @@ static void print_placement(FILE *f, const moecl_context *ctx, const moecl_model
             pi.profiled ? "the expert profile, hottest first" : "uniform frequencies (no profile), layers in turn");
     for (int d = 0; d < pi.n_device; d++)
         fprintf(f, "  device %d %-13s %d experts, %.1f of %.1f MiB, reads %.1f GB/s, round trip %.0f us, "
-                   "%.4f GB/token\n",
+                   "%.3g MB/token\n",
                 d + 1, pi.device[d].name, pi.device[d].n_expert, (double)pi.device[d].bytes / 1048576.0,
                 (double)pi.device[d].budget / 1048576.0, pi.device[d].read_gbs, pi.device[d].rtt_us,
-                pi.device[d].gb_per_token);
-    fprintf(f, "  host     %d experts + dense layers, reads %.1f GB/s, %.4f GB/token\n", pi.n_expert_host,
-            pi.host_read_gbs, pi.host_gb_per_token);
+                pi.device[d].gb_per_token * 1e3);
+    fprintf(f, "  host     %d experts + dense layers, reads %.1f GB/s, %.3g MB/token\n", pi.n_expert_host,
+            pi.host_read_gbs, pi.host_gb_per_token * 1e3);
     if (pi.predicted_tok_s > 0)
         fprintf(f, "%-22s %.1f tokens/s generated (all on the host: %.1f), memory-bound\n", "predicted",
                 pi.predicted_tok_s, pi.predicted_tok_s_host);
