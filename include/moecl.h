@@ -222,6 +222,15 @@ typedef enum moecl_backend_type {
     MOECL_BACKEND_OPENCL = 2, /* expert FFNs on an OpenCL device; failing to get one is an error */
 } moecl_backend_type;
 
+/* What the placement planner may put on the OpenCL devices. */
+typedef enum moecl_placement {
+    MOECL_PLACEMENT_AUTO = 0,    /* by bytes saved per token per byte stored (README "Placement");
+                                    today the same as EXPERTS, since only experts can live on a device */
+    MOECL_PLACEMENT_EXPERTS = 1, /* routed experts only, the hottest first; dense layers on the host */
+    MOECL_PLACEMENT_DENSE = 2,   /* the dense layers first: not available yet (moecl_context_new
+                                    refuses it with MOECL_ERR_INVALID_ARG) */
+} moecl_placement;
+
 /* Limits of moecl_context_params, checked by moecl_context_new
  * (MOECL_ERR_INVALID_ARG beyond them). */
 #define MOECL_MAX_CTX   (1u << 24) /* n_ctx: positions per sequence */
@@ -247,6 +256,14 @@ typedef struct moecl_context_params {
     moecl_dtype device_dtype;/* expert weights on the device: F32 or F16 (arithmetic is F32);
                                 MOECL_DTYPE_COUNT (default): as the model stores them (quantized
                                 blocks stay quantized, F16 stays F16), BF16 as F32 */
+    /* Placement (README "Placement"). `device` may list several devices, "0,1": each takes a
+       share of the experts under one plan, gpu_mem_mib and gpu_experts applying to each. */
+    moecl_placement placement; /* what the planner may put on the devices; default AUTO */
+    const float *expert_freq;  /* [n_layer * n_expert] share of tokens routed to each expert, in
+                                  [0, 1] (a layer sums to n_expert_used): a profile
+                                  (moecl_expert_profile_load) or a calibration run's counts / tokens.
+                                  The hottest experts go to the devices first. NULL (default):
+                                  n_expert_used / n_expert each. Not kept. */
 } moecl_context_params;
 
 MOECL_API moecl_context_params moecl_context_default_params(void);
@@ -304,6 +321,47 @@ MOECL_API moecl_status moecl_context_get_backend_info(const moecl_context *ctx, 
 /* Where expert `expert` of layer `layer` runs: MOECL_BACKEND_CPU or
  * MOECL_BACKEND_OPENCL; -1 for a NULL ctx or an index out of range. */
 MOECL_API int32_t moecl_context_expert_backend(const moecl_context *ctx, int32_t layer, int32_t expert);
+
+/* Where expert `expert` of layer `layer` runs: 0 the host, d + 1 the d-th
+ * device of the context's plan (moecl_placement_info.device[d]); -1 for a
+ * NULL ctx or an index out of range. */
+MOECL_API int32_t moecl_context_expert_device(const moecl_context *ctx, int32_t layer, int32_t expert);
+
+#define MOECL_MAX_PLACE_DEVICES 4
+
+/* The placement plan of a context and what it predicts. */
+typedef struct moecl_placement_info {
+    int32_t n_device;               /* OpenCL devices holding experts */
+    struct {
+        char name[128];
+        int32_t n_expert;           /* experts it holds */
+        uint64_t bytes;             /* bytes of weights it holds */
+        int64_t budget;             /* bytes it was given */
+        double read_gbs;            /* measured read bandwidth, GB/s; 0: unknown */
+        double rtt_us;              /* measured host round trip, microseconds */
+        double gb_per_token;        /* expected GB of its weights read per generated token */
+    } device[MOECL_MAX_PLACE_DEVICES];
+    int32_t n_expert_host;          /* experts on the host */
+    double host_read_gbs;           /* measured host read bandwidth, GB/s; 0: unknown */
+    double host_gb_per_token;       /* expected GB read on the host per generated token (dense + experts) */
+    bool profiled;                  /* frequencies came from expert_freq, not K/E */
+    double predicted_tok_s;         /* generation tokens/s the plan predicts; 0: a bandwidth is unknown */
+    double predicted_tok_s_host;    /* the same with every weight on the host */
+} moecl_placement_info;
+
+/* Fill *info. MOECL_ERR_INVALID_ARG for a NULL ctx or info. The prediction is
+ * memory-bound: per layer the slower of the host's and each device's share
+ * of the expected expert bytes (plus a round trip per device), plus the dense
+ * bytes at the host's bandwidth; it ignores attention's dependence on context
+ * length and compute-bound kernels. */
+MOECL_API moecl_status moecl_context_get_placement(const moecl_context *ctx, moecl_placement_info *info);
+
+/* Read an expert profile (README "Placement"; `moecl stats --save-profile`
+ * writes one) for model into freq[n_layer * n_expert], for
+ * moecl_context_params.expert_freq. The file is untrusted: MOECL_ERR_IO,
+ * MOECL_ERR_FORMAT naming the file and the field, including a profile of
+ * another shape (n_layer, n_expert, n_expert_used). */
+MOECL_API moecl_status moecl_expert_profile_load(const moecl_model *model, const char *path, float *freq);
 
 /* The message of the last failure of a call on ctx ("" if none). Owned by
  * ctx, valid until the next call on ctx. */

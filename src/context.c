@@ -16,6 +16,7 @@
 #include "guard.h"
 #include "model.h"
 #include "ops.h"
+#include "placement.h"
 
 #include <math.h>
 #include <omp.h>
@@ -25,7 +26,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#define MAX_BACKENDS 4
+#define MAX_BACKENDS (1 + MC_PLACE_MAX_DEV)
 
 struct moecl_context {
     const moecl_model *model;
@@ -38,6 +39,7 @@ struct moecl_context {
     mc_backend *backends[MAX_BACKENDS];
     int n_backends;
     uint8_t *placement;   /* [n_layer * n_expert]: index into backends */
+    moecl_placement_info place_info; /* the plan and its prediction (moecl_context_get_placement) */
 
     /* KV cache: [n_layer][n_seq][n_ctx][kv_dim], keys after RoPE. */
     float *k_cache, *v_cache;
@@ -113,11 +115,71 @@ moecl_context_params moecl_context_default_params(void) {
     return p;
 }
 
-/* Add the OpenCL backend as backends[1] when asked for (OPENCL), or when
- * AUTO finds a GPU or a named device. Experts it does not take stay on the
- * CPU (backends[0]). Only OPENCL turns a failure into an error; AUTO says
- * what failed and carries on with the CPU. */
+/* Bytes one token reads outside the routed experts, as stored (attention,
+ * norms, routers, dense and shared FFNs, the LM head): moecl_model_info's
+ * bytes_per_token less its experts. */
+static uint64_t dense_bytes_per_token(const moecl_model *m) {
+    const mc_hparams *hp = &m->hp;
+    uint64_t b = m->lm_head.nbytes + (uint64_t)hp->n_embd * 4;
+    for (int il = 0; il < hp->n_layer; il++) {
+        const mc_layer *L = &m->layers[il];
+        b += L->wq.nbytes + L->wk.nbytes + L->wv.nbytes + L->wo.nbytes + (uint64_t)hp->n_embd * 4 * 2;
+        const mc_expert *dense[2] = {&L->ffn, &L->shexp};
+        for (int k = 0; k < 2; k++) b += dense[k]->w1.nbytes + dense[k]->w2.nbytes + dense[k]->w3.nbytes;
+        if (L->experts) b += (uint64_t)hp->n_embd * 4 * (uint64_t)hp->n_expert;
+    }
+    return b;
+}
+
+/* One expert of layer l as stored on the host (w1 + w3 + w2); 0: a dense layer. */
+static uint64_t host_expert_bytes(const moecl_model *m, int l) {
+    const mc_expert *x = m->layers[l].experts;
+    return x ? x[0].w1.nbytes + x[0].w3.nbytes + x[0].w2.nbytes : 0;
+}
+
+/* Open each device `sel` lists ("0,1": several; NULL or "": the first GPU).
+ * A device that fails is an error when demanded, else a warning. */
+static moecl_status open_devices(moecl_context *ctx, const char *sel, const mc_opencl_params *op, bool demanded,
+                                 bool named, mc_backend **bes, int *n) {
+    char list[512];
+    snprintf(list, sizeof list, "%s", sel ? sel : "");
+    char *save = NULL, *item = strtok_r(list, ",", &save);
+    do {
+        if (*n == MC_PLACE_MAX_DEV) {
+            mc_log(MOECL_LOG_WARN, "opencl: at most %d devices take part in a plan; '%s' and later are left out",
+                   MC_PLACE_MAX_DEV, item);
+            break;
+        }
+        mc_opencl_params p = *op;
+        p.selector = item;
+        moecl_status st = mc_backend_opencl_open(ctx->model, &p, &bes[*n]);
+        if (!st) {
+            (*n)++;
+            continue;
+        }
+        if (demanded) return ctx_keep(ctx, st);
+        if (!named && strstr(moecl_last_error(), "no GPU device")) /* auto on a machine without a GPU */
+            mc_log(MOECL_LOG_INFO, "opencl: %s; experts run on the CPU", moecl_last_error());
+        else
+            mc_log(MOECL_LOG_WARN, "falling back to the CPU backend: %s", moecl_last_error());
+        mc_clear_error();
+    } while ((item = strtok_r(NULL, ",", &save)) != NULL);
+    return MOECL_OK;
+}
+
+/* Add the OpenCL devices as backends[1..] when asked for (OPENCL), or when
+ * AUTO finds a GPU or a named device, and place the experts on them by the
+ * planner (placement.h). Experts they do not take stay on the CPU
+ * (backends[0]). Only OPENCL turns a failure into an error; AUTO says what
+ * failed and carries on with the CPU. */
 static moecl_status add_opencl(moecl_context *ctx, const moecl_context_params *params) {
+    const moecl_model *m = ctx->model;
+    const mc_hparams *hp = &m->hp;
+    const int L = hp->n_layer, E = hp->n_expert;
+    moecl_placement_info *pi = &ctx->place_info;
+    pi->n_expert_host = 0;
+    for (int l = 0; l < L; l++) pi->n_expert_host += m->layers[l].experts ? E : 0;
+    pi->profiled = params->expert_freq != NULL;
     const bool demanded = params->backend == MOECL_BACKEND_OPENCL;
     if (!demanded && params->backend != MOECL_BACKEND_AUTO) return MOECL_OK;
     const char *sel = params->device && *params->device ? params->device : getenv("MOECL_DEVICE");
@@ -129,7 +191,6 @@ static moecl_status add_opencl(moecl_context *ctx, const moecl_context_params *p
         return MOECL_OK;
     }
     mc_opencl_params op = {
-        .selector = sel,
         .gpu_only = !demanded && !named,
         .mem_budget = params->gpu_mem_mib < 0 ? -1 : (int64_t)params->gpu_mem_mib << 20,
         .experts_per_layer = params->gpu_experts,
@@ -140,26 +201,90 @@ static moecl_status add_opencl(moecl_context *ctx, const moecl_context_params *p
         mc_log(MOECL_LOG_INFO, "opencl: no OpenCL device; experts run on the CPU");
         return MOECL_OK;
     }
-    mc_backend *be = NULL;
-    int64_t n_placed = 0;
-    moecl_status st = mc_backend_opencl_new(ctx->model, &op, ctx->placement, 1, &n_placed, &be);
-    if (st) {
-        if (demanded) return ctx_keep(ctx, st);
-        if (!named && strstr(moecl_last_error(), "no GPU device")) { /* auto on a machine without a GPU */
-            mc_log(MOECL_LOG_INFO, "opencl: %s; experts run on the CPU", moecl_last_error());
-        } else {
-            mc_log(MOECL_LOG_WARN, "falling back to the CPU backend: %s", moecl_last_error());
+    mc_backend *bes[MC_PLACE_MAX_DEV] = {NULL};
+    int n = 0;
+    moecl_status st = open_devices(ctx, sel, &op, demanded, named, bes, &n);
+    if (st || n == 0) {
+        for (int d = 0; d < n; d++) mc_backend_free(bes[d]);
+        return st;
+    }
+
+    uint64_t *dev_b = calloc((size_t)L * (size_t)n, sizeof *dev_b), *host_b = calloc((size_t)L, sizeof *host_b);
+    uint8_t *where = calloc((size_t)L * (size_t)E, 1);
+    if (!dev_b || !host_b || !where) st = ctx_error(ctx, MOECL_ERR_NOMEM, "moecl_context_new: out of memory");
+    mc_place_input in = {.n_layer = L, .n_expert = E, .n_expert_used = hp->n_expert_used, .expert_dev_bytes = dev_b,
+                         .expert_host_bytes = host_b, .freq = params->expert_freq,
+                         .dense_bytes = dense_bytes_per_token(m), .n_dev = n,
+                         .host_read_bps = mc_host_read_bps(ctx->n_threads), .experts_per_layer = -1};
+    mc_place_plan plan = {.where = where};
+    if (!st) {
+        for (int d = 0; d < n; d++) {
+            mc_opencl_plan_info di;
+            mc_backend_opencl_plan_info(bes[d], &di);
+            int most = di.max_per_layer; /* gpu_experts caps each device */
+            if (params->gpu_experts >= 0 && params->gpu_experts < most) most = params->gpu_experts;
+            in.dev[d] = (mc_place_dev){.budget = di.budget, .max_per_layer = most,
+                                       .read_bps = di.read_bps, .rtt_s = di.rtt_s};
+            for (int l = 0; l < L; l++) dev_b[(size_t)l * n + d] = mc_backend_opencl_expert_bytes(bes[d], l);
         }
-        mc_clear_error();
-        return MOECL_OK;
+        for (int l = 0; l < L; l++) host_b[l] = host_expert_bytes(m, l);
+        mc_place_plan_make(&in, &plan);
     }
-    if (n_placed == 0) {
-        mc_log(MOECL_LOG_WARN, "opencl: the budget holds no expert; every expert runs on the CPU");
-        mc_backend_free(be);
-        return MOECL_OK;
+    /* Load each device its share; one that fails (AUTO) gives its share back to the host. */
+    for (int d = 0; d < n && !st; d++) {
+        int64_t n_placed = 0;
+        moecl_status sl = plan.n_placed[d] ? mc_backend_opencl_load(bes[d], where, (uint8_t)(d + 1), &n_placed)
+                                           : MOECL_OK;
+        if (sl && demanded) {
+            st = ctx_keep(ctx, sl);
+            break;
+        }
+        if (sl) {
+            mc_log(MOECL_LOG_WARN, "falling back to the CPU backend for device %d's share: %s", d, moecl_last_error());
+            mc_clear_error();
+        }
+        if (sl || n_placed == 0) {
+            for (int64_t i = 0; i < (int64_t)L * E; i++)
+                if (where[i] == d + 1) where[i] = 0;
+            mc_backend_free(bes[d]);
+            bes[d] = NULL;
+        }
     }
-    ctx->backends[ctx->n_backends++] = be;
-    return MOECL_OK;
+    if (!st) {
+        mc_place_predict(&in, &plan); /* with what was really loaded */
+        uint8_t index[MC_PLACE_MAX_DEV + 1] = {0};
+        for (int d = 0; d < n; d++) {
+            if (!bes[d]) continue;
+            index[d + 1] = (uint8_t)ctx->n_backends;
+            char name[128];
+            uint64_t bytes;
+            moecl_dtype dt;
+            mc_backend_opencl_describe(bes[d], name, sizeof name, &bytes, &dt);
+            const int k = pi->n_device++;
+            snprintf(pi->device[k].name, sizeof pi->device[k].name, "%s", name);
+            pi->device[k].n_expert = plan.n_placed[d];
+            pi->device[k].bytes = bytes;
+            pi->device[k].budget = in.dev[d].budget;
+            pi->device[k].read_gbs = in.dev[d].read_bps / 1e9;
+            pi->device[k].rtt_us = in.dev[d].rtt_s * 1e6;
+            pi->device[k].gb_per_token = plan.dev_bytes_per_token[d] / 1e9;
+            pi->n_expert_host -= plan.n_placed[d];
+            ctx->backends[ctx->n_backends++] = bes[d];
+            bes[d] = NULL;
+        }
+        for (int64_t i = 0; i < (int64_t)L * E; i++) ctx->placement[i] = index[where[i]];
+        pi->host_read_gbs = in.host_read_bps / 1e9;
+        pi->host_gb_per_token = plan.host_bytes_per_token / 1e9;
+        pi->predicted_tok_s = plan.tok_s;
+        pi->predicted_tok_s_host = plan.tok_s_host;
+        if (pi->n_device == 0)
+            mc_log(MOECL_LOG_WARN, "opencl: the budget holds no expert; every expert runs on the CPU");
+    }
+    for (int d = 0; d < n; d++) mc_backend_free(bes[d]);
+    free(dev_b);
+    free(host_b);
+    free(where);
+    return st;
 }
 
 static void *alloc_floats(size_t a, size_t b, bool *ok) {
@@ -215,6 +340,17 @@ static moecl_status context_new(const moecl_model *model, const moecl_context_pa
     if (params->backend != MOECL_BACKEND_AUTO && params->backend != MOECL_BACKEND_CPU &&
         params->backend != MOECL_BACKEND_OPENCL)
         return mc_error(MOECL_ERR_INVALID_ARG, "moecl_context_new: unknown backend %d", (int)params->backend);
+    if (params->placement == MOECL_PLACEMENT_DENSE)
+        return mc_error(MOECL_ERR_INVALID_ARG,
+                        "moecl_context_new: placement 'dense' needs the dense layers on the device, which this "
+                        "build cannot do yet (issue 11 item 2); use 'auto' or 'experts'");
+    if (params->placement != MOECL_PLACEMENT_AUTO && params->placement != MOECL_PLACEMENT_EXPERTS)
+        return mc_error(MOECL_ERR_INVALID_ARG, "moecl_context_new: unknown placement %d", (int)params->placement);
+    for (int64_t i = 0; params->expert_freq && i < (int64_t)hp->n_layer * hp->n_expert; i++)
+        if (!(params->expert_freq[i] >= 0.0f && params->expert_freq[i] <= 1.0f))
+            return mc_error(MOECL_ERR_INVALID_ARG,
+                            "moecl_context_new: expert_freq[%lld] is %g, not a share of tokens in [0, 1]",
+                            (long long)i, (double)params->expert_freq[i]);
     uint32_t n_ctx = params->n_ctx ? params->n_ctx : (uint32_t)(hp->n_ctx_train < 4096 ? hp->n_ctx_train : 4096);
     uint32_t n_batch = params->n_batch ? params->n_batch : 512;
     uint32_t n_seq = params->n_seq_max ? params->n_seq_max : 1;
@@ -331,10 +467,17 @@ moecl_status moecl_context_get_backend_info(const moecl_context *ctx, moecl_cont
     }
     info->backend = MOECL_BACKEND_CPU;
     info->device_dtype = MOECL_DTYPE_F32;
-    if (ctx->n_backends > 1) {
-        info->backend = MOECL_BACKEND_OPENCL;
-        mc_backend_opencl_describe(ctx->backends[1], info->device, sizeof info->device, &info->device_bytes,
-                                   &info->device_dtype);
+    for (int b = 1; b < ctx->n_backends; b++) { /* the first device's name and dtype; bytes of all */
+        char name[128];
+        uint64_t bytes = 0;
+        moecl_dtype dt;
+        mc_backend_opencl_describe(ctx->backends[b], name, sizeof name, &bytes, &dt);
+        if (b == 1) {
+            info->backend = MOECL_BACKEND_OPENCL;
+            snprintf(info->device, sizeof info->device, "%s", name);
+            info->device_dtype = dt;
+        }
+        info->device_bytes += bytes;
     }
     return MOECL_OK;
 }
@@ -344,6 +487,24 @@ int32_t moecl_context_expert_backend(const moecl_context *ctx, int32_t layer, in
         return -1;
     return ctx->placement[(int64_t)layer * ctx->model->hp.n_expert + expert] ? MOECL_BACKEND_OPENCL
                                                                             : MOECL_BACKEND_CPU;
+}
+
+int32_t moecl_context_expert_device(const moecl_context *ctx, int32_t layer, int32_t expert) {
+    if (!ctx || layer < 0 || layer >= ctx->model->hp.n_layer || expert < 0 || expert >= ctx->model->hp.n_expert)
+        return -1;
+    return ctx->placement[(int64_t)layer * ctx->model->hp.n_expert + expert];
+}
+
+moecl_status moecl_context_get_placement(const moecl_context *ctx, moecl_placement_info *info) {
+    if (!ctx || !info) return mc_error(MOECL_ERR_INVALID_ARG, "moecl_context_get_placement: NULL argument");
+    *info = ctx->place_info;
+    return MOECL_OK;
+}
+
+moecl_status moecl_expert_profile_load(const moecl_model *model, const char *path, float *freq) {
+    if (!model || !path || !freq) return mc_error(MOECL_ERR_INVALID_ARG, "moecl_expert_profile_load: NULL argument");
+    const mc_hparams *hp = &model->hp;
+    return mc_place_profile_load(path, hp->n_layer, hp->n_expert, hp->n_expert_used, freq);
 }
 
 /* ------------------------------------------------------------------------ */

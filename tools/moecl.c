@@ -82,7 +82,14 @@ typedef struct options {
     int gpu_mem_mib;    /* -1: default */
     int gpu_experts;    /* -1: default */
     moecl_dtype device_dtype;
+    moecl_placement placement;
+    const char *expert_profile; /* --expert-profile FILE */
 } options;
+
+/* The routing frequencies the planner places by (--expert-profile), loaded
+ * with the model; NULL: uniform. --calibrate TEXT is to fill the same array
+ * from a calibration run's routing counts (counts / tokens). */
+static float *g_expert_freq;
 
 static bool parse_int(const char *s, long lo, long hi, int *out) {
     char *end;
@@ -160,6 +167,14 @@ static int parse_options(int argc, char **argv, int first, bool bench, options *
         else if (!strcmp(a, "--device")) { NEED(); o->device = v; }
         else if (!strcmp(a, "--gpu-mem")) INT(o->gpu_mem_mib, 0, INT_MAX);
         else if (!strcmp(a, "--gpu-experts")) INT(o->gpu_experts, 0, 1 << 20);
+        else if (!strcmp(a, "--placement")) {
+            NEED();
+            if (!strcmp(v, "auto")) o->placement = MOECL_PLACEMENT_AUTO;
+            else if (!strcmp(v, "experts")) o->placement = MOECL_PLACEMENT_EXPERTS;
+            else if (!strcmp(v, "dense")) o->placement = MOECL_PLACEMENT_DENSE;
+            else return usage_error("unknown placement %s (auto, experts, dense)", v);
+        }
+        else if (!strcmp(a, "--expert-profile")) { NEED(); o->expert_profile = v; }
         else if (!strcmp(a, "--device-dtype")) {
             NEED();
             if (!strcmp(v, "f32")) o->device_dtype = MOECL_DTYPE_F32;
@@ -263,6 +278,19 @@ static int load_model(const options *o, moecl_model **model, double *seconds) {
     moecl_status st = moecl_model_load(path, &mp, model);
     if (seconds) *seconds = now_s() - t0;
     if (st) return fail("cannot load the model", st);
+    if (o->expert_profile && !g_expert_freq) {
+        moecl_model_info in;
+        moecl_model_get_info(*model, &in);
+        g_expert_freq = calloc((size_t)in.n_layer * (size_t)in.n_expert, sizeof(float));
+        st = g_expert_freq ? moecl_expert_profile_load(*model, o->expert_profile, g_expert_freq) : MOECL_ERR_NOMEM;
+        if (st) {
+            free(g_expert_freq);
+            g_expert_freq = NULL;
+            moecl_model_free(*model);
+            *model = NULL;
+            return fail("cannot use the expert profile", st);
+        }
+    }
     return 0;
 }
 
@@ -509,6 +537,8 @@ static moecl_context_params context_params(const options *o) {
     if (o->gpu_mem_mib >= 0) cp.gpu_mem_mib = o->gpu_mem_mib;
     if (o->gpu_experts >= 0) cp.gpu_experts = o->gpu_experts;
     if (o->device_dtype != MOECL_DTYPE_COUNT) cp.device_dtype = o->device_dtype;
+    cp.placement = o->placement;
+    cp.expert_freq = g_expert_freq;
     return cp;
 }
 
@@ -520,12 +550,35 @@ static void print_placement(FILE *f, const moecl_context *ctx, const moecl_model
         fprintf(f, "%-22s all %d on the CPU\n", "experts placed", bi.n_expert_cpu);
         return;
     }
-    fprintf(f, "%-22s %d on %s (%.1f MiB, %s), %d on the CPU\n", "experts placed", bi.n_expert_device, bi.device,
-            (double)bi.device_bytes / 1048576.0, moecl_dtype_name(bi.device_dtype), bi.n_expert_cpu);
+    moecl_placement_info pi;
+    moecl_context_get_placement(ctx, &pi);
+    if (pi.n_device <= 1)
+        fprintf(f, "%-22s %d on %s (%.1f MiB, %s), %d on the CPU\n", "experts placed", bi.n_expert_device, bi.device,
+                (double)bi.device_bytes / 1048576.0, moecl_dtype_name(bi.device_dtype), bi.n_expert_cpu);
+    else
+        fprintf(f, "%-22s %d on %d devices (%.1f MiB, %s), %d on the CPU\n", "experts placed", bi.n_expert_device,
+                pi.n_device, (double)bi.device_bytes / 1048576.0, moecl_dtype_name(bi.device_dtype), bi.n_expert_cpu);
+    fprintf(f, "%-22s by %s\n", "placement plan",
+            pi.profiled ? "the expert profile, hottest first" : "uniform frequencies (no profile), layers in turn");
+    for (int d = 0; d < pi.n_device; d++)
+        fprintf(f, "  device %d %-13s %d experts, %.1f of %.1f MiB, reads %.1f GB/s, round trip %.0f us, "
+                   "%.3g MB/token\n",
+                d + 1, pi.device[d].name, pi.device[d].n_expert, (double)pi.device[d].bytes / 1048576.0,
+                (double)pi.device[d].budget / 1048576.0, pi.device[d].read_gbs, pi.device[d].rtt_us,
+                pi.device[d].gb_per_token * 1e3);
+    fprintf(f, "  host     %d experts + dense layers, reads %.1f GB/s, %.3g MB/token\n", pi.n_expert_host,
+            pi.host_read_gbs, pi.host_gb_per_token * 1e3);
+    if (pi.predicted_tok_s > 0)
+        fprintf(f, "%-22s %.1f tokens/s generated (all on the host: %.1f), memory-bound\n", "predicted",
+                pi.predicted_tok_s, pi.predicted_tok_s_host);
+    else
+        fprintf(f, "%-22s none (a bandwidth was not measured)\n", "predicted");
     for (int l = 0; l < in->n_layer; l++) {
         fprintf(f, "  layer %-3d ", l);
-        for (int e = 0; e < in->n_expert; e++)
-            fputc(moecl_context_expert_backend(ctx, l, e) == MOECL_BACKEND_OPENCL ? 'G' : 'c', f);
+        for (int e = 0; e < in->n_expert; e++) {
+            const int32_t d = moecl_context_expert_device(ctx, l, e);
+            fputc(d <= 0 ? 'c' : pi.n_device <= 1 ? 'G' : (char)('0' + d), f);
+        }
         fputc('\n', f);
     }
 }
@@ -1155,10 +1208,14 @@ static const usage_entry k_usage[] = {
 
 static const char k_backend_help[] =
     "  --backend cpu|opencl|auto   auto: an OpenCL GPU if there is one, else the CPU\n"
-    "  --device SEL                device index or name substring (also $MOECL_DEVICE)\n"
+    "  --device SEL[,SEL...]       device index or name substring (also $MOECL_DEVICE); several\n"
+    "                              devices each take a share of the experts under one plan\n"
     "  --gpu-mem MiB               expert weights on the device (default: its memory less headroom)\n"
     "  --gpu-experts N             at most N experts per layer on the device\n"
-    "  --device-dtype f32|f16      storage of expert weights on the device\n";
+    "  --device-dtype f32|f16      storage of expert weights on the device\n"
+    "  --placement auto|experts|dense  what the planner puts on the devices (dense: not yet)\n"
+    "  --expert-profile FILE       routing frequencies (moecl stats --save-profile): hot experts\n"
+    "                              go to the devices first\n";
 
 static void help(void) {
     printf("moecl %s - Mixture-of-Experts inference\n\nusage:\n", moecl_version());
