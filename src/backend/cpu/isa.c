@@ -17,8 +17,8 @@
  *   scalar       portable C              none (float activations)            -
  *   neon         NEON (F16 by fcvtl)     NEON smull + sadalp                 AArch64 (always)
  *   dotprod      NEON                    NEON sdot                           + ASIMDDP
- *   fp16         NEON, F16 weights at    the best of the two above           + ASIMDHP
- *                T >= 3 in FP16 arithmetic
+ *   fp16         NEON, F16 weights in    the best of the two above           + ASIMDHP
+ *                FP16 arithmetic
  *
  * fp16 is used only when named: its arithmetic rounds the activations and
  * the partial sums to binary16 (see kernels_fp16.c for the error), where

@@ -37,8 +37,8 @@ const char *mc_cpu_int8_kernels(void);
  * any int8 kernels), which adds the activations' rounding error. */
 bool mc_cpu_quant_int8(moecl_dtype t, int64_t T);
 /* Whether mc_cpu_matmul on weights of type t with T rows of X computes in
- * FP16 arithmetic (MOECL_CPU_ISA=fp16 on ARM: F16 weights, 3 <= T on the
- * fused path), which rounds X and the partial sums to binary16. */
+ * FP16 arithmetic (MOECL_CPU_ISA=fp16 on ARM: F16 weights on the fused path,
+ * T <= 128), which rounds X and the partial sums to binary16. */
 bool mc_cpu_f16_arith(moecl_dtype t, int64_t T);
 /* Tests: the int8 kernels the latest mc_cpu_matmul that took the int8 path
  * ran (names as mc_cpu_int8_kernels), and forget it: "none" if no call did

@@ -1,12 +1,14 @@
 /*
  * kernels_fp16.c - F16 weights in FP16 arithmetic (AArch64 with ASIMDHP:
  * ARMv8.2-A +fp16, this file only; used when MOECL_CPU_ISA=fp16, see
- * isa.c). Everything else, and T < MC_FP16_MIN_T, goes to kernels_neon.c.
+ * isa.c). Other types go to kernels_neon.c.
  *
  * With the weights in binary16 and the products made there too, eight
  * weights cost one fmla (.8h) per row of X instead of two widenings and two
- * float32 fmla. At T <= 2 decode is bound by memory, not arithmetic, and
- * the exact float32 path (kernels_neon.c) is kept.
+ * float32 fmla. Every T takes this path (MC_FP16_MIN_T = 1), although at
+ * T <= 2 decode is bound by memory rather than arithmetic: a token's logits
+ * must not depend on how many others share its batch, and each row of X is
+ * rounded and summed the same way whatever T is.
  *
  * Accuracy: each row of X (per column block) is scaled by a power of two
  * so that its largest magnitude lies in [1, 2), then rounded to binary16

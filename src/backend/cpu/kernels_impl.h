@@ -245,7 +245,7 @@ void mc_tile_dot_neon(int R, const float *tile, int64_t ldt, const float *x, int
 /* kernels_fp16.c: F16 weights at MC_FP16_MIN_T <= T in FP16 arithmetic,
  * everything else as mc_fused_neon */
 #ifndef MC_FP16_MIN_T
-#define MC_FP16_MIN_T 3
+#define MC_FP16_MIN_T 1
 #endif
 void mc_fused_fp16(moecl_dtype dt, const void *w, int64_t cols, const float *X, int64_t T, float *Y, int64_t ldy,
                    int64_t r0, int64_t r1);
