@@ -908,7 +908,7 @@ static int cmd_info(const options *o) {
     for (int d = 0; d < MOECL_DTYPE_COUNT; d++)
         if (in.bytes_by_dtype[d])
             printf("bytes in %-13s %.1f MiB\n", moecl_dtype_name((moecl_dtype)d), (double)in.bytes_by_dtype[d] / 1048576.0);
-    printf("%-22s %s\n", "CPU kernels", mc_cpu_isa());
+    printf("%-22s %s, int8 %s\n", "CPU kernels", mc_cpu_isa(), mc_cpu_int8_kernels());
     /* Where the experts would run with these options. */
     moecl_context_params cp = context_params(o);
     cp.n_ctx = 16;

@@ -82,6 +82,7 @@ moecl_status mc_backend_cpu_new(const moecl_model *model, int n_threads, mc_back
      * the kernels do not know, rather than ignore it. */
     moecl_status st = mc_cpu_check_env();
     if (st) return st;
+    mc_log(MOECL_LOG_INFO, "cpu: kernels %s, int8 kernels %s", mc_cpu_isa(), mc_cpu_int8_kernels());
     mc_backend *be = calloc(1, sizeof *be);
     cpu_backend *c = calloc(1, sizeof *c);
     if (!be || !c) {

@@ -4,7 +4,7 @@
  *
  * At T <= MC_QINT_T the float kernels (quant_tiles.c) are bound by the work of
  * widening every weight to float32, not by memory. With any int8 kernels
- * (isa.c: AVX2, AVX-VNNI, AVX-512 VNNI) the rows of X are instead quantized
+ * (isa.c: AVX2, AVX-VNNI, AVX-512 VNNI; NEON, NEON sdot) the rows of X are instead quantized
  * once per call to int8, 32 columns per scale (x ~ xd * xq, |xq| <= 127),
  * the same way for every kernel, and each 32-weight piece of a weight row is
  * an integer dot product (u8 weight x s8 activation: vpdpbusd, or vpmaddubsw
@@ -105,6 +105,9 @@ void mc_qint_rows(int kind, moecl_dtype dt, const void *w, int64_t cols, const q
     case QINT_AVXVNNI: mc_qint_rows_avxvnni(dt, w, cols, a, T, Y, ldy, r0, r1); break;
     default: mc_qint_rows_avx2(dt, w, cols, a, T, Y, ldy, r0, r1); break;
     }
+#elif MC_ARM
+    if (kind == QINT_DOTPROD) mc_qint_rows_dotprod(dt, w, cols, a, T, Y, ldy, r0, r1);
+    else mc_qint_rows_neon(dt, w, cols, a, T, Y, ldy, r0, r1);
 #else
     /* mc_cpu_qint() is QINT_NONE here: never called */
     (void)kind, (void)dt, (void)w, (void)cols, (void)a, (void)T, (void)Y, (void)ldy, (void)r0, (void)r1;

@@ -70,6 +70,11 @@ static void fused_rows(int isa, moecl_dtype dt, const void *w, int64_t cols, con
     else if (isa == ISA_AVX2) mc_fused256(dt, w, cols, X, T, Y, ldy, r0, r1);
     else
 #endif
+#if MC_ARM
+    if (isa == ISA_FP16) mc_fused_fp16(dt, w, cols, X, T, Y, ldy, r0, r1);
+    else if (isa == ISA_NEON) mc_fused_neon(dt, w, cols, X, T, Y, ldy, r0, r1);
+    else
+#endif
         mc_fused_scalar(dt, w, cols, X, T, Y, ldy, r0, r1);
     (void)isa;
 }
@@ -88,12 +93,25 @@ static void to_f32_isa(int isa, moecl_dtype t, const void *src, float *dst, int6
     else if (isa == ISA_AVX2) mc_to_f32_256(t, src, dst, n);
     else
 #endif
+#if MC_ARM
+    if (isa == ISA_NEON || isa == ISA_FP16) mc_to_f32_neon(t, src, dst, n);
+    else
+#endif
         mc_to_f32_scalar(t, src, dst, n);
     (void)isa;
 }
 
 void mc_cpu_to_f32(moecl_dtype t, const void *src, float *dst, int64_t n) {
     to_f32_isa(mc_cpu_level(), t, src, dst, n);
+}
+
+bool mc_cpu_f16_arith(moecl_dtype t, int64_t T) {
+#if MC_ARM
+    return t == MOECL_DTYPE_F16 && T >= MC_FP16_MIN_T && T <= MC_SMALL_T_16 && mc_cpu_level() == ISA_FP16;
+#else
+    (void)t, (void)T;
+    return false;
+#endif
 }
 
 /* ======================================================================== */

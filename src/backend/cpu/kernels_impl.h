@@ -14,10 +14,16 @@
  *   int8_avx512.c     quantized weights x int8 activations, AVX-512 VNNI
  *   int8_avx2.c       the same in 256-bit registers, AVX2 and AVX-VNNI
  *                     (one body, int8_avx2_body.h, built for each)
+ *   kernels_neon.c    NEON float kernels (F32, F16 by fcvtl, BF16)  (AArch64 only)
+ *   kernels_fp16.c    F16 weights in FP16 arithmetic, ARMv8.2 +fp16 (AArch64 only)
+ *   int8_neon.c       int8 kernels, NEON smull + sadalp             (AArch64 only)
+ *   int8_dotprod.c    the same with sdot, ARMv8.2 +dotprod          (AArch64 only)
+ *                     (one body, int8_neon_body.h, built for each)
  *
- * ISA: the library is built for baseline x86-64. The SIMD kernels are
- * compiled with target attributes and chosen at run time (isa.c);
- * everything else (and non-x86 builds) uses portable scalar C.
+ * ISA: the library is built for baseline x86-64 or ARMv8-A. The x86 SIMD
+ * kernels are compiled with target attributes, the ARM files beyond the
+ * baseline with their own -march (meson.build); all are chosen at run time
+ * (isa.c). Everything else (and other CPUs) uses portable scalar C.
  */
 #ifndef MOECL_CPU_KERNELS_IMPL_H
 #define MOECL_CPU_KERNELS_IMPL_H
@@ -33,6 +39,11 @@
 #define MC_X86 1
 #else
 #define MC_X86 0
+#endif
+#if defined(__aarch64__) && defined(__GNUC__)
+#define MC_ARM 1
+#else
+#define MC_ARM 0
 #endif
 
 /* ---- tunables (override with -D for experiments; see tools/bench_blas.c) -- */
@@ -111,19 +122,22 @@
 /* ---- instruction sets -------------------------------------------------------- */
 
 /* The float kernels' instruction set, and the int8 kernels'. */
-enum { ISA_SCALAR = 0, ISA_AVX2 = 1, ISA_AVX512 = 2 };
-enum { QINT_NONE = 0, QINT_AVX2 = 1, QINT_AVXVNNI = 2, QINT_VNNI512 = 3 };
+enum { ISA_SCALAR = 0, ISA_AVX2 = 1, ISA_AVX512 = 2, ISA_NEON = 3, ISA_FP16 = 4 };
+enum { QINT_NONE = 0, QINT_AVX2 = 1, QINT_AVXVNNI = 2, QINT_VNNI512 = 3, QINT_NEON = 4, QINT_DOTPROD = 5 };
 
 /* What the kernels use now (detected on first use; see isa.c). */
 int mc_cpu_level(void);
 int mc_cpu_qint(void);
-/* "none", "avx2", "avxvnni", "avx512vnni". */
+/* "none", "avx2", "avxvnni", "avx512vnni", "neon", "dotprod". */
 const char *mc_cpu_qint_name(int kind);
 
 #if MC_X86
 #define MC_T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")))
 #define MC_T256 __attribute__((target("avx2,fma,f16c")))
 #define MC_TVNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,f16c")))
+#define MC_INLINE inline __attribute__((always_inline))
+#endif
+#if MC_ARM
 #define MC_INLINE inline __attribute__((always_inline))
 #endif
 
@@ -221,6 +235,22 @@ void mc_tile_dot256(int R, const float *tile, int64_t ldt, const float *x, int64
                     int64_t ldy, bool add);
 #endif
 
+#if MC_ARM
+/* kernels_neon.c (F32, F16, BF16) */
+void mc_fused_neon(moecl_dtype dt, const void *w, int64_t cols, const float *X, int64_t T, float *Y, int64_t ldy,
+                   int64_t r0, int64_t r1);
+void mc_to_f32_neon(moecl_dtype dt, const void *src, float *dst, int64_t n);
+void mc_tile_dot_neon(int R, const float *tile, int64_t ldt, const float *x, int64_t ldx, int64_t T, int64_t n,
+                      float *y, int64_t ldy, bool add);
+/* kernels_fp16.c: F16 weights at MC_FP16_MIN_T <= T in FP16 arithmetic,
+ * everything else as mc_fused_neon */
+#ifndef MC_FP16_MIN_T
+#define MC_FP16_MIN_T 1
+#endif
+void mc_fused_fp16(moecl_dtype dt, const void *w, int64_t cols, const float *X, int64_t T, float *Y, int64_t ldy,
+                   int64_t r0, int64_t r1);
+#endif
+
 /* quant_tiles.c (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K with float32 activations) */
 /* nb blocks of quantized type dt at src to float32 under an ISA. */
 void mc_deq_isa(int isa, moecl_dtype dt, const void *src, float *dst, int64_t nb);
@@ -256,6 +286,14 @@ void mc_qint_rows_avx2(moecl_dtype dt, const void *w, int64_t cols, const qact *
                        int64_t r0, int64_t r1);
 void mc_qint_rows_avxvnni(moecl_dtype dt, const void *w, int64_t cols, const qact *a, int64_t T, float *Y, int64_t ldy,
                           int64_t r0, int64_t r1);
+#endif
+
+#if MC_ARM
+/* int8_neon.c, int8_dotprod.c */
+void mc_qint_rows_neon(moecl_dtype dt, const void *w, int64_t cols, const qact *a, int64_t T, float *Y, int64_t ldy,
+                       int64_t r0, int64_t r1);
+void mc_qint_rows_dotprod(moecl_dtype dt, const void *w, int64_t cols, const qact *a, int64_t T, float *Y,
+                          int64_t ldy, int64_t r0, int64_t r1);
 #endif
 
 #endif

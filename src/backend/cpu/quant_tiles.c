@@ -284,6 +284,12 @@ static void tile_dot(int isa, int R, const float *tile, int64_t ldt, const float
         return;
     }
 #endif
+#if MC_ARM
+    if (isa == ISA_NEON || isa == ISA_FP16) {
+        mc_tile_dot_neon(R, tile, ldt, x, ldx, T, n, y, ldy, add);
+        return;
+    }
+#endif
     (void)isa;
     for (int r = 0; r < R; r++)
         for (int64_t t = 0; t < T; t++) {
