@@ -28,8 +28,30 @@ if [ -n "$MOECL_DEVICE" ] || "$moecl" devices | grep -q '^0:'; then
           --expert-profile "$work/hot.json" 2>&1) || { echo "FAIL hot: $out"; fail=1; }
     # the two hottest of each layer on the device: experts 2, 3 of layer 0 and 0, 3 of layer 1
     check hot "by the expert profile" "layer 0   ccGG" "layer 1   GccG" "predicted"
+    # --calibrate measures what moecl stats --save-profile saves (same tokens, same chunks),
+    # so the two give the same plan on a model with a tokenizer.
+    "$moecl" generate "$work/gen" --preset tiny --vocab 32000 --seed 7 >/dev/null 2>&1 \
+        && cp "$(dirname "$0")/../models/tokenizer.json" "$work/gen/" || { echo "FAIL generate"; fail=1; }
+    printf 'Once upon a time there was a little model. It routed every token to two experts,\n' >"$work/cal.txt"
+    printf 'and 12345 digits, punctuation!? and   spaces went where they were sent.\n' >>"$work/cal.txt"
+    "$moecl" stats -m "$work/gen" -f "$work/cal.txt" --save-profile "$work/cal.json" >/dev/null 2>&1 \
+        || { echo "FAIL stats --save-profile"; fail=1; }
+    prof=$("$moecl" info -m "$work/gen" --backend opencl --device "${MOECL_DEVICE:-0}" --gpu-experts 3 \
+           --expert-profile "$work/cal.json" 2>&1 | grep '^  *layer ') || { echo "FAIL profile plan"; fail=1; }
+    out=$("$moecl" info -m "$work/gen" --backend opencl --device "${MOECL_DEVICE:-0}" --gpu-experts 3 \
+          --calibrate "$work/cal.txt" 2>&1) || { echo "FAIL calibrate: $out"; fail=1; }
+    check calibrate "calibrated expert frequencies on" "by the expert profile"
+    cal=$(printf '%s\n' "$out" | grep '^  *layer ')
+    if [ -z "$prof" ] || [ "$prof" != "$cal" ]; then
+        echo "FAIL calibrate: plan differs from the saved profile's:"; echo "$prof"; echo "---"; echo "$cal"; fail=1
+    fi
 else
     echo "no OpenCL device: the plan itself is not checked" >&2
 fi
+out=$("$moecl" info -m "$tiny" --calibrate "$work/none.txt" 2>&1) && { echo "FAIL calibrate no file: accepted"; fail=1; }
+check calibrate-no-file "$work/none.txt"
+out=$("$moecl" info -m "$tiny" --calibrate "$work/none.txt" --expert-profile "$work/l3.json" 2>&1) \
+    && { echo "FAIL calibrate+profile: accepted"; fail=1; }
+check calibrate-both "use one"
 [ $fail = 0 ] && echo "placement cli: ok"
 exit $fail

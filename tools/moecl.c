@@ -84,12 +84,87 @@ typedef struct options {
     moecl_dtype device_dtype;
     moecl_placement placement;
     const char *expert_profile; /* --expert-profile FILE */
+    const char *calibrate;      /* --calibrate TEXTFILE */
 } options;
 
-/* The routing frequencies the planner places by (--expert-profile), loaded
- * with the model; NULL: uniform. --calibrate TEXT is to fill the same array
- * from a calibration run's routing counts (counts / tokens). */
+/* The routing frequencies the planner places by, loaded with the model from
+ * --expert-profile or measured by --calibrate; NULL: uniform (K/E). */
 static float *g_expert_freq;
+
+/* The calibration text is read whole; a bound keeps a wrong path (a model
+ * file, a device) from filling memory. */
+#define CALIBRATE_MAX_BYTES (64u << 20)
+/* Tokens routed for a calibration: enough for stable frequencies (the
+ * frequencies of 8 experts settle within a percent after a few thousand
+ * tokens), few enough to finish in seconds on a laptop. */
+#define CALIBRATE_MAX_TOKENS 8192
+#define CALIBRATE_CHUNK 512
+
+/* --calibrate: route the text through model on the CPU with the routing
+ * counters on, tokenized and in chunks of CALIBRATE_CHUNK tokens (each a
+ * fresh sequence) as moecl stats does by default, and set freq[l * E + e] to the share of
+ * tokens routed to expert e of layer l. */
+static moecl_status calibrate_freq(const moecl_model *model, const char *path, int n_threads, float *freq) {
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, "moecl: --calibrate: cannot open %s: %s\n", path, strerror(errno));
+        return MOECL_ERR_IO;
+    }
+    char *text = malloc(CALIBRATE_MAX_BYTES + 1);
+    size_t len = text ? fread(text, 1, CALIBRATE_MAX_BYTES + 1, f) : 0;
+    bool err = ferror(f);
+    fclose(f);
+    if (!text) return MOECL_ERR_NOMEM;
+    if (err || len > CALIBRATE_MAX_BYTES || len == 0) {
+        fprintf(stderr, "moecl: --calibrate: %s is %s\n", path,
+                err ? "unreadable" : len ? "larger than 64 MiB" : "empty");
+        free(text);
+        return MOECL_ERR_INVALID_ARG;
+    }
+    const moecl_tokenizer *tok = moecl_model_get_tokenizer(model);
+    if (!tok) {
+        fprintf(stderr, "moecl: --calibrate: the model has no tokenizer\n");
+        free(text);
+        return MOECL_ERR_INVALID_ARG;
+    }
+    int32_t n = 0;
+    moecl_status st = moecl_tokenize(tok, text, len, 0, NULL, 0, &n);
+    int32_t *ids = st == MOECL_OK ? malloc((size_t)(n > 0 ? n : 1) * sizeof *ids) : NULL;
+    if (st == MOECL_OK && !ids) st = MOECL_ERR_NOMEM;
+    if (st == MOECL_OK) st = moecl_tokenize(tok, text, len, 0, ids, n, &n);
+    free(text);
+    if (st) {
+        free(ids);
+        return st;
+    }
+    if (n > CALIBRATE_MAX_TOKENS) n = CALIBRATE_MAX_TOKENS;
+    moecl_model_info in;
+    moecl_model_get_info(model, &in);
+    const size_t cells = (size_t)in.n_layer * (size_t)in.n_expert;
+    const int32_t chunk = in.n_ctx_train > 0 && in.n_ctx_train < CALIBRATE_CHUNK ? in.n_ctx_train : CALIBRATE_CHUNK;
+    moecl_context_params cp = moecl_context_default_params();
+    cp.n_threads = n_threads;
+    cp.backend = MOECL_BACKEND_CPU;
+    cp.n_ctx = (uint32_t)chunk;
+    cp.n_batch = (uint32_t)chunk;
+    moecl_context *ctx = NULL;
+    uint64_t *counts = calloc(cells, sizeof *counts);
+    st = counts ? moecl_context_new(model, &cp, &ctx) : MOECL_ERR_NOMEM;
+    if (st == MOECL_OK) st = moecl_context_set_routing_counters(ctx, true);
+    for (int32_t at = 0; st == MOECL_OK && at < n; at += chunk) {
+        const int32_t len_chunk = n - at < chunk ? n - at : chunk;
+        st = moecl_seq_truncate(ctx, 0, 0);
+        if (st == MOECL_OK) st = moecl_decode(ctx, ids + at, len_chunk);
+    }
+    if (st == MOECL_OK) st = moecl_context_get_routing_counts(ctx, counts, NULL, cells);
+    if (st == MOECL_OK)
+        for (size_t i = 0; i < cells; i++) freq[i] = (float)((double)counts[i] / (double)n);
+    if (st == MOECL_OK) fprintf(stderr, "moecl: calibrated expert frequencies on %d tokens of %s\n", n, path);
+    moecl_context_free(ctx);
+    free(counts);
+    free(ids);
+    return st;
+}
 
 static bool parse_int(const char *s, long lo, long hi, int *out) {
     char *end;
@@ -175,6 +250,7 @@ static int parse_options(int argc, char **argv, int first, bool bench, options *
             else return usage_error("unknown placement %s (auto, experts, dense)", v);
         }
         else if (!strcmp(a, "--expert-profile")) { NEED(); o->expert_profile = v; }
+        else if (!strcmp(a, "--calibrate")) { NEED(); o->calibrate = v; }
         else if (!strcmp(a, "--device-dtype")) {
             NEED();
             if (!strcmp(v, "f32")) o->device_dtype = MOECL_DTYPE_F32;
@@ -278,17 +354,25 @@ static int load_model(const options *o, moecl_model **model, double *seconds) {
     moecl_status st = moecl_model_load(path, &mp, model);
     if (seconds) *seconds = now_s() - t0;
     if (st) return fail("cannot load the model", st);
-    if (o->expert_profile && !g_expert_freq) {
+    if ((o->expert_profile || o->calibrate) && !g_expert_freq) {
+        if (o->expert_profile && o->calibrate) {
+            moecl_model_free(*model);
+            *model = NULL;
+            fprintf(stderr, "moecl: --expert-profile and --calibrate both give the routing frequencies: use one\n");
+            return 2;
+        }
         moecl_model_info in;
         moecl_model_get_info(*model, &in);
         g_expert_freq = calloc((size_t)in.n_layer * (size_t)in.n_expert, sizeof(float));
-        st = g_expert_freq ? moecl_expert_profile_load(*model, o->expert_profile, g_expert_freq) : MOECL_ERR_NOMEM;
+        st = !g_expert_freq ? MOECL_ERR_NOMEM
+             : o->expert_profile ? moecl_expert_profile_load(*model, o->expert_profile, g_expert_freq)
+                                 : calibrate_freq(*model, o->calibrate, o->n_threads, g_expert_freq);
         if (st) {
             free(g_expert_freq);
             g_expert_freq = NULL;
             moecl_model_free(*model);
             *model = NULL;
-            return fail("cannot use the expert profile", st);
+            return fail(o->expert_profile ? "cannot use the expert profile" : "cannot calibrate the expert frequencies", st);
         }
     }
     return 0;
@@ -1215,7 +1299,9 @@ static const char k_backend_help[] =
     "  --device-dtype f32|f16      storage of expert weights on the device\n"
     "  --placement auto|experts|dense  what the planner puts on the devices (dense: not yet)\n"
     "  --expert-profile FILE       routing frequencies (moecl stats --save-profile): hot experts\n"
-    "                              go to the devices first\n";
+    "                              go to the devices first\n"
+    "  --calibrate TEXTFILE        measure the routing frequencies on this text first (up to 8192\n"
+    "                              tokens on the CPU), then place by them\n";
 
 static void help(void) {
     printf("moecl %s - Mixture-of-Experts inference\n\nusage:\n", moecl_version());
