@@ -525,7 +525,8 @@ typedef struct moecl_quantize_params {
      * blocks of the chosen type falls back to Q8_0, then F16. */
     const char *type;
     int n_threads;              /* 0: all cores */
-    bool allow_requantize;      /* quantize weights that already are (loses accuracy) */
+    bool allow_requantize;      /* quantize weights that already are (loses accuracy; to "f32",
+                                   which is lossless, allowed without it) */
     moecl_progress_fn progress; /* NULL: none; called at least every 256 rows written (0 while loading
                                    the input); returning false cancels: MOECL_ERR_ABORTED, nothing
                                    written. A CLI's signal handler can set a flag this returns. */

@@ -389,6 +389,13 @@ static void run_config(moecl_dtype dt, int64_t rows, int64_t cols, int64_t T, co
     if (mc_cpu_matmul_scratch_size(&W, T, 2) > 0) {
         for (size_t i = 0; i < (size_t)(T * rows); i++) Y[i] = NAN;
         mc_cpu_matmul(&W, X, T, Y, 2, NULL);
+        float *Xq = NULL;
+        if (mc_cpu_quant_int8(dt, T)) { /* against X rounded as it rounds it */
+            Xq = malloc((size_t)(T * cols) * sizeof *Xq);
+            round_x_int8(X, Xq, T * cols);
+            scale = ref_matmul(wf, Xq, T, rows, cols, ref);
+            free(Xq);
+        }
         double e = nerr(Y, ref, (size_t)(T * rows), scale);
         CHECKF(e <= 1e-5, "no scratch %s rows=%lld cols=%lld T=%lld: nerr %.3g", moecl_dtype_name(dt),
                (long long)rows, (long long)cols, (long long)T, e);
@@ -543,14 +550,82 @@ static void test_int8_kernels(void) {
             const size_t ncl = kq ? LEN(cols_k_full, cols_k_quick) : LEN(cols_small_full, cols_small_quick);
             for (size_t ri = 0; ri < nrows; ri++)
                 for (size_t ci = 0; ci < ncl; ci++)
-                    for (int64_t T = 1; T <= 8; T++)
-                        run_int8_config(sets[ki][0], sets[ki][1], ki, (moecl_dtype)dt, rows_list[ri], cl[ci], T);
+                    for (int64_t T = 1; T <= 10; T++) /* and 13, 64: T > 8 */
+                        run_int8_config(sets[ki][0], sets[ki][1], ki, (moecl_dtype)dt, rows_list[ri], cl[ci],
+                                        T <= 8 ? T : T == 9 ? 13 : 64);
         }
         fprintf(stderr, "int8 kernels %s: %d runs, worst normalised error against rounded-X float64 %.3g\n",
                 sets[ki][1], n_configs - before, worst_int8_exact[ki]);
     }
     unsetenv("MOECL_CPU_ISA");
     mc_cpu_force_scalar(false);
+}
+
+/* ---- batch independence ----------------------------------------------------------- */
+
+/* A row of X gets the same result alone, in a batch of 6 and of 64 (bit for
+ * bit: the same kernels, int8 where there are any), and within 1e-5 in a
+ * batch of 70 or 200 (sgemm on the same 8-bit activations: only the float
+ * summation order differs), for every quantized type, every instruction set
+ * this CPU has (MOECL_CPU_ISA) and 1 and 2 threads. */
+static double worst_batch70 = 0;
+static void test_batch_rows(void) {
+    static const char *const levels[][2] = {{"scalar", "none"}, {"avx2", "avx2"}, {"avxvnni", "avxvnni"},
+                                            {"avx512", NULL},   {"avx512vnni", "avx512vnni"}};
+    const int64_t rows = 97, cols = 1280, TB = 200;
+    uint64_t seed = 99;
+    float *wf = malloc((size_t)(rows * cols) * sizeof *wf), *X = malloc((size_t)(TB * cols) * sizeof *X);
+    float *Y1 = malloc((size_t)(TB * rows) * sizeof *Y1), *Yb = malloc((size_t)(TB * rows) * sizeof *Yb);
+    for (int64_t i = 0; i < TB * cols; i++) X[i] = t_rand_f(&seed) * ((i / 32) % 3 == 0 ? 9.0f : 0.3f);
+    int runs = 0;
+    for (int dt = MOECL_DTYPE_Q8_0; dt < MOECL_DTYPE_COUNT; dt++) {
+        size_t rb;
+        CHECK(mc_dtype_row_bytes((moecl_dtype)dt, cols, &rb));
+        char *q = malloc(rb * (size_t)rows);
+        for (int64_t i = 0; i < rows * cols; i++) wf[i] = t_rand_f(&seed);
+        for (int64_t r = 0; r < rows; r++) mc_quantize_row((moecl_dtype)dt, wf + r * cols, q + (size_t)r * rb, cols);
+        mc_tensor W = {.type = (moecl_dtype)dt, .rows = rows, .cols = cols, .data = q, .nbytes = rb * (size_t)rows};
+        for (size_t li = 0; li < sizeof levels / sizeof *levels; li++) {
+            setenv("MOECL_CPU_ISA", levels[li][0], 1);
+            mc_cpu_force_scalar(false);
+            if (levels[li][1] ? strcmp(mc_cpu_int8_kernels(), levels[li][1]) != 0
+                              : strcmp(mc_cpu_isa(), "avx512") != 0)
+                continue; /* not on this CPU */
+            for (int nt = 1; nt <= 2; nt++) {
+                for (int64_t t = 0; t < 70; t++) mc_cpu_matmul(&W, X + t * cols, 1, Y1 + t * rows, nt, NULL);
+                static const int64_t Ts[] = {6, 64, 70, 200};
+                for (int k = 0; k < 4; k++) {
+                    const int64_t T = Ts[k];
+                    size_t ss = mc_cpu_matmul_scratch_size(&W, T, nt);
+                    void *scratch = ss ? aligned_alloc(64, (ss + 63) & ~(size_t)63) : NULL;
+                    mc_cpu_matmul(&W, X, T, Yb, nt, scratch);
+                    free(scratch);
+                    const int64_t n = (T < 70 ? T : 70) * rows;
+                    if (T <= 64) {
+                        CHECKF(!memcmp(Y1, Yb, (size_t)n * sizeof *Y1),
+                               "MOECL_CPU_ISA=%s %s %d thread(s): rows in a batch of %lld differ from the rows alone",
+                               levels[li][0], moecl_dtype_name((moecl_dtype)dt), nt, (long long)T);
+                    } else {
+                        double e = nerr(Yb, Y1, (size_t)n, 0);
+                        worst_batch70 = fmax(worst_batch70, e);
+                        CHECKF(e <= 1e-5, "MOECL_CPU_ISA=%s %s %d thread(s): batch of %lld against rows alone: %.3g",
+                               levels[li][0], moecl_dtype_name((moecl_dtype)dt), nt, (long long)T, e);
+                    }
+                }
+                runs++;
+            }
+        }
+        free(q);
+    }
+    CHECKF(runs >= 2 * 5, "only %d batch-independence runs", runs);
+    fprintf(stderr, "batch independence: %d runs; batches of 6 and 64 bit-identical to rows alone, 70 and 200 within "
+                    "%.3g (bound 1e-5)\n", runs, worst_batch70);
+    unsetenv("MOECL_CPU_ISA");
+    mc_cpu_force_scalar(false);
+    free(wf);
+    free(X);
+    free(Y1);
+    free(Yb);
 }
 
 /* ---- MOECL_CPU_ISA values --------------------------------------------------------- */
@@ -672,6 +747,7 @@ int main(void) {
     test_swiglu();
     test_matmul(modes);
     test_int8_kernels();
+    test_batch_rows();
     test_isa_env();
     set_mode(MODE_AUTO);
     fprintf(stderr, "matmul: %d runs, worst normalised error %.3g (float activations)\n", n_configs, worst_nerr);

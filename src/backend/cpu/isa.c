@@ -4,7 +4,7 @@
  * Detected once, on first use, from CPUID, as one of these levels (each a
  * float kernel set and an int8 kernel set; see int8.c):
  *
- *   level        float kernels   int8 kernels (quantized weights, T <= 8)   needs
+ *   level        float kernels   int8 kernels (quantized weights, T <= 64)  needs
  *   scalar       portable C      none (float activations)                   -
  *   avx2         AVX2            AVX2 vpmaddubsw                            AVX2, FMA, F16C
  *   avxvnni      AVX2            AVX-VNNI vpdpbusd (256-bit, VEX)           + AVX-VNNI

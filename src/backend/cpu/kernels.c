@@ -205,14 +205,24 @@ void mc_cpu_matmul(const mc_tensor *W, const float *X, int64_t T, float *Y, int 
      * allocation fails, the float kernels do the work) */
     qact qa_store, *qa = NULL;
     const int qint = mc_cpu_qint();
-    if (mc_cpu_quant_int8(W->type, T) && !p.blas && mc_qact_make(&qa_store, X, T, cols)) {
-        qa = &qa_store;
-        atomic_store_explicit(&g_last_qint, qint, memory_order_relaxed);
+    float *xr = NULL;
+    if (mc_cpu_quant_int8(W->type, T)) {
+        if (T <= MC_QINT_T && !p.blas && mc_qact_make(&qa_store, X, T, cols)) {
+            qa = &qa_store;
+            atomic_store_explicit(&g_last_qint, qint, memory_order_relaxed);
+        } else if ((xr = malloc((size_t)T * (size_t)cols * sizeof *xr))) {
+            /* the same 8-bit activations for the float paths: a token's
+             * logits then differ between batch sizes only by the float
+             * summation order, not by the activations' rounding */
+            mc_qact_round(X, T * cols, xr);
+            X = xr;
+        }
     }
 
     if (p.n_threads == 1) {
         matmul_rows(&p, isa, qint, W, X, qa, T, Y, 0, rows, scr);
         if (qa) mc_qact_free(qa);
+        free(xr);
         return;
     }
 #pragma omp parallel num_threads(p.n_threads)
@@ -225,6 +235,7 @@ void mc_cpu_matmul(const mc_tensor *W, const float *X, int64_t T, float *Y, int 
         if (r0 < r1) matmul_rows(&p, isa, qint, W, X, qa, T, Y, r0, r1, scr ? scr + (size_t)id * p.slice_floats : NULL);
     }
     if (qa) mc_qact_free(qa);
+    free(xr);
 }
 
 /* ======================================================================== */

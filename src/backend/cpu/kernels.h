@@ -32,9 +32,12 @@ const char *mc_cpu_isa(void);
  * "avxvnni", "avx2", "dotprod", "neon", or "none" (float activations:
  * scalar builds, and MOECL_CPU_ISA=scalar). */
 const char *mc_cpu_int8_kernels(void);
-/* Whether mc_cpu_matmul on weights of type t with T rows of X quantizes X to
- * int8 (the integer dot-product path: T <= 8, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K,
- * any int8 kernels), which adds the activations' rounding error. */
+/* Whether mc_cpu_matmul on weights of type t with T rows of X rounds X to
+ * 8 bits, 32 columns per scale (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K with any int8
+ * kernels, at every T), which adds the activations' rounding error: the
+ * integer dot-product kernels at T <= 64, sgemm on the rounded X
+ * above. Each row of X is rounded on its own, so a row's result does not
+ * depend on the others beyond the float summation order. */
 bool mc_cpu_quant_int8(moecl_dtype t, int64_t T);
 /* Whether mc_cpu_matmul on weights of type t with T rows of X computes in
  * FP16 arithmetic (MOECL_CPU_ISA=fp16 on ARM: F16 weights on the fused path,

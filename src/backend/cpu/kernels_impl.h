@@ -74,6 +74,18 @@
 #define MC_SMALL_T_Q 64
 #endif
 
+/* Largest T whose quantized products run the int8 kernels (int8.c), where
+ * there are any; above it X is rounded to the same 8-bit grid and sgemm
+ * computes with it (on dequantized weights), which keeps prompts at sgemm
+ * speed. Measured on Zen 3 (AVX2, a loaded machine, 3584x1024, 1 thread):
+ * the int8 kernels ran at 1.0-1.3x the float tiles for Q4_K and Q8_0 up to
+ * T=64 (Q6_K 0.8-1.9x), and the int8 kernels at every T made pp512 of
+ * mixtral-mini 0.77-0.87x as fast (Q4_K_M; Q8_0 0.80-1.00). So: the same
+ * crossover as MC_SMALL_T_Q. */
+#ifndef MC_QINT_T
+#define MC_QINT_T 64
+#endif
+
 /* Thread chunks of W start on multiples of this many rows. */
 #ifndef MC_ROW_ALIGN
 #define MC_ROW_ALIGN 16
@@ -268,6 +280,11 @@ typedef struct qact {
 
 /* Allocates and fills a (free with mc_qact_free); false if out of memory. */
 bool mc_qact_make(qact *a, const float *X, int64_t T, int64_t cols);
+/* Xr[i] = X[i] rounded as mc_qact_make rounds it, back in float32 (d * q):
+ * the activations every T > MC_QINT_T product sees where int8 kernels exist,
+ * so that a row gets the same activations whatever the batch. n: a multiple
+ * of 32 (whole rows). */
+void mc_qact_round(const float *X, int64_t n, float *Xr);
 void mc_qact_free(qact *a);
 /* Blocks [b0, nb) of a Q8_0 / Q4_0 row against row t of a, one at a time
  * (the pieces the SIMD kernels leave, when nb is not a multiple of 8). */

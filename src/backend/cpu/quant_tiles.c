@@ -320,7 +320,9 @@ void mc_fused_quant(int isa, moecl_dtype dt, const void *w, int64_t cols, const 
     }
 #endif
     int64_t kc = fused_col_block(T, cols, isa == ISA_AVX2 ? 2 : 4);
-    if (kc < cols) kc = kc / MC_QK_K * MC_QK_K; /* >= 256: whole blocks */
+    /* whole tiles: the tiles start at the same columns for every T, so each
+     * output is the same sum of the same partial dots whatever the batch */
+    if (kc < cols) kc = kc < MC_QCHUNK ? MC_QCHUNK : kc / MC_QCHUNK * MC_QCHUNK;
     for (int64_t k0 = 0; k0 < cols; k0 += kc) {
         const int64_t kend = cols - k0 < kc ? cols : k0 + kc;
         for (int64_t r = r0; r < r1;) {
