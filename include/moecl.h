@@ -247,6 +247,17 @@ typedef struct moecl_context_params {
     moecl_dtype device_dtype;/* expert weights on the device: F32 or F16 (arithmetic is F32);
                                 MOECL_DTYPE_COUNT (default): as the model stores them (quantized
                                 blocks stay quantized, F16 stays F16), BF16 as F32 */
+    /* The KV cache: one pool of cells (a cell holds the keys and values of
+     * one position in every layer) shared by all sequences, handed out in
+     * blocks of 16 positions as sequences grow and given back when they are
+     * truncated; memory is allocated for the most cells ever held at once,
+     * not for the budget. */
+    uint32_t n_kv_cells;     /* cells over all sequences together (rounded up to blocks of 16);
+                                0 or more than n_ctx x n_seq_max: n_ctx x n_seq_max, every
+                                sequence can be full at once (the only choice before the pool) */
+    moecl_dtype kv_type;     /* MOECL_DTYPE_F32 (0, default) or MOECL_DTYPE_F16: half the memory;
+                                keys and values rounded to binary16 (logits move by a few 1e-3
+                                relative to the F32 cache: README, "KV cache") */
 } moecl_context_params;
 
 MOECL_API moecl_context_params moecl_context_default_params(void);
@@ -277,16 +288,31 @@ MOECL_API moecl_status moecl_device_get_info(int32_t index, moecl_device_info *i
 
 /* Create a context for model (which must outlive it). params may be NULL.
  * Errors: MOECL_ERR_INVALID_ARG for n_ctx, n_batch or n_seq_max beyond the MOECL_MAX_*
- * limits; MOECL_ERR_NOMEM when the KV cache (2 x n_layer x n_seq_max x n_ctx
- * x n_head_kv x head_dim floats) is larger than the machine's physical
- * memory (sysconf(_SC_PHYS_PAGES)), since it could never be filled, or when
- * an allocation fails; MOECL_ERR_IO when the model is dead (see the top of
+ * limits or a kv_type other than F32 and F16; MOECL_ERR_NOMEM when the KV
+ * cache's budget (n_kv_cells x 2 x n_layer x n_head_kv x head_dim values)
+ * is larger than the machine's physical memory (sysconf(_SC_PHYS_PAGES)),
+ * since it could never be filled, or when an allocation fails; MOECL_ERR_IO when the model is dead (see the top of
  * this file). Thread-safe with respect to the model. */
 MOECL_API moecl_status moecl_context_new(const moecl_model *model, const moecl_context_params *params,
                                          moecl_context **out);
 
 /* NULL: no-op. */
 MOECL_API void moecl_context_free(moecl_context *ctx);
+
+/* The KV cache of a context, now. */
+typedef struct moecl_kv_info {
+    moecl_dtype type;          /* MOECL_DTYPE_F32 or MOECL_DTYPE_F16 */
+    int32_t block_cells;       /* cells per block (16) */
+    int64_t n_cells;           /* the budget, a whole number of blocks */
+    int64_t n_cells_held;      /* cells in blocks the sequences hold */
+    int64_t n_positions;       /* positions held, over all sequences (<= n_cells_held) */
+    uint64_t bytes_per_cell;   /* 2 x n_layer x n_head_kv x head_dim x (4 or 2) */
+    uint64_t bytes_allocated;  /* block memory allocated: the most cells ever held at once, in bytes */
+} moecl_kv_info;
+
+/* Fill *info. MOECL_ERR_INVALID_ARG for a NULL ctx or info. Not
+ * thread-safe with respect to calls that decode or truncate on ctx. */
+MOECL_API moecl_status moecl_context_get_kv_info(const moecl_context *ctx, moecl_kv_info *info);
 
 /* Where the experts of a context run (for `moecl info` and logs). */
 typedef struct moecl_context_backend_info {
@@ -312,7 +338,9 @@ MOECL_API const char *moecl_context_last_error(const moecl_context *ctx);
 /* Process n_tokens tokens appended to sequence 0 (prompt or one decode
  * step), as one batch. After success moecl_get_logits(ctx, -1) holds the
  * logits of the last token. Returns MOECL_ERR_CONTEXT_FULL (nothing changed)
- * if they do not fit in n_ctx, MOECL_ERR_INVALID_ARG for an id outside the
+ * if they do not fit in n_ctx, or the KV cache's pool has too few free
+ * cells for them (only with n_kv_cells below n_ctx x n_seq_max; the
+ * message says which), MOECL_ERR_INVALID_ARG for an id outside the
  * vocabulary or n_tokens outside 1..n_batch (MOECL_ERR_CONTEXT_FULL when
  * they would not fit in the context either), MOECL_ERR_ABORTED if the abort
  * callback fired (the KV cache is left as before the call), MOECL_ERR_IO if
