@@ -652,8 +652,17 @@ MOECL_API moecl_status moecl_chat_tokenize(const moecl_tokenizer *tok, const moe
  * with its prompt, and only the rest of the prompt is read ("prefix reuse":
  * a multi-turn chat does not read its history again).
  *
- * Memory: the KV cache is reserved up front for n_slots x n_ctx positions
- * (a sequence cannot borrow the positions of another).
+ * Memory: the slots share the context's KV pool (context.n_kv_cells cells,
+ * default n_slots x n_ctx; context.kv_type F32 or F16), which is allocated
+ * as sequences grow, not reserved up front. A queued request takes a slot
+ * only when the pool can hold its whole prompt (counting the cells idle
+ * slots keep for prefix reuse, which are freed when needed); until then it
+ * waits in the queue, and the requests behind it too. When a step's tokens
+ * do not fit, idle slots' caches are freed first (least recently used
+ * first), then prompt chunks wait for a later step (newest first), then the
+ * newest generating requests end with MOECL_FINISH_LENGTH, as they would at
+ * the end of their own context (llama-server ends a request whose context
+ * is full with "length" too).
  *
  * Thread safety: moecl_engine_submit, moecl_engine_cancel and
  * moecl_engine_get_stats may be called from any thread at any time,
@@ -796,6 +805,12 @@ typedef struct moecl_engine_stats {
     uint64_t batch_hist[17];     /* steps whose batch had 2^(i-1) < tokens <= 2^i (i = 0: one token;
                                     i = 16: more than 32768 too) */
     double step_seconds;         /* time spent in decode steps */
+    /* The KV pool (see the Memory paragraph above). */
+    int64_t kv_cells;            /* its budget */
+    int64_t kv_cells_held;       /* cells in blocks the slots hold (running and idle) */
+    uint64_t kv_bytes;           /* memory allocated for it */
+    uint64_t n_kv_evicted;       /* idle slots' caches freed to make room */
+    uint64_t n_kv_full;          /* requests ended with "length" because the pool was full */
 } moecl_engine_stats;
 
 /* Fill *stats. MOECL_ERR_INVALID_ARG for a NULL argument. Thread-safe. */
