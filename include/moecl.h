@@ -253,8 +253,8 @@ typedef struct moecl_context_params {
      * truncated; memory is allocated for the most cells ever held at once,
      * not for the budget. */
     uint32_t n_kv_cells;     /* cells over all sequences together (rounded up to blocks of 16);
-                                0 or more than n_ctx x n_seq_max: n_ctx x n_seq_max, every
-                                sequence can be full at once (the only choice before the pool) */
+                                0 or more than n_seq_max x n_ctx (each rounded up to blocks):
+                                that, every sequence can be full at once (as before the pool) */
     moecl_dtype kv_type;     /* MOECL_DTYPE_F32 (0, default) or MOECL_DTYPE_F16: half the memory;
                                 keys and values rounded to binary16 (logits move by a few 1e-3
                                 relative to the F32 cache: README, "KV cache") */

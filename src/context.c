@@ -67,6 +67,7 @@ struct moecl_context {
     int32_t last_T;
 
     mc_moe_trace *trace;  /* [n_layer] or NULL: see mc_context_trace */
+    int64_t experts_run;  /* distinct experts of the batch, summed over layers */
 
     char last_error[1024];
 };
@@ -230,10 +231,11 @@ static moecl_status context_new(const moecl_model *model, const moecl_context_pa
     if (params->kv_type != MOECL_DTYPE_F32 && params->kv_type != MOECL_DTYPE_F16)
         return mc_error(MOECL_ERR_INVALID_ARG, "moecl_context_new: kv_type %s (%d); the KV cache holds f32 or f16",
                         moecl_dtype_name(params->kv_type), (int)params->kv_type);
-    /* The pool: n_kv_cells, never more than every sequence full. */
-    const uint64_t all_cells = (uint64_t)n_ctx * n_seq;
-    const uint64_t n_cells = params->n_kv_cells && params->n_kv_cells < all_cells ? params->n_kv_cells : all_cells;
-    const int32_t n_blocks = mc_kv_blocks_for((int64_t)n_cells);
+    /* The pool: n_kv_cells, never more than every sequence full (each
+     * sequence's last block partly used). */
+    const int64_t all_blocks = (int64_t)n_seq * mc_kv_blocks_for(n_ctx);
+    const int64_t asked = params->n_kv_cells ? mc_kv_blocks_for(params->n_kv_cells) : all_blocks;
+    const int32_t n_blocks = (int32_t)(asked < all_blocks ? asked : all_blocks);
     {
         const double per_position =
             2.0 * hp->n_layer * hp->n_head_kv * hp->head_dim * (params->kv_type == MOECL_DTYPE_F16 ? 2 : 4);
@@ -390,6 +392,8 @@ moecl_status moecl_context_get_kv_info(const moecl_context *ctx, moecl_kv_info *
 
 const mc_kv *mc_context_kv(const moecl_context *ctx) { return &ctx->kv; }
 
+int64_t mc_context_experts_run(const moecl_context *ctx) { return ctx->experts_run; }
+
 void mc_context_trace(moecl_context *ctx, mc_moe_trace *trace) {
     if (ctx) ctx->trace = trace;
 }
@@ -487,6 +491,7 @@ static moecl_status routed_experts(moecl_context *ctx, int il, int64_t T) {
 
     mc_route_rule(ctx->xn, L->router, T, (int)D, E, K, hp->norm_topk, ctx->r_expert, ctx->r_weight);
     mc_gather_plan_build(&ctx->plan, ctx->r_expert, T, K, E, place, ctx->counts);
+    ctx->experts_run += ctx->plan.n_used;
     mc_gather(&ctx->plan, ctx->xn, T, K, (int)D, ctx->gx);
 
     /* The plan orders experts by backend: each backend gets one contiguous
@@ -675,6 +680,7 @@ static moecl_status forward(moecl_context *ctx, const moecl_batch *batch, int64_
         ctx->logit_row[t] = keep ? n_out++ : -1;
     }
     ctx->last_T = 0; /* logits are invalid until this call succeeds */
+    ctx->experts_run = 0;
 
     embed(ctx, batch->tokens, T);
     moecl_status st;

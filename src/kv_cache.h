@@ -105,4 +105,9 @@ static inline uint64_t mc_kv_bytes(const mc_kv *kv) { return (uint64_t)kv->n_mad
 /* The KV cache of a context (context.c), for the engine's admission. */
 const mc_kv *mc_context_kv(const moecl_context *ctx);
 
+/* Experts run by the last successful batch, summed over layers (each expert
+ * with at least one token counted once per layer): what `moecl bench
+ * --parallel` turns into distinct expert bytes per step. */
+int64_t mc_context_experts_run(const moecl_context *ctx);
+
 #endif
