@@ -371,7 +371,9 @@ MOECL_API const float *moecl_get_logits(moecl_context *ctx, int32_t i);
 MOECL_API int32_t moecl_seq_length(const moecl_context *ctx, int32_t seq);
 
 /* Drop positions >= n_keep of sequence seq (n_keep 0 clears it); seq -1
- * means every sequence. Used to rewind or start over without reallocation. */
+ * means every sequence. Used to rewind or start over. The KV blocks no
+ * longer needed go back to the context's pool, for any sequence; their
+ * memory is kept for reuse until the context is freed. */
 MOECL_API moecl_status moecl_seq_truncate(moecl_context *ctx, int32_t seq, int32_t n_keep);
 
 /* ------------------------------------------------------------------------ */
