@@ -11,7 +11,10 @@ length is drawn from --lengths (ids drawn from 3..vocab-1), max_tokens
 second, time to first token (the first SSE chunk with text or a token) p50 and
 p99, aggregate completion tokens per second (from each response's usage),
 errors (an HTTP status other than 200, a broken stream, or no usage), and
-with --pid the server's resident set at the start and the end (VmRSS).
+with --pid the server's resident set at the start (after one warm-up request
+of each length, which pages the mapped weights in) and at the end: VmRSS and
+its anonymous part, RssAnon (heap, KV cache, scratch; the rest is the mapped
+weight files).
 Exit status 1 if any request failed.
 """
 import argparse
@@ -24,11 +27,11 @@ import time
 import urllib.parse
 
 
-def rss_kib(pid):
+def rss_kib(pid, key="VmRSS:"):
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(key):
                     return int(line.split()[1])
     except OSError:
         pass
@@ -132,7 +135,16 @@ def main():
     host, port = u.hostname, u.port or 80
 
     totals = Totals()
+    warm = random.Random(args.seed)
+    for n in [int(x) for x in args.lengths.split(",")]:
+        try:
+            one_request(host, port, {"prompt": [warm.randrange(3, args.vocab) for _ in range(n)], "max_tokens": 2,
+                                     "stream": True, "stream_options": {"include_usage": True}}, args.timeout)
+        except Exception as e:
+            print(f"warm-up request failed: {e}", file=sys.stderr)
+            return 1
     rss0 = rss_kib(args.pid) if args.pid else -1
+    anon0 = rss_kib(args.pid, "RssAnon:") if args.pid else -1
     t0 = time.monotonic()
     deadline = t0 + args.duration
     threads = [threading.Thread(target=client, args=(i, args, host, port, deadline, totals))
@@ -143,6 +155,7 @@ def main():
         t.join()
     wall = time.monotonic() - t0  # requests in flight at the deadline finish first
     rss1 = rss_kib(args.pid) if args.pid else -1
+    anon1 = rss_kib(args.pid, "RssAnon:") if args.pid else -1
 
     print(f"clients {args.clients}, {args.duration:.0f} s (wall {wall:.1f} s incl. requests in flight), "
           f"prompt lengths {args.lengths}, max_tokens {args.max_tokens}")
@@ -154,7 +167,8 @@ def main():
     for e in totals.errors[:10]:
         print(f"  {e}")
     if args.pid:
-        print(f"server RSS    start {rss0 / 1024:.1f} MiB, end {rss1 / 1024:.1f} MiB")
+        print(f"server RSS    start {rss0 / 1024:.1f} MiB, end {rss1 / 1024:.1f} MiB "
+              f"(anonymous: start {anon0 / 1024:.1f} MiB, end {anon1 / 1024:.1f} MiB)")
     return 1 if totals.errors else 0
 
 
