@@ -264,6 +264,17 @@ typedef struct moecl_context_params {
                                   (moecl_expert_profile_load) or a calibration run's counts / tokens.
                                   The hottest experts go to the devices first. NULL (default):
                                   n_expert_used / n_expert each. Not kept. */
+    /* The KV cache: one pool of cells (a cell holds the keys and values of
+     * one position in every layer) shared by all sequences, handed out in
+     * blocks of 16 positions as sequences grow and given back when they are
+     * truncated; memory is allocated for the most cells ever held at once,
+     * not for the budget. */
+    uint32_t n_kv_cells;     /* cells over all sequences together (rounded up to blocks of 16);
+                                0 or more than n_seq_max x n_ctx (each rounded up to blocks):
+                                that, every sequence can be full at once (as before the pool) */
+    moecl_dtype kv_type;     /* MOECL_DTYPE_F32 (0, default) or MOECL_DTYPE_F16: half the memory;
+                                keys and values rounded to binary16 (logits move by a few 1e-3
+                                relative to the F32 cache: README, "KV cache") */
 } moecl_context_params;
 
 MOECL_API moecl_context_params moecl_context_default_params(void);
@@ -294,16 +305,31 @@ MOECL_API moecl_status moecl_device_get_info(int32_t index, moecl_device_info *i
 
 /* Create a context for model (which must outlive it). params may be NULL.
  * Errors: MOECL_ERR_INVALID_ARG for n_ctx, n_batch or n_seq_max beyond the MOECL_MAX_*
- * limits; MOECL_ERR_NOMEM when the KV cache (2 x n_layer x n_seq_max x n_ctx
- * x n_head_kv x head_dim floats) is larger than the machine's physical
- * memory (sysconf(_SC_PHYS_PAGES)), since it could never be filled, or when
- * an allocation fails; MOECL_ERR_IO when the model is dead (see the top of
+ * limits or a kv_type other than F32 and F16; MOECL_ERR_NOMEM when the KV
+ * cache's budget (n_kv_cells x 2 x n_layer x n_head_kv x head_dim values)
+ * is larger than the machine's physical memory (sysconf(_SC_PHYS_PAGES)),
+ * since it could never be filled, or when an allocation fails; MOECL_ERR_IO when the model is dead (see the top of
  * this file). Thread-safe with respect to the model. */
 MOECL_API moecl_status moecl_context_new(const moecl_model *model, const moecl_context_params *params,
                                          moecl_context **out);
 
 /* NULL: no-op. */
 MOECL_API void moecl_context_free(moecl_context *ctx);
+
+/* The KV cache of a context, now. */
+typedef struct moecl_kv_info {
+    moecl_dtype type;          /* MOECL_DTYPE_F32 or MOECL_DTYPE_F16 */
+    int32_t block_cells;       /* cells per block (16) */
+    int64_t n_cells;           /* the budget, a whole number of blocks */
+    int64_t n_cells_held;      /* cells in blocks the sequences hold */
+    int64_t n_positions;       /* positions held, over all sequences (<= n_cells_held) */
+    uint64_t bytes_per_cell;   /* 2 x n_layer x n_head_kv x head_dim x (4 or 2) */
+    uint64_t bytes_allocated;  /* block memory allocated: the most cells ever held at once, in bytes */
+} moecl_kv_info;
+
+/* Fill *info. MOECL_ERR_INVALID_ARG for a NULL ctx or info. Not
+ * thread-safe with respect to calls that decode or truncate on ctx. */
+MOECL_API moecl_status moecl_context_get_kv_info(const moecl_context *ctx, moecl_kv_info *info);
 
 /* Where the experts of a context run (for `moecl info` and logs). */
 typedef struct moecl_context_backend_info {
@@ -370,7 +396,9 @@ MOECL_API const char *moecl_context_last_error(const moecl_context *ctx);
 /* Process n_tokens tokens appended to sequence 0 (prompt or one decode
  * step), as one batch. After success moecl_get_logits(ctx, -1) holds the
  * logits of the last token. Returns MOECL_ERR_CONTEXT_FULL (nothing changed)
- * if they do not fit in n_ctx, MOECL_ERR_INVALID_ARG for an id outside the
+ * if they do not fit in n_ctx, or the KV cache's pool has too few free
+ * cells for them (only with n_kv_cells below n_ctx x n_seq_max; the
+ * message says which), MOECL_ERR_INVALID_ARG for an id outside the
  * vocabulary or n_tokens outside 1..n_batch (MOECL_ERR_CONTEXT_FULL when
  * they would not fit in the context either), MOECL_ERR_ABORTED if the abort
  * callback fired (the KV cache is left as before the call), MOECL_ERR_IO if
@@ -401,7 +429,9 @@ MOECL_API const float *moecl_get_logits(moecl_context *ctx, int32_t i);
 MOECL_API int32_t moecl_seq_length(const moecl_context *ctx, int32_t seq);
 
 /* Drop positions >= n_keep of sequence seq (n_keep 0 clears it); seq -1
- * means every sequence. Used to rewind or start over without reallocation. */
+ * means every sequence. Used to rewind or start over. The KV blocks no
+ * longer needed go back to the context's pool, for any sequence; their
+ * memory is kept for reuse until the context is freed. */
 MOECL_API moecl_status moecl_seq_truncate(moecl_context *ctx, int32_t seq, int32_t n_keep);
 
 /* ---- Routing statistics -------------------------------------------------- */
@@ -727,8 +757,17 @@ MOECL_API moecl_status moecl_chat_tokenize(const moecl_tokenizer *tok, const moe
  * with its prompt, and only the rest of the prompt is read ("prefix reuse":
  * a multi-turn chat does not read its history again).
  *
- * Memory: the KV cache is reserved up front for n_slots x n_ctx positions
- * (a sequence cannot borrow the positions of another).
+ * Memory: the slots share the context's KV pool (context.n_kv_cells cells,
+ * default n_slots x n_ctx; context.kv_type F32 or F16), which is allocated
+ * as sequences grow, not reserved up front. A queued request takes a slot
+ * only when the pool can hold its whole prompt (counting the cells idle
+ * slots keep for prefix reuse, which are freed when needed); until then it
+ * waits in the queue, and the requests behind it too. When a step's tokens
+ * do not fit, idle slots' caches are freed first (least recently used
+ * first), then prompt chunks wait for a later step (newest first), then the
+ * newest generating requests end with MOECL_FINISH_LENGTH, as they would at
+ * the end of their own context (llama-server ends a request whose context
+ * is full with "length" too).
  *
  * Thread safety: moecl_engine_submit, moecl_engine_cancel,
  * moecl_engine_get_stats and moecl_engine_get_routing_counts may be called
@@ -871,6 +910,12 @@ typedef struct moecl_engine_stats {
     uint64_t batch_hist[17];     /* steps whose batch had 2^(i-1) < tokens <= 2^i (i = 0: one token;
                                     i = 16: more than 32768 too) */
     double step_seconds;         /* time spent in decode steps */
+    /* The KV pool (see the Memory paragraph above). */
+    int64_t kv_cells;            /* its budget */
+    int64_t kv_cells_held;       /* cells in blocks the slots hold (running and idle) */
+    uint64_t kv_bytes;           /* memory allocated for it */
+    uint64_t n_kv_evicted;       /* idle slots' caches freed to make room */
+    uint64_t n_kv_full;          /* requests ended with "length" because the pool was full */
 } moecl_engine_stats;
 
 /* Fill *stats. MOECL_ERR_INVALID_ARG for a NULL argument. Thread-safe. */

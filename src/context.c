@@ -14,6 +14,7 @@
 #include "backend/cpu/kernels.h"
 #include "backend/opencl/opencl.h"
 #include "guard.h"
+#include "kv_cache.h"
 #include "model.h"
 #include "ops.h"
 #include "placement.h"
@@ -41,9 +42,8 @@ struct moecl_context {
     uint8_t *placement;   /* [n_layer * n_expert]: index into backends */
     moecl_placement_info place_info; /* the plan and its prediction (moecl_context_get_placement) */
 
-    /* KV cache: [n_layer][n_seq][n_ctx][kv_dim], keys after RoPE. */
-    float *k_cache, *v_cache;
-    int32_t *seq_len;     /* [n_seq] positions held */
+    /* KV cache: blocks of cells shared by the n_seq sequences (kv_cache.h). */
+    mc_kv kv;
 
     /* Per-batch scratch, sized for n_batch tokens. */
     float *x;             /* [B, n_embd] residual stream */
@@ -70,6 +70,7 @@ struct moecl_context {
 
     mc_moe_trace *trace;  /* [n_layer] or NULL: see mc_context_trace */
     struct route_stats *rs; /* routing counters and callback; NULL until one is set */
+    int64_t experts_run;  /* distinct experts of the batch, summed over layers */
 
     char last_error[1024];
 };
@@ -299,17 +300,23 @@ static void *alloc_floats(size_t a, size_t b, bool *ok) {
 }
 
 /* Whether a KV cache of kv_bytes can be held: it must not exceed the
- * machine's physical memory (calloc would accept more and the process would
- * be killed once the cache fills). */
-static moecl_status check_kv_memory(double kv_bytes, uint32_t n_ctx, uint32_t n_seq, double per_position) {
+ * machine's physical memory (the pool would accept more and the process
+ * would be killed once the cache fills). */
+static moecl_status check_kv_memory(double kv_bytes, uint32_t n_ctx, uint32_t n_seq, double per_position,
+                                    bool explicit_cells) {
     const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
     if (pages <= 0 || page <= 0) return MOECL_OK;
     const double phys = (double)pages * (double)page;
     if (kv_bytes <= phys) return MOECL_OK;
+    if (explicit_cells)
+        return mc_error(MOECL_ERR_NOMEM,
+                        "moecl_context_new: a KV cache of %.0f cells needs %.1f GiB, more than this machine's %.1f GiB "
+                        "of memory; at most %.0f cells fit",
+                        kv_bytes / per_position, kv_bytes / 1073741824.0, phys / 1073741824.0, phys / per_position);
     const double fit = phys / per_position / n_seq;
     return mc_error(MOECL_ERR_NOMEM,
                     "moecl_context_new: the KV cache for %u positions x %u sequences needs %.1f GiB, more than this "
-                    "machine's %.1f GiB of memory; at most %.0f positions per sequence fit",
+                    "machine's %.1f GiB of memory; at most %.0f positions per sequence fit (or set n_kv_cells)",
                     n_ctx, n_seq, kv_bytes / 1073741824.0, phys / 1073741824.0, fit);
 }
 
@@ -364,9 +371,19 @@ static moecl_status context_new(const moecl_model *model, const moecl_context_pa
         return mc_error(MOECL_ERR_INVALID_ARG, "moecl_context_new: n_seq_max %u is more than the limit of %u",
                         n_seq, (unsigned)MOECL_MAX_SEQ);
     if (n_batch > n_ctx * n_seq) n_batch = n_ctx * n_seq;
+    if (params->kv_type != MOECL_DTYPE_F32 && params->kv_type != MOECL_DTYPE_F16)
+        return mc_error(MOECL_ERR_INVALID_ARG, "moecl_context_new: kv_type %s (%d); the KV cache holds f32 or f16",
+                        moecl_dtype_name(params->kv_type), (int)params->kv_type);
+    /* The pool: n_kv_cells, never more than every sequence full (each
+     * sequence's last block partly used). */
+    const int64_t all_blocks = (int64_t)n_seq * mc_kv_blocks_for(n_ctx);
+    const int64_t asked = params->n_kv_cells ? mc_kv_blocks_for(params->n_kv_cells) : all_blocks;
+    const int32_t n_blocks = (int32_t)(asked < all_blocks ? asked : all_blocks);
     {
-        const double per_position = 2.0 * hp->n_layer * hp->n_head_kv * hp->head_dim * sizeof(float);
-        moecl_status sk = check_kv_memory(per_position * n_ctx * n_seq, n_ctx, n_seq, per_position);
+        const double per_position =
+            2.0 * hp->n_layer * hp->n_head_kv * hp->head_dim * (params->kv_type == MOECL_DTYPE_F16 ? 2 : 4);
+        moecl_status sk = check_kv_memory(per_position * MC_KV_BLOCK * n_blocks, n_ctx, n_seq, per_position,
+                                          params->n_kv_cells != 0);
         if (sk) return sk;
     }
 
@@ -390,11 +407,7 @@ static moecl_status context_new(const moecl_model *model, const moecl_context_pa
     const size_t B = n_batch, D = (size_t)hp->n_embd, K = (size_t)hp->n_expert_used;
     const size_t q_dim = (size_t)hp->n_head * (size_t)hp->head_dim;
     const size_t kv_dim = (size_t)hp->n_head_kv * (size_t)hp->head_dim;
-    size_t cache_rows;
-    bool ok = mc_mul_size((size_t)hp->n_layer * n_seq, n_ctx, &cache_rows);
-    ctx->k_cache = ok ? alloc_floats(cache_rows, kv_dim, &ok) : NULL;
-    ctx->v_cache = ok ? alloc_floats(cache_rows, kv_dim, &ok) : NULL;
-    ctx->seq_len = calloc(n_seq, sizeof(int32_t));
+    bool ok = mc_kv_init(&ctx->kv, params->kv_type, hp->n_layer, (int64_t)kv_dim, n_blocks, (int32_t)n_seq) == MOECL_OK;
     ctx->seq_count = calloc(n_seq, sizeof(int32_t));
     ctx->x = alloc_floats(B, D, &ok);
     ctx->xn = alloc_floats(B, D, &ok);
@@ -423,21 +436,24 @@ static moecl_status context_new(const moecl_model *model, const moecl_context_pa
     ctx->logit_row = calloc(B, sizeof(int32_t));
     ctx->logits = alloc_floats(params->logits_all ? B : (n_seq < B ? n_seq : B), (size_t)hp->n_vocab, &ok);
     ctx->placement = calloc((size_t)hp->n_layer * (size_t)hp->n_expert, 1);
-    if (!ok || !ctx->seq_len || !ctx->seq_count || !ctx->tok_seq || !ctx->tok_pos || !ctx->r_expert ||
+    if (!ok || !ctx->seq_count || !ctx->tok_seq || !ctx->tok_pos || !ctx->r_expert ||
         !ctx->plan.order || !ctx->plan.offsets || !ctx->plan.row || !ctx->counts || !ctx->logit_row ||
         !ctx->placement) {
         moecl_context_free(ctx);
         return mc_error(MOECL_ERR_NOMEM,
                         "moecl_context_new: out of memory for a context of %u positions x %u sequences "
-                        "(KV cache %.1f MiB)",
-                        n_ctx, n_seq, 2.0 * (double)hp->n_layer * n_seq * n_ctx * kv_dim * 4 / 1048576.0);
+                        "(scratch for a batch of %u tokens)",
+                        n_ctx, n_seq, n_batch);
     }
     if ((st = add_opencl(ctx, params))) {
         moecl_context_free(ctx);
         return st;
     }
-    mc_log(MOECL_LOG_INFO, "context: %u positions x %u sequences, batch %u, %d threads, KV cache %.1f MiB", n_ctx,
-           n_seq, n_batch, ctx->n_threads, 2.0 * (double)cache_rows * kv_dim * 4 / 1048576.0);
+    mc_log(MOECL_LOG_INFO,
+           "context: %u positions x %u sequences, batch %u, %d threads, KV cache %s of at most %d cells (%.1f MiB), "
+           "allocated in blocks of %d as sequences grow",
+           n_ctx, n_seq, n_batch, ctx->n_threads, moecl_dtype_name(ctx->kv.type), n_blocks * MC_KV_BLOCK,
+           (double)n_blocks * (double)ctx->kv.block_bytes / 1048576.0, MC_KV_BLOCK);
     *out = ctx;
     return MOECL_OK;
 }
@@ -445,7 +461,8 @@ static moecl_status context_new(const moecl_model *model, const moecl_context_pa
 void moecl_context_free(moecl_context *ctx) {
     if (!ctx) return;
     for (int i = 0; i < ctx->n_backends; i++) mc_backend_free(ctx->backends[i]);
-    void *bufs[] = {ctx->k_cache, ctx->v_cache, ctx->seq_len, ctx->seq_count, ctx->x, ctx->xn, ctx->xo, ctx->q,
+    mc_kv_free(&ctx->kv);
+    void *bufs[] = {ctx->seq_count, ctx->x, ctx->xn, ctx->xo, ctx->q,
                     ctx->k, ctx->v, ctx->att, ctx->proj, ctx->tok_seq, ctx->tok_pos, ctx->r_expert,
                     ctx->r_weight, ctx->gx, ctx->gy, ctx->fh1, ctx->fh3, ctx->plan.order, ctx->plan.offsets,
                     ctx->plan.row, ctx->counts, ctx->att_scratch, ctx->logit_row, ctx->logits, ctx->placement};
@@ -513,7 +530,7 @@ moecl_status moecl_expert_profile_load(const moecl_model *model, const char *pat
 
 int32_t moecl_seq_length(const moecl_context *ctx, int32_t seq) {
     if (!ctx || seq < 0 || seq >= ctx->n_seq) return 0;
-    return ctx->seq_len[seq];
+    return ctx->kv.seq[seq].len;
 }
 
 moecl_status moecl_seq_truncate(moecl_context *ctx, int32_t seq, int32_t n_keep) {
@@ -522,9 +539,29 @@ moecl_status moecl_seq_truncate(moecl_context *ctx, int32_t seq, int32_t n_keep)
         return ctx_error(ctx, MOECL_ERR_INVALID_ARG, "moecl_seq_truncate: sequence %d / n_keep %d out of range",
                          seq, n_keep);
     for (int32_t s = 0; s < ctx->n_seq; s++)
-        if ((seq == -1 || s == seq) && ctx->seq_len[s] > n_keep) ctx->seq_len[s] = n_keep;
+        if (seq == -1 || s == seq) mc_kv_truncate(&ctx->kv, s, n_keep);
     return MOECL_OK;
 }
+
+moecl_status moecl_context_get_kv_info(const moecl_context *ctx, moecl_kv_info *info) {
+    if (!ctx || !info) return mc_error(MOECL_ERR_INVALID_ARG, "moecl_context_get_kv_info: NULL argument");
+    const mc_kv *kv = &ctx->kv;
+    *info = (moecl_kv_info){
+        .type = kv->type,
+        .block_cells = MC_KV_BLOCK,
+        .n_cells = (int64_t)kv->n_blocks_max * MC_KV_BLOCK,
+        .n_cells_held = (int64_t)kv->n_held * MC_KV_BLOCK,
+        .n_positions = 0,
+        .bytes_per_cell = (uint64_t)kv->block_bytes / MC_KV_BLOCK,
+        .bytes_allocated = mc_kv_bytes(kv),
+    };
+    for (int32_t s = 0; s < kv->n_seq; s++) info->n_positions += kv->seq[s].len;
+    return MOECL_OK;
+}
+
+const mc_kv *mc_context_kv(const moecl_context *ctx) { return &ctx->kv; }
+
+int64_t mc_context_experts_run(const moecl_context *ctx) { return ctx->experts_run; }
 
 void mc_context_trace(moecl_context *ctx, mc_moe_trace *trace) {
     if (ctx) ctx->trace = trace;
@@ -582,19 +619,16 @@ static moecl_status attention_block(moecl_context *ctx, int il, int64_t T) {
     qk_norm(ctx->q, L->q_norm, T, hp->n_head, hp->head_dim, per_head, hp->rms_norm_eps);
     qk_norm(ctx->k, L->k_norm, T, hp->n_head_kv, hp->head_dim, per_head, hp->rms_norm_eps);
 
-    float *kc = ctx->k_cache + (int64_t)il * ctx->n_seq * ctx->n_ctx * kv_dim;
-    float *vc = ctx->v_cache + (int64_t)il * ctx->n_seq * ctx->n_ctx * kv_dim;
     for (int64_t t = 0; t < T; t++) {
         mc_rope(ctx->q + t * q_dim, hp->n_head, hp->head_dim, ctx->tok_pos[t], hp->rope_theta, hp->rope_interleaved);
         mc_rope(ctx->k + t * kv_dim, hp->n_head_kv, hp->head_dim, ctx->tok_pos[t], hp->rope_theta, hp->rope_interleaved);
-        int64_t slot = ((int64_t)ctx->tok_seq[t] * ctx->n_ctx + ctx->tok_pos[t]) * kv_dim;
-        memcpy(kc + slot, ctx->k + t * kv_dim, (size_t)kv_dim * sizeof(float));
-        memcpy(vc + slot, ctx->v + t * kv_dim, (size_t)kv_dim * sizeof(float));
+        mc_kv_store(&ctx->kv, mc_kv_row(&ctx->kv, ctx->tok_seq[t], il, 0, ctx->tok_pos[t]), ctx->k + t * kv_dim, kv_dim);
+        mc_kv_store(&ctx->kv, mc_kv_row(&ctx->kv, ctx->tok_seq[t], il, 1, ctx->tok_pos[t]), ctx->v + t * kv_dim, kv_dim);
     }
     mc_attn_args a = {
         .T = T, .n_head = hp->n_head, .n_head_kv = hp->n_head_kv, .head_dim = hp->head_dim,
         .n_ctx = ctx->n_ctx, .window = hp->sliding_window, .seq = ctx->tok_seq, .pos = ctx->tok_pos,
-        .q = ctx->q, .k_cache = kc, .v_cache = vc, .out = ctx->att, .scratch = ctx->att_scratch,
+        .q = ctx->q, .kv = &ctx->kv, .layer = il, .out = ctx->att, .scratch = ctx->att_scratch,
         .n_threads = ctx->n_threads,
     };
     mc_attention(&a);
@@ -627,6 +661,7 @@ static moecl_status routed_experts(moecl_context *ctx, int il, int64_t T) {
     mc_route_rule(ctx->xn, L->router, T, (int)D, E, K, hp->norm_topk, ctx->r_expert, ctx->r_weight);
     if (ctx->rs) route_stats_record(ctx, il, T);
     mc_gather_plan_build(&ctx->plan, ctx->r_expert, T, K, E, place, ctx->counts);
+    ctx->experts_run += ctx->plan.n_used;
     mc_gather(&ctx->plan, ctx->xn, T, K, (int)D, ctx->gx);
 
     /* The plan orders experts by backend: each backend gets one contiguous
@@ -721,6 +756,7 @@ static void embed(moecl_context *ctx, const int32_t *tokens, int64_t T) {
 }
 
 static moecl_status decode_batch(moecl_context *ctx, const moecl_batch *batch);
+static moecl_status forward(moecl_context *ctx, const moecl_batch *batch, int64_t T);
 
 /* The entry point: weight files re-checked before, faults on them caught
  * during (guard.h). */
@@ -740,14 +776,14 @@ static moecl_status decode_batch(moecl_context *ctx, const moecl_batch *batch) {
         return ctx_error(ctx, MOECL_ERR_INVALID_ARG, "moecl_decode_batch: batch or batch->tokens is NULL");
     const moecl_model *m = ctx->model;
     const mc_hparams *hp = &m->hp;
-    const int64_t T = batch->n_tokens, D = hp->n_embd;
+    const int64_t T = batch->n_tokens;
     if (T < 1)
         return ctx_error(ctx, MOECL_ERR_INVALID_ARG, "decode: a batch of %lld tokens; at least 1 is needed",
                          (long long)T);
-    if (T > ctx->n_batch && ctx->n_seq == 1 && ctx->seq_len[0] + T > (int64_t)ctx->n_ctx)
+    if (T > ctx->n_batch && ctx->n_seq == 1 && ctx->kv.seq[0].len + T > (int64_t)ctx->n_ctx)
         return ctx_error(ctx, MOECL_ERR_CONTEXT_FULL,
                          "decode: %lld tokens do not fit in the context of %d positions (%d held, %lld too many)",
-                         (long long)T, ctx->n_ctx, ctx->seq_len[0], (long long)(ctx->seq_len[0] + T - ctx->n_ctx));
+                         (long long)T, ctx->n_ctx, ctx->kv.seq[0].len, (long long)(ctx->kv.seq[0].len + T - ctx->n_ctx));
     if (T > ctx->n_batch)
         return ctx_error(ctx, MOECL_ERR_INVALID_ARG,
                          "decode: %lld tokens in one call, more than the context's n_batch of %d (split them, or "
@@ -765,16 +801,45 @@ static moecl_status decode_batch(moecl_context *ctx, const moecl_batch *batch) {
             return ctx_error(ctx, MOECL_ERR_INVALID_ARG, "decode: token %lld has sequence %d; allowed 0..%d",
                              (long long)t, s, ctx->n_seq - 1);
         ctx->tok_seq[t] = s;
-        ctx->tok_pos[t] = ctx->seq_len[s] + ctx->seq_count[s]++;
+        ctx->tok_pos[t] = ctx->kv.seq[s].len + ctx->seq_count[s]++;
     }
     for (int32_t s = 0; s < ctx->n_seq; s++)
-        if ((int64_t)ctx->seq_len[s] + ctx->seq_count[s] > ctx->n_ctx)
+        if ((int64_t)ctx->kv.seq[s].len + ctx->seq_count[s] > ctx->n_ctx)
             return ctx_error(ctx, MOECL_ERR_CONTEXT_FULL,
                              "decode: sequence %d holds %d positions and %d more do not fit in the context of %d "
                              "(%lld too many)",
-                             s, ctx->seq_len[s], ctx->seq_count[s], ctx->n_ctx,
-                             (long long)ctx->seq_len[s] + ctx->seq_count[s] - ctx->n_ctx);
+                             s, ctx->kv.seq[s].len, ctx->seq_count[s], ctx->n_ctx,
+                             (long long)ctx->kv.seq[s].len + ctx->seq_count[s] - ctx->n_ctx);
+    /* The pool must hold every new position; all-or-nothing. */
+    int32_t need = 0;
+    for (int32_t s = 0; s < ctx->n_seq; s++)
+        if (ctx->seq_count[s]) need += mc_kv_blocks_needed(&ctx->kv, s, (int64_t)ctx->kv.seq[s].len + ctx->seq_count[s]);
+    if (need > mc_kv_available(&ctx->kv))
+        return ctx_error(ctx, MOECL_ERR_CONTEXT_FULL,
+                         "decode: the KV cache is full: this batch needs %d more blocks of %d positions and %d of the "
+                         "%d blocks (%d cells, shared by the sequences) are free",
+                         need, MC_KV_BLOCK, mc_kv_available(&ctx->kv), ctx->kv.n_blocks_max,
+                         ctx->kv.n_blocks_max * MC_KV_BLOCK);
+    moecl_status st = MOECL_OK;
+    for (int32_t s = 0; s < ctx->n_seq && !st; s++)
+        if (ctx->seq_count[s]) st = mc_kv_grow(&ctx->kv, s, (int64_t)ctx->kv.seq[s].len + ctx->seq_count[s]);
+    if (!st) st = forward(ctx, batch, T);
+    if (st) { /* give back the blocks taken for positions that were not added */
+        for (int32_t s = 0; s < ctx->n_seq; s++) mc_kv_truncate(&ctx->kv, s, ctx->kv.seq[s].len);
+        return st;
+    }
+    for (int32_t s = 0; s < ctx->n_seq; s++) ctx->kv.seq[s].len += ctx->seq_count[s];
+    if (ctx->rs) route_stats_commit(ctx);
+    ctx->last_T = (int32_t)T;
+    return MOECL_OK;
+}
 
+/* The forward pass of a validated batch whose positions have their KV
+ * blocks; the sequences' lengths are not changed here. */
+static moecl_status forward(moecl_context *ctx, const moecl_batch *batch, int64_t T) {
+    const moecl_model *m = ctx->model;
+    const mc_hparams *hp = &m->hp;
+    const int64_t D = hp->n_embd;
     /* Rows that keep logits: all, or the last token of each sequence. */
     int32_t n_out = 0;
     for (int64_t t = 0; t < T; t++) {
@@ -786,6 +851,7 @@ static moecl_status decode_batch(moecl_context *ctx, const moecl_batch *batch) {
         ctx->logit_row[t] = keep ? n_out++ : -1;
     }
     ctx->last_T = 0; /* logits are invalid until this call succeeds */
+    ctx->experts_run = 0;
 
     if (ctx->rs) route_stats_begin(ctx);
     embed(ctx, batch->tokens, T);
@@ -801,12 +867,7 @@ static moecl_status decode_batch(moecl_context *ctx, const moecl_batch *batch) {
     for (int64_t t = 0; t < T; t++)
         if (ctx->logit_row[t] >= 0)
             mc_rmsnorm(ctx->xo + (int64_t)ctx->logit_row[t] * D, ctx->x + t * D, m->out_norm, D, hp->rms_norm_eps);
-    if ((st = matmul(ctx, &m->lm_head, ctx->xo, n_out, ctx->logits))) return st;
-
-    for (int32_t s = 0; s < ctx->n_seq; s++) ctx->seq_len[s] += ctx->seq_count[s];
-    if (ctx->rs) route_stats_commit(ctx);
-    ctx->last_T = (int32_t)T;
-    return MOECL_OK;
+    return matmul(ctx, &m->lm_head, ctx->xo, n_out, ctx->logits);
 }
 
 moecl_status moecl_decode(moecl_context *ctx, const int32_t *tokens, int32_t n_tokens) {

@@ -23,17 +23,19 @@ void mc_rope(float *x, int n_heads, int head_dim, int32_t pos, float theta, bool
 /* Causal grouped-query attention for T tokens over one layer's KV cache.
  * Token t belongs to sequence seq[t] at position pos[t]; its keys are the
  * cached positions j <= pos[t] of that sequence (and j > pos[t] - window
- * when window > 0). The cache for sequence s, position j, starts at
- * k_cache + (s * n_ctx + j) * kv_dim, with kv_dim = n_head_kv * head_dim.
+ * when window > 0), read through the sequence's block table
+ * (mc_kv_row(kv, seq, layer, ..., j): F32 or F16 cells, kv_cache.h).
  * q: [T, n_head * head_dim] after RoPE; out: same shape.
- * scratch: n_threads * n_ctx floats. */
+ * scratch: n_threads * n_ctx floats (n_ctx: the most positions of a sequence). */
+struct mc_kv;
 typedef struct mc_attn_args {
     int64_t T;
     int n_head, n_head_kv, head_dim;
     int32_t n_ctx, window;
     const int32_t *seq, *pos;  /* [T] */
     const float *q;            /* [T, n_head * head_dim] */
-    const float *k_cache, *v_cache;
+    const struct mc_kv *kv;    /* the cache; every position read must be held */
+    int layer;
     float *out;                /* [T, n_head * head_dim] */
     float *scratch;
     int n_threads;

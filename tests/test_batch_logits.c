@@ -67,7 +67,8 @@ int main(int argc, char **argv) {
     /* MOECL_CPU_ISA caps, and the int8 kernels each must give to count as present */
     static const char *const levels[][2] = {{"scalar", "none"},         {"avx2", "avx2"},
                                             {"avxvnni", "avxvnni"},     {"avx512", NULL},
-                                            {"avx512vnni", "avx512vnni"}, {"auto", NULL}};
+                                            {"avx512vnni", "avx512vnni"}, {"neon", "neon"},
+                                            {"dotprod", "dotprod"},     {"auto", NULL}};
     int32_t toks[N_TOK];
     for (int i = 0; i < N_TOK; i++) toks[i] = (int32_t)((i * 37 + 11) % 250) + 3;
     int compared = 0;

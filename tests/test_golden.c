@@ -27,6 +27,9 @@
  *   quantized model), --bound the normalised error allowed (default 1e-4),
  *   --no-argmax: a quantized model may pick other tokens than the F32
  *   reference; the reference tokens are fed instead of checking argmaxes.
+ *   --kv-type f16: the KV cache in F16 cells (its bound is given with --bound),
+ *   a pool of as many cells as one sequence's n_ctx shared by the two
+ *   sequences of check 4, so their blocks interleave.
  */
 #include "test_util.h"
 
@@ -38,6 +41,7 @@
 
 static double BOUND = 1e-4; /* max|Δ| / max|ref| */
 static bool g_argmax = true;
+static moecl_dtype g_kv_type = MOECL_DTYPE_F32;
 
 static int argmax(const float *v, int n) {
     int b = 0;
@@ -154,6 +158,8 @@ static void run_checks(const moecl_model *model, const ref *r, int n_threads) {
     cp.n_threads = n_threads;
     cp.logits_all = true;
     cp.n_seq_max = 2;
+    cp.kv_type = g_kv_type;
+    if (g_kv_type == MOECL_DTYPE_F16) cp.n_kv_cells = 64;
     moecl_context *ctx = NULL;
     CHECKF(moecl_context_new(model, &cp, &ctx) == MOECL_OK, "%s", moecl_last_error());
     if (!ctx) return;
@@ -244,6 +250,10 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--logits") && i + 1 < argc) logits_file = argv[++i];
         else if (!strcmp(argv[i], "--bound") && i + 1 < argc) BOUND = atof(argv[++i]);
         else if (!strcmp(argv[i], "--no-argmax")) g_argmax = false;
+        else if (!strcmp(argv[i], "--kv-type") && i + 1 < argc && !strcmp(argv[i + 1], "f16")) {
+            g_kv_type = MOECL_DTYPE_F16;
+            i++;
+        }
         else if (argv[i][0] != '-') g_backend = argv[i];
         else {
             fprintf(stderr, "test_golden: unknown option %s\n", argv[i]);

@@ -571,7 +571,8 @@ static void test_int8_kernels(void) {
 static double worst_batch70 = 0;
 static void test_batch_rows(void) {
     static const char *const levels[][2] = {{"scalar", "none"}, {"avx2", "avx2"}, {"avxvnni", "avxvnni"},
-                                            {"avx512", NULL},   {"avx512vnni", "avx512vnni"}};
+                                            {"avx512", NULL},   {"avx512vnni", "avx512vnni"},
+                                            {"neon", "neon"},   {"dotprod", "dotprod"}};
     const int64_t rows = 97, cols = 1280, TB = 200;
     uint64_t seed = 99;
     float *wf = malloc((size_t)(rows * cols) * sizeof *wf), *X = malloc((size_t)(TB * cols) * sizeof *X);

@@ -85,6 +85,8 @@ typedef struct options {
     moecl_placement placement;
     const char *expert_profile; /* --expert-profile FILE */
     const char *calibrate;      /* --calibrate TEXTFILE */
+    moecl_dtype kv_type;  /* --kv-type */
+    int kv_cells;         /* --kv-cells; 0: the library's default */
 } options;
 
 /* The routing frequencies the planner places by, loaded with the model from
@@ -257,6 +259,13 @@ static int parse_options(int argc, char **argv, int first, bool bench, options *
             else if (!strcmp(v, "f16")) o->device_dtype = MOECL_DTYPE_F16;
             else return usage_error("unknown device dtype %s (f32, f16)", v);
         }
+        else if (!strcmp(a, "--kv-type")) {
+            NEED();
+            if (!strcmp(v, "f32")) o->kv_type = MOECL_DTYPE_F32;
+            else if (!strcmp(v, "f16")) o->kv_type = MOECL_DTYPE_F16;
+            else return usage_error("unknown KV cache type %s (f32, f16)", v);
+        }
+        else if (!strcmp(a, "--kv-cells")) INT(o->kv_cells, 1, INT_MAX);
         else if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) o->verbose = true;
         else return usage_error("unknown option %s", a);
 #undef NEED
@@ -623,6 +632,8 @@ static moecl_context_params context_params(const options *o) {
     if (o->device_dtype != MOECL_DTYPE_COUNT) cp.device_dtype = o->device_dtype;
     cp.placement = o->placement;
     cp.expert_freq = g_expert_freq;
+    cp.kv_type = o->kv_type;
+    cp.n_kv_cells = (uint32_t)o->kv_cells;
     return cp;
 }
 
@@ -1272,7 +1283,8 @@ static const usage_entry k_usage[] = {
     {"info", "  moecl info     [-m PATH] [backend options]    # shape, parameters, where each expert runs\n", true},
     {"devices", "  moecl devices                               # OpenCL platforms and devices\n", false},
     {"bench", "  moecl bench    [-m PATH] [-p 128] [-n 64] [-t THREADS] [-r REPS] [backend options]\n"
-              "  moecl bench    --parallel 1,2,4,8 -m PATH [-p 32] [-n 32] [-t THREADS] [-r REPS]  # B sequences per step\n",
+              "  moecl bench    --parallel 1,2,4,8 -m PATH [-p 32] [-n 32] [-t THREADS] [-r REPS]  # B sequences per step\n"
+              "                 [--kv-type f32|f16] [--bw GB/s --gflops GFLOP/s]  # roofline fraction per B\n",
      true},
     {"generate", "  moecl generate DIR [--preset mini|default|tiny] [--dtype f32|f16|bf16] [--seed S]\n"
                  "                 [--vocab N --hidden N --ff N --layers N --heads N --kv-heads N --head-dim N\n"
@@ -1301,7 +1313,9 @@ static const char k_backend_help[] =
     "  --expert-profile FILE       routing frequencies (moecl stats --save-profile): hot experts\n"
     "                              go to the devices first\n"
     "  --calibrate TEXTFILE        measure the routing frequencies on this text first (up to 8192\n"
-    "                              tokens on the CPU), then place by them\n";
+    "                              tokens on the CPU), then place by them\n"
+    "  --kv-type f32|f16           KV cache cells (f16: half the memory; README: Limits and promises)\n"
+    "  --kv-cells N                KV cells shared by all sequences (default: every sequence full)\n";
 
 static void help(void) {
     printf("moecl %s - Mixture-of-Experts inference\n\nusage:\n", moecl_version());

@@ -812,6 +812,13 @@ int cmd_serve(int argc, char **argv) {
             else if (!strcmp(v, "f16")) ep.context.device_dtype = MOECL_DTYPE_F16;
             else return usage("unknown device dtype %s (f32, f16)", v);
         }
+        else if (!strcmp(a, "--kv-type")) {
+            NEED();
+            if (!strcmp(v, "f32")) ep.context.kv_type = MOECL_DTYPE_F32;
+            else if (!strcmp(v, "f16")) ep.context.kv_type = MOECL_DTYPE_F16;
+            else return usage("unknown KV cache type %s (f32, f16)", v);
+        }
+        else if (!strcmp(a, "--kv-cells")) { LONG(x, 1, INT_MAX); ep.context.n_kv_cells = (uint32_t)x; }
         else if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) verbose = true;
         else return usage("unknown option %s", a);
 #undef NEED

@@ -37,7 +37,7 @@ set -u
 cd "$(dirname "$0")/.."
 # Chosen by name, so that a new test joins only when it fits this list (every golden and
 # tokenizer test does); then the exclusions above.
-run='^(kernels-qemu-.*|safetensors|hf_config|quant|ops|model_errors|decode|gguf|gguf_model|golden-.*|tokenizer.*|example_embed|exports|needed|no-opencl-.*|fuzz_.*_replay)$'
+run='^(kernels-qemu-.*|safetensors|hf_config|quant|ops|model_errors|decode|gguf|gguf_model|golden-.*|tokenizer.*|example_embed|batch_logits|exports|needed|no-opencl-.*|fuzz_.*_replay)$'
 leave_out='^(golden-.*opencl.*|no-opencl-ns|golden-gguf-(q8_0-)?cpu-.*|tokenizer_chat_cli)$'
 ninja -C build-aarch64 >/dev/null || exit 1
 tests=$(meson test -C build-aarch64 --list --no-rebuild 2>/dev/null | grep -E "$run" | grep -v -E "$leave_out")
