@@ -1097,6 +1097,7 @@ static void ensure_fast_blas(char **argv) {
 
 int cmd_serve(int argc, char **argv);          /* tools/serve.c */
 int cmd_bench_parallel(int argc, char **argv); /* tools/bench_parallel.c */
+int cmd_perplexity(int argc, char **argv);     /* tools/perplexity.c */
 
 /* Each subcommand's usage; `moecl help` prints them all, `moecl CMD --help` its own. */
 typedef struct usage_entry {
@@ -1130,6 +1131,10 @@ static const usage_entry k_usage[] = {
     {"quantize", "  moecl quantize IN OUT.gguf [TYPE] [-t THREADS] [--allow-requantize]\n"
                  "                 # TYPE: q4_K_M (default), q4_K_S, q5_K_M, q5_K_S, q6_K, q8_0, q4_0,\n"
                  "                 # q4_K, q5_K (every matrix that type), f16, bf16, f32\n", false},
+    {"perplexity", "  moecl perplexity -m PATH (-f TEXT | --tokens IDS) [-c 512] [-b 512] [-t THREADS] [--chunks N]\n"
+                   "                 [--kl-save FILE [--kl-top-k 64] | --kl-base FILE]\n"
+                   "                 # llama.cpp-style chunked PPL; KL divergence and top-1 agreement vs a base\n",
+     false},
 };
 #define N_USAGE (int)(sizeof k_usage / sizeof k_usage[0])
 
@@ -1183,6 +1188,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "detokenize")) return cmd_detokenize(argc, argv);
     if (!strcmp(cmd, "quantize")) return cmd_quantize(argc, argv);
     if (!strcmp(cmd, "serve")) return cmd_serve(argc, argv); /* tools/serve.c */
+    if (!strcmp(cmd, "perplexity")) return cmd_perplexity(argc, argv); /* tools/perplexity.c */
     for (int i = 2; !strcmp(cmd, "bench") && i < argc; i++)
         if (!strcmp(argv[i], "--parallel")) return cmd_bench_parallel(argc, argv); /* tools/bench_parallel.c */
     options o = {0};
