@@ -12,6 +12,8 @@ cd "$(dirname "$0")/.."
 PACKAGES="gcc libc6-dev meson ninja-build pkg-config libopenblas-dev libcjson-dev \
 opencl-headers ocl-icd-libopencl1 libclblast-dev pocl-opencl-icd mesa-opencl-icd clinfo \
 clang libclang-rt-14-dev libomp-14-dev libmicrohttpd-dev libpcre2-dev libutf8proc-dev valgrind"
+# train: the default model's training text (tools/train_moe.py; the World English Bible)
+PACKAGES="$PACKAGES sword-text-web diatheke"
 
 missing=""
 for p in $PACKAGES; do
