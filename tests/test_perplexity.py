@@ -157,6 +157,13 @@ def with_numpy():
     check(abs(s["max"] - ks[-1]) < 1e-5 + 1e-4 * ks[-1], f"max {s['max']} vs numpy {ks[-1]:.6f}")
     check(abs(s["top1"] - top1) < 1e-3, f"top-1 agreement {s['top1']} vs numpy {top1:.4f}")
     check(kl.mean() > 1e-4, "the Q4_0 copy differs (KL > 0)")
+    # A top-16 file holds the 16 largest of the full one, most likely first.
+    f16 = os.path.join(WORK, "top16.kl")
+    run("-m", TINY, "--tokens", ids, "-c", "64", "-t", "1", "--kl-save", f16, "--kl-top-k", "16")
+    _, k16, ti, tl = read_kl(f16)
+    order = np.argsort(-P, axis=1, kind="stable")[:, :16]
+    check(k16 == 16 and np.array_equal(ti, order) and np.array_equal(tl, np.take_along_axis(P, order, 1)),
+          "top-16 ids and log-probabilities are the full file's 16 largest, in order")
 
 
 def default():

@@ -37,6 +37,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -221,6 +222,35 @@ static int pair_desc(const void *a, const void *b) {
     return x->id < y->id ? -1 : x->id > y->id;
 }
 
+/* pair_desc order: is a before b? */
+static bool before(pair a, pair b) { return a.v > b.v || (a.v == b.v && a.id < b.id); }
+
+/* The k largest logits, most likely first (ties: lower id first), into
+ * out[0..k): a heap of the k best so far whose root is the worst of them,
+ * O(n log k) rather than sorting the whole vocabulary at every position. */
+static void top_k_select(const float *lg, int32_t n, uint32_t k, pair *out) {
+    uint32_t m = 0;
+    for (int32_t v = 0; v < n; v++) {
+        pair x = {lg[v], v};
+        uint32_t i;
+        if (m < k) {
+            for (i = m++; i > 0 && before(out[(i - 1) / 2], x); i = (i - 1) / 2) out[i] = out[(i - 1) / 2];
+            out[i] = x;
+        } else if (before(x, out[0])) {
+            for (i = 0;;) {
+                uint32_t c = 2 * i + 1;
+                if (c >= m) break;
+                if (c + 1 < m && before(out[c], out[c + 1])) c++;
+                if (!before(x, out[c])) break;
+                out[i] = out[c];
+                i = c;
+            }
+            out[i] = x;
+        }
+    }
+    qsort(out, m, sizeof *out, pair_desc);
+}
+
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
@@ -384,8 +414,7 @@ int cmd_perplexity(int argc, char **argv) {
                 nll2 += x * x;
                 count++;
                 if (kl_save) {
-                    for (int32_t v = 0; v < n_vocab; v++) pairs[v] = (pair){lg[v], v};
-                    qsort(pairs, (size_t)n_vocab, sizeof *pairs, pair_desc);
+                    top_k_select(lg, n_vocab, k, pairs);
                     for (uint32_t i = 0; i < k; i++) {
                         int32_t id = pairs[i].id;
                         float lp = (float)((double)pairs[i].v - lse);
