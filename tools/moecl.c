@@ -1,7 +1,7 @@
 /*
  * moecl - the command-line tool. Each subcommand is also an example of the
  * library API (include/moecl.h); nothing here reaches inside the library but
- * the GGUF dump of `info` and the atomic file writer (default model).
+ * the GGUF dump of `info`.
  *
  *   moecl run      [-m PATH] [-p TEXT | -f FILE | --tokens 1,2,3] [-n N] [sampling options] [-t N] [-c N] [--ids]
  *   moecl tokenize   [-m PATH] [--no-bos] [--special] (-p TEXT | -f FILE)
@@ -23,7 +23,6 @@
 #include <sys/resource.h>
 
 #include "backend/cpu/kernels.h" /* mc_cpu_isa, for 'moecl info' */
-#include "formats/atomic_file.h" /* internal: the one way moecl writes files */
 #include "gguf_dump.h"
 #include <signal.h>
 #include <sys/stat.h>
@@ -290,7 +289,8 @@ static bool progress_bar(float f, void *user) {
     return true;
 }
 
-/* The default model: random weights, written on first use. */
+/* Shape of `moecl generate --preset default`: a small random model for benchmarks
+ * (the default model itself is the trained one committed in models/default). */
 static moecl_random_model_params default_model_params(void) {
     moecl_random_model_params p = moecl_random_model_default_params();
     p.n_embd = 256;
@@ -302,33 +302,8 @@ static moecl_random_model_params default_model_params(void) {
     return p;
 }
 
-/* Copy src to dst (the repository's tokenizer.json into the default model). */
-static bool copy_file(const char *src, const char *dst) {
-    FILE *in = fopen(src, "rb");
-    if (!in) return false;
-    mc_afile out;
-    bool ok = mc_afile_open(&out, dst, 0) == MOECL_OK;
-    char chunk[65536];
-    size_t n;
-    while (ok && (n = fread(chunk, 1, sizeof chunk, in)) > 0) ok = mc_afile_write(&out, chunk, n) == MOECL_OK;
-    ok = ok && !ferror(in);
-    fclose(in);
-    if (ok) return mc_afile_commit(&out) == MOECL_OK;
-    mc_afile_discard(&out);
-    return false;
-}
-
-/* The default model's tokenizer is the Mistral v1 vocabulary committed at
- * models/tokenizer.json (its vocabulary size, 32000, is the model's). */
-static void ensure_default_tokenizer(const char *dir) {
-    char dst[4200], src[4200];
-    snprintf(dst, sizeof dst, "%s/tokenizer.json", dir);
-    snprintf(src, sizeof src, "%s/tokenizer.json", MOECL_MODELS_DIR);
-    struct stat sb;
-    if (stat(dst, &sb) == 0 || stat(src, &sb) != 0) return;
-    if (!copy_file(src, dst)) fprintf(stderr, "moecl: warning: cannot copy %s to %s\n", src, dst);
-}
-
+/* Without -m: $MOECL_MODEL, else the small trained model committed in
+ * models/default (tools/train_moe.py, models/README.md). */
 static const char *resolve_model(const options *o, char *buf, size_t len) {
     if (o->model) return o->model;
     const char *env = getenv("MOECL_MODEL");
@@ -338,15 +313,10 @@ static const char *resolve_model(const options *o, char *buf, size_t len) {
     snprintf(probe, sizeof probe, "%s/model.safetensors", buf);
     struct stat sb;
     if (stat(probe, &sb) != 0) {
-        fprintf(stderr, "moecl: writing the default model (RANDOM weights, output is noise) to %s\n", buf);
-        moecl_random_model_params p = default_model_params();
-        moecl_status st = moecl_random_model_write(buf, &p, isatty(2) ? progress_bar : NULL, "writing");
-        if (st) {
-            fail("cannot write the default model", st);
-            return NULL;
-        }
+        fprintf(stderr, "moecl: the default model %s is missing (it is committed with the repository): "
+                "give -m PATH or set MOECL_MODEL\n", probe);
+        return NULL;
     }
-    ensure_default_tokenizer(buf);
     return buf;
 }
 
@@ -1261,6 +1231,7 @@ static void ensure_fast_blas(char **argv) {
 int cmd_serve(int argc, char **argv);          /* tools/serve.c */
 int cmd_bench_parallel(int argc, char **argv); /* tools/bench_parallel.c */
 int cmd_stats(int argc, char **argv);          /* tools/stats.c */
+int cmd_perplexity(int argc, char **argv);     /* tools/perplexity.c */
 
 /* Each subcommand's usage; `moecl help` prints them all, `moecl CMD --help` its own. */
 typedef struct usage_entry {
@@ -1299,6 +1270,10 @@ static const usage_entry k_usage[] = {
     {"quantize", "  moecl quantize IN OUT.gguf [TYPE] [-t THREADS] [--allow-requantize]\n"
                  "                 # TYPE: q4_K_M (default), q4_K_S, q5_K_M, q5_K_S, q6_K, q8_0, q4_0,\n"
                  "                 # q4_K, q5_K (every matrix that type), f16, bf16, f32\n", false},
+    {"perplexity", "  moecl perplexity -m PATH (-f TEXT | --tokens IDS) [-c 512] [-b 512] [-t THREADS] [--chunks N]\n"
+                   "                 [--kl-save FILE [--kl-top-k 64] | --kl-base FILE]\n"
+                   "                 # llama.cpp-style chunked PPL; KL divergence and top-1 agreement vs a base\n",
+     false},
 };
 #define N_USAGE (int)(sizeof k_usage / sizeof k_usage[0])
 
@@ -1323,8 +1298,8 @@ static void help(void) {
     printf("\nbackend options (run, chat, info, bench):\n%s\n", k_backend_help);
     printf("PATH is a Hugging Face model directory or a GGUF file (for tokenize/detokenize also a\n"
            "tokenizer.json).\n"
-           "Without -m: $MOECL_MODEL, else the default model (random weights) in %s/default,\n"
-           "written on first use, whose tokenizer is models/tokenizer.json (Mistral v1 vocabulary).\n"
+           "Without -m: $MOECL_MODEL, else the default model in %s/default: a small Mixtral\n"
+           "trained on the World English Bible (models/README.md), Mistral v1 vocabulary.\n"
            "--special: \"<s>\", \"</s>\" in the text are the special tokens, not plain text\n"
            "(detokenize: print special tokens).\n",
            MOECL_MODELS_DIR);
@@ -1361,6 +1336,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "quantize")) return cmd_quantize(argc, argv);
     if (!strcmp(cmd, "serve")) return cmd_serve(argc, argv); /* tools/serve.c */
     if (!strcmp(cmd, "stats")) return cmd_stats(argc, argv); /* tools/stats.c */
+    if (!strcmp(cmd, "perplexity")) return cmd_perplexity(argc, argv); /* tools/perplexity.c */
     for (int i = 2; !strcmp(cmd, "bench") && i < argc; i++)
         if (!strcmp(argv[i], "--parallel")) return cmd_bench_parallel(argc, argv); /* tools/bench_parallel.c */
     options o = {0};
