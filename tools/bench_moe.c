@@ -8,7 +8,7 @@
  * MODEL_DIR is written as "mixtral-mini" random weights when it does not
  * exist. The device: $MOECL_DEVICE, else the first OpenCL device.
  *
- * --gemm: one expert's FFN (layer 0, expert 0, F32 weights) for ROWS token
+ * --gemm: one expert's FFN (expert 0 of the first MoE layer, F32 weights) for ROWS token
  * rows (default 32 128 512) on the OpenCL device, three ways: our _tiled
  * and _blk kernels (the backend's moe_submit/moe_wait, weights resident) and
  * CLBlast's SGEMM for the three products (the SiLU·mul between them, a
@@ -52,7 +52,16 @@ static int cmp_d(const void *a, const void *b) {
 
 #define REPS 5
 
-/* Median seconds of the backend's expert FFN over T rows of expert 0, layer 0. */
+/* The first layer with routed experts (a Qwen-MoE model's first layers may
+ * be dense, with no experts); -1 when none has. */
+static int first_moe_layer(const moecl_model *m) {
+    for (int il = 0; il < m->hp.n_layer; il++)
+        if (m->layers[il].experts) return il;
+    return -1;
+}
+
+/* Median seconds of the backend's expert FFN over T rows of expert 0 of the
+ * first MoE layer. */
 static double time_backend(const moecl_model *m, const char *prompt_kernels, int T) {
     setenv("MOECL_CL_PROMPT", prompt_kernels, 1);
     const int L = m->hp.n_layer, E = m->hp.n_expert, D = m->hp.n_embd;
@@ -69,7 +78,7 @@ static double time_backend(const moecl_model *m, const char *prompt_kernels, int
     for (int64_t i = 0; i < (int64_t)T * D; i++) X[i] = (float)((i * 7919) % 1000) / 1000.0f - 0.5f;
     int id = 0;
     int64_t offs[2] = {0, T};
-    mc_moe_work w = {.layer = 0, .n_used = 1, .expert_ids = &id, .offsets = offs, .X = X, .Y = Y};
+    mc_moe_work w = {.layer = first_moe_layer(m), .n_used = 1, .expert_ids = &id, .offsets = offs, .X = X, .Y = Y};
     double t[REPS + 1];
     for (int r = 0; r <= REPS; r++) {
         double t0 = now_s();
@@ -97,7 +106,7 @@ static double time_clblast(const moecl_model *m, int T) {
         exit(1);
     }
     const size_t D = (size_t)m->hp.n_embd, F = (size_t)m->hp.n_ff;
-    const mc_expert *x = &m->layers[0].experts[0];
+    const mc_expert *x = &m->layers[first_moe_layer(m)].experts[0];
     cl_int err;
     cl_context ctx = clCreateContext(NULL, 1, &dev.id, NULL, NULL, &err);
     cl_command_queue q = clCreateCommandQueue(ctx, dev.id, 0, &err);
@@ -150,6 +159,11 @@ static int bench_gemm(int argc, char **argv) {
     moecl_model *m = NULL;
     if (moecl_model_load(argv[2], NULL, &m)) {
         fprintf(stderr, "%s\n", moecl_last_error());
+        return 1;
+    }
+    if (first_moe_layer(m) < 0) {
+        fprintf(stderr, "%s: no layer has routed experts\n", argv[2]);
+        moecl_model_free(m);
         return 1;
     }
     const double flops = 6.0 * m->hp.n_embd * m->hp.n_ff; /* per row: three products */
