@@ -455,7 +455,10 @@ static moecl_status routed_experts(moecl_context *ctx, int il, int64_t T) {
     const int K = hp->n_expert_used, E = hp->n_expert;
     const uint8_t *place = ctx->placement + (int64_t)il * E;
 
+    mc_moe_trace *tr = ctx->trace ? &ctx->trace[il] : NULL;
+    const int64_t t_route = tr ? mc_now_ns() : 0;
     mc_route_rule(ctx->xn, L->router, T, (int)D, E, K, hp->norm_topk, ctx->r_expert, ctx->r_weight);
+    const int64_t t_gather = tr ? mc_now_ns() : 0;
     mc_gather_plan_build(&ctx->plan, ctx->r_expert, T, K, E, place, ctx->counts);
     mc_gather(&ctx->plan, ctx->xn, T, K, (int)D, ctx->gx);
 
@@ -470,8 +473,11 @@ static moecl_status routed_experts(moecl_context *ctx, int il, int64_t T) {
         while (i < ctx->plan.n_used && place[ctx->plan.order[i]] == b) i++;
     }
     first[ctx->n_backends] = i;
-    mc_moe_trace *tr = ctx->trace ? &ctx->trace[il] : NULL;
-    if (tr) *tr = (mc_moe_trace){.t_begin = mc_now_ns(), .device_ns = -1, .async_first = true};
+    if (tr) {
+        const int64_t now = mc_now_ns();
+        *tr = (mc_moe_trace){.route_ns = t_gather - t_route, .gather_ns = now - t_gather, .t_begin = now,
+                             .device_ns = -1, .async_first = true};
+    }
     moecl_status st = MOECL_OK;
     bool submitted[MAX_BACKENDS] = {false};
     for (int pass = 0; pass < 2; pass++) {
@@ -509,6 +515,7 @@ static moecl_status routed_experts(moecl_context *ctx, int il, int64_t T) {
     if (tr) tr->t_end = mc_now_ns();
     if (st) return ctx_keep(ctx, st);
     mc_scatter_add(&ctx->plan, ctx->gy, ctx->r_weight, T, K, (int)D, ctx->x);
+    if (tr) tr->scatter_ns = mc_now_ns() - tr->t_end;
     return MOECL_OK;
 }
 
