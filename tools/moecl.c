@@ -67,6 +67,7 @@ typedef struct options {
     int n_ctx;
     int n_prompt;   /* bench */
     int reps;       /* bench */
+    int depth;      /* bench: generation starts after this many prompt tokens; -1: the whole prompt */
     bool ids_json;
     bool no_bos;        /* tokenize, run: no BOS */
     bool parse_special; /* tokenize, run: "<s>" in the text is the special token */
@@ -121,6 +122,7 @@ static int parse_options(int argc, char **argv, int first, bool bench, options *
     o->n_predict = 32;
     o->n_prompt = 128;
     o->reps = 3;
+    o->depth = -1;
     for (int i = first; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -142,6 +144,7 @@ static int parse_options(int argc, char **argv, int first, bool bench, options *
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) INT(o->n_threads, 1, 1024);
         else if (!strcmp(a, "-c") || !strcmp(a, "--ctx-size")) INT(o->n_ctx, 1, (long)MOECL_MAX_CTX);
         else if (!strcmp(a, "-r") || !strcmp(a, "--repetitions")) INT(o->reps, 1, 1000);
+        else if ((!strcmp(a, "-d") || !strcmp(a, "--depth")) && bench) INT(o->depth, 0, 1 << 20);
         else if (!strcmp(a, "--seed")) { NEED(); o->sp.seed = strtoull(v, NULL, 0); }
         else if (!strcmp(a, "--temp")) FLT(o->sp.temperature);
         else if (!strcmp(a, "--top-k")) INT(o->sp.top_k, 0, INT_MAX);
@@ -874,7 +877,12 @@ static int cmd_bench(const options *o) {
     rc = 1;
     moecl_model_info in;
     moecl_model_get_info(model, &in);
-    const int np = o->n_prompt, ng = o->n_predict;
+    const int np = o->n_prompt, ng = o->n_predict, depth = o->depth;
+    if (depth > np) {
+        fprintf(stderr, "moecl: bench: -d %d is deeper than the prompt of %d tokens (-p)\n", depth, np);
+        moecl_model_free(model);
+        return 2;
+    }
     int32_t *toks = malloc((size_t)(np > 1 ? np : 1) * sizeof *toks);
     double *pp = calloc((size_t)o->reps, sizeof(double)), *tg = calloc((size_t)o->reps, sizeof(double));
     if (!toks || !pp || !tg) goto done;
@@ -896,7 +904,10 @@ static int cmd_bench(const options *o) {
         double t0 = now_s();
         if ((st = moecl_decode(ctx, toks, np))) { fail("decode", st); goto done; }
         pp[r] = np / (now_s() - t0);
-        int32_t tok = toks[np - 1];
+        /* Generation from the prompt's end, or from depth d (-d 0: an
+         * empty cache, as llama-bench's tg runs). */
+        int32_t tok = toks[depth > 0 ? depth - 1 : np - 1];
+        if (depth >= 0) moecl_seq_truncate(ctx, -1, depth);
         t0 = now_s();
         for (int i = 0; i < ng; i++)
             if ((st = moecl_decode(ctx, &tok, 1))) { fail("decode", st); goto done; }
@@ -916,8 +927,8 @@ static int cmd_bench(const options *o) {
     printf("peak RSS: %.2f GB (%.2f x the weights)\n", (double)ru.ru_maxrss * 1024 / 1e9,
            (double)ru.ru_maxrss * 1024 / (double)total);
     printf("pp%d: %.2f tokens/s (median of %d)\n", np, pp[o->reps / 2], o->reps);
-    printf("tg%d: %.2f tokens/s (median of %d), %.2f GB/s of weights read\n", ng, tg[o->reps / 2], o->reps,
-           tg[o->reps / 2] * active / 1e9);
+    printf("tg%d: %.2f tokens/s (median of %d), %.2f GB/s of weights read, from depth %d\n", ng, tg[o->reps / 2],
+           o->reps, tg[o->reps / 2] * active / 1e9, depth >= 0 ? depth : np);
     rc = 0;
 done:
     free(toks);
@@ -1163,7 +1174,8 @@ static const usage_entry k_usage[] = {
              "                 # (mistral, chatml, qwen2, qwen2.5, qwen3, olmoe): default, the model's template\n", true},
     {"info", "  moecl info     [-m PATH] [backend options]    # shape, parameters, where each expert runs\n", true},
     {"devices", "  moecl devices                               # OpenCL platforms and devices\n", false},
-    {"bench", "  moecl bench    [-m PATH] [-p 128] [-n 64] [-t THREADS] [-r REPS] [backend options]\n"
+    {"bench", "  moecl bench    [-m PATH] [-p 128] [-n 64] [-d DEPTH] [-t THREADS] [-r REPS] [backend options]\n"
+              "                 # -d: generation after DEPTH prompt tokens (default all; 0: llama-bench's tg)\n"
               "  moecl bench    --parallel 1,2,4,8 -m PATH [-p 32] [-n 32] [-t THREADS] [-r REPS]  # B sequences per step\n",
      true},
     {"generate", "  moecl generate DIR [--preset mini|default|tiny|qwen3-laptop] [--dtype f32|f16|bf16] [--seed S]\n"
