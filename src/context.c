@@ -53,6 +53,7 @@ struct moecl_context {
     int32_t *tok_seq, *tok_pos; /* [B] */
     int32_t *r_expert;    /* [B, top-k] */
     float *r_weight;      /* [B, top-k] */
+    float *r_logits;      /* [B, n_expert] router logits, then probabilities */
     float *gx, *gy;       /* [B * top-k, n_embd] gathered rows, expert outputs */
     float *fh1, *fh3;     /* [B, max(n_ff_dense, n_ff_shexp)] a dense FFN's hidden activations */
     mc_gather_plan plan;
@@ -265,6 +266,7 @@ static moecl_status context_new(const moecl_model *model, const moecl_context_pa
     ctx->tok_pos = calloc(B, sizeof(int32_t));
     ctx->r_expert = calloc(B * K, sizeof(int32_t));
     ctx->r_weight = alloc_floats(B, K, &ok);
+    ctx->r_logits = alloc_floats(B, (size_t)hp->n_expert, &ok);
     ctx->gx = alloc_floats(B * K, D, &ok);
     ctx->gy = alloc_floats(B * K, D, &ok);
     size_t F_host = hp->shared_expert ? (size_t)hp->n_ff_shexp : 0; /* the FFNs the host runs */
@@ -304,7 +306,7 @@ void moecl_context_free(moecl_context *ctx) {
     for (int i = 0; i < ctx->n_backends; i++) mc_backend_free(ctx->backends[i]);
     void *bufs[] = {ctx->k_cache, ctx->v_cache, ctx->seq_len, ctx->seq_count, ctx->x, ctx->xn, ctx->xo, ctx->q,
                     ctx->k, ctx->v, ctx->att, ctx->proj, ctx->tok_seq, ctx->tok_pos, ctx->r_expert,
-                    ctx->r_weight, ctx->gx, ctx->gy, ctx->fh1, ctx->fh3, ctx->plan.order, ctx->plan.offsets,
+                    ctx->r_weight, ctx->r_logits, ctx->gx, ctx->gy, ctx->fh1, ctx->fh3, ctx->plan.order, ctx->plan.offsets,
                     ctx->plan.row, ctx->counts, ctx->att_scratch, ctx->logit_row, ctx->logits, ctx->placement};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     free(ctx);
@@ -457,7 +459,14 @@ static moecl_status routed_experts(moecl_context *ctx, int il, int64_t T) {
 
     mc_moe_trace *tr = ctx->trace ? &ctx->trace[il] : NULL;
     const int64_t t_route = tr ? mc_now_ns() : 0;
-    mc_route_rule(ctx->xn, L->router, T, (int)D, E, K, hp->norm_topk, ctx->r_expert, ctx->r_weight);
+    /* Router logits through the backend's matrix product (threaded; SGEMM
+     * for a prompt): a loop of dot products here cost as much as a layer's
+     * experts at 128 experts (bench-moe --layers). */
+    const mc_tensor router = {.type = MOECL_DTYPE_F32, .rows = E, .cols = D, .data = L->router,
+                              .nbytes = (size_t)E * (size_t)D * sizeof(float)};
+    moecl_status st = matmul(ctx, &router, ctx->xn, T, ctx->r_logits);
+    if (st) return st;
+    mc_route_logits(ctx->r_logits, T, E, K, hp->norm_topk, ctx->r_expert, ctx->r_weight);
     const int64_t t_gather = tr ? mc_now_ns() : 0;
     mc_gather_plan_build(&ctx->plan, ctx->r_expert, T, K, E, place, ctx->counts);
     mc_gather(&ctx->plan, ctx->xn, T, K, (int)D, ctx->gx);
@@ -478,7 +487,6 @@ static moecl_status routed_experts(moecl_context *ctx, int il, int64_t T) {
         *tr = (mc_moe_trace){.route_ns = t_gather - t_route, .gather_ns = now - t_gather, .t_begin = now,
                              .device_ns = -1, .async_first = true};
     }
-    moecl_status st = MOECL_OK;
     bool submitted[MAX_BACKENDS] = {false};
     for (int pass = 0; pass < 2; pass++) {
         const bool async = pass == 0;
