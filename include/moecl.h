@@ -523,19 +523,32 @@ MOECL_API void moecl_sampler_reset(moecl_sampler *sampler);
 
 typedef struct moecl_random_model_params {
     int32_t n_vocab, n_embd, n_ff, n_layer, n_head, n_head_kv, head_dim; /* head_dim 0: n_embd / n_head */
-    int32_t n_expert, n_expert_used, n_ctx_train;
+    int32_t n_expert, n_expert_used, n_ctx_train;  /* n_ff: one routed expert's FFN width */
     float rope_theta, rms_norm_eps;
     moecl_dtype dtype;    /* F32, F16 or BF16 */
     uint64_t seed;
+    /* The family and its options. */
+    const char *arch;       /* "mixtral" (or NULL), "qwen3moe", "qwen2moe", "olmoe" (moecl info's names) */
+    int32_t n_dense_layers; /* the first N layers have a dense FFN (mlp_only_layers; qwen2moe, qwen3moe only) */
+    int32_t n_ff_dense;     /* their FFN width; 0: n_ff * n_expert_used */
+    int32_t n_ff_shexp;     /* qwen2moe: the shared expert's FFN width; 0: n_ff * n_expert_used */
+    int32_t norm_topk;      /* renormalise the top-k router weights: 1 yes, 0 no, -1 the family's usual
+                             * choice (mixtral and qwen3moe yes; qwen2moe and olmoe no; mixtral has only yes) */
+    int32_t bos_id, eos_id; /* config.json's bos_token_id / eos_token_id; -1: not written */
 } moecl_random_model_params;
 
 /* The "mixtral-mini" shape: vocab 32000, hidden 1024, 8 layers, 16 heads,
- * 4 kv heads, 8 experts, top-2, intermediate 3584, F32. */
+ * 4 kv heads, 8 experts, top-2, intermediate 3584, F32; arch NULL
+ * (Mixtral), no dense layers, norm_topk -1, bos 1, eos 2. */
 MOECL_API moecl_random_model_params moecl_random_model_default_params(void);
 
-/* Write a Hugging Face Mixtral directory (config.json, model.safetensors)
- * with deterministic random weights at dir (created if missing). The config
- * says the weights are random. progress may be NULL. */
+/* Write a Hugging Face model directory of the family params->arch names
+ * (config.json, model.safetensors; the tensor names and config keys of the
+ * family's transformers class) with deterministic random weights at dir
+ * (created if missing). The config says the weights are random; no
+ * tokenizer is written. A shape the family cannot have (dense layers in
+ * Mixtral or OLMoE, OLMoE with head_dim != n_embd / n_head) is
+ * MOECL_ERR_INVALID_ARG. progress may be NULL. */
 MOECL_API moecl_status moecl_random_model_write(const char *dir, const moecl_random_model_params *params,
                                                 moecl_progress_fn progress, void *progress_user_data);
 

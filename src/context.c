@@ -55,6 +55,7 @@ struct moecl_context {
     int32_t *tok_seq, *tok_pos; /* [B] */
     int32_t *r_expert;    /* [B, top-k] */
     float *r_weight;      /* [B, top-k] */
+    float *r_logits;      /* [B, n_expert] router logits, then probabilities */
     float *gx, *gy;       /* [B * top-k, n_embd] gathered rows, expert outputs */
     float *fh1, *fh3;     /* [B, max(n_ff_dense, n_ff_shexp)] a dense FFN's hidden activations */
     mc_gather_plan plan;
@@ -421,6 +422,7 @@ static moecl_status context_new(const moecl_model *model, const moecl_context_pa
     ctx->tok_pos = calloc(B, sizeof(int32_t));
     ctx->r_expert = calloc(B * K, sizeof(int32_t));
     ctx->r_weight = alloc_floats(B, K, &ok);
+    ctx->r_logits = alloc_floats(B, (size_t)hp->n_expert, &ok);
     ctx->gx = alloc_floats(B * K, D, &ok);
     ctx->gy = alloc_floats(B * K, D, &ok);
     size_t F_host = hp->shared_expert ? (size_t)hp->n_ff_shexp : 0; /* the FFNs the host runs */
@@ -464,7 +466,7 @@ void moecl_context_free(moecl_context *ctx) {
     mc_kv_free(&ctx->kv);
     void *bufs[] = {ctx->seq_count, ctx->x, ctx->xn, ctx->xo, ctx->q,
                     ctx->k, ctx->v, ctx->att, ctx->proj, ctx->tok_seq, ctx->tok_pos, ctx->r_expert,
-                    ctx->r_weight, ctx->gx, ctx->gy, ctx->fh1, ctx->fh3, ctx->plan.order, ctx->plan.offsets,
+                    ctx->r_weight, ctx->r_logits, ctx->gx, ctx->gy, ctx->fh1, ctx->fh3, ctx->plan.order, ctx->plan.offsets,
                     ctx->plan.row, ctx->counts, ctx->att_scratch, ctx->logit_row, ctx->logits, ctx->placement};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     route_stats_free(ctx->rs);
@@ -658,8 +660,18 @@ static moecl_status routed_experts(moecl_context *ctx, int il, int64_t T) {
     const int K = hp->n_expert_used, E = hp->n_expert;
     const uint8_t *place = ctx->placement + (int64_t)il * E;
 
-    mc_route_rule(ctx->xn, L->router, T, (int)D, E, K, hp->norm_topk, ctx->r_expert, ctx->r_weight);
+    mc_moe_trace *tr = ctx->trace ? &ctx->trace[il] : NULL;
+    const int64_t t_route = tr ? mc_now_ns() : 0;
+    /* Router logits through the backend's matrix product (threaded; SGEMM
+     * for a prompt): a loop of dot products here cost as much as a layer's
+     * experts at 128 experts (bench-moe --layers). */
+    const mc_tensor router = {.type = MOECL_DTYPE_F32, .rows = E, .cols = D, .data = L->router,
+                              .nbytes = (size_t)E * (size_t)D * sizeof(float)};
+    moecl_status st = matmul(ctx, &router, ctx->xn, T, ctx->r_logits);
+    if (st) return st;
+    mc_route_logits(ctx->r_logits, T, E, K, hp->norm_topk, ctx->r_expert, ctx->r_weight);
     if (ctx->rs) route_stats_record(ctx, il, T);
+    const int64_t t_gather = tr ? mc_now_ns() : 0;
     mc_gather_plan_build(&ctx->plan, ctx->r_expert, T, K, E, place, ctx->counts);
     ctx->experts_run += ctx->plan.n_used;
     mc_gather(&ctx->plan, ctx->xn, T, K, (int)D, ctx->gx);
@@ -675,9 +687,11 @@ static moecl_status routed_experts(moecl_context *ctx, int il, int64_t T) {
         while (i < ctx->plan.n_used && place[ctx->plan.order[i]] == b) i++;
     }
     first[ctx->n_backends] = i;
-    mc_moe_trace *tr = ctx->trace ? &ctx->trace[il] : NULL;
-    if (tr) *tr = (mc_moe_trace){.t_begin = mc_now_ns(), .device_ns = -1, .async_first = true};
-    moecl_status st = MOECL_OK;
+    if (tr) {
+        const int64_t now = mc_now_ns();
+        *tr = (mc_moe_trace){.route_ns = t_gather - t_route, .gather_ns = now - t_gather, .t_begin = now,
+                             .device_ns = -1, .async_first = true};
+    }
     bool submitted[MAX_BACKENDS] = {false};
     for (int pass = 0; pass < 2; pass++) {
         const bool async = pass == 0;
@@ -714,6 +728,7 @@ static moecl_status routed_experts(moecl_context *ctx, int il, int64_t T) {
     if (tr) tr->t_end = mc_now_ns();
     if (st) return ctx_keep(ctx, st);
     mc_scatter_add(&ctx->plan, ctx->gy, ctx->r_weight, T, K, (int)D, ctx->x);
+    if (tr) tr->scatter_ns = mc_now_ns() - tr->t_end;
     return MOECL_OK;
 }
 

@@ -60,6 +60,10 @@ void mc_route(const float *xn, const float *router_w, int64_t T, int n_embd, int
  * probabilities as they are (they sum to less than 1). */
 void mc_route_rule(const float *xn, const float *router_w, int64_t T, int n_embd, int n_expert, int k, bool renorm,
                    int32_t *expert, float *weight);
+/* The rule on router logits already computed (the decode loop's come from
+ * the backend's float32 matrix product, threaded, SGEMM for prompts):
+ * logits [T, n_expert], overwritten by the softmax. */
+void mc_route_logits(float *logits, int64_t T, int n_expert, int k, bool renorm, int32_t *expert, float *weight);
 
 /* The gather plan: the T*k (token, expert) pairs ordered by expert group,
  * where group_of[e] orders the experts (e.g. by the backend that holds them;

@@ -10,7 +10,7 @@
  *   moecl info     [-m PATH] [backend options]
  *   moecl devices
  *   moecl bench    [-m PATH] [-p 128] [-n 64] [-t N] [-r 3]
- *   moecl generate DIR [--preset mini|default|tiny] [--dtype f32|f16|bf16] [--seed S]
+ *   moecl generate DIR [--preset mini|default|tiny|qwen3-laptop] [--arch A] [--dtype f32|f16|bf16] [--seed S]
  *   moecl serve    -m PATH [--host H] [--port P] [--parallel N] [-c N] [--api-key KEY]   (tools/serve.c)
  */
 #include "moecl.h"
@@ -66,6 +66,7 @@ typedef struct options {
     int n_ctx;
     int n_prompt;   /* bench */
     int reps;       /* bench */
+    int depth;      /* bench: generation starts after this many prompt tokens; -1: the whole prompt */
     bool ids_json;
     bool no_bos;        /* tokenize, run: no BOS */
     bool parse_special; /* tokenize, run: "<s>" in the text is the special token */
@@ -204,6 +205,7 @@ static int parse_options(int argc, char **argv, int first, bool bench, options *
     o->n_predict = 32;
     o->n_prompt = 128;
     o->reps = 3;
+    o->depth = -1;
     for (int i = first; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -225,6 +227,7 @@ static int parse_options(int argc, char **argv, int first, bool bench, options *
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) INT(o->n_threads, 1, 1024);
         else if (!strcmp(a, "-c") || !strcmp(a, "--ctx-size")) INT(o->n_ctx, 1, (long)MOECL_MAX_CTX);
         else if (!strcmp(a, "-r") || !strcmp(a, "--repetitions")) INT(o->reps, 1, 1000);
+        else if ((!strcmp(a, "-d") || !strcmp(a, "--depth")) && bench) INT(o->depth, 0, 1 << 20);
         else if (!strcmp(a, "--seed")) { NEED(); o->sp.seed = strtoull(v, NULL, 0); }
         else if (!strcmp(a, "--temp")) FLT(o->sp.temperature);
         else if (!strcmp(a, "--top-k")) INT(o->sp.top_k, 0, INT_MAX);
@@ -1007,7 +1010,12 @@ static int cmd_bench(const options *o) {
     rc = 1;
     moecl_model_info in;
     moecl_model_get_info(model, &in);
-    const int np = o->n_prompt, ng = o->n_predict;
+    const int np = o->n_prompt, ng = o->n_predict, depth = o->depth;
+    if (depth > np) {
+        fprintf(stderr, "moecl: bench: -d %d is deeper than the prompt of %d tokens (-p)\n", depth, np);
+        moecl_model_free(model);
+        return 2;
+    }
     int32_t *toks = malloc((size_t)(np > 1 ? np : 1) * sizeof *toks);
     double *pp = calloc((size_t)o->reps, sizeof(double)), *tg = calloc((size_t)o->reps, sizeof(double));
     if (!toks || !pp || !tg) goto done;
@@ -1029,7 +1037,10 @@ static int cmd_bench(const options *o) {
         double t0 = now_s();
         if ((st = moecl_decode(ctx, toks, np))) { fail("decode", st); goto done; }
         pp[r] = np / (now_s() - t0);
-        int32_t tok = toks[np - 1];
+        /* Generation from the prompt's end, or from depth d (-d 0: an
+         * empty cache, as llama-bench's tg runs). */
+        int32_t tok = toks[depth > 0 ? depth - 1 : np - 1];
+        if (depth >= 0) moecl_seq_truncate(ctx, -1, depth);
         t0 = now_s();
         for (int i = 0; i < ng; i++)
             if ((st = moecl_decode(ctx, &tok, 1))) { fail("decode", st); goto done; }
@@ -1049,8 +1060,8 @@ static int cmd_bench(const options *o) {
     printf("peak RSS: %.2f GB (%.2f x the weights)\n", (double)ru.ru_maxrss * 1024 / 1e9,
            (double)ru.ru_maxrss * 1024 / (double)total);
     printf("pp%d: %.2f tokens/s (median of %d)\n", np, pp[o->reps / 2], o->reps);
-    printf("tg%d: %.2f tokens/s (median of %d), %.2f GB/s of weights read\n", ng, tg[o->reps / 2], o->reps,
-           tg[o->reps / 2] * active / 1e9);
+    printf("tg%d: %.2f tokens/s (median of %d), %.2f GB/s of weights read, from depth %d\n", ng, tg[o->reps / 2],
+           o->reps, tg[o->reps / 2] * active / 1e9, depth >= 0 ? depth : np);
     rc = 0;
 done:
     free(toks);
@@ -1065,11 +1076,33 @@ done:
 /* generate                                                                 */
 /* ------------------------------------------------------------------------ */
 
+/* A tokenizer beside the written model: FILE as tokenizer.json, and the
+ * tokenizer_config.json in FILE's directory when there is one. */
+static int copy_tokenizer(const char *file, const char *dir) {
+    char dst[4200], src[4200];
+    snprintf(dst, sizeof dst, "%s/tokenizer.json", dir);
+    if (!copy_file(file, dst)) {
+        fprintf(stderr, "moecl: generate: cannot copy %s to %s\n", file, dst);
+        return 1;
+    }
+    const char *slash = strrchr(file, '/');
+    int n = slash ? (int)(slash - file) : 1;
+    snprintf(src, sizeof src, "%.*s/tokenizer_config.json", n, slash ? file : ".");
+    snprintf(dst, sizeof dst, "%s/tokenizer_config.json", dir);
+    struct stat sb;
+    if (stat(src, &sb) == 0 && !copy_file(src, dst)) {
+        fprintf(stderr, "moecl: generate: cannot copy %s to %s\n", src, dst);
+        return 1;
+    }
+    return 0;
+}
+
 static int cmd_generate(int argc, char **argv) {
     if (argc < 3) return usage_error("%s", "generate needs an output directory");
     const char *dir = argv[2];
     if (dir[0] == '-') return usage_error("generate needs the output directory first, before %s", dir);
     moecl_random_model_params p = moecl_random_model_default_params();
+    const char *tokenizer = NULL;
     for (int i = 3; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!v) return usage_error("option %s needs a value", a);
@@ -1081,17 +1114,38 @@ static int cmd_generate(int argc, char **argv) {
             else if (!strcmp(v, "tiny")) {
                 p.n_vocab = 256; p.n_embd = 64; p.n_ff = 128; p.n_layer = 2; p.n_head = 4; p.n_head_kv = 2;
                 p.n_expert = 4;
-            } else return usage_error("unknown preset %s (mini, default, tiny)", v);
+            } else if (!strcmp(v, "qwen3-laptop")) {
+                /* Qwen3-MoE's expert layout (128 experts top-8, renormalised)
+                 * and vocabulary at laptop scale: hidden 1024, 8 layers. */
+                p = moecl_random_model_default_params();
+                p.arch = "qwen3moe";
+                p.n_vocab = 151936; p.n_embd = 1024; p.n_ff = 384; p.n_layer = 8; p.n_head = 16; p.n_head_kv = 4;
+                p.head_dim = 64; p.n_expert = 128; p.n_expert_used = 8; p.n_ctx_train = 40960;
+                p.rms_norm_eps = 1e-6f; p.bos_id = 151643; p.eos_id = 151645;
+            } else return usage_error("unknown preset %s (mini, default, tiny, qwen3-laptop)", v);
         } else if (!strcmp(a, "--dtype")) {
             if (!strcmp(v, "f32")) p.dtype = MOECL_DTYPE_F32;
             else if (!strcmp(v, "f16")) p.dtype = MOECL_DTYPE_F16;
             else if (!strcmp(v, "bf16")) p.dtype = MOECL_DTYPE_BF16;
             else return usage_error("unknown dtype %s (f32, f16, bf16)", v);
         } else if (!strcmp(a, "--seed")) p.seed = strtoull(v, NULL, 0);
-        else if (!parse_int(v, 1, 1 << 24, &x)) return bad_number(a, v, 1, 1 << 24);
+        else if (!strcmp(a, "--arch")) p.arch = v; /* the library names the families it knows */
+        else if (!strcmp(a, "--tokenizer")) tokenizer = v;
+        else if (!strcmp(a, "--norm-topk")) {
+            if (!parse_int(v, 0, 1, &x)) return bad_number(a, v, 0, 1);
+            p.norm_topk = x;
+        } else if (!strcmp(a, "--dense-layers")) {
+            if (!parse_int(v, 0, 1 << 24, &x)) return bad_number(a, v, 0, 1 << 24);
+            p.n_dense_layers = x;
+        } else if (!strcmp(a, "--bos") || !strcmp(a, "--eos")) {
+            if (!parse_int(v, -1, INT32_MAX, &x)) return bad_number(a, v, -1, INT32_MAX);
+            *(a[2] == 'b' ? &p.bos_id : &p.eos_id) = x;
+        } else if (!parse_int(v, 1, 1 << 24, &x)) return bad_number(a, v, 1, 1 << 24);
         else if (!strcmp(a, "--vocab")) p.n_vocab = x;
         else if (!strcmp(a, "--hidden")) p.n_embd = x;
         else if (!strcmp(a, "--ff")) p.n_ff = x;
+        else if (!strcmp(a, "--ff-dense")) p.n_ff_dense = x;
+        else if (!strcmp(a, "--ff-shexp")) p.n_ff_shexp = x;
         else if (!strcmp(a, "--layers")) p.n_layer = x;
         else if (!strcmp(a, "--heads")) p.n_head = x;
         else if (!strcmp(a, "--kv-heads")) p.n_head_kv = x;
@@ -1103,7 +1157,9 @@ static int cmd_generate(int argc, char **argv) {
     double t0 = now_s();
     moecl_status st = moecl_random_model_write(dir, &p, isatty(2) ? progress_bar : NULL, "writing");
     if (st) return fail("generate", st);
-    fprintf(stderr, "wrote %s (random weights, %s) in %.1f s\n", dir, moecl_dtype_name(p.dtype), now_s() - t0);
+    if (tokenizer && copy_tokenizer(tokenizer, dir)) return 1;
+    fprintf(stderr, "wrote %s (%s, random weights, %s) in %.1f s\n", dir, p.arch ? p.arch : "mixtral",
+            moecl_dtype_name(p.dtype), now_s() - t0);
     return 0;
 }
 
@@ -1253,13 +1309,17 @@ static const usage_entry k_usage[] = {
              "                 # (mistral, chatml, qwen2, qwen2.5, qwen3, olmoe): default, the model's template\n", true},
     {"info", "  moecl info     [-m PATH] [backend options]    # shape, parameters, where each expert runs\n", true},
     {"devices", "  moecl devices                               # OpenCL platforms and devices\n", false},
-    {"bench", "  moecl bench    [-m PATH] [-p 128] [-n 64] [-t THREADS] [-r REPS] [backend options]\n"
+    {"bench", "  moecl bench    [-m PATH] [-p 128] [-n 64] [-d DEPTH] [-t THREADS] [-r REPS] [backend options]\n"
+              "                 # -d: generation after DEPTH prompt tokens (default all; 0: llama-bench's tg)\n"
               "  moecl bench    --parallel 1,2,4,8 -m PATH [-p 32] [-n 32] [-t THREADS] [-r REPS]  # B sequences per step\n"
               "                 [--kv-type f32|f16] [--bw GB/s --gflops GFLOP/s]  # roofline fraction per B\n",
      true},
-    {"generate", "  moecl generate DIR [--preset mini|default|tiny] [--dtype f32|f16|bf16] [--seed S]\n"
+    {"generate", "  moecl generate DIR [--preset mini|default|tiny|qwen3-laptop] [--dtype f32|f16|bf16] [--seed S]\n"
+                 "                 [--arch mixtral|qwen3moe|qwen2moe|olmoe] [--tokenizer tokenizer.json]\n"
                  "                 [--vocab N --hidden N --ff N --layers N --heads N --kv-heads N --head-dim N\n"
-                 "                  --experts N --top-k N]\n", false},
+                 "                  --experts N --top-k N --norm-topk 0|1 --bos ID --eos ID]\n"
+                 "                 [--dense-layers N --ff-dense N]  # qwen3moe, qwen2moe: the first N layers dense\n"
+                 "                 [--ff-shexp N]                   # qwen2moe: the shared expert's width\n", false},
     {"serve", "  moecl serve    -m PATH [--host 127.0.0.1] [--port 8080] [--parallel N] [-c CTX] [-b BATCH]\n"
               "                 [--queue N] [--api-key KEY] [-n N] [sampling options] [-t THREADS] [backend options]\n"
               "                 # OpenAI-compatible HTTP server (README: Serving)\n", true},

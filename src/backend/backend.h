@@ -54,6 +54,9 @@ typedef struct mc_backend_i {
 /* One layer's routed experts as the context saw them, for tests and traces
  * (mc_context_trace). Host times are CLOCK_MONOTONIC nanoseconds. */
 typedef struct mc_moe_trace {
+    int64_t route_ns;       /* the router: logits, softmax, top-k, weights */
+    int64_t gather_ns;      /* the plan and the packing of each expert's rows */
+    int64_t scatter_ns;     /* x += Σ w·y */
     int64_t t_begin, t_end; /* the first moe_submit began .. the last moe_wait returned */
     int64_t sync_ns;        /* time inside the synchronous backends' moe_submit (they compute there) */
     int64_t device_ns;      /* the asynchronous backends' device busy time; -1: not measured */

@@ -1,10 +1,12 @@
 /*
  * backend_cpu.c - the CPU backend: matrix products and expert FFNs through
- * the kernels in kernels.c (OpenMP threads, single-threaded OpenBLAS).
+ * the kernels in kernels.c (OpenMP threads, single-threaded OpenBLAS), and
+ * at decode one parallel region per layer over all the chosen experts.
  */
 #include "backend/backend.h"
 #include "backend/cpu/kernels.h"
 
+#include <omp.h>
 #include <stdlib.h>
 
 typedef struct cpu_backend {
@@ -34,24 +36,107 @@ static moecl_status cpu_matmul(mc_backend *be, const mc_tensor *W, const float *
     return MOECL_OK;
 }
 
+static moecl_status reserve_h(cpu_backend *c, size_t need) {
+    if (need <= c->h_cap) return MOECL_OK;
+    float *a = realloc(c->h1, need * sizeof(float));
+    if (a) c->h1 = a;
+    float *b = a ? realloc(c->h3, need * sizeof(float)) : NULL;
+    if (b) c->h3 = b;
+    if (!a || !b) return mc_error(MOECL_ERR_NOMEM, "cpu backend: out of memory for expert activations");
+    c->h_cap = need;
+    return MOECL_OK;
+}
+
+/* Rows [r0, r1) of W as a matrix of their own. */
+static mc_tensor row_view(const mc_tensor *W, int64_t r0, int64_t r1) {
+    size_t rb = 0;
+    mc_dtype_row_bytes(W->type, W->cols, &rb); /* checked when the model was loaded */
+    mc_tensor v = {.type = W->type, .rows = r1 - r0, .cols = W->cols, .data = (const char *)W->data + (size_t)r0 * rb,
+                   .nbytes = (size_t)(r1 - r0) * rb};
+    return v;
+}
+
+/* One thread's share [v0, v1) of the virtual rows of a phase: n matrices of
+ * `rows` rows each (matrix j: W[j], one row of input X[j], output Y[j]),
+ * laid end to end; a share may span several matrices. */
+static void phase_rows(const mc_tensor *const *W, const float *const *X, float *const *Y, int64_t rows, int64_t v0,
+                       int64_t v1) {
+    while (v0 < v1) {
+        const int64_t j = v0 / rows, r0 = v0 % rows, r1 = v1 - j * rows < rows ? v1 - j * rows : rows;
+        const mc_tensor view = row_view(W[j], r0, r1);
+        mc_cpu_matmul(&view, X[j], 1, Y[j] + r0, 1, NULL);
+        v0 = j * rows + r1;
+    }
+}
+
+/* Decode: one row per expert. Every expert's gate and up products run in one
+ * parallel region, the SwiGLU and the down products after one barrier, each
+ * thread taking an equal slice of all the experts' rows, instead of three
+ * regions (fork, join) per expert: 128 small experts top-8 made 24 regions
+ * of ~20 us of work each per layer. */
+static void moe_single_rows(cpu_backend *c, const mc_layer *L, const mc_moe_work *w, int64_t D, int64_t F) {
+    enum { MAX_USED = 64, ALIGN = 16 }; /* ALIGN: rows per share boundary, as the kernels' row tiles */
+    const int n = w->n_used;
+    const mc_tensor *Wgu[2 * MAX_USED], *Wd[MAX_USED];
+    const float *Xgu[2 * MAX_USED], *Xd[MAX_USED];
+    float *Ygu[2 * MAX_USED], *Yd[MAX_USED];
+    for (int i = 0; i < n; i++) {
+        const mc_expert *x = &L->experts[w->expert_ids[i]];
+        const int64_t r = w->offsets[i];
+        Wgu[2 * i] = &x->w1, Xgu[2 * i] = w->X + r * D, Ygu[2 * i] = c->h1 + i * F;
+        Wgu[2 * i + 1] = &x->w3, Xgu[2 * i + 1] = w->X + r * D, Ygu[2 * i + 1] = c->h3 + i * F;
+        Wd[i] = &x->w2, Xd[i] = c->h1 + i * F, Yd[i] = w->Y + r * D;
+    }
+#pragma omp parallel num_threads(c->n_threads)
+    {
+        const int nt = omp_get_num_threads(), id = omp_get_thread_num();
+        /* Gate and up: 2n matrices of F rows. */
+        int64_t total = 2 * n * F, share = ((total + nt - 1) / nt + ALIGN - 1) / ALIGN * ALIGN;
+        int64_t v0 = id * share < total ? id * share : total, v1 = v0 + share < total ? v0 + share : total;
+        phase_rows(Wgu, Xgu, Ygu, F, v0, v1);
+#pragma omp barrier
+        total = n * F;
+        share = (total + nt - 1) / nt;
+        v0 = id * share < total ? id * share : total, v1 = v0 + share < total ? v0 + share : total;
+        if (v1 > v0) mc_cpu_swiglu(c->h1 + v0, c->h3 + v0, v1 - v0);
+#pragma omp barrier
+        /* Down: n matrices of D rows. */
+        total = n * D;
+        share = ((total + nt - 1) / nt + ALIGN - 1) / ALIGN * ALIGN;
+        v0 = id * share < total ? id * share : total, v1 = v0 + share < total ? v0 + share : total;
+        phase_rows(Wd, Xd, Yd, D, v0, v1);
+    }
+}
+
+/* Whether moe_single_rows applies: several threads, one row per expert,
+ * and kernels that need no scratch at one row. */
+static bool single_rows(const cpu_backend *c, const mc_layer *L, const mc_moe_work *w) {
+    if (c->n_threads < 2 || w->n_used < 1 || w->n_used > 64) return false;
+    for (int i = 0; i < w->n_used; i++) {
+        const mc_expert *x = &L->experts[w->expert_ids[i]];
+        if (w->offsets[i + 1] - w->offsets[i] != 1 || mc_cpu_matmul_scratch_size(&x->w1, 1, 1) ||
+            mc_cpu_matmul_scratch_size(&x->w3, 1, 1) || mc_cpu_matmul_scratch_size(&x->w2, 1, 1))
+            return false;
+    }
+    return true;
+}
+
 /* Y_e = (silu(X_e·W1ᵀ) ⊙ X_e·W3ᵀ)·W2ᵀ for each expert with tokens. */
 static moecl_status cpu_moe_submit(mc_backend *be, const mc_moe_work *w) {
     cpu_backend *c = be->impl;
     const mc_layer *L = &be->model->layers[w->layer];
     const int64_t D = be->model->hp.n_embd, F = be->model->hp.n_ff;
+    if (single_rows(c, L, w)) {
+        moecl_status st = reserve_h(c, (size_t)w->n_used * (size_t)F);
+        if (st) return st;
+        moe_single_rows(c, L, w, D, F);
+        return MOECL_OK;
+    }
     for (int i = 0; i < w->n_used; i++) {
         const mc_expert *x = &L->experts[w->expert_ids[i]];
         const int64_t r0 = w->offsets[i], n = w->offsets[i + 1] - r0;
-        size_t need = (size_t)(n * F);
-        if (need > c->h_cap) {
-            float *a = realloc(c->h1, need * sizeof(float));
-            if (a) c->h1 = a;
-            float *b = a ? realloc(c->h3, need * sizeof(float)) : NULL;
-            if (b) c->h3 = b;
-            if (!a || !b) return mc_error(MOECL_ERR_NOMEM, "cpu backend: out of memory for expert activations");
-            c->h_cap = need;
-        }
-        moecl_status st;
+        moecl_status st = reserve_h(c, (size_t)(n * F));
+        if (st) return st;
         if ((st = cpu_matmul(be, &x->w1, w->X + r0 * D, n, c->h1))) return st;
         if ((st = cpu_matmul(be, &x->w3, w->X + r0 * D, n, c->h3))) return st;
         mc_cpu_swiglu(c->h1, c->h3, n * F);
