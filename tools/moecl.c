@@ -23,6 +23,7 @@
 #include <sys/resource.h>
 
 #include "backend/cpu/kernels.h" /* mc_cpu_isa, for 'moecl info' */
+#include "formats/atomic_file.h" /* internal: the one way moecl writes files */
 #include "gguf_dump.h"
 #include <signal.h>
 #include <sys/stat.h>
@@ -1075,6 +1076,22 @@ done:
 /* ------------------------------------------------------------------------ */
 /* generate                                                                 */
 /* ------------------------------------------------------------------------ */
+
+/* Copy src to dst, written as every moecl file is (atomic_file.h). */
+static bool copy_file(const char *src, const char *dst) {
+    FILE *in = fopen(src, "rb");
+    if (!in) return false;
+    mc_afile out;
+    bool ok = mc_afile_open(&out, dst, 0) == MOECL_OK;
+    char chunk[65536];
+    size_t n;
+    while (ok && (n = fread(chunk, 1, sizeof chunk, in)) > 0) ok = mc_afile_write(&out, chunk, n) == MOECL_OK;
+    ok = ok && !ferror(in);
+    fclose(in);
+    if (ok) return mc_afile_commit(&out) == MOECL_OK;
+    mc_afile_discard(&out);
+    return false;
+}
 
 /* A tokenizer beside the written model: FILE as tokenizer.json, and the
  * tokenizer_config.json in FILE's directory when there is one. */
