@@ -316,3 +316,10 @@ __kernel void moe_down_blk(__global const float *H, __global const wtype *W2, __
     for (int j = 0; j < RB && r0 + j < g.z; j++)
         for (int c = 0; c < CB && d0 + c < D; c++) Y[(ulong)(g.y + r0 + j) * D + d0 + c] = acc[0][j][c];
 }
+
+/* H = silu(H) ⊙ H3 over n floats: the step between CLBlast's gate and up
+ * products and its down product (the backend's CLBlast path, many rows). */
+__kernel void moe_swiglu(__global float *H, __global const float *H3, const int n) {
+    const int i = (int)get_global_id(0);
+    if (i < n) H[i] = silu(H[i]) * H3[i];
+}

@@ -222,6 +222,15 @@ typedef enum moecl_backend_type {
     MOECL_BACKEND_OPENCL = 2, /* expert FFNs on an OpenCL device; failing to get one is an error */
 } moecl_backend_type;
 
+/* What the placement planner may put on the OpenCL devices. */
+typedef enum moecl_placement {
+    MOECL_PLACEMENT_AUTO = 0,    /* by bytes saved per token per byte stored (README "Placement");
+                                    today the same as EXPERTS, since only experts can live on a device */
+    MOECL_PLACEMENT_EXPERTS = 1, /* routed experts only, the hottest first; dense layers on the host */
+    MOECL_PLACEMENT_DENSE = 2,   /* the dense layers first: not available yet (moecl_context_new
+                                    refuses it with MOECL_ERR_INVALID_ARG) */
+} moecl_placement;
+
 /* Limits of moecl_context_params, checked by moecl_context_new
  * (MOECL_ERR_INVALID_ARG beyond them). */
 #define MOECL_MAX_CTX   (1u << 24) /* n_ctx: positions per sequence */
@@ -247,6 +256,25 @@ typedef struct moecl_context_params {
     moecl_dtype device_dtype;/* expert weights on the device: F32 or F16 (arithmetic is F32);
                                 MOECL_DTYPE_COUNT (default): as the model stores them (quantized
                                 blocks stay quantized, F16 stays F16), BF16 as F32 */
+    /* Placement (README "Placement"). `device` may list several devices, "0,1": each takes a
+       share of the experts under one plan, gpu_mem_mib and gpu_experts applying to each. */
+    moecl_placement placement; /* what the planner may put on the devices; default AUTO */
+    const float *expert_freq;  /* [n_layer * n_expert] share of tokens routed to each expert, in
+                                  [0, 1] (a layer sums to n_expert_used): a profile
+                                  (moecl_expert_profile_load) or a calibration run's counts / tokens.
+                                  The hottest experts go to the devices first. NULL (default):
+                                  n_expert_used / n_expert each. Not kept. */
+    /* The KV cache: one pool of cells (a cell holds the keys and values of
+     * one position in every layer) shared by all sequences, handed out in
+     * blocks of 16 positions as sequences grow and given back when they are
+     * truncated; memory is allocated for the most cells ever held at once,
+     * not for the budget. */
+    uint32_t n_kv_cells;     /* cells over all sequences together (rounded up to blocks of 16);
+                                0 or more than n_seq_max x n_ctx (each rounded up to blocks):
+                                that, every sequence can be full at once (as before the pool) */
+    moecl_dtype kv_type;     /* MOECL_DTYPE_F32 (0, default) or MOECL_DTYPE_F16: half the memory;
+                                keys and values rounded to binary16 (logits move by a few 1e-3
+                                relative to the F32 cache: README, "KV cache") */
 } moecl_context_params;
 
 MOECL_API moecl_context_params moecl_context_default_params(void);
@@ -277,10 +305,10 @@ MOECL_API moecl_status moecl_device_get_info(int32_t index, moecl_device_info *i
 
 /* Create a context for model (which must outlive it). params may be NULL.
  * Errors: MOECL_ERR_INVALID_ARG for n_ctx, n_batch or n_seq_max beyond the MOECL_MAX_*
- * limits; MOECL_ERR_NOMEM when the KV cache (2 x n_layer x n_seq_max x n_ctx
- * x n_head_kv x head_dim floats) is larger than the machine's physical
- * memory (sysconf(_SC_PHYS_PAGES)), since it could never be filled, or when
- * an allocation fails; MOECL_ERR_IO when the model is dead (see the top of
+ * limits or a kv_type other than F32 and F16; MOECL_ERR_NOMEM when the KV
+ * cache's budget (n_kv_cells x 2 x n_layer x n_head_kv x head_dim values)
+ * is larger than the machine's physical memory (sysconf(_SC_PHYS_PAGES)),
+ * since it could never be filled, or when an allocation fails; MOECL_ERR_IO when the model is dead (see the top of
  * this file). Thread-safe with respect to the model.
  * The context starts n_threads - 1 worker threads of its own, which live
  * until moecl_context_free. Between decode calls they spin for at most
@@ -292,6 +320,21 @@ MOECL_API moecl_status moecl_context_new(const moecl_model *model, const moecl_c
 
 /* NULL: no-op. */
 MOECL_API void moecl_context_free(moecl_context *ctx);
+
+/* The KV cache of a context, now. */
+typedef struct moecl_kv_info {
+    moecl_dtype type;          /* MOECL_DTYPE_F32 or MOECL_DTYPE_F16 */
+    int32_t block_cells;       /* cells per block (16) */
+    int64_t n_cells;           /* the budget, a whole number of blocks */
+    int64_t n_cells_held;      /* cells in blocks the sequences hold */
+    int64_t n_positions;       /* positions held, over all sequences (<= n_cells_held) */
+    uint64_t bytes_per_cell;   /* 2 x n_layer x n_head_kv x head_dim x (4 or 2) */
+    uint64_t bytes_allocated;  /* block memory allocated: the most cells ever held at once, in bytes */
+} moecl_kv_info;
+
+/* Fill *info. MOECL_ERR_INVALID_ARG for a NULL ctx or info. Not
+ * thread-safe with respect to calls that decode or truncate on ctx. */
+MOECL_API moecl_status moecl_context_get_kv_info(const moecl_context *ctx, moecl_kv_info *info);
 
 /* Where the experts of a context run (for `moecl info` and logs). */
 typedef struct moecl_context_backend_info {
@@ -310,6 +353,47 @@ MOECL_API moecl_status moecl_context_get_backend_info(const moecl_context *ctx, 
  * MOECL_BACKEND_OPENCL; -1 for a NULL ctx or an index out of range. */
 MOECL_API int32_t moecl_context_expert_backend(const moecl_context *ctx, int32_t layer, int32_t expert);
 
+/* Where expert `expert` of layer `layer` runs: 0 the host, d + 1 the d-th
+ * device of the context's plan (moecl_placement_info.device[d]); -1 for a
+ * NULL ctx or an index out of range. */
+MOECL_API int32_t moecl_context_expert_device(const moecl_context *ctx, int32_t layer, int32_t expert);
+
+#define MOECL_MAX_PLACE_DEVICES 4
+
+/* The placement plan of a context and what it predicts. */
+typedef struct moecl_placement_info {
+    int32_t n_device;               /* OpenCL devices holding experts */
+    struct {
+        char name[128];
+        int32_t n_expert;           /* experts it holds */
+        uint64_t bytes;             /* bytes of weights it holds */
+        int64_t budget;             /* bytes it was given */
+        double read_gbs;            /* measured read bandwidth, GB/s; 0: unknown */
+        double rtt_us;              /* measured host round trip, microseconds */
+        double gb_per_token;        /* expected GB of its weights read per generated token */
+    } device[MOECL_MAX_PLACE_DEVICES];
+    int32_t n_expert_host;          /* experts on the host */
+    double host_read_gbs;           /* measured host read bandwidth, GB/s; 0: unknown */
+    double host_gb_per_token;       /* expected GB read on the host per generated token (dense + experts) */
+    bool profiled;                  /* frequencies came from expert_freq, not K/E */
+    double predicted_tok_s;         /* generation tokens/s the plan predicts; 0: a bandwidth is unknown */
+    double predicted_tok_s_host;    /* the same with every weight on the host */
+} moecl_placement_info;
+
+/* Fill *info. MOECL_ERR_INVALID_ARG for a NULL ctx or info. The prediction is
+ * memory-bound: per layer the slower of the host's and each device's share
+ * of the expected expert bytes (plus a round trip per device), plus the dense
+ * bytes at the host's bandwidth; it ignores attention's dependence on context
+ * length and compute-bound kernels. */
+MOECL_API moecl_status moecl_context_get_placement(const moecl_context *ctx, moecl_placement_info *info);
+
+/* Read an expert profile (README "Placement"; `moecl stats --save-profile`
+ * writes one) for model into freq[n_layer * n_expert], for
+ * moecl_context_params.expert_freq. The file is untrusted: MOECL_ERR_IO,
+ * MOECL_ERR_FORMAT naming the file and the field, including a profile of
+ * another shape (n_layer, n_expert, n_expert_used). */
+MOECL_API moecl_status moecl_expert_profile_load(const moecl_model *model, const char *path, float *freq);
+
 /* The message of the last failure of a call on ctx ("" if none). Owned by
  * ctx, valid until the next call on ctx. */
 MOECL_API const char *moecl_context_last_error(const moecl_context *ctx);
@@ -317,7 +401,9 @@ MOECL_API const char *moecl_context_last_error(const moecl_context *ctx);
 /* Process n_tokens tokens appended to sequence 0 (prompt or one decode
  * step), as one batch. After success moecl_get_logits(ctx, -1) holds the
  * logits of the last token. Returns MOECL_ERR_CONTEXT_FULL (nothing changed)
- * if they do not fit in n_ctx, MOECL_ERR_INVALID_ARG for an id outside the
+ * if they do not fit in n_ctx, or the KV cache's pool has too few free
+ * cells for them (only with n_kv_cells below n_ctx x n_seq_max; the
+ * message says which), MOECL_ERR_INVALID_ARG for an id outside the
  * vocabulary or n_tokens outside 1..n_batch (MOECL_ERR_CONTEXT_FULL when
  * they would not fit in the context either), MOECL_ERR_ABORTED if the abort
  * callback fired (the KV cache is left as before the call), MOECL_ERR_IO if
@@ -348,8 +434,54 @@ MOECL_API const float *moecl_get_logits(moecl_context *ctx, int32_t i);
 MOECL_API int32_t moecl_seq_length(const moecl_context *ctx, int32_t seq);
 
 /* Drop positions >= n_keep of sequence seq (n_keep 0 clears it); seq -1
- * means every sequence. Used to rewind or start over without reallocation. */
+ * means every sequence. Used to rewind or start over. The KV blocks no
+ * longer needed go back to the context's pool, for any sequence; their
+ * memory is kept for reuse until the context is freed. */
 MOECL_API moecl_status moecl_seq_truncate(moecl_context *ctx, int32_t seq, int32_t n_keep);
+
+/* ---- Routing statistics -------------------------------------------------- */
+
+/* Per context, moecl can count the tokens its routers send to each expert of
+ * each layer and the sum of their router weights (the weights after the
+ * family's rule: renormalised top-k for Mixtral and Qwen3-MoE, the top-k
+ * softmax probabilities for OLMoE and Qwen2-MoE). Counts are indexed
+ * [layer * n_expert + expert] (layer-major; a dense layer's are all 0) and
+ * cover every successful moecl_decode(_batch) since the counters were turned
+ * on or last reset: a decode that fails (aborted, context full, I/O) adds
+ * nothing. Each token of a batch adds n_expert_used to the counts of every
+ * MoE layer. Off by default; when on they cost a few integer and float adds
+ * per token per layer. Not thread-safe: call them from the thread that
+ * decodes (see moecl_engine_get_routing_counts for an engine). */
+
+/* Turn the counters on or off (turning off keeps the totals). MOECL_ERR_NOMEM
+ * the first time if their 2 x n_layer x n_expert values cannot be allocated;
+ * MOECL_ERR_INVALID_ARG for a NULL ctx. */
+MOECL_API moecl_status moecl_context_set_routing_counters(moecl_context *ctx, bool on);
+
+/* Copy the totals: tokens[i] routed and weight_sum[i], for i < n_layer *
+ * n_expert (either pointer may be NULL to skip it). n is the length of the
+ * arrays; MOECL_ERR_INVALID_ARG if it is less than n_layer * n_expert or ctx
+ * is NULL. All zero if the counters were never on. */
+MOECL_API moecl_status moecl_context_get_routing_counts(const moecl_context *ctx, uint64_t *tokens,
+                                                        double *weight_sum, size_t n);
+
+/* Set the totals to zero (whether or not the counters are on). */
+MOECL_API moecl_status moecl_context_reset_routing_counts(moecl_context *ctx);
+
+/* Called during moecl_decode(_batch), on the decoding thread, once per token
+ * per MoE layer right after that layer's router chose: layer, the token's
+ * index in the batch, its sequence and position, and its k = n_expert_used
+ * experts with their weights, in decreasing order of router probability
+ * (experts/weights are valid during the call only). A decode that fails
+ * later has still made the calls of the layers it reached. It must not call
+ * moecl functions on the same context. */
+typedef void (*moecl_routing_fn)(int32_t layer, int32_t token, int32_t seq, int32_t pos, const int32_t *experts,
+                                 const float *weights, int32_t k, void *user_data);
+
+/* Set (cb NULL: remove) the routing callback; NULL costs one test per layer.
+ * MOECL_ERR_INVALID_ARG for a NULL ctx, MOECL_ERR_NOMEM as above. */
+MOECL_API moecl_status moecl_context_set_routing_callback(moecl_context *ctx, moecl_routing_fn cb,
+                                                          void *user_data);
 
 /* ------------------------------------------------------------------------ */
 /* Sampling                                                                 */
@@ -396,19 +528,32 @@ MOECL_API void moecl_sampler_reset(moecl_sampler *sampler);
 
 typedef struct moecl_random_model_params {
     int32_t n_vocab, n_embd, n_ff, n_layer, n_head, n_head_kv, head_dim; /* head_dim 0: n_embd / n_head */
-    int32_t n_expert, n_expert_used, n_ctx_train;
+    int32_t n_expert, n_expert_used, n_ctx_train;  /* n_ff: one routed expert's FFN width */
     float rope_theta, rms_norm_eps;
     moecl_dtype dtype;    /* F32, F16 or BF16 */
     uint64_t seed;
+    /* The family and its options. */
+    const char *arch;       /* "mixtral" (or NULL), "qwen3moe", "qwen2moe", "olmoe" (moecl info's names) */
+    int32_t n_dense_layers; /* the first N layers have a dense FFN (mlp_only_layers; qwen2moe, qwen3moe only) */
+    int32_t n_ff_dense;     /* their FFN width; 0: n_ff * n_expert_used */
+    int32_t n_ff_shexp;     /* qwen2moe: the shared expert's FFN width; 0: n_ff * n_expert_used */
+    int32_t norm_topk;      /* renormalise the top-k router weights: 1 yes, 0 no, -1 the family's usual
+                             * choice (mixtral and qwen3moe yes; qwen2moe and olmoe no; mixtral has only yes) */
+    int32_t bos_id, eos_id; /* config.json's bos_token_id / eos_token_id; -1: not written */
 } moecl_random_model_params;
 
 /* The "mixtral-mini" shape: vocab 32000, hidden 1024, 8 layers, 16 heads,
- * 4 kv heads, 8 experts, top-2, intermediate 3584, F32. */
+ * 4 kv heads, 8 experts, top-2, intermediate 3584, F32; arch NULL
+ * (Mixtral), no dense layers, norm_topk -1, bos 1, eos 2. */
 MOECL_API moecl_random_model_params moecl_random_model_default_params(void);
 
-/* Write a Hugging Face Mixtral directory (config.json, model.safetensors)
- * with deterministic random weights at dir (created if missing). The config
- * says the weights are random. progress may be NULL. */
+/* Write a Hugging Face model directory of the family params->arch names
+ * (config.json, model.safetensors; the tensor names and config keys of the
+ * family's transformers class) with deterministic random weights at dir
+ * (created if missing). The config says the weights are random; no
+ * tokenizer is written. A shape the family cannot have (dense layers in
+ * Mixtral or OLMoE, OLMoE with head_dim != n_embd / n_head) is
+ * MOECL_ERR_INVALID_ARG. progress may be NULL. */
 MOECL_API moecl_status moecl_random_model_write(const char *dir, const moecl_random_model_params *params,
                                                 moecl_progress_fn progress, void *progress_user_data);
 
@@ -428,7 +573,8 @@ typedef struct moecl_quantize_params {
      * blocks of the chosen type falls back to Q8_0, then F16. */
     const char *type;
     int n_threads;              /* 0: the physical (performance) cores */
-    bool allow_requantize;      /* quantize weights that already are (loses accuracy) */
+    bool allow_requantize;      /* quantize weights that already are (loses accuracy; to "f32",
+                                   which is lossless, allowed without it) */
     moecl_progress_fn progress; /* NULL: none; called at least every 256 rows written (0 while loading
                                    the input); returning false cancels: MOECL_ERR_ABORTED, nothing
                                    written. A CLI's signal handler can set a flag this returns. */
@@ -629,12 +775,21 @@ MOECL_API moecl_status moecl_chat_tokenize(const moecl_tokenizer *tok, const moe
  * with its prompt, and only the rest of the prompt is read ("prefix reuse":
  * a multi-turn chat does not read its history again).
  *
- * Memory: the KV cache is reserved up front for n_slots x n_ctx positions
- * (a sequence cannot borrow the positions of another).
+ * Memory: the slots share the context's KV pool (context.n_kv_cells cells,
+ * default n_slots x n_ctx; context.kv_type F32 or F16), which is allocated
+ * as sequences grow, not reserved up front. A queued request takes a slot
+ * only when the pool can hold its whole prompt (counting the cells idle
+ * slots keep for prefix reuse, which are freed when needed); until then it
+ * waits in the queue, and the requests behind it too. When a step's tokens
+ * do not fit, idle slots' caches are freed first (least recently used
+ * first), then prompt chunks wait for a later step (newest first), then the
+ * newest generating requests end with MOECL_FINISH_LENGTH, as they would at
+ * the end of their own context (llama-server ends a request whose context
+ * is full with "length" too).
  *
- * Thread safety: moecl_engine_submit, moecl_engine_cancel and
- * moecl_engine_get_stats may be called from any thread at any time,
- * including from inside an event callback. moecl_engine_free must not be
+ * Thread safety: moecl_engine_submit, moecl_engine_cancel,
+ * moecl_engine_get_stats and moecl_engine_get_routing_counts may be called
+ * from any thread at any time, including from inside an event callback. moecl_engine_free must not be
  * called from a callback or concurrently with the other calls. */
 typedef struct moecl_engine moecl_engine;
 
@@ -773,10 +928,25 @@ typedef struct moecl_engine_stats {
     uint64_t batch_hist[17];     /* steps whose batch had 2^(i-1) < tokens <= 2^i (i = 0: one token;
                                     i = 16: more than 32768 too) */
     double step_seconds;         /* time spent in decode steps */
+    /* The KV pool (see the Memory paragraph above). */
+    int64_t kv_cells;            /* its budget */
+    int64_t kv_cells_held;       /* cells in blocks the slots hold (running and idle) */
+    uint64_t kv_bytes;           /* memory allocated for it */
+    uint64_t n_kv_evicted;       /* idle slots' caches freed to make room */
+    uint64_t n_kv_full;          /* requests ended with "length" because the pool was full */
 } moecl_engine_stats;
 
 /* Fill *stats. MOECL_ERR_INVALID_ARG for a NULL argument. Thread-safe. */
 MOECL_API moecl_status moecl_engine_get_stats(moecl_engine *engine, moecl_engine_stats *stats);
+
+/* Tokens routed to each expert of each layer and the sum of their router
+ * weights, over every step since the engine was created, as
+ * moecl_context_get_routing_counts gives them for the engine's context
+ * (layer-major, n >= n_layer * n_expert, either pointer may be NULL; the
+ * engine keeps its counters on). Updated after each successful step.
+ * MOECL_ERR_INVALID_ARG for a NULL engine or n too small. Thread-safe. */
+MOECL_API moecl_status moecl_engine_get_routing_counts(moecl_engine *engine, uint64_t *tokens, double *weight_sum,
+                                                       size_t n);
 
 /* The tokenizer of the engine's model (NULL if it has none). Owned by the model. */
 MOECL_API const moecl_tokenizer *moecl_engine_get_tokenizer(const moecl_engine *engine);

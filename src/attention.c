@@ -4,8 +4,14 @@
  */
 #include "ops.h"
 
+#include "kv_cache.h"
+
 #include <math.h>
 #include <string.h>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
 
 void mc_rmsnorm(float *out, const float *x, const float *w, int64_t n, float eps) {
     double ss = 0;
@@ -34,61 +40,148 @@ void mc_rope(float *x, int n_heads, int head_dim, int32_t pos, float theta, bool
     }
 }
 
-/* One query head of one token against its sequence's cached keys. Cloned
- * per instruction set (the library is built for baseline x86-64); the simd
- * reductions let the compiler vectorise the dot products (reordering the
- * float sums, which it may not do on its own). They need only -fopenmp-simd
- * (meson.build), not the OpenMP runtime. */
+/* Softmax of scores[0..n) in place; returns 1 / the sum of exponentials
+ * (the weights are scores[j] times it). */
+static float softmax_unnormalised(float *scores, int32_t n, float mx) {
+    float sum = 0.0f;
+    for (int32_t j = 0; j < n; j++) {
+        float e = expf(scores[j] - mx);
+        scores[j] = e;
+        sum += e;
+    }
+    return 1.0f / sum;
+}
+
+/* The first position token t attends to (sliding window). */
+static int32_t first_pos(const mc_attn_args *a, int32_t p) {
+    return a->window > 0 && p - a->window + 1 > 0 ? p - a->window + 1 : 0;
+}
+
+/* One query head of one token against its sequence's cached keys (F32
+ * cells). Cloned per instruction set (the library is built for baseline
+ * x86-64); the simd reductions let the compiler vectorise the dot products. */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 __attribute__((target_clones("avx512f", "avx2", "default")))
 #endif
 static void attend_one(const mc_attn_args *a, int64_t t, int h, float *scores) {
     const int hd = a->head_dim;
-    const int64_t kv_dim = (int64_t)a->n_head_kv * hd;
     const int kvh = h / (a->n_head / a->n_head_kv);
-    const int32_t p = a->pos[t];
-    const int32_t j0 = a->window > 0 && p - a->window + 1 > 0 ? p - a->window + 1 : 0;
+    const int32_t p = a->pos[t], s = a->seq[t], j0 = first_pos(a, p);
     const float *q = a->q + t * (int64_t)a->n_head * hd + (int64_t)h * hd;
-    const float *kc = a->k_cache + (int64_t)a->seq[t] * a->n_ctx * kv_dim + (int64_t)kvh * hd;
-    const float *vc = a->v_cache + (int64_t)a->seq[t] * a->n_ctx * kv_dim + (int64_t)kvh * hd;
     const float scale = 1.0f / sqrtf((float)hd);
 
     float mx = -INFINITY;
     for (int32_t j = j0; j <= p; j++) {
-        const float *k = kc + (int64_t)j * kv_dim;
-        float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-        for (int i = 0; i < hd; i++) s += q[i] * k[i];
-        s *= scale;
-        scores[j - j0] = s;
-        if (s > mx) mx = s;
+        const float *k = (const float *)mc_kv_row(a->kv, s, a->layer, 0, j) + (int64_t)kvh * hd;
+        float d = 0.0f;
+#pragma omp simd reduction(+ : d)
+        for (int i = 0; i < hd; i++) d += q[i] * k[i];
+        d *= scale;
+        scores[j - j0] = d;
+        if (d > mx) mx = d;
     }
-    float sum = 0.0f;
-    for (int32_t j = j0; j <= p; j++) {
-        float e = expf(scores[j - j0] - mx);
-        scores[j - j0] = e;
-        sum += e;
-    }
-    const float inv = 1.0f / sum;
+    const float inv = softmax_unnormalised(scores, p - j0 + 1, mx);
     float *o = a->out + t * (int64_t)a->n_head * hd + (int64_t)h * hd;
     memset(o, 0, (size_t)hd * sizeof *o);
     for (int32_t j = j0; j <= p; j++) {
-        const float *v = vc + (int64_t)j * kv_dim;
+        const float *v = (const float *)mc_kv_row(a->kv, s, a->layer, 1, j) + (int64_t)kvh * hd;
         const float w = scores[j - j0] * inv;
 #pragma omp simd
         for (int i = 0; i < hd; i++) o[i] += w * v[i];
     }
 }
 
-/* Pairs [w0, w1) on thread tid. */
+/* The same over F16 cells, portable C. */
+static void attend_one_f16(const mc_attn_args *a, int64_t t, int h, float *scores) {
+    const int hd = a->head_dim;
+    const int kvh = h / (a->n_head / a->n_head_kv);
+    const int32_t p = a->pos[t], s = a->seq[t], j0 = first_pos(a, p);
+    const float *q = a->q + t * (int64_t)a->n_head * hd + (int64_t)h * hd;
+    const float scale = 1.0f / sqrtf((float)hd);
+
+    float mx = -INFINITY;
+    for (int32_t j = j0; j <= p; j++) {
+        const uint16_t *k = (const uint16_t *)mc_kv_row(a->kv, s, a->layer, 0, j) + (int64_t)kvh * hd;
+        float d = 0.0f;
+        for (int i = 0; i < hd; i++) d += q[i] * mc_f16_to_f32(k[i]);
+        d *= scale;
+        scores[j - j0] = d;
+        if (d > mx) mx = d;
+    }
+    const float inv = softmax_unnormalised(scores, p - j0 + 1, mx);
+    float *o = a->out + t * (int64_t)a->n_head * hd + (int64_t)h * hd;
+    memset(o, 0, (size_t)hd * sizeof *o);
+    for (int32_t j = j0; j <= p; j++) {
+        const uint16_t *v = (const uint16_t *)mc_kv_row(a->kv, s, a->layer, 1, j) + (int64_t)kvh * hd;
+        const float w = scores[j - j0] * inv;
+        for (int i = 0; i < hd; i++) o[i] += w * mc_f16_to_f32(v[i]);
+    }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+/* The same over F16 cells with F16C conversions and FMA (chosen at run
+ * time: mc_kv_f16c). */
+__attribute__((target("avx2,fma,f16c"))) static void attend_one_f16c(const mc_attn_args *a, int64_t t, int h,
+                                                                    float *scores) {
+    const int hd = a->head_dim;
+    const int kvh = h / (a->n_head / a->n_head_kv);
+    const int32_t p = a->pos[t], s = a->seq[t], j0 = first_pos(a, p);
+    const float *q = a->q + t * (int64_t)a->n_head * hd + (int64_t)h * hd;
+    const float scale = 1.0f / sqrtf((float)hd);
+
+    float mx = -INFINITY;
+    for (int32_t j = j0; j <= p; j++) {
+        const uint16_t *k = (const uint16_t *)mc_kv_row(a->kv, s, a->layer, 0, j) + (int64_t)kvh * hd;
+        __m256 acc = _mm256_setzero_ps();
+        int i = 0;
+        for (; i + 8 <= hd; i += 8)
+            acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + i))),
+                                  acc);
+        __m128 r = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+        r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+        r = _mm_add_ss(r, _mm_movehdup_ps(r));
+        float d = _mm_cvtss_f32(r);
+        for (; i < hd; i++) d += q[i] * mc_f16_to_f32(k[i]);
+        d *= scale;
+        scores[j - j0] = d;
+        if (d > mx) mx = d;
+    }
+    const float inv = softmax_unnormalised(scores, p - j0 + 1, mx);
+    float *o = a->out + t * (int64_t)a->n_head * hd + (int64_t)h * hd;
+    memset(o, 0, (size_t)hd * sizeof *o);
+    for (int32_t j = j0; j <= p; j++) {
+        const uint16_t *v = (const uint16_t *)mc_kv_row(a->kv, s, a->layer, 1, j) + (int64_t)kvh * hd;
+        const float w = scores[j - j0] * inv;
+        const __m256 wv = _mm256_set1_ps(w);
+        int i = 0;
+        for (; i + 8 <= hd; i += 8)
+            _mm256_storeu_ps(o + i, _mm256_fmadd_ps(wv, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v + i))),
+                                                    _mm256_loadu_ps(o + i)));
+        for (; i < hd; i++) o[i] += w * mc_f16_to_f32(v[i]);
+    }
+}
+#endif
+
+/* attend over pairs [w0, w1) on thread tid. */
+typedef struct attend_job {
+    const mc_attn_args *a;
+    void (*attend)(const mc_attn_args *, int64_t, int, float *);
+} attend_job;
+
 static void attend_chunk(void *arg, int64_t w0, int64_t w1, int tid) {
-    const mc_attn_args *a = arg;
+    const attend_job *j = arg;
+    const mc_attn_args *a = j->a;
     float *scores = a->scratch + (int64_t)tid * a->n_ctx;
-    for (int64_t w = w0; w < w1; w++) attend_one(a, w / a->n_head, (int)(w % a->n_head), scores);
+    for (int64_t w = w0; w < w1; w++) j->attend(a, w / a->n_head, (int)(w % a->n_head), scores);
 }
 
 void mc_attention(const mc_attn_args *a) {
+    attend_job j = {.a = a, .attend = attend_one};
+    if (a->kv->type == MOECL_DTYPE_F16) j.attend = attend_one_f16;
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (a->kv->type == MOECL_DTYPE_F16 && mc_kv_f16c()) j.attend = attend_one_f16c;
+#endif
     /* Each (token, head) pair is independent; work per pair grows with its
      * position, so hand pairs out dynamically. */
-    mc_pool_for(a->pool, a->T * a->n_head, MC_POOL_DYNAMIC, 4, a->n_threads, attend_chunk, (void *)a);
+    mc_pool_for(a->pool, a->T * a->n_head, MC_POOL_DYNAMIC, 4, a->n_threads, attend_chunk, &j);
 }

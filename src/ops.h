@@ -24,18 +24,20 @@ void mc_rope(float *x, int n_heads, int head_dim, int32_t pos, float theta, bool
 /* Causal grouped-query attention for T tokens over one layer's KV cache.
  * Token t belongs to sequence seq[t] at position pos[t]; its keys are the
  * cached positions j <= pos[t] of that sequence (and j > pos[t] - window
- * when window > 0). The cache for sequence s, position j, starts at
- * k_cache + (s * n_ctx + j) * kv_dim, with kv_dim = n_head_kv * head_dim.
+ * when window > 0), read through the sequence's block table
+ * (mc_kv_row(kv, seq, layer, ..., j): F32 or F16 cells, kv_cache.h).
  * q: [T, n_head * head_dim] after RoPE; out: same shape.
  * Runs on n_threads threads of pool (NULL: the calling thread alone).
- * scratch: n_threads * n_ctx floats. */
+ * scratch: n_threads * n_ctx floats (n_ctx: the most positions of a sequence). */
+struct mc_kv;
 typedef struct mc_attn_args {
     int64_t T;
     int n_head, n_head_kv, head_dim;
     int32_t n_ctx, window;
     const int32_t *seq, *pos;  /* [T] */
     const float *q;            /* [T, n_head * head_dim] */
-    const float *k_cache, *v_cache;
+    const struct mc_kv *kv;    /* the cache; every position read must be held */
+    int layer;
     float *out;                /* [T, n_head * head_dim] */
     float *scratch;
     int n_threads;
@@ -61,6 +63,10 @@ void mc_route(const float *xn, const float *router_w, int64_t T, int n_embd, int
  * probabilities as they are (they sum to less than 1). */
 void mc_route_rule(const float *xn, const float *router_w, int64_t T, int n_embd, int n_expert, int k, bool renorm,
                    int32_t *expert, float *weight);
+/* The rule on router logits already computed (the decode loop's come from
+ * the backend's float32 matrix product, threaded, SGEMM for prompts):
+ * logits [T, n_expert], overwritten by the softmax. */
+void mc_route_logits(float *logits, int64_t T, int n_expert, int k, bool renorm, int32_t *expert, float *weight);
 
 /* The gather plan: the T*k (token, expert) pairs ordered by expert group,
  * where group_of[e] orders the experts (e.g. by the backend that holds them;

@@ -413,7 +413,9 @@ moecl_status moecl_quantize(const char *in_path, const char *out_path, const moe
     const mc_hparams *hp = &m->hp;
     j.hp = hp;
     const moecl_dtype src_type = mc_model_expert_dtype(m);
-    if (!params->allow_requantize && is_quantized(src_type) && r->base != src_type) {
+    /* F32 holds every value of every other type exactly (the dequantized
+     * weights, as the kernels compute with them): no flag needed for it. */
+    if (!params->allow_requantize && is_quantized(src_type) && r->base != src_type && r->base != MOECL_DTYPE_F32) {
         mc_gguf_writer_free(j.w);
         moecl_model_free(m);
         return mc_error(MOECL_ERR_INVALID_ARG, "%s: the weights are already quantized (%s); requantizing to %s loses "

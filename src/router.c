@@ -65,6 +65,13 @@ void mc_route_rule(const float *xn, const float *router_w, int64_t T, int n_embd
             for (int i = 0; i < n_embd; i++) acc += (double)x[i] * w[i];
             probs[e] = (float)acc;
         }
+        mc_route_logits(probs, 1, n_expert, k, renorm, expert + t * k, weight + t * k);
+    }
+}
+
+void mc_route_logits(float *logits, int64_t T, int n_expert, int k, bool renorm, int32_t *expert, float *weight) {
+    for (int64_t t = 0; t < T; t++) {
+        float *probs = logits + t * n_expert;
         mc_softmax(probs, n_expert);
         int32_t *ei = expert + t * k;
         float *wi = weight + t * k;

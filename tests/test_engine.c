@@ -185,8 +185,10 @@ static void make_prompt(int32_t *p, int n, uint64_t seed) {
     }
 }
 
-static moecl_engine *engine_new(const moecl_model *m, int slots, int n_ctx, int n_batch, int n_queue) {
+static moecl_engine *engine_new_kv(const moecl_model *m, int slots, int n_ctx, int n_batch, int n_queue,
+                                   uint32_t kv_cells) {
     moecl_engine_params ep = moecl_engine_default_params();
+    ep.context.n_kv_cells = kv_cells;
     ep.n_slots = slots;
     ep.n_ctx = n_ctx;
     ep.n_batch = n_batch;
@@ -199,6 +201,10 @@ static moecl_engine *engine_new(const moecl_model *m, int slots, int n_ctx, int 
     return e;
 }
 
+static moecl_engine *engine_new(const moecl_model *m, int slots, int n_ctx, int n_batch, int n_queue) {
+    return engine_new_kv(m, slots, n_ctx, n_batch, n_queue, 0);
+}
+
 /* ------------------------------------------------------------------------ */
 /* 8 concurrent requests = 8 requests alone                                 */
 /* ------------------------------------------------------------------------ */
@@ -207,7 +213,12 @@ enum { N_REQ = 8 };
 static const int k_len[N_REQ] = {1, 3, 5, 8, 12, 17, 23, 30};
 static const int k_gen[N_REQ] = {20, 7, 12, 3, 15, 9, 25, 5};
 
-static void test_concurrent(const moecl_model *m, int slots, int n_batch, bool staggered) {
+/* kv_cells: the KV pool shared by the slots (0: slots x 64). A pool of
+ * exactly the blocks of all 8 requests (16 blocks of 16: sequences growing
+ * together take blocks in turn, so each one's blocks are scattered over the
+ * pool) or of the largest 3 (8 blocks, half of what the 8 requests need in
+ * all: finished requests' blocks are reused) gives the same ids. */
+static void test_concurrent(const moecl_model *m, int slots, int n_batch, bool staggered, uint32_t kv_cells) {
     int32_t prompts[N_REQ][32], ref[N_REQ][32];
     static collector cs[N_REQ];
     collector *cp[N_REQ];
@@ -220,7 +231,7 @@ static void test_concurrent(const moecl_model *m, int slots, int n_batch, bool s
         CHECK(reference(m, prompts[i], k_len[i], k_gen[i], ref[i]) == k_gen[i]);
         cp[i] = &cs[i];
     }
-    moecl_engine *e = engine_new(m, slots, 64, n_batch, 16);
+    moecl_engine *e = engine_new_kv(m, slots, 64, n_batch, 16, kv_cells);
     if (!e) return;
     for (int i = 0; i < N_REQ; i++) cs[i].engine = e;
     if (staggered) { /* request i starts when request 0 has generated i tokens: each at another step */
@@ -264,6 +275,19 @@ static void test_concurrent(const moecl_model *m, int slots, int n_batch, bool s
     /* several sequences shared steps: fewer steps than tokens decoded */
     CHECKF(st.n_steps < st.n_batch_tokens, "%llu steps for %llu tokens", (unsigned long long)st.n_steps,
            (unsigned long long)st.n_batch_tokens);
+    /* The pool: never more than its budget, no request cut short. */
+    CHECK(st.kv_cells == (kv_cells ? kv_cells : (int64_t)slots * 64));
+    CHECK(st.kv_cells_held <= st.kv_cells && st.n_kv_full == 0);
+    if (kv_cells) {
+        moecl_model_info mi;
+        moecl_model_get_info(m, &mi);
+        const uint64_t per_cell = 2ull * (uint64_t)mi.n_layer * (uint64_t)mi.n_head_kv * (uint64_t)mi.head_dim * 4;
+        /* 128 cells hold half of what the 8 requests need: blocks were reused */
+        CHECKF(st.kv_bytes > 0 && st.kv_bytes <= (uint64_t)kv_cells * per_cell, "%llu bytes for %u cells",
+               (unsigned long long)st.kv_bytes, kv_cells);
+    }
+    fprintf(stderr, "  slots %d, budget %d, pool %lld cells: %llu idle caches freed, %.0f KiB allocated\n", slots, n_batch,
+            (long long)st.kv_cells, (unsigned long long)st.n_kv_evicted, (double)st.kv_bytes / 1024.0);
     moecl_engine_free(e);
 }
 
@@ -649,6 +673,72 @@ done:
     remove_dir(dir);
 }
 
+/* ------------------------------------------------------------------------ */
+/* A KV pool smaller than the slots' contexts                               */
+/* ------------------------------------------------------------------------ */
+
+static void test_kv_pool(const moecl_model *m) {
+    int32_t pa[4], pb[4], pc[30], pd[30], ref_a[40], ref_b[40], ref_c[10], ref_d[10];
+    make_prompt(pa, 4, 31);
+    make_prompt(pb, 4, 32);
+    make_prompt(pc, 30, 33);
+    make_prompt(pd, 30, 34);
+    CHECK(reference(m, pa, 4, 40, ref_a) == 40);
+    CHECK(reference(m, pb, 4, 40, ref_b) == 40);
+    CHECK(reference(m, pc, 30, 10, ref_c) == 10);
+    CHECK(reference(m, pd, 30, 10, ref_d) == 10);
+
+    /* 3 blocks of 16 for 2 slots of 64. A prompt larger than the pool can
+     * never run: refused at once. */
+    moecl_engine *e = engine_new_kv(m, 2, 64, 16, 8, 48);
+    if (!e) return;
+    int32_t big[60];
+    make_prompt(big, 60, 35);
+    collector x = {.engine = e};
+    moecl_engine_request qx = greedy_request(big, 60, 1, &x);
+    CHECK(moecl_engine_submit(e, &qx, NULL) == MOECL_ERR_CONTEXT_FULL);
+    CHECKF(strstr(moecl_last_error(), "the KV cache holds 48 cells") != NULL, "%s", moecl_last_error());
+
+    /* Exhaustion while generating: a and b (44 positions each, 3 blocks)
+     * both start; at position 16 there is one block left for the two: the
+     * older, a, gets it and b, the newer, ends with "length" after 13 ids
+     * (positions 0..15 hold its prompt and 12 of them; the 13th was sampled
+     * but has no cell), its own; its cache is freed when a needs a fourth block. */
+    collector a = {.engine = e}, b = {.engine = e};
+    moecl_engine_request qa = greedy_request(pa, 4, 40, &a), qb = greedy_request(pb, 4, 40, &b);
+    CHECK(moecl_engine_submit(e, &qa, NULL) == MOECL_OK);
+    CHECK(moecl_engine_submit(e, &qb, NULL) == MOECL_OK);
+    collector *ab[2] = {&a, &b};
+    CHECK(wait_done(ab, 2));
+    CHECKF(a.last.finish == MOECL_FINISH_LENGTH && a.n_ids == 40 && !memcmp(a.ids, ref_a, sizeof ref_a),
+           "a: %s after %d ids", moecl_finish_reason_str(a.last.finish), a.n_ids);
+    CHECKF(b.last.finish == MOECL_FINISH_LENGTH && b.n_ids == 13 && !memcmp(b.ids, ref_b, 13 * sizeof(int32_t)),
+           "b: %s after %d ids (13 expected)", moecl_finish_reason_str(b.last.finish), b.n_ids);
+    CHECK(b.last.status == MOECL_OK && b.last.usage.completion_tokens == 13);
+    moecl_engine_stats st;
+    moecl_engine_get_stats(e, &st);
+    CHECKF(st.n_kv_full == 1 && st.n_kv_evicted >= 1, "%llu ended by a full pool, %llu idle caches freed",
+           (unsigned long long)st.n_kv_full, (unsigned long long)st.n_kv_evicted);
+    CHECK(st.kv_cells == 48 && st.kv_cells_held <= 48 && st.kv_bytes > 0);
+
+    /* Admission: c and d need 3 blocks each (30 + 10 positions); d's prompt
+     * (2 blocks) does not fit beside c's, so d waits in the queue, then runs
+     * in c's freed blocks. Neither is cut short. */
+    collector c = {.engine = e}, d = {.engine = e};
+    moecl_engine_request qc = greedy_request(pc, 30, 10, &c), qd = greedy_request(pd, 30, 10, &d);
+    CHECK(moecl_engine_submit(e, &qc, NULL) == MOECL_OK);
+    CHECK(moecl_engine_submit(e, &qd, NULL) == MOECL_OK);
+    collector *cd[2] = {&c, &d};
+    CHECK(wait_done(cd, 2));
+    CHECKF(c.last.finish == MOECL_FINISH_LENGTH && c.n_ids == 10 && !memcmp(c.ids, ref_c, sizeof ref_c), "c: %d ids",
+           c.n_ids);
+    CHECKF(d.last.finish == MOECL_FINISH_LENGTH && d.n_ids == 10 && !memcmp(d.ids, ref_d, sizeof ref_d), "d: %d ids",
+           d.n_ids);
+    moecl_engine_get_stats(e, &st);
+    CHECKF(st.n_kv_full == 1, "c or d was cut short (%llu)", (unsigned long long)st.n_kv_full);
+    moecl_engine_free(e);
+}
+
 int main(int argc, char **argv) {
     if (argc < 3) {
         fprintf(stderr, "usage: test_engine DATA_DIR TOKENIZER_JSON\n");
@@ -662,9 +752,13 @@ int main(int argc, char **argv) {
     if (!m) return t_done("engine");
     test_args(m);
     test_stop_rules();
-    test_concurrent(m, 8, 16, true);   /* every request in a slot, chunked prompts, staggered starts */
-    test_concurrent(m, 3, 8, false);   /* queued requests, slots reused */
-    test_concurrent(m, 8, 64, false);  /* whole prompts in one step */
+    test_concurrent(m, 8, 16, true, 0);    /* every request in a slot, chunked prompts, staggered starts */
+    test_concurrent(m, 3, 8, false, 0);    /* queued requests, slots reused */
+    test_concurrent(m, 8, 64, false, 0);   /* whole prompts in one step */
+    test_concurrent(m, 8, 16, true, 256);  /* the same in a pool of 16 blocks: blocks reused, scattered */
+    test_concurrent(m, 3, 8, false, 128);  /* 8 blocks for 3 slots */
+    test_concurrent(m, 8, 64, false, 256);
+    test_kv_pool(m);
     test_cancel(m);
     test_prefix(m);
     moecl_model_free(m);

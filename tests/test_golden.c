@@ -15,13 +15,21 @@
  *                    [--bound B] [--no-argmax]
  *   opencl: every expert on the OpenCL device ($MOECL_DEVICE, else the
  *   first device); opencl-mixed: half the experts of each layer there, the
- *   rest on the CPU. Skips (77) when there is no OpenCL device.
+ *   rest on the CPU; opencl-planned: a skewed expert profile given to the
+ *   planner, which puts the hottest half of each layer on the device (not
+ *   the first half: arbitrary slots); opencl-multi: devices 0 and 1 each
+ *   hold a quarter of each layer's experts, the CPU the rest (run with
+ *   POCL_DEVICES="pthread pthread"; skips without two devices). Skips (77)
+ *   when there is no OpenCL device.
  *   MODEL may be a GGUF file; --ref names the directory of its
  *   reference.json (default: MODEL), --logits other reference logits for
  *   the same tokens (the dequantized model's, or F32 logits against a
  *   quantized model), --bound the normalised error allowed (default 1e-4),
  *   --no-argmax: a quantized model may pick other tokens than the F32
  *   reference; the reference tokens are fed instead of checking argmaxes.
+ *   --kv-type f16: the KV cache in F16 cells (its bound is given with --bound),
+ *   a pool of as many cells as one sequence's n_ctx shared by the two
+ *   sequences of check 4, so their blocks interleave.
  */
 #include "test_util.h"
 
@@ -33,6 +41,7 @@
 
 static double BOUND = 1e-4; /* max|Δ| / max|ref| */
 static bool g_argmax = true;
+static moecl_dtype g_kv_type = MOECL_DTYPE_F32;
 
 static int argmax(const float *v, int n) {
     int b = 0;
@@ -69,6 +78,65 @@ static bool load_ref(const char *dir, const char *logits_file, ref *r) {
 }
 
 static const char *g_backend = "cpu";
+static float *g_freq; /* opencl-planned: [n_layer * n_expert] */
+
+/* A skewed profile: in each layer the experts' shares are proportional to
+ * 1..E in an order that differs between layers, summing to K. */
+static float *skewed_profile(const moecl_model_info *in) {
+    const int L = in->n_layer, E = in->n_expert;
+    float *f = malloc((size_t)L * E * sizeof(float));
+    for (int l = 0; f && l < L; l++)
+        for (int e = 0; e < E; e++)
+            f[l * E + e] = fminf(1.0f, (float)in->n_expert_used * (float)(1 + (e * 5 + l * 3 + 1) % E) /
+                                           (float)(E * (E + 1) / 2));
+    return f;
+}
+
+/* The placement the mode asks for, seen from the public API. */
+static void check_placement(const moecl_model *model, const moecl_context *ctx) {
+    moecl_model_info in;
+    moecl_model_get_info(model, &in);
+    const int E = in.n_expert;
+    moecl_placement_info pi;
+    CHECK(moecl_context_get_placement(ctx, &pi) == MOECL_OK);
+    if (!strcmp(g_backend, "opencl-planned")) {
+        bool any_not_prefix = false;
+        for (int l = 0; l < in.n_layer; l++) {
+            /* every expert on the device at least as hot as every one on the host */
+            float coldest_dev = 2, hottest_host = -1;
+            int n_dev = 0;
+            for (int e = 0; e < E; e++) {
+                const float f = g_freq[l * E + e];
+                if (moecl_context_expert_device(ctx, l, e) == 1) {
+                    n_dev++;
+                    if (f < coldest_dev) coldest_dev = f;
+                    if (e >= E / 2) any_not_prefix = true;
+                } else if (f > hottest_host) {
+                    hottest_host = f;
+                }
+            }
+            CHECKF(n_dev == (E / 2 > 0 ? E / 2 : 1) && coldest_dev >= hottest_host,
+                   "layer %d: %d experts on the device, coldest %g, hottest on the host %g", l, n_dev,
+                   (double)coldest_dev, (double)hottest_host);
+        }
+        CHECK(pi.profiled && pi.n_device == 1);
+        CHECKF(any_not_prefix || E < 2, "the plan kept the first experts of every layer");
+    }
+    if (!strcmp(g_backend, "opencl-multi")) {
+        CHECKF(pi.n_device == 2, "%d devices in the plan", pi.n_device);
+        for (int l = 0; l < in.n_layer; l++) {
+            int n[3] = {0, 0, 0};
+            for (int e = 0; e < E; e++) {
+                const int32_t d = moecl_context_expert_device(ctx, l, e);
+                CHECK(d >= 0 && d <= 2);
+                if (d >= 0 && d <= 2) n[d]++;
+            }
+            const int q = E / 4 > 0 ? E / 4 : 1;
+            CHECKF(n[1] == q && n[2] == q && n[0] == E - 2 * q, "layer %d: host %d, device 1 %d, device 2 %d", l, n[0],
+                   n[1], n[2]);
+        }
+    }
+}
 
 static void run_checks(const moecl_model *model, const ref *r, int n_threads) {
     const int V = r->n_vocab, N = r->n_pos, P = r->n_prompt;
@@ -78,15 +146,24 @@ static void run_checks(const moecl_model *model, const ref *r, int n_threads) {
         moecl_model_info in;
         moecl_model_get_info(model, &in);
         cp.backend = MOECL_BACKEND_OPENCL;
-        if (!strcmp(g_backend, "opencl-mixed")) cp.gpu_experts = in.n_expert / 2 > 0 ? in.n_expert / 2 : 1;
+        if (!strcmp(g_backend, "opencl-mixed") || !strcmp(g_backend, "opencl-planned"))
+            cp.gpu_experts = in.n_expert / 2 > 0 ? in.n_expert / 2 : 1;
+        if (!strcmp(g_backend, "opencl-planned")) cp.expert_freq = g_freq;
+        if (!strcmp(g_backend, "opencl-multi")) {
+            cp.device = "0,1";
+            cp.gpu_experts = in.n_expert / 4 > 0 ? in.n_expert / 4 : 1;
+        }
     }
     cp.n_ctx = 64;
     cp.n_threads = n_threads;
     cp.logits_all = true;
     cp.n_seq_max = 2;
+    cp.kv_type = g_kv_type;
+    if (g_kv_type == MOECL_DTYPE_F16) cp.n_kv_cells = 64;
     moecl_context *ctx = NULL;
     CHECKF(moecl_context_new(model, &cp, &ctx) == MOECL_OK, "%s", moecl_last_error());
     if (!ctx) return;
+    check_placement(model, ctx);
 
     /* 1. all positions as one batch */
     float *batch_logits = malloc((size_t)N * V * sizeof(float));
@@ -173,17 +250,24 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--logits") && i + 1 < argc) logits_file = argv[++i];
         else if (!strcmp(argv[i], "--bound") && i + 1 < argc) BOUND = atof(argv[++i]);
         else if (!strcmp(argv[i], "--no-argmax")) g_argmax = false;
+        else if (!strcmp(argv[i], "--kv-type") && i + 1 < argc && !strcmp(argv[i + 1], "f16")) {
+            g_kv_type = MOECL_DTYPE_F16;
+            i++;
+        }
         else if (argv[i][0] != '-') g_backend = argv[i];
         else {
             fprintf(stderr, "test_golden: unknown option %s\n", argv[i]);
             return 1;
         }
     }
-    if (strcmp(g_backend, "cpu") && strcmp(g_backend, "opencl") && strcmp(g_backend, "opencl-mixed")) {
+    if (strcmp(g_backend, "cpu") && strcmp(g_backend, "opencl") && strcmp(g_backend, "opencl-mixed") &&
+        strcmp(g_backend, "opencl-planned") && strcmp(g_backend, "opencl-multi")) {
         fprintf(stderr, "test_golden: unknown backend %s\n", g_backend);
         return 1;
     }
     if (strcmp(g_backend, "cpu") && moecl_device_count() == 0) return t_skip("golden", "no OpenCL device");
+    if (!strcmp(g_backend, "opencl-multi") && moecl_device_count() < 2)
+        return t_skip("golden", "fewer than two OpenCL devices (PoCL gives two with POCL_DEVICES=\"pthread pthread\")");
     /* $MOECL_DEVICE reaches the context; a device it names must be there */
     const char *sel = getenv("MOECL_DEVICE");
     mc_cl_device dev;
@@ -202,9 +286,11 @@ int main(int argc, char **argv) {
         moecl_model_get_info(model, &in);
         CHECK(in.n_vocab == r.n_vocab);
         fprintf(stderr, "%s on %s, bound %.3g%s\n", argv[1], g_backend, BOUND, g_argmax ? "" : ", reference tokens fed");
+        g_freq = skewed_profile(&in);
         for (int t = 1; t <= 2; t++) run_checks(model, &r, t);
     }
     moecl_model_free(model);
+    free(g_freq);
     free(r.logits);
     return t_done("golden");
 }

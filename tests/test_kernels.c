@@ -3,9 +3,11 @@
  *
  * Every matmul configuration (dtype x shape x T) is computed once in double
  * from the same dtype-rounded weights, then mc_cpu_matmul is run with 1 and
- * 2 threads under each instruction set this CPU has (the detected one, AVX2
- * by capping with MOECL_CPU_ISA, and forced scalar) and compared by
- * normalised error. Conversions are checked bit-exactly on all 65536 inputs.
+ * 2 threads under each instruction set this CPU has (the detected one, the
+ * lower ones by capping with MOECL_CPU_ISA - AVX2 on x86; NEON without
+ * sdot, and FP16 arithmetic, on ARM - and forced scalar) and compared by
+ * normalised error. F16 weights in FP16 arithmetic (ARM, MOECL_CPU_ISA=fp16)
+ * have their own bound, FP16_BOUND. Conversions are checked bit-exactly on all 65536 inputs.
  * Quantized weights (Q8_0 .. Q6_K) are compared against a float64 product of
  * their mc_dequantize_row values, under the same 1e-5 bound (the kernels
  * keep activations in float32; only accumulation order differs) - except
@@ -14,12 +16,20 @@
  * bound, QINT_BOUND. There the same product is also run under forced scalar
  * (float activations) and the two compared.
  *
- * Each int8 kernel set (AVX2, AVX-VNNI, AVX-512 VNNI) is then selected by
- * name through MOECL_CPU_ISA and run at every T <= 8 on awkward shapes; the
- * test fails if the kernels that ran are not the ones asked for (AVX2 must
- * be there on any CPU with AVX2; the other two are skipped, and said so,
- * on CPUs without them). Last, MOECL_CPU_ISA values: names in any case,
- * and an unknown one refused by moecl_context_new.
+ * Each int8 kernel set (AVX2, AVX-VNNI, AVX-512 VNNI; NEON, NEON sdot) is
+ * then selected by name through MOECL_CPU_ISA and run at every T <= 8 on
+ * awkward shapes; the test fails if the kernels that ran are not the ones
+ * asked for (AVX2 must be there on any CPU with AVX2, NEON on any ARM64;
+ * the others are skipped, and said so, on CPUs without them). Last,
+ * MOECL_CPU_ISA values: names in any case, and an unknown one refused by
+ * moecl_context_new.
+ *
+ * Environment (all optional):
+ *   MOECL_TEST_QUICK=1        fewer and smaller shapes, still awkward ones
+ *                             (for qemu: tools/test-aarch64.sh)
+ *   MOECL_TEST_EXPECT_INT8=K  the detected int8 kernels must be K (qemu's CPU
+ *                             models: is the run-time detection right?)
+ *   MOECL_TEST_EXPECT_FP16=0|1  whether MOECL_CPU_ISA=fp16 must be available
  */
 #include "backend/cpu/kernels.h"
 #include "quant/quant.h"
@@ -33,23 +43,33 @@
 
 /* ---- instruction-set modes ------------------------------------------------ */
 
+/* auto, the levels named with MOECL_CPU_ISA (each must give the float
+ * kernels named the same), scalar */
+#if defined(__aarch64__)
+enum { MODE_AUTO, MODE_NEON, MODE_FP16, MODE_SCALAR, MODE_COUNT };
+static const char *const mode_names[MODE_COUNT] = {"auto", "neon", "fp16", "scalar"};
+#else
 enum { MODE_AUTO, MODE_AVX2, MODE_SCALAR, MODE_COUNT };
 static const char *const mode_names[MODE_COUNT] = {"auto", "avx2", "scalar"};
+#endif
+
+static bool quick = false; /* MOECL_TEST_QUICK */
 
 /* Switch the kernels to a mode; false if this CPU cannot run it (or it
  * would be the same as auto). */
 static bool set_mode(int mode) {
     unsetenv("MOECL_CPU_ISA");
     mc_cpu_force_scalar(false);
-    if (mode == MODE_AVX2) {
-        if (strcmp(mc_cpu_isa(), "avx512") != 0) return false;
-        setenv("MOECL_CPU_ISA", "avx2", 1);
-        mc_cpu_force_scalar(false); /* re-detect under the cap */
-        return strcmp(mc_cpu_isa(), "avx2") == 0;
-    }
     if (mode == MODE_SCALAR) {
         mc_cpu_force_scalar(true);
         return strcmp(mc_cpu_isa(), "scalar") == 0;
+    }
+    if (mode != MODE_AUTO) {
+        const char *auto_isa = mc_cpu_isa(), *auto_int8 = mc_cpu_int8_kernels();
+        setenv("MOECL_CPU_ISA", mode_names[mode], 1);
+        mc_cpu_force_scalar(false); /* re-detect under the cap */
+        return strcmp(mc_cpu_isa(), mode_names[mode]) == 0 &&
+               (strcmp(mc_cpu_isa(), auto_isa) != 0 || strcmp(mc_cpu_int8_kernels(), auto_int8) != 0);
     }
     return true;
 }
@@ -221,6 +241,16 @@ static double worst_nerr = 0;
 #endif
 static double worst_qint[MOECL_DTYPE_COUNT], worst_qint_big[MOECL_DTYPE_COUNT], worst_qint_exact = 0;
 
+/* Normalised error of F16 weights in FP16 arithmetic (ARM, MOECL_CPU_ISA=
+ * fp16: X rounded to binary16 after scaling each row into [1, 2), 4 products
+ * per lane summed in binary16). Measured under qemu over this file's
+ * configurations: see the summary line; the bound leaves ~3x. */
+#ifndef FP16_BOUND
+#define FP16_BOUND 3e-3
+#endif
+static double worst_f16a = 0;
+static int n_f16a = 0;
+
 /* X rounded as the int8 path rounds it (32 columns per scale amax / 127),
  * back in float: a reference that isolates the kernels' own error. */
 static void round_x_int8(const float *X, float *Xq, int64_t n) {
@@ -319,16 +349,20 @@ static void run_config(moecl_dtype dt, int64_t rows, int64_t cols, int64_t T, co
             for (size_t i = 0; i < (size_t)(T * rows); i++) Y[i] = NAN; /* every output must be written */
             mc_cpu_matmul(&W, X, T, Y, pool_of(nt), scratch);
             double e = nerr(Y, ref, (size_t)(T * rows), scale);
-            const bool qint = mc_cpu_quant_int8(dt, T);
-            if (qint) {
+            const bool qint = mc_cpu_quant_int8(dt, T), f16a = mc_cpu_f16_arith(dt, T);
+            if (f16a) {
+                worst_f16a = fmax(worst_f16a, e);
+                n_f16a++;
+            } else if (qint) {
                 worst_qint[dt] = fmax(worst_qint[dt], e);
                 if (cols >= 1024) worst_qint_big[dt] = fmax(worst_qint_big[dt], e);
                 n_qint++;
             } else {
                 worst_nerr = fmax(worst_nerr, e);
             }
-            CHECKF(e <= (qint ? QINT_BOUND : 1e-5), "%s %s%s rows=%lld cols=%lld T=%lld threads=%d: nerr %.3g",
-                   mode_names[mode], moecl_dtype_name(dt), qint ? " (int8)" : "", (long long)rows, (long long)cols,
+            CHECKF(e <= (qint ? QINT_BOUND : f16a ? FP16_BOUND : 1e-5),
+                   "%s %s%s rows=%lld cols=%lld T=%lld threads=%d: nerr %.3g", mode_names[mode], moecl_dtype_name(dt),
+                   qint ? " (int8)" : f16a ? " (fp16 arithmetic)" : "", (long long)rows, (long long)cols,
                    (long long)T, nt, e);
             if (qint) {
                 /* against a float64 product with X rounded the same way:
@@ -362,6 +396,13 @@ static void run_config(moecl_dtype dt, int64_t rows, int64_t cols, int64_t T, co
     if (mc_cpu_matmul_scratch_size(&W, T, 2) > 0) {
         for (size_t i = 0; i < (size_t)(T * rows); i++) Y[i] = NAN;
         mc_cpu_matmul(&W, X, T, Y, pool_of(2), NULL);
+        float *Xq = NULL;
+        if (mc_cpu_quant_int8(dt, T)) { /* against X rounded as it rounds it */
+            Xq = malloc((size_t)(T * cols) * sizeof *Xq);
+            round_x_int8(X, Xq, T * cols);
+            scale = ref_matmul(wf, Xq, T, rows, cols, ref);
+            free(Xq);
+        }
         double e = nerr(Y, ref, (size_t)(T * rows), scale);
         CHECKF(e <= 1e-5, "no scratch %s rows=%lld cols=%lld T=%lld: nerr %.3g", moecl_dtype_name(dt),
                (long long)rows, (long long)cols, (long long)T, e);
@@ -373,15 +414,23 @@ static void run_config(moecl_dtype dt, int64_t rows, int64_t cols, int64_t T, co
     free(Y);
 }
 
+/* The elements of a list, or of its quick version (MOECL_TEST_QUICK). */
+#define LIST(full, small) (quick ? (small) : (full))
+#define LEN(full, small) (quick ? sizeof(small) / sizeof *(small) : sizeof(full) / sizeof *(full))
+
 static void test_matmul(const bool modes[MODE_COUNT]) {
-    static const int64_t Ts[] = {1, 2, 3, 5, 7, 8, 13, 64, 67, 131};
-    static const int64_t rows_list[] = {1, 17, 96, 1000};
-    static const int64_t cols_list[] = {1, 7, 33, 64, 1024, 3584};
+    /* quick: still T = 1, 2, odd T, the sgemm thresholds (64 / 128) crossed,
+     * rows that end 4-row groups and thread chunks unevenly, columns with
+     * vector tails and (1024 at T = 67, F16/BF16) L2 column blocks */
+    static const int64_t Ts[] = {1, 2, 3, 5, 7, 8, 13, 64, 67, 131}, qk_Ts[] = {1, 2, 3, 5, 8, 13, 67, 131};
+    static const int64_t rows_list[] = {1, 17, 96, 1000}, qk_rows[] = {1, 17, 37};
+    static const int64_t cols_list[] = {1, 7, 33, 64, 1024, 3584}, qk_cols[] = {1, 7, 33, 1024};
     for (int dt = 0; dt <= MOECL_DTYPE_BF16; dt++)
-        for (size_t ri = 0; ri < sizeof rows_list / sizeof *rows_list; ri++)
-            for (size_t ci = 0; ci < sizeof cols_list / sizeof *cols_list; ci++)
-                for (size_t ti = 0; ti < sizeof Ts / sizeof *Ts; ti++) {
-                    int64_t rows = rows_list[ri], cols = cols_list[ci], T = Ts[ti];
+        for (size_t ri = 0; ri < LEN(rows_list, qk_rows); ri++)
+            for (size_t ci = 0; ci < LEN(cols_list, qk_cols); ci++)
+                for (size_t ti = 0; ti < LEN(Ts, qk_Ts); ti++) {
+                    int64_t rows = LIST(rows_list, qk_rows)[ri], cols = LIST(cols_list, qk_cols)[ci],
+                            T = LIST(Ts, qk_Ts)[ti];
                     /* The largest shape with a subset of T, to keep the run
                      * short (the double reference dominates). */
                     if (rows == 1000 && cols == 3584 && (T == 3 || T == 7 || T == 13)) continue;
@@ -392,17 +441,18 @@ static void test_matmul(const bool modes[MODE_COUNT]) {
      * sgemm path (65, 200); columns of one block, several, and past one
      * dequantized tile (1280 = 1024 + 256); prime row counts (thread chunks
      * and the 4-row groups end unevenly). */
-    static const int64_t qTs[] = {1, 2, 3, 7, 8, 31, 64, 65, 200};
-    static const int64_t qrows[] = {1, 13, 97};
-    static const int64_t qcols[] = {32, 96, 256, 288, 1280};
+    static const int64_t qTs[] = {1, 2, 3, 7, 8, 31, 64, 65, 200}, qk_qTs[] = {1, 2, 3, 8, 31, 65};
+    static const int64_t qrows[] = {1, 13, 97}, qk_qrows[] = {1, 13};
+    static const int64_t qcols[] = {32, 96, 256, 288, 1280}, qk_qcols[] = {32, 256, 288, 1280};
     for (int dt = MOECL_DTYPE_Q8_0; dt < MOECL_DTYPE_COUNT; dt++)
-        for (size_t ri = 0; ri < sizeof qrows / sizeof *qrows; ri++)
-            for (size_t ci = 0; ci < sizeof qcols / sizeof *qcols; ci++)
-                for (size_t ti = 0; ti < sizeof qTs / sizeof *qTs; ti++) {
-                    if (qcols[ci] % mc_dtype_block((moecl_dtype)dt)) continue;
-                    run_config((moecl_dtype)dt, qrows[ri], qcols[ci], qTs[ti], modes);
+        for (size_t ri = 0; ri < LEN(qrows, qk_qrows); ri++)
+            for (size_t ci = 0; ci < LEN(qcols, qk_qcols); ci++)
+                for (size_t ti = 0; ti < LEN(qTs, qk_qTs); ti++) {
+                    const int64_t c = LIST(qcols, qk_qcols)[ci];
+                    if (c % mc_dtype_block((moecl_dtype)dt)) continue;
+                    run_config((moecl_dtype)dt, LIST(qrows, qk_qrows)[ri], c, LIST(qTs, qk_qTs)[ti], modes);
                 }
-    run_config(MOECL_DTYPE_Q4_K, 300, 4096, 64, modes); /* column blocks at T=64 */
+    run_config(MOECL_DTYPE_Q4_K, quick ? 37 : 300, 4096, 64, modes); /* column blocks at T=64 */
 
     /* Degenerate shapes. */
     float X[4] = {1, 2, 3, 4}, Y[4] = {5, 5, 5, 5};
@@ -472,20 +522,30 @@ static void run_int8_config(const char *level, const char *kern, int ki, moecl_d
 }
 
 static void test_int8_kernels(void) {
-    /* level name for MOECL_CPU_ISA, and the int8 kernels it must give */
+    /* level name for MOECL_CPU_ISA, and the int8 kernels it must give (the
+     * first on every CPU with SIMD kernels) */
+#if defined(__aarch64__)
+    static const char *const sets[][2] = {{"neon", "neon"}, {"dotprod", "dotprod"}};
+#else
     static const char *const sets[][2] = {{"avx2", "avx2"}, {"avxvnni", "avxvnni"}, {"avx512vnni", "avx512vnni"}};
-    static const int64_t rows_list[] = {1, 3, 6, 37};
+#endif
+    const int nsets = (int)(sizeof sets / sizeof *sets);
+    static const int64_t rows_full[] = {1, 3, 6, 37}, rows_quick[] = {1, 6};
     /* Q8_0 / Q4_0: 1 block, under one group of 8, groups plus a tail;
      * K-quants: 1 to 9 blocks of 256 */
-    static const int64_t cols_small[] = {32, 224, 288, 1056}, cols_k[] = {256, 768, 2304};
-    for (int ki = 0; ki < 3; ki++) {
+    static const int64_t cols_small_full[] = {32, 224, 288, 1056}, cols_k_full[] = {256, 768, 2304};
+    static const int64_t cols_small_quick[] = {32, 288}, cols_k_quick[] = {256, 768};
+    const int64_t *rows_list = LIST(rows_full, rows_quick), *cols_small = LIST(cols_small_full, cols_small_quick),
+                  *cols_k = LIST(cols_k_full, cols_k_quick);
+    const size_t nrows = LEN(rows_full, rows_quick);
+    for (int ki = 0; ki < nsets; ki++) {
         setenv("MOECL_CPU_ISA", sets[ki][0], 1);
         mc_cpu_force_scalar(false);
         const char *have = mc_cpu_int8_kernels();
         if (strcmp(have, sets[ki][1]) != 0) {
-            if (ki == 0) /* AVX2 int8 kernels on every CPU with AVX2 */
-                CHECKF(!strcmp(mc_cpu_isa(), "scalar"), "MOECL_CPU_ISA=avx2 on a CPU with %s gives int8 kernels %s",
-                       mc_cpu_isa(), have);
+            if (ki == 0) /* AVX2 int8 kernels on every CPU with AVX2, NEON on every ARM64 */
+                CHECKF(!strcmp(mc_cpu_isa(), "scalar"), "MOECL_CPU_ISA=%s on a CPU with %s gives int8 kernels %s",
+                       sets[0][0], mc_cpu_isa(), have);
             fprintf(stderr, "int8 kernels %s: not on this CPU (MOECL_CPU_ISA=%s gives %s), not tested\n",
                     sets[ki][1], sets[ki][0], have);
             continue;
@@ -494,17 +554,86 @@ static void test_int8_kernels(void) {
         for (int dt = MOECL_DTYPE_Q8_0; dt < MOECL_DTYPE_COUNT; dt++) {
             const bool kq = mc_dtype_block((moecl_dtype)dt) == 256;
             const int64_t *cl = kq ? cols_k : cols_small;
-            const size_t ncl = kq ? 3 : 4;
-            for (size_t ri = 0; ri < sizeof rows_list / sizeof *rows_list; ri++)
+            const size_t ncl = kq ? LEN(cols_k_full, cols_k_quick) : LEN(cols_small_full, cols_small_quick);
+            for (size_t ri = 0; ri < nrows; ri++)
                 for (size_t ci = 0; ci < ncl; ci++)
-                    for (int64_t T = 1; T <= 8; T++)
-                        run_int8_config(sets[ki][0], sets[ki][1], ki, (moecl_dtype)dt, rows_list[ri], cl[ci], T);
+                    for (int64_t T = 1; T <= 10; T++) /* and 13, 64: T > 8 */
+                        run_int8_config(sets[ki][0], sets[ki][1], ki, (moecl_dtype)dt, rows_list[ri], cl[ci],
+                                        T <= 8 ? T : T == 9 ? 13 : 64);
         }
         fprintf(stderr, "int8 kernels %s: %d runs, worst normalised error against rounded-X float64 %.3g\n",
                 sets[ki][1], n_configs - before, worst_int8_exact[ki]);
     }
     unsetenv("MOECL_CPU_ISA");
     mc_cpu_force_scalar(false);
+}
+
+/* ---- batch independence ----------------------------------------------------------- */
+
+/* A row of X gets the same result alone, in a batch of 6 and of 64 (bit for
+ * bit: the same kernels, int8 where there are any), and within 1e-5 in a
+ * batch of 70 or 200 (sgemm on the same 8-bit activations: only the float
+ * summation order differs), for every quantized type, every instruction set
+ * this CPU has (MOECL_CPU_ISA) and 1 and 2 threads. */
+static double worst_batch70 = 0;
+static void test_batch_rows(void) {
+    static const char *const levels[][2] = {{"scalar", "none"}, {"avx2", "avx2"}, {"avxvnni", "avxvnni"},
+                                            {"avx512", NULL},   {"avx512vnni", "avx512vnni"},
+                                            {"neon", "neon"},   {"dotprod", "dotprod"}};
+    const int64_t rows = 97, cols = 1280, TB = 200;
+    uint64_t seed = 99;
+    float *wf = malloc((size_t)(rows * cols) * sizeof *wf), *X = malloc((size_t)(TB * cols) * sizeof *X);
+    float *Y1 = malloc((size_t)(TB * rows) * sizeof *Y1), *Yb = malloc((size_t)(TB * rows) * sizeof *Yb);
+    for (int64_t i = 0; i < TB * cols; i++) X[i] = t_rand_f(&seed) * ((i / 32) % 3 == 0 ? 9.0f : 0.3f);
+    int runs = 0;
+    for (int dt = MOECL_DTYPE_Q8_0; dt < MOECL_DTYPE_COUNT; dt++) {
+        size_t rb;
+        CHECK(mc_dtype_row_bytes((moecl_dtype)dt, cols, &rb));
+        char *q = malloc(rb * (size_t)rows);
+        for (int64_t i = 0; i < rows * cols; i++) wf[i] = t_rand_f(&seed);
+        for (int64_t r = 0; r < rows; r++) mc_quantize_row((moecl_dtype)dt, wf + r * cols, q + (size_t)r * rb, cols);
+        mc_tensor W = {.type = (moecl_dtype)dt, .rows = rows, .cols = cols, .data = q, .nbytes = rb * (size_t)rows};
+        for (size_t li = 0; li < sizeof levels / sizeof *levels; li++) {
+            setenv("MOECL_CPU_ISA", levels[li][0], 1);
+            mc_cpu_force_scalar(false);
+            if (levels[li][1] ? strcmp(mc_cpu_int8_kernels(), levels[li][1]) != 0
+                              : strcmp(mc_cpu_isa(), "avx512") != 0)
+                continue; /* not on this CPU */
+            for (int nt = 1; nt <= 2; nt++) {
+                for (int64_t t = 0; t < 70; t++) mc_cpu_matmul(&W, X + t * cols, 1, Y1 + t * rows, pool_of(nt), NULL);
+                static const int64_t Ts[] = {6, 64, 70, 200};
+                for (int k = 0; k < 4; k++) {
+                    const int64_t T = Ts[k];
+                    size_t ss = mc_cpu_matmul_scratch_size(&W, T, nt);
+                    void *scratch = ss ? aligned_alloc(64, (ss + 63) & ~(size_t)63) : NULL;
+                    mc_cpu_matmul(&W, X, T, Yb, pool_of(nt), scratch);
+                    free(scratch);
+                    const int64_t n = (T < 70 ? T : 70) * rows;
+                    if (T <= 64) {
+                        CHECKF(!memcmp(Y1, Yb, (size_t)n * sizeof *Y1),
+                               "MOECL_CPU_ISA=%s %s %d thread(s): rows in a batch of %lld differ from the rows alone",
+                               levels[li][0], moecl_dtype_name((moecl_dtype)dt), nt, (long long)T);
+                    } else {
+                        double e = nerr(Yb, Y1, (size_t)n, 0);
+                        worst_batch70 = fmax(worst_batch70, e);
+                        CHECKF(e <= 1e-5, "MOECL_CPU_ISA=%s %s %d thread(s): batch of %lld against rows alone: %.3g",
+                               levels[li][0], moecl_dtype_name((moecl_dtype)dt), nt, (long long)T, e);
+                    }
+                }
+                runs++;
+            }
+        }
+        free(q);
+    }
+    CHECKF(runs >= 2 * 5, "only %d batch-independence runs", runs);
+    fprintf(stderr, "batch independence: %d runs; batches of 6 and 64 bit-identical to rows alone, 70 and 200 within "
+                    "%.3g (bound 1e-5)\n", runs, worst_batch70);
+    unsetenv("MOECL_CPU_ISA");
+    mc_cpu_force_scalar(false);
+    free(wf);
+    free(X);
+    free(Y1);
+    free(Yb);
 }
 
 /* ---- MOECL_CPU_ISA values --------------------------------------------------------- */
@@ -526,23 +655,33 @@ static void test_isa_env(void) {
     mc_cpu_force_scalar(false);
     CHECK(mc_cpu_check_env() == MOECL_OK);
     CHECK(!strcmp(mc_cpu_isa(), "scalar") && !strcmp(mc_cpu_int8_kernels(), "none"));
-    setenv("MOECL_CPU_ISA", "AVX2", 1);
+#if defined(__aarch64__)
+    /* the lowest SIMD level, in capitals; another architecture's names and
+     * anything else unknown; the accepted names */
+    const char *lowest = "NEON", *lowest_isa = "neon", *lowest_int8 = "neon";
+    static const char *const bad[] = {"avx2", "neon ", "sdot", "neon,scalar"};
+    static const char *const accepted[] = {"fp16", "dotprod", "neon", "scalar", "auto"};
+#else
+    const char *lowest = "AVX2", *lowest_isa = "avx2", *lowest_int8 = "avx2";
+    static const char *const bad[] = {"avx3", "neon", " avx2", "avx2,scalar"};
+    static const char *const accepted[] = {"avx512vnni", "avxvnni", "avx2", "scalar", "auto"};
+#endif
+    setenv("MOECL_CPU_ISA", lowest, 1);
     mc_cpu_force_scalar(false);
     CHECK(mc_cpu_check_env() == MOECL_OK);
     if (strcmp(auto_isa, "scalar") != 0)
-        CHECKF(!strcmp(mc_cpu_isa(), "avx2") && !strcmp(mc_cpu_int8_kernels(), "avx2"),
-               "MOECL_CPU_ISA=AVX2 gives %s with int8 kernels %s", mc_cpu_isa(), mc_cpu_int8_kernels());
+        CHECKF(!strcmp(mc_cpu_isa(), lowest_isa) && !strcmp(mc_cpu_int8_kernels(), lowest_int8),
+               "MOECL_CPU_ISA=%s gives %s with int8 kernels %s", lowest, mc_cpu_isa(), mc_cpu_int8_kernels());
 
     /* unknown: an error naming the accepted values; the kernels run as auto */
-    static const char *const bad[] = {"avx3", "neon", " avx2", "avx2,scalar"};
     for (int i = 0; i < 4; i++) {
         setenv("MOECL_CPU_ISA", bad[i], 1);
         mc_cpu_force_scalar(false);
         CHECKF(mc_cpu_check_env() == MOECL_ERR_INVALID_ARG, "MOECL_CPU_ISA='%s' accepted", bad[i]);
         const char *msg = moecl_last_error();
-        CHECKF(strstr(msg, "MOECL_CPU_ISA") && strstr(msg, bad[i]) && strstr(msg, "avx512vnni") &&
-                   strstr(msg, "avxvnni") && strstr(msg, "avx2") && strstr(msg, "scalar") && strstr(msg, "auto"),
-               "message: %s", msg);
+        bool names_all = true;
+        for (int j = 0; j < 5; j++) names_all = names_all && strstr(msg, accepted[j]);
+        CHECKF(strstr(msg, "MOECL_CPU_ISA") && strstr(msg, bad[i]) && names_all, "message: %s", msg);
         CHECK(!strcmp(mc_cpu_isa(), auto_isa));
     }
 
@@ -559,7 +698,7 @@ static void test_isa_env(void) {
         setenv("MOECL_CPU_ISA", "avx-512", 1);
         CHECK(moecl_context_new(model, &cp, &ctx) == MOECL_ERR_INVALID_ARG && ctx == NULL);
         CHECKF(strstr(moecl_last_error(), "MOECL_CPU_ISA='avx-512'") != NULL, "message: %s", moecl_last_error());
-        setenv("MOECL_CPU_ISA", "Avx2", 1);
+        setenv("MOECL_CPU_ISA", lowest_isa, 1);
         CHECK(moecl_context_new(model, &cp, &ctx) == MOECL_OK && ctx != NULL);
         moecl_context_free(ctx);
         moecl_model_free(model);
@@ -571,14 +710,40 @@ static void test_isa_env(void) {
     mc_cpu_force_scalar(false);
 }
 
+/* The detection against what the environment says this CPU has (qemu's CPU
+ * models in tools/test-aarch64.sh). */
+static void test_expected_cpu(void) {
+    const char *want_int8 = getenv("MOECL_TEST_EXPECT_INT8"), *want_fp16 = getenv("MOECL_TEST_EXPECT_FP16");
+    if (want_int8) {
+        set_mode(MODE_AUTO);
+        CHECKF(!strcmp(mc_cpu_int8_kernels(), want_int8), "detected int8 kernels %s, expected %s",
+               mc_cpu_int8_kernels(), want_int8);
+    }
+    if (want_fp16) {
+        setenv("MOECL_CPU_ISA", "fp16", 1);
+        mc_cpu_force_scalar(false);
+        const bool has = !strcmp(mc_cpu_isa(), "fp16");
+        CHECKF(has == (strcmp(want_fp16, "1") == 0), "MOECL_CPU_ISA=fp16 gives %s; MOECL_TEST_EXPECT_FP16=%s",
+               mc_cpu_isa(), want_fp16);
+    }
+    set_mode(MODE_AUTO);
+}
+
 int main(void) {
-    bool modes[MODE_COUNT] = {true, false, true};
+    const char *q = getenv("MOECL_TEST_QUICK");
+    quick = q && *q && strcmp(q, "0") != 0;
+    bool modes[MODE_COUNT];
     set_mode(MODE_AUTO);
     const char *isa = mc_cpu_isa();
-    CHECK(!strcmp(isa, "avx512") || !strcmp(isa, "avx2") || !strcmp(isa, "scalar"));
-    modes[MODE_AVX2] = set_mode(MODE_AVX2);
-    fprintf(stderr, "test_kernels: detected ISA %s; testing auto%s and scalar\n", isa,
-            modes[MODE_AVX2] ? ", avx2 (capped)" : "");
+    CHECK(!strcmp(isa, "avx512") || !strcmp(isa, "avx2") || !strcmp(isa, "neon") || !strcmp(isa, "scalar"));
+    fprintf(stderr, "test_kernels: detected ISA %s, int8 kernels %s%s; testing", isa, mc_cpu_int8_kernels(),
+            quick ? " (quick: MOECL_TEST_QUICK)" : "");
+    for (int mode = 0; mode < MODE_COUNT; mode++) {
+        modes[mode] = mode == MODE_AUTO || set_mode(mode);
+        if (modes[mode]) fprintf(stderr, " %s", mode_names[mode]);
+    }
+    fprintf(stderr, "\n");
+    test_expected_cpu();
 
     for (int mode = 0; mode < MODE_COUNT; mode++) {
         if (!modes[mode]) continue;
@@ -590,6 +755,7 @@ int main(void) {
     test_swiglu();
     test_matmul(modes);
     test_int8_kernels();
+    test_batch_rows();
     test_isa_env();
     set_mode(MODE_AUTO);
     fprintf(stderr, "matmul: %d runs, worst normalised error %.3g (float activations)\n", n_configs, worst_nerr);
@@ -599,6 +765,9 @@ int main(void) {
                     moecl_dtype_name((moecl_dtype)dt), worst_qint[dt], QINT_BOUND, worst_qint_big[dt]);
     fprintf(stderr, "matmul: %d runs on the int8 path; against X rounded to int8: worst %.3g\n", n_qint,
             worst_qint_exact);
+    if (n_f16a)
+        fprintf(stderr, "matmul: %d runs of F16 in FP16 arithmetic: worst normalised error %.3g (bound %.0e)\n", n_f16a,
+                worst_f16a, FP16_BOUND);
     for (int i = 0; i < 3; i++) mc_pool_free(g_pools[i]);
     return t_done("test_kernels");
 }

@@ -13,13 +13,16 @@
  *     wrote with PyPI gguf's reference quantizers, for every tensor of the
  *     same name and type;
  *   - GGUF in, GGUF out (f32 GGUF -> q8_0); requantizing is refused unless
- *     allowed;
+ *     allowed, except to f32, which keeps every value (Q4_0, Q4_K_M, F16,
+ *     BF16 files widened and compared bit for bit with their dequantized
+ *     tensors);
  *   - errors: unknown type, output = input, a missing input, an output
  *     directory that does not exist (no file left behind).
  */
 #include "test_util.h"
 
 #include "formats/gguf.h"
+#include "quant/quant.h"
 #include "moecl.h"
 
 #include <cjson/cJSON.h>
@@ -206,6 +209,75 @@ static void test_gguf_in(const ref *r) {
     CHECKF(quantize(q8, q4, "q4_0", true) == MOECL_OK, "%s", moecl_last_error());
 }
 
+/* Every tensor of `wide` is F32 and holds, bit for bit, the values of the
+ * tensor of the same name in `src` (dequantized or widened); -1 if either
+ * file does not open or a tensor is missing. */
+static int compare_widened(const char *src, const char *wide) {
+    mc_gguf *a = NULL, *b = NULL;
+    int differ = -1;
+    if (!mc_gguf_open(src, &a) && !mc_gguf_open(wide, &b)) {
+        differ = 0;
+        for (int64_t i = 0; i < mc_gguf_n_tensors(a); i++) {
+            const mc_gguf_tensor *ta = mc_gguf_tensor_at(a, i), *tb = mc_gguf_find_tensor(b, ta->name);
+            if (!tb || tb->dtype != MOECL_DTYPE_F32 || ta->dtype == MOECL_DTYPE_COUNT) {
+                differ = -1;
+                break;
+            }
+            int64_t n = 1;
+            for (int d = 0; d < 4; d++) n *= ta->ne[d];
+            size_t rb = 0;
+            if (tb->nbytes != (size_t)n * sizeof(float) || !mc_dtype_row_bytes(ta->dtype, ta->ne[0], &rb)) {
+                differ = -1;
+                break;
+            }
+            float *row = malloc((size_t)ta->ne[0] * sizeof *row);
+            bool same = row != NULL;
+            for (int64_t r = 0; same && r < n / ta->ne[0]; r++) {
+                mc_dequantize_row(ta->dtype, (const char *)ta->data + (size_t)r * rb, row, ta->ne[0]);
+                same = !memcmp(row, (const float *)tb->data + r * ta->ne[0], (size_t)ta->ne[0] * sizeof *row);
+            }
+            free(row);
+            if (!same) {
+                fprintf(stderr, "  %s (%s) widened to F32 differs\n", ta->name, mc_gguf_type_name(ta->ggml_type));
+                differ++;
+            }
+        }
+    }
+    mc_gguf_close(a);
+    mc_gguf_close(b);
+    return differ;
+}
+
+/* To f32 is lossless from any type, so no --allow-requantize: Q4_0 (and
+ * the Q8_0 / F32 tensors beside it), F16 and BF16 files widened, every value
+ * kept. Any lossy conversion of quantized weights still needs the flag. */
+static void test_widen_to_f32(void) {
+    char src[4096], out[4096], hf[4096];
+    snprintf(hf, sizeof hf, "%s/tiny-q", g_data);
+    static const char *const from[] = {"tiny-q.q8_0-to-q4_0.gguf", "tiny-q.q4_K_M.gguf", "tiny-q.f16.gguf",
+                                       "tiny-q.bf16.gguf"};
+    snprintf(src, sizeof src, "%s/tiny-q.bf16.gguf", g_tmp);
+    CHECKF(quantize(hf, src, "bf16", false) == MOECL_OK, "quantize bf16: %s", moecl_last_error());
+    for (size_t i = 0; i < sizeof from / sizeof *from; i++) {
+        snprintf(src, sizeof src, "%s/%s", g_tmp, from[i]);
+        snprintf(out, sizeof out, "%s/%s.f32.gguf", g_tmp, from[i]);
+        moecl_status st = quantize(src, out, "f32", false);
+        CHECKF(st == MOECL_OK, "%s to f32 without --allow-requantize: %s", from[i], moecl_last_error());
+        if (st) continue;
+        CHECKF(compare_widened(src, out) == 0, "%s to f32: values changed", from[i]);
+        remove(out);
+    }
+    snprintf(src, sizeof src, "%s/tiny-q.q4_K_M.gguf", g_tmp);
+    static const char *const lossy[] = {"f16", "bf16", "q8_0", "q6_K"};
+    for (size_t i = 0; i < sizeof lossy / sizeof *lossy; i++) {
+        snprintf(out, sizeof out, "%s/q4_K_M-to-%s.gguf", g_tmp, lossy[i]);
+        remove(out);
+        CHECKF(quantize(src, out, lossy[i], false) == MOECL_ERR_INVALID_ARG, "q4_K_M to %s accepted", lossy[i]);
+        CHECK(strstr(moecl_last_error(), "already quantized") != NULL);
+        CHECK(access(out, F_OK) != 0);
+    }
+}
+
 static void test_errors(void) {
     char in[4096], out[4096];
     snprintf(in, sizeof in, "%s/tiny-q", g_data);
@@ -230,6 +302,11 @@ int main(int argc, char **argv) {
     }
     g_data = argv[1];
     g_tmp = argv[2];
+    /* The files' weights are judged, not the kernels: float activations
+     * (the scalar kernels), since the default kernels round the activations
+     * to 8 bits for quantized weights at every batch size, which adds its
+     * own error (tests/test_kernels.c bounds that). */
+    setenv("MOECL_CPU_ISA", "scalar", 1);
     mkdir(g_tmp, 0755);
     char dir[4096];
     snprintf(dir, sizeof dir, "%s/tiny-q", g_data);
@@ -238,6 +315,7 @@ int main(int argc, char **argv) {
     if (!t_failures) {
         test_types(&r);
         test_gguf_in(&r);
+        test_widen_to_f32();
         test_errors();
     }
     free(r.logits);

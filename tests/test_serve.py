@@ -34,6 +34,7 @@ def check(cond, what):
 
 class Server:
     def __init__(self, exe, model, *args):
+        self.model_dir = model
         cmd = [exe, "serve", "-m", model, "--host", "127.0.0.1", "--port", "0", "-t", "1", *args]
         self.p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.port = None
@@ -363,6 +364,28 @@ def test_many_clients(s):
     check(m["moecl_requests_running"] == 0 and m["moecl_queue_depth"] == 0, "all 16 done")
     # Steps decoded several sequences: more tokens than steps.
     check(m["moecl_batch_tokens_sum"] > m["moecl_batch_tokens_count"], "requests shared decode steps")
+    check_routing_metrics(s, m)
+
+
+def check_routing_metrics(s, m):
+    """Every token decoded (prompt and generated) is routed to K experts in every layer,
+    with renormalised (Mixtral) weights that sum to 1 per token."""
+    with open(os.path.join(s.model_dir, "config.json")) as f:
+        cfg = json.load(f)
+    L, E, K = cfg["num_hidden_layers"], cfg["num_local_experts"], cfg["num_experts_per_tok"]
+    decoded = m["moecl_batch_tokens_sum"]
+    for layer in range(L):
+        tok = [m.get('moecl_expert_tokens_total{layer="%d",expert="%d"}' % (layer, e)) for e in range(E)]
+        wt = [m.get('moecl_expert_weight_total{layer="%d",expert="%d"}' % (layer, e)) for e in range(E)]
+        if None in tok or None in wt:
+            check(False, "/metrics has moecl_expert_tokens_total and _weight_total for layer %d, experts 0..%d"
+                  % (layer, E - 1))
+            return
+        check(sum(tok) == K * decoded, "layer %d: %d tokens routed = %d x %d decoded" % (layer, sum(tok), K, decoded))
+        check(abs(sum(wt) - decoded) <= 1e-4 * decoded + 1e-3,
+              "layer %d: router weights sum to %.4f for %d tokens" % (layer, sum(wt), decoded))
+        check(max(tok) < sum(tok), "layer %d: more than one expert used" % layer)
+    check('moecl_expert_tokens_total{layer="%d",expert="0"}' % L not in m, "no layer beyond the model's")
 
 
 def test_queue_full(exe, model):

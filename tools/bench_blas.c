@@ -437,6 +437,32 @@ static void section_act_error(void) {
                mc_cpu_quant_int8((moecl_dtype)t, 1) ? "" : "  (float path on this CPU: no int8 kernels)");
         free(q);
     }
+    /* The activations' own rounding, whatever the kernels: x rounded to int8
+     * with one float scale per 32 values (what moecl does) or per 256 (as
+     * llama.cpp's Q8_K for the K-quants), dotted in float64 with the
+     * unquantized weights. */
+    printf("activation scale per 32 vs per 256 values (RMS error / RMS output, float64 products):\n");
+    for (int blk = 32; blk <= 256; blk *= 8) {
+        float *xr = xalloc((size_t)cols * sizeof(float));
+        for (int64_t j = 0; j < cols; j += blk) {
+            float amax = 0;
+            for (int i = 0; i < blk; i++) amax = fmaxf(amax, fabsf(x[j + i]));
+            const float d = amax / 127.0f, id = amax > 0 ? 127.0f / amax : 0.0f;
+            for (int i = 0; i < blk; i++) xr[j + i] = d * (float)lrintf(x[j + i] * id);
+        }
+        double se = 0, sr = 0;
+        for (int64_t r = 0; r < rows; r++) {
+            double a = 0, b = 0;
+            for (int64_t c = 0; c < cols; c++) {
+                a += (double)w[r * cols + c] * x[c];
+                b += (double)w[r * cols + c] * xr[c];
+            }
+            se += (a - b) * (a - b);
+            sr += a * a;
+        }
+        printf("  per %-3d %.2e\n", blk, sqrt(se / sr));
+        free(xr);
+    }
     free(w);
     free(x);
     free(y0);

@@ -5,15 +5,22 @@
  * usage: bench-moe MODEL_DIR [cpu|opencl] [GPU_EXPERTS per layer, -1 all]
  *                  [PROMPT_TOKENS] [GEN_TOKENS] [DEVICE_DTYPE f32|f16]
  *        bench-moe --gemm MODEL_DIR [ROWS...]
+ *        bench-moe --layers MODEL [THREADS] [PROMPT] [GEN]
  * MODEL_DIR is written as "mixtral-mini" random weights when it does not
  * exist. The device: $MOECL_DEVICE, else the first OpenCL device.
  *
- * --gemm: one expert's FFN (layer 0, expert 0, F32 weights) for ROWS token
+ * --gemm: one expert's FFN (expert 0 of the first MoE layer, F32 weights) for ROWS token
  * rows (default 32 128 512) on the OpenCL device, three ways: our _tiled
  * and _blk kernels (the backend's moe_submit/moe_wait, weights resident) and
  * CLBlast's SGEMM for the three products (the SiLU·mul between them, a
  * trivial element-wise pass, not counted; "nan" when built without CLBlast).
  * Median of 5 after a warm-up.
+ *
+ * --layers: where the time of the routed experts goes, per MoE layer, on the
+ * CPU (mc_context_trace): the router, the gather (plan and packing), the
+ * expert FFNs and the weighted scatter, in microseconds per prompt of PROMPT
+ * tokens (default 512) and per generated token (GEN, default 32, from the
+ * prompt's end), beside the whole decode's time. MODEL: directory or GGUF.
  */
 #include "moecl.h"
 #include "backend/backend.h"
@@ -52,7 +59,16 @@ static int cmp_d(const void *a, const void *b) {
 
 #define REPS 5
 
-/* Median seconds of the backend's expert FFN over T rows of expert 0, layer 0. */
+/* The first layer with routed experts (a Qwen-MoE model's first layers may
+ * be dense, with no experts); -1 when none has. */
+static int first_moe_layer(const moecl_model *m) {
+    for (int il = 0; il < m->hp.n_layer; il++)
+        if (m->layers[il].experts) return il;
+    return -1;
+}
+
+/* Median seconds of the backend's expert FFN over T rows of expert 0 of the
+ * first MoE layer. */
 static double time_backend(const moecl_model *m, const char *prompt_kernels, int T) {
     setenv("MOECL_CL_PROMPT", prompt_kernels, 1);
     const int L = m->hp.n_layer, E = m->hp.n_expert, D = m->hp.n_embd;
@@ -69,7 +85,7 @@ static double time_backend(const moecl_model *m, const char *prompt_kernels, int
     for (int64_t i = 0; i < (int64_t)T * D; i++) X[i] = (float)((i * 7919) % 1000) / 1000.0f - 0.5f;
     int id = 0;
     int64_t offs[2] = {0, T};
-    mc_moe_work w = {.layer = 0, .n_used = 1, .expert_ids = &id, .offsets = offs, .X = X, .Y = Y};
+    mc_moe_work w = {.layer = first_moe_layer(m), .n_used = 1, .expert_ids = &id, .offsets = offs, .X = X, .Y = Y};
     double t[REPS + 1];
     for (int r = 0; r <= REPS; r++) {
         double t0 = now_s();
@@ -97,7 +113,7 @@ static double time_clblast(const moecl_model *m, int T) {
         exit(1);
     }
     const size_t D = (size_t)m->hp.n_embd, F = (size_t)m->hp.n_ff;
-    const mc_expert *x = &m->layers[0].experts[0];
+    const mc_expert *x = &m->layers[first_moe_layer(m)].experts[0];
     cl_int err;
     cl_context ctx = clCreateContext(NULL, 1, &dev.id, NULL, NULL, &err);
     cl_command_queue q = clCreateCommandQueue(ctx, dev.id, 0, &err);
@@ -152,6 +168,11 @@ static int bench_gemm(int argc, char **argv) {
         fprintf(stderr, "%s\n", moecl_last_error());
         return 1;
     }
+    if (first_moe_layer(m) < 0) {
+        fprintf(stderr, "%s: no layer has routed experts\n", argv[2]);
+        moecl_model_free(m);
+        return 1;
+    }
     const double flops = 6.0 * m->hp.n_embd * m->hp.n_ff; /* per row: three products */
     int rows[16] = {32, 128, 512}, n = 3;
     if (argc > 3) {
@@ -171,8 +192,113 @@ static int bench_gemm(int argc, char **argv) {
     return 0;
 }
 
+/* Per-layer sums of the trace over some decodes. */
+typedef struct layer_sum {
+    double route, gather, experts, scatter; /* seconds */
+} layer_sum;
+
+static void add_trace(const moecl_model *m, const mc_moe_trace *tr, layer_sum *sum) {
+    for (int il = 0; il < m->hp.n_layer; il++) {
+        if (!m->layers[il].experts) continue;
+        sum[il].route += (double)tr[il].route_ns * 1e-9;
+        sum[il].gather += (double)tr[il].gather_ns * 1e-9;
+        sum[il].experts += (double)(tr[il].t_end - tr[il].t_begin) * 1e-9;
+        sum[il].scatter += (double)tr[il].scatter_ns * 1e-9;
+    }
+}
+
+static void print_sums(const moecl_model *m, const char *what, const layer_sum *sum, double n, double total) {
+    layer_sum all = {0};
+    printf("%s: %.1f us per %s in all\n", what, total / n * 1e6, what);
+    printf("%6s %10s %10s %10s %10s   (us per %s)\n", "layer", "route", "gather", "experts", "scatter", what);
+    for (int il = 0; il < m->hp.n_layer; il++) {
+        if (!m->layers[il].experts) {
+            printf("%6d  dense\n", il);
+            continue;
+        }
+        const layer_sum *s = &sum[il];
+        printf("%6d %10.1f %10.1f %10.1f %10.1f\n", il, s->route / n * 1e6, s->gather / n * 1e6,
+               s->experts / n * 1e6, s->scatter / n * 1e6);
+        all.route += s->route;
+        all.gather += s->gather;
+        all.experts += s->experts;
+        all.scatter += s->scatter;
+    }
+    const double moe = all.route + all.gather + all.experts + all.scatter;
+    printf("%6s %10.1f %10.1f %10.1f %10.1f   = %.1f%% %.1f%% %.1f%% %.1f%% of the %s; the rest %.1f%%\n", "all",
+           all.route / n * 1e6, all.gather / n * 1e6, all.experts / n * 1e6, all.scatter / n * 1e6,
+           100 * all.route / total, 100 * all.gather / total, 100 * all.experts / total, 100 * all.scatter / total,
+           what, 100 * (total - moe) / total);
+}
+
+static int bench_layers(int argc, char **argv) {
+    const char *path = argv[2];
+    const int n_threads = argc > 3 ? atoi(argv[3]) : 0, P = argc > 4 ? atoi(argv[4]) : 512,
+              G = argc > 5 ? atoi(argv[5]) : 32;
+    if (P < 1 || G < 1) {
+        fprintf(stderr, "bench-moe --layers: PROMPT and GEN must be at least 1\n");
+        return 1;
+    }
+    moecl_model *m = NULL;
+    moecl_context *ctx = NULL;
+    moecl_context_params cp = moecl_context_default_params();
+    cp.n_ctx = (uint32_t)(P + G + 1);
+    cp.n_batch = (uint32_t)P;
+    cp.n_threads = n_threads;
+    cp.backend = MOECL_BACKEND_CPU;
+    if (moecl_model_load(path, NULL, &m) || moecl_context_new(m, &cp, &ctx)) {
+        fprintf(stderr, "%s\n", moecl_last_error());
+        moecl_model_free(m);
+        return 1;
+    }
+    const int L = m->hp.n_layer, V = m->hp.n_vocab;
+    mc_moe_trace *tr = calloc((size_t)L, sizeof *tr);
+    layer_sum *sp = calloc((size_t)L, sizeof *sp), *sg = calloc((size_t)L, sizeof *sg);
+    int32_t *toks = malloc((size_t)P * sizeof *toks);
+    int rc = 1;
+    if (!tr || !sp || !sg || !toks) goto done;
+    for (int i = 0; i < P; i++) toks[i] = (int32_t)((i * 7919 + 13) % V);
+    if (moecl_decode(ctx, toks, P)) goto fail; /* warm-up: weights faulted in, scratch sized */
+    moecl_seq_truncate(ctx, 0, 0);
+    mc_context_trace(ctx, tr);
+    double t0 = now_s();
+    if (moecl_decode(ctx, toks, P)) goto fail;
+    const double t_prompt = now_s() - t0;
+    add_trace(m, tr, sp);
+    int32_t next = argmax(moecl_get_logits(ctx, -1), V);
+    double t_gen = 0;
+    for (int i = 0; i < G; i++) {
+        t0 = now_s();
+        if (moecl_decode(ctx, &next, 1)) goto fail;
+        t_gen += now_s() - t0;
+        add_trace(m, tr, sg);
+        next = argmax(moecl_get_logits(ctx, -1), V);
+    }
+    mc_context_trace(ctx, NULL);
+    const int fl = first_moe_layer(m);
+    printf("%s: %d layers, %d experts top-%d, %s experts, %d threads (0: all cores)\n", path, L, m->hp.n_expert,
+           m->hp.n_expert_used, fl < 0 ? "no" : moecl_dtype_name(m->layers[fl].experts[0].w1.type), n_threads);
+    print_sums(m, "prompt", sp, 1, t_prompt);
+    printf("(prompt of %d tokens: %.1f tok/s)\n", P, P / t_prompt);
+    print_sums(m, "token", sg, G, t_gen);
+    printf("(generation of %d tokens: %.2f tok/s)\n", G, G / t_gen);
+    rc = 0;
+    goto done;
+fail:
+    fprintf(stderr, "%s\n", moecl_last_error());
+done:
+    free(tr);
+    free(sp);
+    free(sg);
+    free(toks);
+    moecl_context_free(ctx);
+    moecl_model_free(m);
+    return rc;
+}
+
 int main(int argc, char **argv) {
     if (argc > 2 && !strcmp(argv[1], "--gemm")) return bench_gemm(argc, argv);
+    if (argc > 2 && !strcmp(argv[1], "--layers")) return bench_layers(argc, argv);
     if (argc < 2) {
         fprintf(stderr, "usage: bench-moe MODEL_DIR [cpu|opencl] [GPU_EXPERTS] [PROMPT] [GEN] [f32|f16]\n");
         return 1;

@@ -1,7 +1,7 @@
 /*
  * moecl - the command-line tool. Each subcommand is also an example of the
  * library API (include/moecl.h); nothing here reaches inside the library but
- * the GGUF dump of `info` and the atomic file writer (default model).
+ * the GGUF dump of `info`.
  *
  *   moecl run      [-m PATH] [-p TEXT | -f FILE | --tokens 1,2,3] [-n N] [sampling options] [-t N] [-c N] [--ids]
  *   moecl tokenize   [-m PATH] [--no-bos] [--special] (-p TEXT | -f FILE)
@@ -10,7 +10,7 @@
  *   moecl info     [-m PATH] [backend options]
  *   moecl devices
  *   moecl bench    [-m PATH] [-p 128] [-n 64] [-t N] [-r 3]
- *   moecl generate DIR [--preset mini|default|tiny] [--dtype f32|f16|bf16] [--seed S]
+ *   moecl generate DIR [--preset mini|default|tiny|qwen3-laptop] [--arch A] [--dtype f32|f16|bf16] [--seed S]
  *   moecl serve    -m PATH [--host H] [--port P] [--parallel N] [-c N] [--api-key KEY]   (tools/serve.c)
  */
 #include "moecl.h"
@@ -67,6 +67,7 @@ typedef struct options {
     int n_ctx;
     int n_prompt;   /* bench */
     int reps;       /* bench */
+    int depth;      /* bench: generation starts after this many prompt tokens; -1: the whole prompt */
     bool ids_json;
     bool no_bos;        /* tokenize, run: no BOS */
     bool parse_special; /* tokenize, run: "<s>" in the text is the special token */
@@ -82,7 +83,91 @@ typedef struct options {
     int gpu_mem_mib;    /* -1: default */
     int gpu_experts;    /* -1: default */
     moecl_dtype device_dtype;
+    moecl_placement placement;
+    const char *expert_profile; /* --expert-profile FILE */
+    const char *calibrate;      /* --calibrate TEXTFILE */
+    moecl_dtype kv_type;  /* --kv-type */
+    int kv_cells;         /* --kv-cells; 0: the library's default */
 } options;
+
+/* The routing frequencies the planner places by, loaded with the model from
+ * --expert-profile or measured by --calibrate; NULL: uniform (K/E). */
+static float *g_expert_freq;
+
+/* The calibration text is read whole; a bound keeps a wrong path (a model
+ * file, a device) from filling memory. */
+#define CALIBRATE_MAX_BYTES (64u << 20)
+/* Tokens routed for a calibration: enough for stable frequencies (the
+ * frequencies of 8 experts settle within a percent after a few thousand
+ * tokens), few enough to finish in seconds on a laptop. */
+#define CALIBRATE_MAX_TOKENS 8192
+#define CALIBRATE_CHUNK 512
+
+/* --calibrate: route the text through model on the CPU with the routing
+ * counters on, tokenized and in chunks of CALIBRATE_CHUNK tokens (each a
+ * fresh sequence) as moecl stats does by default, and set freq[l * E + e] to the share of
+ * tokens routed to expert e of layer l. */
+static moecl_status calibrate_freq(const moecl_model *model, const char *path, int n_threads, float *freq) {
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, "moecl: --calibrate: cannot open %s: %s\n", path, strerror(errno));
+        return MOECL_ERR_IO;
+    }
+    char *text = malloc(CALIBRATE_MAX_BYTES + 1);
+    size_t len = text ? fread(text, 1, CALIBRATE_MAX_BYTES + 1, f) : 0;
+    bool err = ferror(f);
+    fclose(f);
+    if (!text) return MOECL_ERR_NOMEM;
+    if (err || len > CALIBRATE_MAX_BYTES || len == 0) {
+        fprintf(stderr, "moecl: --calibrate: %s is %s\n", path,
+                err ? "unreadable" : len ? "larger than 64 MiB" : "empty");
+        free(text);
+        return MOECL_ERR_INVALID_ARG;
+    }
+    const moecl_tokenizer *tok = moecl_model_get_tokenizer(model);
+    if (!tok) {
+        fprintf(stderr, "moecl: --calibrate: the model has no tokenizer\n");
+        free(text);
+        return MOECL_ERR_INVALID_ARG;
+    }
+    int32_t n = 0;
+    moecl_status st = moecl_tokenize(tok, text, len, 0, NULL, 0, &n);
+    int32_t *ids = st == MOECL_OK ? malloc((size_t)(n > 0 ? n : 1) * sizeof *ids) : NULL;
+    if (st == MOECL_OK && !ids) st = MOECL_ERR_NOMEM;
+    if (st == MOECL_OK) st = moecl_tokenize(tok, text, len, 0, ids, n, &n);
+    free(text);
+    if (st) {
+        free(ids);
+        return st;
+    }
+    if (n > CALIBRATE_MAX_TOKENS) n = CALIBRATE_MAX_TOKENS;
+    moecl_model_info in;
+    moecl_model_get_info(model, &in);
+    const size_t cells = (size_t)in.n_layer * (size_t)in.n_expert;
+    const int32_t chunk = in.n_ctx_train > 0 && in.n_ctx_train < CALIBRATE_CHUNK ? in.n_ctx_train : CALIBRATE_CHUNK;
+    moecl_context_params cp = moecl_context_default_params();
+    cp.n_threads = n_threads;
+    cp.backend = MOECL_BACKEND_CPU;
+    cp.n_ctx = (uint32_t)chunk;
+    cp.n_batch = (uint32_t)chunk;
+    moecl_context *ctx = NULL;
+    uint64_t *counts = calloc(cells, sizeof *counts);
+    st = counts ? moecl_context_new(model, &cp, &ctx) : MOECL_ERR_NOMEM;
+    if (st == MOECL_OK) st = moecl_context_set_routing_counters(ctx, true);
+    for (int32_t at = 0; st == MOECL_OK && at < n; at += chunk) {
+        const int32_t len_chunk = n - at < chunk ? n - at : chunk;
+        st = moecl_seq_truncate(ctx, 0, 0);
+        if (st == MOECL_OK) st = moecl_decode(ctx, ids + at, len_chunk);
+    }
+    if (st == MOECL_OK) st = moecl_context_get_routing_counts(ctx, counts, NULL, cells);
+    if (st == MOECL_OK)
+        for (size_t i = 0; i < cells; i++) freq[i] = (float)((double)counts[i] / (double)n);
+    if (st == MOECL_OK) fprintf(stderr, "moecl: calibrated expert frequencies on %d tokens of %s\n", n, path);
+    moecl_context_free(ctx);
+    free(counts);
+    free(ids);
+    return st;
+}
 
 static bool parse_int(const char *s, long lo, long hi, int *out) {
     char *end;
@@ -121,6 +206,7 @@ static int parse_options(int argc, char **argv, int first, bool bench, options *
     o->n_predict = 32;
     o->n_prompt = 128;
     o->reps = 3;
+    o->depth = -1;
     for (int i = first; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -142,6 +228,7 @@ static int parse_options(int argc, char **argv, int first, bool bench, options *
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) INT(o->n_threads, 1, 1024);
         else if (!strcmp(a, "-c") || !strcmp(a, "--ctx-size")) INT(o->n_ctx, 1, (long)MOECL_MAX_CTX);
         else if (!strcmp(a, "-r") || !strcmp(a, "--repetitions")) INT(o->reps, 1, 1000);
+        else if ((!strcmp(a, "-d") || !strcmp(a, "--depth")) && bench) INT(o->depth, 0, 1 << 20);
         else if (!strcmp(a, "--seed")) { NEED(); o->sp.seed = strtoull(v, NULL, 0); }
         else if (!strcmp(a, "--temp")) FLT(o->sp.temperature);
         else if (!strcmp(a, "--top-k")) INT(o->sp.top_k, 0, INT_MAX);
@@ -160,12 +247,28 @@ static int parse_options(int argc, char **argv, int first, bool bench, options *
         else if (!strcmp(a, "--device")) { NEED(); o->device = v; }
         else if (!strcmp(a, "--gpu-mem")) INT(o->gpu_mem_mib, 0, INT_MAX);
         else if (!strcmp(a, "--gpu-experts")) INT(o->gpu_experts, 0, 1 << 20);
+        else if (!strcmp(a, "--placement")) {
+            NEED();
+            if (!strcmp(v, "auto")) o->placement = MOECL_PLACEMENT_AUTO;
+            else if (!strcmp(v, "experts")) o->placement = MOECL_PLACEMENT_EXPERTS;
+            else if (!strcmp(v, "dense")) o->placement = MOECL_PLACEMENT_DENSE;
+            else return usage_error("unknown placement %s (auto, experts, dense)", v);
+        }
+        else if (!strcmp(a, "--expert-profile")) { NEED(); o->expert_profile = v; }
+        else if (!strcmp(a, "--calibrate")) { NEED(); o->calibrate = v; }
         else if (!strcmp(a, "--device-dtype")) {
             NEED();
             if (!strcmp(v, "f32")) o->device_dtype = MOECL_DTYPE_F32;
             else if (!strcmp(v, "f16")) o->device_dtype = MOECL_DTYPE_F16;
             else return usage_error("unknown device dtype %s (f32, f16)", v);
         }
+        else if (!strcmp(a, "--kv-type")) {
+            NEED();
+            if (!strcmp(v, "f32")) o->kv_type = MOECL_DTYPE_F32;
+            else if (!strcmp(v, "f16")) o->kv_type = MOECL_DTYPE_F16;
+            else return usage_error("unknown KV cache type %s (f32, f16)", v);
+        }
+        else if (!strcmp(a, "--kv-cells")) INT(o->kv_cells, 1, INT_MAX);
         else if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) o->verbose = true;
         else return usage_error("unknown option %s", a);
 #undef NEED
@@ -190,7 +293,8 @@ static bool progress_bar(float f, void *user) {
     return true;
 }
 
-/* The default model: random weights, written on first use. */
+/* Shape of `moecl generate --preset default`: a small random model for benchmarks
+ * (the default model itself is the trained one committed in models/default). */
 static moecl_random_model_params default_model_params(void) {
     moecl_random_model_params p = moecl_random_model_default_params();
     p.n_embd = 256;
@@ -202,33 +306,8 @@ static moecl_random_model_params default_model_params(void) {
     return p;
 }
 
-/* Copy src to dst (the repository's tokenizer.json into the default model). */
-static bool copy_file(const char *src, const char *dst) {
-    FILE *in = fopen(src, "rb");
-    if (!in) return false;
-    mc_afile out;
-    bool ok = mc_afile_open(&out, dst, 0) == MOECL_OK;
-    char chunk[65536];
-    size_t n;
-    while (ok && (n = fread(chunk, 1, sizeof chunk, in)) > 0) ok = mc_afile_write(&out, chunk, n) == MOECL_OK;
-    ok = ok && !ferror(in);
-    fclose(in);
-    if (ok) return mc_afile_commit(&out) == MOECL_OK;
-    mc_afile_discard(&out);
-    return false;
-}
-
-/* The default model's tokenizer is the Mistral v1 vocabulary committed at
- * models/tokenizer.json (its vocabulary size, 32000, is the model's). */
-static void ensure_default_tokenizer(const char *dir) {
-    char dst[4200], src[4200];
-    snprintf(dst, sizeof dst, "%s/tokenizer.json", dir);
-    snprintf(src, sizeof src, "%s/tokenizer.json", MOECL_MODELS_DIR);
-    struct stat sb;
-    if (stat(dst, &sb) == 0 || stat(src, &sb) != 0) return;
-    if (!copy_file(src, dst)) fprintf(stderr, "moecl: warning: cannot copy %s to %s\n", src, dst);
-}
-
+/* Without -m: $MOECL_MODEL, else the small trained model committed in
+ * models/default (tools/train_moe.py, models/README.md). */
 static const char *resolve_model(const options *o, char *buf, size_t len) {
     if (o->model) return o->model;
     const char *env = getenv("MOECL_MODEL");
@@ -238,15 +317,10 @@ static const char *resolve_model(const options *o, char *buf, size_t len) {
     snprintf(probe, sizeof probe, "%s/model.safetensors", buf);
     struct stat sb;
     if (stat(probe, &sb) != 0) {
-        fprintf(stderr, "moecl: writing the default model (RANDOM weights, output is noise) to %s\n", buf);
-        moecl_random_model_params p = default_model_params();
-        moecl_status st = moecl_random_model_write(buf, &p, isatty(2) ? progress_bar : NULL, "writing");
-        if (st) {
-            fail("cannot write the default model", st);
-            return NULL;
-        }
+        fprintf(stderr, "moecl: the default model %s is missing (it is committed with the repository): "
+                "give -m PATH or set MOECL_MODEL\n", probe);
+        return NULL;
     }
-    ensure_default_tokenizer(buf);
     return buf;
 }
 
@@ -263,7 +337,43 @@ static int load_model(const options *o, moecl_model **model, double *seconds) {
     moecl_status st = moecl_model_load(path, &mp, model);
     if (seconds) *seconds = now_s() - t0;
     if (st) return fail("cannot load the model", st);
+    if ((o->expert_profile || o->calibrate) && !g_expert_freq) {
+        if (o->expert_profile && o->calibrate) {
+            moecl_model_free(*model);
+            *model = NULL;
+            fprintf(stderr, "moecl: --expert-profile and --calibrate both give the routing frequencies: use one\n");
+            return 2;
+        }
+        moecl_model_info in;
+        moecl_model_get_info(*model, &in);
+        g_expert_freq = calloc((size_t)in.n_layer * (size_t)in.n_expert, sizeof(float));
+        st = !g_expert_freq ? MOECL_ERR_NOMEM
+             : o->expert_profile ? moecl_expert_profile_load(*model, o->expert_profile, g_expert_freq)
+                                 : calibrate_freq(*model, o->calibrate, o->n_threads, g_expert_freq);
+        if (st) {
+            free(g_expert_freq);
+            g_expert_freq = NULL;
+            moecl_model_free(*model);
+            *model = NULL;
+            return fail(o->expert_profile ? "cannot use the expert profile" : "cannot calibrate the expert frequencies", st);
+        }
+    }
     return 0;
+}
+
+/* For subcommands in other files (tools/stats.c): the model as run and chat
+ * find it (path NULL: $MOECL_MODEL, else the default model); the path used
+ * into resolved. 0 on success, else the exit code. */
+int cli_load_model(const char *path, moecl_model **model, char *resolved, size_t len);
+int cli_load_model(const char *path, moecl_model **model, char *resolved, size_t len) {
+    options o = {0};
+    o.model = path;
+    char buf[4096];
+    const char *p = resolve_model(&o, buf, sizeof buf);
+    if (!p) return 1;
+    snprintf(resolved, len, "%s", p);
+    o.model = p;
+    return load_model(&o, model, NULL);
 }
 
 static int parse_token_list(const char *s, int32_t **out, int *n) {
@@ -494,6 +604,10 @@ static moecl_context_params context_params(const options *o) {
     if (o->gpu_mem_mib >= 0) cp.gpu_mem_mib = o->gpu_mem_mib;
     if (o->gpu_experts >= 0) cp.gpu_experts = o->gpu_experts;
     if (o->device_dtype != MOECL_DTYPE_COUNT) cp.device_dtype = o->device_dtype;
+    cp.placement = o->placement;
+    cp.expert_freq = g_expert_freq;
+    cp.kv_type = o->kv_type;
+    cp.n_kv_cells = (uint32_t)o->kv_cells;
     return cp;
 }
 
@@ -505,12 +619,35 @@ static void print_placement(FILE *f, const moecl_context *ctx, const moecl_model
         fprintf(f, "%-22s all %d on the CPU\n", "experts placed", bi.n_expert_cpu);
         return;
     }
-    fprintf(f, "%-22s %d on %s (%.1f MiB, %s), %d on the CPU\n", "experts placed", bi.n_expert_device, bi.device,
-            (double)bi.device_bytes / 1048576.0, moecl_dtype_name(bi.device_dtype), bi.n_expert_cpu);
+    moecl_placement_info pi;
+    moecl_context_get_placement(ctx, &pi);
+    if (pi.n_device <= 1)
+        fprintf(f, "%-22s %d on %s (%.1f MiB, %s), %d on the CPU\n", "experts placed", bi.n_expert_device, bi.device,
+                (double)bi.device_bytes / 1048576.0, moecl_dtype_name(bi.device_dtype), bi.n_expert_cpu);
+    else
+        fprintf(f, "%-22s %d on %d devices (%.1f MiB, %s), %d on the CPU\n", "experts placed", bi.n_expert_device,
+                pi.n_device, (double)bi.device_bytes / 1048576.0, moecl_dtype_name(bi.device_dtype), bi.n_expert_cpu);
+    fprintf(f, "%-22s by %s\n", "placement plan",
+            pi.profiled ? "the expert profile, hottest first" : "uniform frequencies (no profile), layers in turn");
+    for (int d = 0; d < pi.n_device; d++)
+        fprintf(f, "  device %d %-13s %d experts, %.1f of %.1f MiB, reads %.1f GB/s, round trip %.0f us, "
+                   "%.3g MB/token\n",
+                d + 1, pi.device[d].name, pi.device[d].n_expert, (double)pi.device[d].bytes / 1048576.0,
+                (double)pi.device[d].budget / 1048576.0, pi.device[d].read_gbs, pi.device[d].rtt_us,
+                pi.device[d].gb_per_token * 1e3);
+    fprintf(f, "  host     %d experts + dense layers, reads %.1f GB/s, %.3g MB/token\n", pi.n_expert_host,
+            pi.host_read_gbs, pi.host_gb_per_token * 1e3);
+    if (pi.predicted_tok_s > 0)
+        fprintf(f, "%-22s %.1f tokens/s generated (all on the host: %.1f), memory-bound\n", "predicted",
+                pi.predicted_tok_s, pi.predicted_tok_s_host);
+    else
+        fprintf(f, "%-22s none (a bandwidth was not measured)\n", "predicted");
     for (int l = 0; l < in->n_layer; l++) {
         fprintf(f, "  layer %-3d ", l);
-        for (int e = 0; e < in->n_expert; e++)
-            fputc(moecl_context_expert_backend(ctx, l, e) == MOECL_BACKEND_OPENCL ? 'G' : 'c', f);
+        for (int e = 0; e < in->n_expert; e++) {
+            const int32_t d = moecl_context_expert_device(ctx, l, e);
+            fputc(d <= 0 ? 'c' : pi.n_device <= 1 ? 'G' : (char)('0' + d), f);
+        }
         fputc('\n', f);
     }
 }
@@ -840,7 +977,7 @@ static int cmd_info(const options *o) {
     for (int d = 0; d < MOECL_DTYPE_COUNT; d++)
         if (in.bytes_by_dtype[d])
             printf("bytes in %-13s %.1f MiB\n", moecl_dtype_name((moecl_dtype)d), (double)in.bytes_by_dtype[d] / 1048576.0);
-    printf("%-22s %s\n", "CPU kernels", mc_cpu_isa());
+    printf("%-22s %s, int8 %s\n", "CPU kernels", mc_cpu_isa(), mc_cpu_int8_kernels());
     /* Where the experts would run with these options. */
     moecl_context_params cp = context_params(o);
     cp.n_ctx = 16;
@@ -874,7 +1011,12 @@ static int cmd_bench(const options *o) {
     rc = 1;
     moecl_model_info in;
     moecl_model_get_info(model, &in);
-    const int np = o->n_prompt, ng = o->n_predict;
+    const int np = o->n_prompt, ng = o->n_predict, depth = o->depth;
+    if (depth > np) {
+        fprintf(stderr, "moecl: bench: -d %d is deeper than the prompt of %d tokens (-p)\n", depth, np);
+        moecl_model_free(model);
+        return 2;
+    }
     int32_t *toks = malloc((size_t)(np > 1 ? np : 1) * sizeof *toks);
     double *pp = calloc((size_t)o->reps, sizeof(double)), *tg = calloc((size_t)o->reps, sizeof(double));
     if (!toks || !pp || !tg) goto done;
@@ -896,7 +1038,10 @@ static int cmd_bench(const options *o) {
         double t0 = now_s();
         if ((st = moecl_decode(ctx, toks, np))) { fail("decode", st); goto done; }
         pp[r] = np / (now_s() - t0);
-        int32_t tok = toks[np - 1];
+        /* Generation from the prompt's end, or from depth d (-d 0: an
+         * empty cache, as llama-bench's tg runs). */
+        int32_t tok = toks[depth > 0 ? depth - 1 : np - 1];
+        if (depth >= 0) moecl_seq_truncate(ctx, -1, depth);
         t0 = now_s();
         for (int i = 0; i < ng; i++)
             if ((st = moecl_decode(ctx, &tok, 1))) { fail("decode", st); goto done; }
@@ -916,8 +1061,8 @@ static int cmd_bench(const options *o) {
     printf("peak RSS: %.2f GB (%.2f x the weights)\n", (double)ru.ru_maxrss * 1024 / 1e9,
            (double)ru.ru_maxrss * 1024 / (double)total);
     printf("pp%d: %.2f tokens/s (median of %d)\n", np, pp[o->reps / 2], o->reps);
-    printf("tg%d: %.2f tokens/s (median of %d), %.2f GB/s of weights read\n", ng, tg[o->reps / 2], o->reps,
-           tg[o->reps / 2] * active / 1e9);
+    printf("tg%d: %.2f tokens/s (median of %d), %.2f GB/s of weights read, from depth %d\n", ng, tg[o->reps / 2],
+           o->reps, tg[o->reps / 2] * active / 1e9, depth >= 0 ? depth : np);
     rc = 0;
 done:
     free(toks);
@@ -932,11 +1077,49 @@ done:
 /* generate                                                                 */
 /* ------------------------------------------------------------------------ */
 
+/* Copy src to dst, written as every moecl file is (atomic_file.h). */
+static bool copy_file(const char *src, const char *dst) {
+    FILE *in = fopen(src, "rb");
+    if (!in) return false;
+    mc_afile out;
+    bool ok = mc_afile_open(&out, dst, 0) == MOECL_OK;
+    char chunk[65536];
+    size_t n;
+    while (ok && (n = fread(chunk, 1, sizeof chunk, in)) > 0) ok = mc_afile_write(&out, chunk, n) == MOECL_OK;
+    ok = ok && !ferror(in);
+    fclose(in);
+    if (ok) return mc_afile_commit(&out) == MOECL_OK;
+    mc_afile_discard(&out);
+    return false;
+}
+
+/* A tokenizer beside the written model: FILE as tokenizer.json, and the
+ * tokenizer_config.json in FILE's directory when there is one. */
+static int copy_tokenizer(const char *file, const char *dir) {
+    char dst[4200], src[4200];
+    snprintf(dst, sizeof dst, "%s/tokenizer.json", dir);
+    if (!copy_file(file, dst)) {
+        fprintf(stderr, "moecl: generate: cannot copy %s to %s\n", file, dst);
+        return 1;
+    }
+    const char *slash = strrchr(file, '/');
+    int n = slash ? (int)(slash - file) : 1;
+    snprintf(src, sizeof src, "%.*s/tokenizer_config.json", n, slash ? file : ".");
+    snprintf(dst, sizeof dst, "%s/tokenizer_config.json", dir);
+    struct stat sb;
+    if (stat(src, &sb) == 0 && !copy_file(src, dst)) {
+        fprintf(stderr, "moecl: generate: cannot copy %s to %s\n", src, dst);
+        return 1;
+    }
+    return 0;
+}
+
 static int cmd_generate(int argc, char **argv) {
     if (argc < 3) return usage_error("%s", "generate needs an output directory");
     const char *dir = argv[2];
     if (dir[0] == '-') return usage_error("generate needs the output directory first, before %s", dir);
     moecl_random_model_params p = moecl_random_model_default_params();
+    const char *tokenizer = NULL;
     for (int i = 3; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!v) return usage_error("option %s needs a value", a);
@@ -948,17 +1131,38 @@ static int cmd_generate(int argc, char **argv) {
             else if (!strcmp(v, "tiny")) {
                 p.n_vocab = 256; p.n_embd = 64; p.n_ff = 128; p.n_layer = 2; p.n_head = 4; p.n_head_kv = 2;
                 p.n_expert = 4;
-            } else return usage_error("unknown preset %s (mini, default, tiny)", v);
+            } else if (!strcmp(v, "qwen3-laptop")) {
+                /* Qwen3-MoE's expert layout (128 experts top-8, renormalised)
+                 * and vocabulary at laptop scale: hidden 1024, 8 layers. */
+                p = moecl_random_model_default_params();
+                p.arch = "qwen3moe";
+                p.n_vocab = 151936; p.n_embd = 1024; p.n_ff = 384; p.n_layer = 8; p.n_head = 16; p.n_head_kv = 4;
+                p.head_dim = 64; p.n_expert = 128; p.n_expert_used = 8; p.n_ctx_train = 40960;
+                p.rms_norm_eps = 1e-6f; p.bos_id = 151643; p.eos_id = 151645;
+            } else return usage_error("unknown preset %s (mini, default, tiny, qwen3-laptop)", v);
         } else if (!strcmp(a, "--dtype")) {
             if (!strcmp(v, "f32")) p.dtype = MOECL_DTYPE_F32;
             else if (!strcmp(v, "f16")) p.dtype = MOECL_DTYPE_F16;
             else if (!strcmp(v, "bf16")) p.dtype = MOECL_DTYPE_BF16;
             else return usage_error("unknown dtype %s (f32, f16, bf16)", v);
         } else if (!strcmp(a, "--seed")) p.seed = strtoull(v, NULL, 0);
-        else if (!parse_int(v, 1, 1 << 24, &x)) return bad_number(a, v, 1, 1 << 24);
+        else if (!strcmp(a, "--arch")) p.arch = v; /* the library names the families it knows */
+        else if (!strcmp(a, "--tokenizer")) tokenizer = v;
+        else if (!strcmp(a, "--norm-topk")) {
+            if (!parse_int(v, 0, 1, &x)) return bad_number(a, v, 0, 1);
+            p.norm_topk = x;
+        } else if (!strcmp(a, "--dense-layers")) {
+            if (!parse_int(v, 0, 1 << 24, &x)) return bad_number(a, v, 0, 1 << 24);
+            p.n_dense_layers = x;
+        } else if (!strcmp(a, "--bos") || !strcmp(a, "--eos")) {
+            if (!parse_int(v, -1, INT32_MAX, &x)) return bad_number(a, v, -1, INT32_MAX);
+            *(a[2] == 'b' ? &p.bos_id : &p.eos_id) = x;
+        } else if (!parse_int(v, 1, 1 << 24, &x)) return bad_number(a, v, 1, 1 << 24);
         else if (!strcmp(a, "--vocab")) p.n_vocab = x;
         else if (!strcmp(a, "--hidden")) p.n_embd = x;
         else if (!strcmp(a, "--ff")) p.n_ff = x;
+        else if (!strcmp(a, "--ff-dense")) p.n_ff_dense = x;
+        else if (!strcmp(a, "--ff-shexp")) p.n_ff_shexp = x;
         else if (!strcmp(a, "--layers")) p.n_layer = x;
         else if (!strcmp(a, "--heads")) p.n_head = x;
         else if (!strcmp(a, "--kv-heads")) p.n_head_kv = x;
@@ -970,7 +1174,9 @@ static int cmd_generate(int argc, char **argv) {
     double t0 = now_s();
     moecl_status st = moecl_random_model_write(dir, &p, isatty(2) ? progress_bar : NULL, "writing");
     if (st) return fail("generate", st);
-    fprintf(stderr, "wrote %s (random weights, %s) in %.1f s\n", dir, moecl_dtype_name(p.dtype), now_s() - t0);
+    if (tokenizer && copy_tokenizer(tokenizer, dir)) return 1;
+    fprintf(stderr, "wrote %s (%s, random weights, %s) in %.1f s\n", dir, p.arch ? p.arch : "mixtral",
+            moecl_dtype_name(p.dtype), now_s() - t0);
     return 0;
 }
 
@@ -1097,6 +1303,8 @@ static void ensure_fast_blas(char **argv) {
 
 int cmd_serve(int argc, char **argv);          /* tools/serve.c */
 int cmd_bench_parallel(int argc, char **argv); /* tools/bench_parallel.c */
+int cmd_stats(int argc, char **argv);          /* tools/stats.c */
+int cmd_perplexity(int argc, char **argv);     /* tools/perplexity.c */
 
 /* Each subcommand's usage; `moecl help` prints them all, `moecl CMD --help` its own. */
 typedef struct usage_entry {
@@ -1118,27 +1326,48 @@ static const usage_entry k_usage[] = {
              "                 # (mistral, chatml, qwen2, qwen2.5, qwen3, olmoe): default, the model's template\n", true},
     {"info", "  moecl info     [-m PATH] [backend options]    # shape, parameters, where each expert runs\n", true},
     {"devices", "  moecl devices                               # OpenCL platforms and devices\n", false},
-    {"bench", "  moecl bench    [-m PATH] [-p 128] [-n 64] [-t THREADS] [-r REPS] [backend options]\n"
-              "  moecl bench    --parallel 1,2,4,8 -m PATH [-p 32] [-n 32] [-t THREADS] [-r REPS]  # B sequences per step\n",
+    {"bench", "  moecl bench    [-m PATH] [-p 128] [-n 64] [-d DEPTH] [-t THREADS] [-r REPS] [backend options]\n"
+              "                 # -d: generation after DEPTH prompt tokens (default all; 0: llama-bench's tg)\n"
+              "  moecl bench    --parallel 1,2,4,8 -m PATH [-p 32] [-n 32] [-t THREADS] [-r REPS]  # B sequences per step\n"
+              "                 [--kv-type f32|f16] [--bw GB/s --gflops GFLOP/s]  # roofline fraction per B\n",
      true},
-    {"generate", "  moecl generate DIR [--preset mini|default|tiny] [--dtype f32|f16|bf16] [--seed S]\n"
+    {"generate", "  moecl generate DIR [--preset mini|default|tiny|qwen3-laptop] [--dtype f32|f16|bf16] [--seed S]\n"
+                 "                 [--arch mixtral|qwen3moe|qwen2moe|olmoe] [--tokenizer tokenizer.json]\n"
                  "                 [--vocab N --hidden N --ff N --layers N --heads N --kv-heads N --head-dim N\n"
-                 "                  --experts N --top-k N]\n", false},
+                 "                  --experts N --top-k N --norm-topk 0|1 --bos ID --eos ID]\n"
+                 "                 [--dense-layers N --ff-dense N]  # qwen3moe, qwen2moe: the first N layers dense\n"
+                 "                 [--ff-shexp N]                   # qwen2moe: the shared expert's width\n", false},
     {"serve", "  moecl serve    -m PATH [--host 127.0.0.1] [--port 8080] [--parallel N] [-c CTX] [-b BATCH]\n"
               "                 [--queue N] [--api-key KEY] [-n N] [sampling options] [-t THREADS] [backend options]\n"
               "                 # OpenAI-compatible HTTP server (README: Serving)\n", true},
+    {"stats", "  moecl stats    [-m PATH] (-p TEXT | -f FILE | --tokens 1,2,3) [--layer L] [--json FILE]\n"
+              "                 [--html FILE] [--save-profile FILE] [--pictures DIR] [-c CTX] [--max-tokens N]\n"
+              "                 [-t THREADS]\n"
+              "                 # routing: load, balance, co-activation, specialisation, consistency\n", false},
     {"quantize", "  moecl quantize IN OUT.gguf [TYPE] [-t THREADS] [--allow-requantize]\n"
                  "                 # TYPE: q4_K_M (default), q4_K_S, q5_K_M, q5_K_S, q6_K, q8_0, q4_0,\n"
                  "                 # q4_K, q5_K (every matrix that type), f16, bf16, f32\n", false},
+    {"perplexity", "  moecl perplexity -m PATH (-f TEXT | --tokens IDS) [-c 512] [-b 512] [-t THREADS] [--chunks N]\n"
+                   "                 [--kl-save FILE [--kl-top-k 64] | --kl-base FILE]\n"
+                   "                 # llama.cpp-style chunked PPL; KL divergence and top-1 agreement vs a base\n",
+     false},
 };
 #define N_USAGE (int)(sizeof k_usage / sizeof k_usage[0])
 
 static const char k_backend_help[] =
     "  --backend cpu|opencl|auto   auto: an OpenCL GPU if there is one, else the CPU\n"
-    "  --device SEL                device index or name substring (also $MOECL_DEVICE)\n"
+    "  --device SEL[,SEL...]       device index or name substring (also $MOECL_DEVICE); several\n"
+    "                              devices each take a share of the experts under one plan\n"
     "  --gpu-mem MiB               expert weights on the device (default: its memory less headroom)\n"
     "  --gpu-experts N             at most N experts per layer on the device\n"
-    "  --device-dtype f32|f16      storage of expert weights on the device\n";
+    "  --device-dtype f32|f16      storage of expert weights on the device\n"
+    "  --placement auto|experts|dense  what the planner puts on the devices (dense: not yet)\n"
+    "  --expert-profile FILE       routing frequencies (moecl stats --save-profile): hot experts\n"
+    "                              go to the devices first\n"
+    "  --calibrate TEXTFILE        measure the routing frequencies on this text first (up to 8192\n"
+    "                              tokens on the CPU), then place by them\n"
+    "  --kv-type f32|f16           KV cache cells (f16: half the memory; README: Limits and promises)\n"
+    "  --kv-cells N                KV cells shared by all sequences (default: every sequence full)\n";
 
 static void help(void) {
     printf("moecl %s - Mixture-of-Experts inference\n\nusage:\n", moecl_version());
@@ -1146,8 +1375,8 @@ static void help(void) {
     printf("\nbackend options (run, chat, info, bench):\n%s\n", k_backend_help);
     printf("PATH is a Hugging Face model directory or a GGUF file (for tokenize/detokenize also a\n"
            "tokenizer.json).\n"
-           "Without -m: $MOECL_MODEL, else the default model (random weights) in %s/default,\n"
-           "written on first use, whose tokenizer is models/tokenizer.json (Mistral v1 vocabulary).\n"
+           "Without -m: $MOECL_MODEL, else the default model in %s/default: a small Mixtral\n"
+           "trained on the World English Bible (models/README.md), Mistral v1 vocabulary.\n"
            "--special: \"<s>\", \"</s>\" in the text are the special tokens, not plain text\n"
            "(detokenize: print special tokens).\n",
            MOECL_MODELS_DIR);
@@ -1183,6 +1412,8 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "detokenize")) return cmd_detokenize(argc, argv);
     if (!strcmp(cmd, "quantize")) return cmd_quantize(argc, argv);
     if (!strcmp(cmd, "serve")) return cmd_serve(argc, argv); /* tools/serve.c */
+    if (!strcmp(cmd, "stats")) return cmd_stats(argc, argv); /* tools/stats.c */
+    if (!strcmp(cmd, "perplexity")) return cmd_perplexity(argc, argv); /* tools/perplexity.c */
     for (int i = 2; !strcmp(cmd, "bench") && i < argc; i++)
         if (!strcmp(argv[i], "--parallel")) return cmd_bench_parallel(argc, argv); /* tools/bench_parallel.c */
     options o = {0};

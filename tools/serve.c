@@ -42,6 +42,7 @@ typedef struct server {
     moecl_engine *engine;
     const moecl_tokenizer *tok;
     char model_name[256];
+    int32_t n_layer, n_expert; /* the routing counters' shape */
     const char *api_key;       /* NULL: none */
     sr_defaults defaults;
     atomic_bool stopping;
@@ -541,6 +542,30 @@ static void sb_printf(strbuf *b, const char *fmt, ...) {
     }
 }
 
+/* Tokens routed to each expert of each layer (dense layers stay at 0), and
+ * the sum of their router weights. */
+static void metrics_routing(server *s, strbuf *b) {
+    const size_t n = (size_t)s->n_layer * (size_t)s->n_expert;
+    uint64_t *tok = calloc(n ? n : 1, sizeof *tok);
+    double *ws = calloc(n ? n : 1, sizeof *ws);
+    if (!tok || !ws || moecl_engine_get_routing_counts(s->engine, tok, ws, n) != MOECL_OK) {
+        b->failed = true;
+    } else {
+        sb_printf(b, "# HELP moecl_expert_tokens_total Tokens routed to each expert of each layer.\n"
+                     "# TYPE moecl_expert_tokens_total counter\n");
+        for (size_t i = 0; i < n; i++)
+            sb_printf(b, "moecl_expert_tokens_total{layer=\"%zu\",expert=\"%zu\"} %llu\n", i / (size_t)s->n_expert,
+                      i % (size_t)s->n_expert, (unsigned long long)tok[i]);
+        sb_printf(b, "# HELP moecl_expert_weight_total Sum of the router weights of the tokens routed to each expert.\n"
+                     "# TYPE moecl_expert_weight_total counter\n");
+        for (size_t i = 0; i < n; i++)
+            sb_printf(b, "moecl_expert_weight_total{layer=\"%zu\",expert=\"%zu\"} %.6f\n", i / (size_t)s->n_expert,
+                      i % (size_t)s->n_expert, ws[i]);
+    }
+    free(tok);
+    free(ws);
+}
+
 static enum MHD_Result metrics(server *s, struct MHD_Connection *c) {
     moecl_engine_stats st;
     moecl_engine_get_stats(s->engine, &st);
@@ -602,6 +627,7 @@ static enum MHD_Result metrics(server *s, struct MHD_Connection *c) {
               (unsigned long long)st.n_batch_tokens, (unsigned long long)st.n_steps);
     sb_printf(&b, "# HELP moecl_last_batch_sequences Sequences in the last decode step.\n"
                   "# TYPE moecl_last_batch_sequences gauge\nmoecl_last_batch_sequences %d\n", st.last_batch_seqs);
+    metrics_routing(s, &b);
     enum MHD_Result ret = b.failed ? MHD_NO
                                    : send_text(c, 200, "text/plain; version=0.0.4; charset=utf-8", b.s ? b.s : "",
                                                false);
@@ -786,6 +812,13 @@ int cmd_serve(int argc, char **argv) {
             else if (!strcmp(v, "f16")) ep.context.device_dtype = MOECL_DTYPE_F16;
             else return usage("unknown device dtype %s (f32, f16)", v);
         }
+        else if (!strcmp(a, "--kv-type")) {
+            NEED();
+            if (!strcmp(v, "f32")) ep.context.kv_type = MOECL_DTYPE_F32;
+            else if (!strcmp(v, "f16")) ep.context.kv_type = MOECL_DTYPE_F16;
+            else return usage("unknown KV cache type %s (f32, f16)", v);
+        }
+        else if (!strcmp(a, "--kv-cells")) { LONG(x, 1, INT_MAX); ep.context.n_kv_cells = (uint32_t)x; }
         else if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) verbose = true;
         else return usage("unknown option %s", a);
 #undef NEED
@@ -848,6 +881,11 @@ int cmd_serve(int argc, char **argv) {
         return 1;
     }
     s.tok = moecl_engine_get_tokenizer(s.engine);
+    moecl_model_info mi;
+    if (moecl_model_get_info(model, &mi) == MOECL_OK) {
+        s.n_layer = mi.n_layer;
+        s.n_expert = mi.n_expert;
+    }
     struct MHD_Daemon *d = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, handler, &s,
                                             MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
                                             MHD_OPTION_NOTIFY_COMPLETED, completed, &s,

@@ -3,15 +3,19 @@
 # the part that fits CI's time on a 2-core machine; prints the ISA the CPU kernels
 # detect and one summary line "N passed, N failed, N skipped" as tools/test.sh does.
 #
-# Run: the quantized formats (conversions against references), every CPU golden test
-# (transformers' logits, HF and GGUF, scalar and default kernels), decode, the parsers,
+# Run: the CPU kernels against float64 and the scalar path at smaller shapes
+# (MOECL_TEST_QUICK), on two of qemu's CPU models, each checking the run-time detection:
+# kernels-qemu-max (sdot and FP16: the levels dotprod = auto, neon, fp16 and scalar) and
+# kernels-qemu-cortex-a53 (ARMv8.0: auto is the NEON int8 fallback); the quantized formats
+# (conversions against references), every CPU golden test (transformers' logits, HF and
+# GGUF, scalar and default kernels; the quantized GGUF ones again on cortex-a53, the F16
+# ones again in FP16 arithmetic: golden-qemu-*), decode, the parsers,
 # the tokenizer against HF tokenizers and the scripts that run the CLI (through the
 # exe_wrapper), the fuzz corpora, the embedding example, the shared library's exports
 # and NEEDED entries, and the no-OpenCL tests.
 # Left out, with the reason (each runs on x86 in tools/test.sh):
-#   kernels             11 CPU-minutes under qemu at its sizes (the matmul
-#                       shapes of every type, twice: auto and scalar are the same code
-#                       here); it needs a smaller-size knob. Run it with
+#   kernels             at its full sizes (the kernels-qemu-* tests run it quick); with
+#                       four ARM levels that is tens of CPU-minutes under qemu. Run it with
 #                       `tools/test-aarch64.sh kernels` (names given are added).
 #   sampling            statistics over millions of draws: 15 min under qemu
 #   quantize, quantize_tokenizer, quantize_gguf_py, gguf_python
@@ -33,14 +37,18 @@ set -u
 cd "$(dirname "$0")/.."
 # Chosen by name, so that a new test joins only when it fits this list (every golden and
 # tokenizer test does); then the exclusions above.
-run='^(safetensors|hf_config|quant|ops|model_errors|decode|gguf|gguf_model|golden-.*|tokenizer.*|example_embed|exports|needed|no-opencl-.*|fuzz_.*_replay)$'
+run='^(kernels-qemu-.*|safetensors|hf_config|quant|ops|model_errors|decode|gguf|gguf_model|golden-.*|tokenizer.*|example_embed|batch_logits|exports|needed|no-opencl-.*|fuzz_.*_replay)$'
 leave_out='^(golden-.*opencl.*|no-opencl-ns|golden-gguf-(q8_0-)?cpu-.*|tokenizer_chat_cli)$'
 ninja -C build-aarch64 >/dev/null || exit 1
 tests=$(meson test -C build-aarch64 --list --no-rebuild 2>/dev/null | grep -E "$run" | grep -v -E "$leave_out")
 [ -n "$tests" ] || { echo "test-aarch64: no tests listed in build-aarch64 (run tools/setup-aarch64.sh)" >&2; exit 1; }
 
-isa=$(qemu-aarch64 build-aarch64/moecl info -m tests/data/tiny-f32 --backend cpu 2>/dev/null | sed -n 's/^CPU kernels *//p')
-echo "test-aarch64: $(qemu-aarch64 --version | head -1); moecl's CPU kernels under it: ${isa:-unknown}"
+echo "test-aarch64: $(qemu-aarch64 --version | head -1); moecl's CPU kernels under it:"
+for cpu in max cortex-a53; do
+    isa=$(QEMU_CPU=$cpu qemu-aarch64 build-aarch64/moecl info -m tests/data/tiny-f32 --backend cpu 2>/dev/null |
+          sed -n 's/^CPU kernels *//p')
+    echo "  -cpu $cpu: ${isa:-unknown}"
+done
 
 start=$(date +%s)
 # Timeouts x4: the tests' own limits are set for native speed.

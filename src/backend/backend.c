@@ -2,9 +2,12 @@
  * backend.c - choosing backends for a context.
  */
 #include "backend/backend.h"
+#include "backend/opencl/opencl.h"
 
 #include <cblas.h>
 #include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* Debian's OpenBLAS picks its kernels from the CPU it detects; an unknown
@@ -39,3 +42,69 @@ static void blas_init(void) {
 }
 
 void mc_backend_check_blas(void) { pthread_once(&g_blas_once, blas_init); }
+
+/* ------------------------------------------------------------------------ */
+/* The host's read bandwidth, for the placement planner                     */
+/* ------------------------------------------------------------------------ */
+
+typedef struct host_probe {
+    uint32_t version, n_threads;
+    double read_bps;
+} host_probe;
+
+/* n_threads sum a buffer larger than the last-level cache (written first:
+ * calloc's untouched pages all map one zero page, which stays in cache);
+ * best of 4 after a warm-up. Cached beside the OpenCL programs, per thread
+ * count; $MOECL_HOST_BW=GBPS sets it (tests), =off leaves it unknown (0). */
+static pthread_mutex_t g_host_mu = PTHREAD_MUTEX_INITIALIZER;
+static int g_host_threads;   /* the last measurement of this process, also when the cache is off */
+static double g_host_bps;
+
+static double host_read_bps(int n_threads);
+
+double mc_host_read_bps(int n_threads) {
+    const char *env = getenv("MOECL_HOST_BW");
+    if (env && !strcmp(env, "off")) return 0;
+    if (env && atof(env) > 0) return atof(env) * 1e9;
+    pthread_mutex_lock(&g_host_mu); /* one measurement at a time: two would halve each other's figure */
+    if (g_host_threads != n_threads || g_host_bps <= 0) {
+        g_host_bps = host_read_bps(n_threads);
+        g_host_threads = n_threads;
+    }
+    const double bps = g_host_bps;
+    pthread_mutex_unlock(&g_host_mu);
+    return bps;
+}
+
+static double host_read_bps(int n_threads) {
+    char name[48];
+    snprintf(name, sizeof name, "host-probe-%d", n_threads);
+    host_probe hp;
+    if (mc_cl_available() && mc_cl_cache_blob_load(NULL, name, &hp, sizeof hp) && hp.version == 1 &&
+        hp.n_threads == (uint32_t)n_threads && hp.read_bps > 0 && hp.read_bps < 1e14)
+        return hp.read_bps;
+    const size_t n = ((size_t)128 << 20) / sizeof(float);
+    float *buf = malloc(n * sizeof(float));
+    if (!buf) return 0;
+    memset(buf, 1, n * sizeof(float));
+    double best = 0, sink = 0;
+    for (int it = 0; it < 5; it++) {
+        const int64_t t0 = mc_now_ns();
+        double s = 0;
+#pragma omp parallel for num_threads(n_threads) reduction(+ : s) schedule(static)
+        for (size_t i = 0; i < n; i += 16) {
+            float a = 0;
+            for (int j = 0; j < 16; j++) a += buf[i + (size_t)j];
+            s += a;
+        }
+        const double dt = (double)(mc_now_ns() - t0) * 1e-9;
+        sink += s;
+        if (it > 0 && dt > 0 && (double)(n * sizeof(float)) / dt > best) best = (double)(n * sizeof(float)) / dt;
+    }
+    free(buf);
+    mc_log(MOECL_LOG_INFO, "host reads %.1f GB/s with %d threads (measured, cached; checksum %g)", best / 1e9,
+           n_threads, sink);
+    hp = (host_probe){.version = 1, .n_threads = (uint32_t)n_threads, .read_bps = best};
+    if (mc_cl_available()) mc_cl_cache_blob_store(NULL, name, &hp, sizeof hp);
+    return best;
+}

@@ -55,6 +55,9 @@ typedef struct mc_backend_i {
 /* One layer's routed experts as the context saw them, for tests and traces
  * (mc_context_trace). Host times are CLOCK_MONOTONIC nanoseconds. */
 typedef struct mc_moe_trace {
+    int64_t route_ns;       /* the router: logits, softmax, top-k, weights */
+    int64_t gather_ns;      /* the plan and the packing of each expert's rows */
+    int64_t scatter_ns;     /* x += Σ w·y */
     int64_t t_begin, t_end; /* the first moe_submit began .. the last moe_wait returned */
     int64_t sync_ns;        /* time inside the synchronous backends' moe_submit (they compute there) */
     int64_t device_ns;      /* the asynchronous backends' device busy time; -1: not measured */
@@ -91,14 +94,40 @@ typedef struct mc_opencl_params {
     mc_pool *pool;         /* the context's threads, for the CPU kernels its matmul delegates to */
 } mc_opencl_params;
 
-/* Open a device, build the kernels, choose which experts the device holds
- * within the budget and upload them. placement[l * n_expert + e] is set to
- * `index` for each expert taken, left alone for the others. *n_placed: the
- * experts taken (0 is a success: the caller may then drop the backend).
- * Fails with MOECL_ERR_BACKEND (no platform, no matching device, a build or
- * an allocation failure) leaving placement untouched. */
+/* Open a device, build the kernels, choose which experts of each layer the
+ * device holds within the budget (the planner with uniform frequencies:
+ * round-robin over the layers) and upload them. placement[l * n_expert + e]
+ * is set to `index` for each expert taken, left alone for the others.
+ * *n_placed: the experts taken (0 is a success: the caller may then drop
+ * the backend). Fails with MOECL_ERR_BACKEND (no platform, no matching
+ * device, a build or an allocation failure) leaving placement untouched. */
 moecl_status mc_backend_opencl_new(const moecl_model *model, const mc_opencl_params *params, uint8_t *placement,
                                    uint8_t index, int64_t *n_placed, mc_backend **out);
+
+/* The same in steps, so that a planner can see every device before any
+ * holds a weight: open (device, storage types, the probe), then
+ * mc_backend_opencl_load with the plan. A backend opened and never loaded
+ * holds nothing and must only be freed. */
+moecl_status mc_backend_opencl_open(const moecl_model *model, const mc_opencl_params *params, mc_backend **out);
+
+typedef struct mc_opencl_plan_info {
+    int64_t budget;     /* bytes of expert weights it may hold (params' mem_budget, or memory less headroom) */
+    int max_per_layer;  /* experts of one layer its largest allocation holds */
+    double read_bps;    /* measured read bandwidth, bytes/s; 0: unknown */
+    double rtt_s;       /* measured host round trip, seconds */
+} mc_opencl_plan_info;
+void mc_backend_opencl_plan_info(const mc_backend *be, mc_opencl_plan_info *info);
+
+/* Bytes one expert of layer l (w1, w3, w2) takes on the device; 0 for a dense layer. */
+uint64_t mc_backend_opencl_expert_bytes(const mc_backend *be, int layer);
+
+/* Upload the experts with placement[l * n_expert + e] == index, any subset
+ * of (layer, expert); *n_placed: how many. */
+moecl_status mc_backend_opencl_load(mc_backend *be, const uint8_t *placement, uint8_t index, int64_t *n_placed);
+
+/* The host's read bandwidth with n_threads, bytes/s (measured once, cached
+ * beside the OpenCL programs); 0: unknown. backend.c. */
+double mc_host_read_bps(int n_threads);
 
 /* The OpenCL backend's device name, bytes of expert weights and their dtype. */
 void mc_backend_opencl_describe(const mc_backend *be, char *name, size_t len, uint64_t *bytes, moecl_dtype *dtype);

@@ -7,8 +7,13 @@
  *
  *   sweep      cancelled requests leave the queue and their slots
  *   admit      queued requests take free slots (longest cached prefix first)
+ *              while the KV pool has the cells for their whole prompts
  *   batch      one token per generating slot, then prompt chunks, oldest
  *              request first, until n_batch tokens
+ *   fit        if the KV pool cannot hold the batch: free the caches of idle
+ *              slots (least recently used first), then hold back prompt
+ *              chunks (newest first), then end generating requests (newest
+ *              first) with "length", as a slot whose context is full ends
  *   decode     one moecl_decode_batch
  *   sample     every slot whose last batch token finished its prompt or was
  *              a generated token samples its next token; text goes through
@@ -20,6 +25,8 @@
  * callbacks run with `mu` released, so they may submit or cancel.
  */
 #include "engine/engine.h"
+
+#include "kv_cache.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -70,6 +77,7 @@ struct moecl_engine {
     const moecl_tokenizer *tok;
     moecl_context *ctx;
     int32_t n_vocab, n_ctx, n_batch, n_slots, n_queue, eos_id;
+    int64_t n_kv_cells;     /* the KV pool's cells (a limit shared by all slots) */
     slot *slots;            /* [n_slots] */
     int32_t *batch_tok, *batch_seq; /* [n_batch] */
 
@@ -82,6 +90,9 @@ struct moecl_engine {
     int32_t n_queued, n_running;
     uint64_t next_id, n_admitted;
     moecl_engine_stats stats;
+    size_t n_route;          /* n_layer * n_expert */
+    uint64_t *route_tokens;  /* [n_route] the context's routing counters, copied after each step, under mu */
+    double *route_wsum;      /* [n_route] */
 };
 
 /* ------------------------------------------------------------------------ */
@@ -170,6 +181,10 @@ static moecl_status request_new(const moecl_engine *e, const moecl_engine_reques
     if (!st && r->n_prompt > e->n_ctx)
         st = mc_error(MOECL_ERR_CONTEXT_FULL, "moecl_engine_submit: the prompt has %d tokens; the context holds %d",
                       r->n_prompt, e->n_ctx);
+    if (!st && r->n_prompt > e->n_kv_cells)
+        st = mc_error(MOECL_ERR_CONTEXT_FULL,
+                      "moecl_engine_submit: the prompt has %d tokens; the KV cache holds %lld cells for all slots",
+                      r->n_prompt, (long long)e->n_kv_cells);
     if (!st) st = moecl_sampler_new(&q->sampling, &r->sampler);
     if (!st && e->tok &&
         (st = moecl_detokenizer_new(e->tok, MOECL_DETOKENIZE_SKIP_SPECIAL |
@@ -328,6 +343,13 @@ moecl_status moecl_engine_new(const moecl_model *model, const moecl_engine_param
     cp.abort_callback = abort_on_shutdown;
     cp.abort_user_data = e;
     if ((st = moecl_context_new(model, &cp, &e->ctx))) goto fail;
+    /* Routing counters cost a few adds per token and layer: always on, for
+     * moecl_engine_get_routing_counts. */
+    e->n_route = (size_t)info.n_layer * (size_t)info.n_expert;
+    e->route_tokens = calloc(e->n_route ? e->n_route : 1, sizeof *e->route_tokens);
+    e->route_wsum = calloc(e->n_route ? e->n_route : 1, sizeof *e->route_wsum);
+    if (!e->route_tokens || !e->route_wsum) goto nomem;
+    if ((st = moecl_context_set_routing_counters(e->ctx, true))) goto fail;
     /* the context may clamp the budget (never above n_slots * n_ctx) */
     e->n_ctx = p.n_ctx;
     e->n_batch = (int64_t)p.n_batch < (int64_t)p.n_slots * p.n_ctx ? p.n_batch : p.n_slots * p.n_ctx;
@@ -337,6 +359,12 @@ moecl_status moecl_engine_new(const moecl_model *model, const moecl_engine_param
     if (!e->slots || !e->batch_tok || !e->batch_seq) goto nomem;
     for (int32_t s = 0; s < e->n_slots; s++)
         if (!(e->slots[s].cache = malloc((size_t)e->n_ctx * sizeof(int32_t)))) goto nomem;
+    {
+        moecl_kv_info kvi;
+        moecl_context_get_kv_info(e->ctx, &kvi);
+        e->n_kv_cells = kvi.n_cells;
+        e->stats.kv_cells = kvi.n_cells;
+    }
     e->stats.n_slots = e->n_slots;
     e->stats.n_ctx = e->n_ctx;
     e->stats.n_batch = e->n_batch;
@@ -345,8 +373,8 @@ moecl_status moecl_engine_new(const moecl_model *model, const moecl_engine_param
         goto fail;
     }
     e->thread_started = true;
-    mc_log(MOECL_LOG_INFO, "engine: %d slots x %d positions, %d tokens per step, queue %d", e->n_slots, e->n_ctx,
-           e->n_batch, e->n_queue);
+    mc_log(MOECL_LOG_INFO, "engine: %d slots x %d positions, %lld KV cells shared, %d tokens per step, queue %d",
+           e->n_slots, e->n_ctx, (long long)e->n_kv_cells, e->n_batch, e->n_queue);
     *out = e;
     return MOECL_OK;
 nomem:
@@ -376,6 +404,8 @@ void moecl_engine_free(moecl_engine *e) {
     free(e->batch_tok);
     free(e->batch_seq);
     moecl_context_free(e->ctx);
+    free(e->route_tokens);
+    free(e->route_wsum);
     pthread_cond_destroy(&e->cv);
     pthread_mutex_destroy(&e->mu);
     free(e);
@@ -431,6 +461,19 @@ moecl_status moecl_engine_get_stats(moecl_engine *e, moecl_engine_stats *stats) 
     *stats = e->stats;
     stats->n_running = e->n_running;
     stats->n_queued = e->n_queued;
+    pthread_mutex_unlock(&e->mu);
+    return MOECL_OK;
+}
+
+moecl_status moecl_engine_get_routing_counts(moecl_engine *e, uint64_t *tokens, double *weight_sum, size_t n) {
+    if (!e) return mc_error(MOECL_ERR_INVALID_ARG, "moecl_engine_get_routing_counts: engine is NULL");
+    if (n < e->n_route)
+        return mc_error(MOECL_ERR_INVALID_ARG,
+                        "moecl_engine_get_routing_counts: n is %zu; n_layer x n_expert = %zu values are needed", n,
+                        e->n_route);
+    pthread_mutex_lock(&e->mu);
+    if (tokens) memcpy(tokens, e->route_tokens, e->n_route * sizeof *tokens);
+    if (weight_sum) memcpy(weight_sum, e->route_wsum, e->n_route * sizeof *weight_sum);
     pthread_mutex_unlock(&e->mu);
     return MOECL_OK;
 }
@@ -520,12 +563,29 @@ static int32_t common_prefix(const int32_t *a, int32_t na, const int32_t *b, int
     return i;
 }
 
-/* Under mu: queued requests take free slots, in order. Each goes to the free
- * slot sharing the longest prefix with its prompt (ties: least recently
- * used). At least one prompt token is always read, for its logits. */
+/* KV blocks the pool can give to a new request's prompt: free blocks, plus
+ * those idle slots keep for prefix reuse (freed on demand), less those the
+ * running requests still need for the rest of their prompts. */
+static int32_t kv_blocks_for_admission(const moecl_engine *e) {
+    const mc_kv *kv = mc_context_kv(e->ctx);
+    int64_t n = mc_kv_available(kv);
+    for (int32_t s = 0; s < e->n_slots; s++) {
+        const request *r = e->slots[s].req;
+        if (!r) n += kv->seq[s].n_blocks;
+        else n -= mc_kv_blocks_needed(kv, s, r->n_prompt);
+    }
+    return n < 0 ? 0 : (int32_t)n;
+}
+
+/* Under mu: queued requests take free slots, in order, while the KV pool
+ * can hold their whole prompts (FIFO: a request that does not fit holds
+ * back the ones behind it, so a long prompt is not starved). Each goes to
+ * the free slot sharing the longest prefix with its prompt (ties: least
+ * recently used). At least one prompt token is always read, for its logits. */
 static void admit(moecl_engine *e) {
     while (e->queue_head) {
         request *r = e->queue_head;
+        if (mc_kv_blocks_for(r->n_prompt) > kv_blocks_for_admission(e)) return;
         int32_t best = -1, best_lcp = -1;
         for (int32_t s = 0; s < e->n_slots; s++) {
             const slot *sl = &e->slots[s];
@@ -581,6 +641,81 @@ static void end_unqueued(request *list) {
     }
 }
 
+/* KV blocks the first T tokens of the batch need beyond those held. */
+static int32_t batch_blocks(moecl_engine *e, int32_t T) {
+    const mc_kv *kv = mc_context_kv(e->ctx);
+    for (int32_t s = 0; s < e->n_slots; s++) e->slots[s].batch_n = 0;
+    for (int32_t t = 0; t < T; t++) {
+        e->slots[e->batch_seq[t]].batch_n++;
+        e->slots[e->batch_seq[t]].batch_last = t;
+    }
+    int32_t need = 0;
+    for (int32_t s = 0; s < e->n_slots; s++)
+        if (e->slots[s].batch_n) need += mc_kv_blocks_needed(kv, s, (int64_t)kv->seq[s].len + e->slots[s].batch_n);
+    return need;
+}
+
+/* Make the batch of T tokens fit in the KV pool (see the top of the file);
+ * returns its new length. Generating tokens come first in the batch, prompt
+ * chunks after them oldest first, so holding back prompt tokens from the end
+ * holds back the newest chunk first. */
+static int32_t fit_kv(moecl_engine *e, int32_t T) {
+    const mc_kv *kv = mc_context_kv(e->ctx);
+    for (;;) {
+        const int32_t need = batch_blocks(e, T);
+        if (need <= mc_kv_available(kv)) break;
+        int32_t idle = -1; /* the least recently used idle slot that holds blocks */
+        for (int32_t s = 0; s < e->n_slots; s++)
+            if (!e->slots[s].req && kv->seq[s].n_blocks && (idle < 0 || e->slots[s].last_used < e->slots[idle].last_used))
+                idle = s;
+        if (idle >= 0) {
+            moecl_seq_truncate(e->ctx, idle, 0);
+            e->slots[idle].n_cache = 0;
+            pthread_mutex_lock(&e->mu);
+            e->stats.n_kv_evicted++;
+            pthread_mutex_unlock(&e->mu);
+            continue;
+        }
+        const request *last = T ? e->slots[e->batch_seq[T - 1]].req : NULL;
+        if (last && last->n_read < last->n_prompt) { /* a prompt token: it waits for a later step */
+            T--;
+            continue;
+        }
+        /* Only generating tokens are left: end the newest request. */
+        int32_t victim = -1;
+        for (int32_t t = 0; t < T; t++) {
+            const int32_t s = e->batch_seq[t];
+            if (victim < 0 || e->slots[s].req->admitted > e->slots[victim].req->admitted) victim = s;
+        }
+        if (victim < 0) break; /* nothing left to hold back */
+        int32_t u = 0;
+        for (int32_t t = 0; t < T; t++)
+            if (e->batch_seq[t] != victim) {
+                e->batch_tok[u] = e->batch_tok[t];
+                e->batch_seq[u++] = e->batch_seq[t];
+            }
+        T = u;
+        pthread_mutex_lock(&e->mu);
+        e->stats.n_kv_full++;
+        pthread_mutex_unlock(&e->mu);
+        finish(e, victim, MOECL_FINISH_LENGTH, -1, MOECL_OK, NULL);
+    }
+    batch_blocks(e, T);
+    for (int32_t s = 0; s < e->n_slots; s++)
+        if (!e->slots[s].batch_n) e->slots[s].batch_last = -1;
+    if (T == 0) {
+        /* Nothing fits and nothing generates: cannot happen while admission
+         * keeps every running prompt within the pool, but never spin. */
+        int32_t newest = -1;
+        for (int32_t s = 0; s < e->n_slots; s++)
+            if (e->slots[s].req && (newest < 0 || e->slots[s].req->admitted > e->slots[newest].req->admitted))
+                newest = s;
+        if (newest >= 0)
+            finish(e, newest, MOECL_FINISH_ERROR, -1, MOECL_ERR_CONTEXT_FULL, "the KV cache is full");
+    }
+    return T;
+}
+
 /* One decode step over every running slot. */
 static void step(moecl_engine *e) {
     int32_t T = 0, n_seqs = 0;
@@ -616,6 +751,7 @@ static void step(moecl_engine *e) {
         sl->batch_last = T - 1;
         sl->batch_n = n;
     }
+    T = fit_kv(e, T);
     if (T == 0) return;
 
     double t0 = now_s();
@@ -637,6 +773,9 @@ static void step(moecl_engine *e) {
     while (bucket < 16 && (1 << bucket) < T) bucket++;
     e->stats.batch_hist[bucket]++;
     e->stats.step_seconds += dt;
+    if (!st) moecl_context_get_routing_counts(e->ctx, e->route_tokens, e->route_wsum, e->n_route);
+    e->stats.kv_cells_held = (int64_t)mc_context_kv(e->ctx)->n_held * MC_KV_BLOCK;
+    e->stats.kv_bytes = mc_kv_bytes(mc_context_kv(e->ctx));
     pthread_mutex_unlock(&e->mu);
 
     if (st) {

@@ -35,6 +35,8 @@ static const json_limits k_limits[MC_JSON_KIND_COUNT] = {
     [MC_JSON_ST_INDEX] = {"index", "a safetensors index", (size_t)32 << 20, (size_t)1 << 20},
     [MC_JSON_ST_HEADER] = {"header", "a safetensors header", (size_t)16 << 20, (size_t)2 << 20},
     [MC_JSON_DATA] = {"file", "a reference file", (size_t)64 << 20, (size_t)4 << 20},
+    /* n_layer x n_expert shares: 1 M values covers 128 layers x 8192 experts */
+    [MC_JSON_PROFILE] = {"file", "an expert profile", (size_t)32 << 20, (size_t)1 << 20},
 };
 
 static const json_limits *limits_of(mc_json_kind kind) {

@@ -27,6 +27,7 @@ typedef enum mc_json_kind {
     MC_JSON_ST_INDEX,         /* model.safetensors.index.json */
     MC_JSON_ST_HEADER,        /* the header of a .safetensors file */
     MC_JSON_DATA,             /* the tools' and tests' own reference files */
+    MC_JSON_PROFILE,          /* an expert profile (placement.c) */
     MC_JSON_KIND_COUNT
 } mc_json_kind;
 

@@ -202,13 +202,51 @@ static void quant_q4_0(const float *x, mc_block_q4_0 *b, int64_t nb) {
 static inline int nearest(float v) { return (int)lrintf(v); }
 static inline int clampi(int v, int lo, int hi) { return v < lo ? lo : v > hi ? hi : v; }
 
+/* Levels of n weights against x ~ s * l + m (s > 0), clamped to [0, nmax],
+ * and the weighted least-squares (s, m) for those levels, m <= 0; returns
+ * the weighted squared error of that refit, or INFINITY if the levels do not
+ * determine it (all equal). sw, swx: sum w, sum w x. */
+static float refit(int n, int nmax, const float *x, const float *w, float sw, float swx, float is, float off,
+                   uint8_t *Lc, float *s_out, float *m_out) {
+    float sl = 0, sl2 = 0, sxl = 0;
+    for (int i = 0; i < n; i++) {
+        const int l = clampi(nearest(is * (x[i] - off)), 0, nmax);
+        Lc[i] = (uint8_t)l;
+        sl += w[i] * (float)l;
+        sl2 += w[i] * (float)(l * l);
+        sxl += w[i] * (float)l * x[i];
+    }
+    const float D = sw * sl2 - sl * sl;
+    if (D <= 0) return INFINITY;
+    /* least squares for x ~ s*l + m over (s, m) */
+    float s = (sw * sxl - swx * sl) / D, m = (sl2 * swx - sl * sxl) / D;
+    if (m > 0) { /* the min must not be positive: refit the scale alone */
+        m = 0;
+        s = sl2 > 0 ? sxl / sl2 : 0;
+    }
+    float err = 0;
+    for (int i = 0; i < n; i++) {
+        const float e = s * Lc[i] + m - x[i];
+        err += w[i] * e * e;
+    }
+    *s_out = s;
+    *m_out = m;
+    return err;
+}
+
 /*
  * One sub-block of n weights x to levels L[i] in [0, nmax] with
  * x ~ scale * L - min (min >= 0), minimising sum w (scale*L - min - x)^2.
- * Candidates: iscale = (nmax + rmin + rdelta*k) / (max - min), k = 0..nstep;
- * each candidate's levels are refit by least squares (scale and min in closed
- * form), and the refit with the smallest error is kept. Returns the scale;
- * *the_min gets min.
+ * Candidates: iscale = (nmax + rmin + rdelta*k) / (max - m), k = 0..nstep,
+ * levels nearest(iscale * (x - m)); each candidate's levels are refit by
+ * least squares (scale and min in closed form), and the refit with the
+ * smallest error is kept. m starts at the sub-block's minimum and follows
+ * the best refit so far: a fit's min is usually above the raw minimum (the
+ * lowest weight is clamped to level 0 at a small cost), and the next
+ * candidates then spread the levels over the range that fit uses (llama.cpp's
+ * make_qkx2_quants does the same). Last, the best fit is polished by
+ * alternating levels and refit while that lowers the error. Returns the
+ * scale; *the_min gets min.
  */
 static float fit_scale_min(int n, int nmax, const float *x, const float *w, uint8_t *L, float *the_min,
                            float rmin, float rdelta, int nstep) {
@@ -234,34 +272,25 @@ static float fit_scale_min(int n, int nmax, const float *x, const float *w, uint
     }
     uint8_t Lc[MC_QK_K];
     for (int k = 0; k <= nstep; k++) {
-        const float is = (rmin + rdelta * (float)k + (float)nmax) / (hi - lo);
-        float sl = 0, sl2 = 0, sxl = 0;
-        for (int i = 0; i < n; i++) {
-            const int l = clampi(nearest(is * (x[i] - lo)), 0, nmax);
-            Lc[i] = (uint8_t)l;
-            sl += w[i] * (float)l;
-            sl2 += w[i] * (float)(l * l);
-            sxl += w[i] * (float)l * x[i];
-        }
-        const float D = sw * sl2 - sl * sl;
-        if (D <= 0) continue;
-        /* least squares for x ~ s*l + m over (s, m) */
-        float s = (sw * sxl - swx * sl) / D, m = (sl2 * swx - sl * sxl) / D;
-        if (m > 0) { /* the min must not be positive: refit the scale alone */
-            m = 0;
-            s = sl2 > 0 ? sxl / sl2 : 0;
-        }
-        float err = 0;
-        for (int i = 0; i < n; i++) {
-            const float e = s * Lc[i] + m - x[i];
-            err += w[i] * e * e;
-        }
+        if (!(hi > min)) break;
+        const float is = (rmin + rdelta * (float)k + (float)nmax) / (hi - min);
+        float s, m;
+        const float err = refit(n, nmax, x, w, sw, swx, is, min, Lc, &s, &m);
         if (err < best) {
             best = err;
             memcpy(L, Lc, (size_t)n);
             scale = s;
             min = m;
         }
+    }
+    for (int it = 0; it < 8 && scale > 0; it++) {
+        float s, m;
+        const float err = refit(n, nmax, x, w, sw, swx, 1 / scale, min, Lc, &s, &m);
+        if (!(err < best)) break;
+        best = err;
+        memcpy(L, Lc, (size_t)n);
+        scale = s;
+        min = m;
     }
     *the_min = -min;
     return scale;

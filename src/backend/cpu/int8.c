@@ -2,9 +2,9 @@
  * int8.c - quantized weights x int8 activations (decode): the activations'
  * quantization, the scalar pieces, and the choice of kernel.
  *
- * At T <= MC_QINT_T the float kernels (quant_tiles.c) are bound by the work of
- * widening every weight to float32, not by memory. With any int8 kernels
- * (isa.c: AVX2, AVX-VNNI, AVX-512 VNNI) the rows of X are instead quantized
+ * At T <= MC_QINT_T (kernels_impl.h) the float kernels (quant_tiles.c) are
+ * bound by the work of widening every weight to float32, not by memory. With any int8 kernels
+ * (isa.c: AVX2, AVX-VNNI, AVX-512 VNNI; NEON, NEON sdot) the rows of X are instead quantized
  * once per call to int8, 32 columns per scale (x ~ xd * xq, |xq| <= 127),
  * the same way for every kernel, and each 32-weight piece of a weight row is
  * an integer dot product (u8 weight x s8 activation: vpdpbusd, or vpmaddubsw
@@ -24,6 +24,11 @@
  * Rounding the activations to 8 bits adds an error of its own (see
  * tests/test_kernels.c for the bound); the float path stays the reference
  * (MOECL_CPU_ISA=scalar selects it).
+ *
+ * Above MC_QINT_T rows (prompts) sgemm on dequantized weights is faster than
+ * these, so they run instead, but on X rounded exactly as here
+ * (mc_qact_round): the same token gets the same activations, and logits that
+ * differ only by float summation order, whatever batch it is in.
  */
 
 #include "backend/cpu/kernels_impl.h"
@@ -31,15 +36,26 @@
 #include <math.h>
 #include <stdlib.h>
 
-/* Largest T that takes the int8 path (its weight reads are shared by all T
- * rows; the float kernels also read them once). */
-#ifndef MC_QINT_T
-#define MC_QINT_T 8
-#endif
-
 static bool qint_type(moecl_dtype t) {
     return t == MOECL_DTYPE_Q8_0 || t == MOECL_DTYPE_Q4_0 || t == MOECL_DTYPE_Q4_K || t == MOECL_DTYPE_Q5_K ||
            t == MOECL_DTYPE_Q6_K;
+}
+
+/* 32 activations to int8 with one scale: q[i] = round(x[i] / d), d =
+ * amax / 127. Returns sum q[i]. */
+static int quant32(const float *x, int8_t *q, float *d_out) {
+    float amax = 0.0f;
+    for (int i = 0; i < 32; i++) amax = fmaxf(amax, fabsf(x[i]));
+    const float d = amax / 127.0f, id = amax > 0.0f ? 127.0f / amax : 0.0f;
+    int sum = 0;
+    for (int i = 0; i < 32; i++) {
+        int v = (int)lrintf(x[i] * id);
+        v = v > 127 ? 127 : v < -127 ? -127 : v;
+        q[i] = (int8_t)v;
+        sum += v;
+    }
+    *d_out = d;
+    return sum;
 }
 
 bool mc_qact_make(qact *a, const float *X, int64_t T, int64_t cols) {
@@ -53,28 +69,27 @@ bool mc_qact_make(qact *a, const float *X, int64_t T, int64_t cols) {
     a->ds = a->d + ns;
     for (int64_t t = 0; t < T; t++)
         for (int64_t j = 0; j < a->nb; j++) {
-            const float *x = X + t * cols + 32 * j;
-            int8_t *q = a->q + t * cols + 32 * j;
-            float amax = 0.0f;
-            for (int i = 0; i < 32; i++) amax = fmaxf(amax, fabsf(x[i]));
-            const float d = amax / 127.0f, id = amax > 0.0f ? 127.0f / amax : 0.0f;
-            int sum = 0;
-            for (int i = 0; i < 32; i++) {
-                int v = (int)lrintf(x[i] * id);
-                v = v > 127 ? 127 : v < -127 ? -127 : v;
-                q[i] = (int8_t)v;
-                sum += v;
-            }
+            float d;
+            const int sum = quant32(X + t * cols + 32 * j, a->q + t * cols + 32 * j, &d);
             a->d[t * a->nb + j] = d;
             a->ds[t * a->nb + j] = d * (float)sum;
         }
     return true;
 }
 
+void mc_qact_round(const float *X, int64_t n, float *Xr) {
+    int8_t q[32];
+    for (int64_t j = 0; j + 32 <= n; j += 32) {
+        float d;
+        (void)quant32(X + j, q, &d);
+        for (int i = 0; i < 32; i++) Xr[j + i] = d * (float)q[i];
+    }
+}
+
 void mc_qact_free(qact *a) { free(a->q); }
 
 bool mc_cpu_quant_int8(moecl_dtype t, int64_t T) {
-    return T >= 1 && T <= MC_QINT_T && qint_type(t) && mc_cpu_qint() != QINT_NONE;
+    return T >= 1 && qint_type(t) && mc_cpu_qint() != QINT_NONE;
 }
 
 float mc_qint_tail(moecl_dtype dt, const void *w, int64_t b0, int64_t nb, const qact *a, int64_t t) {
@@ -105,6 +120,9 @@ void mc_qint_rows(int kind, moecl_dtype dt, const void *w, int64_t cols, const q
     case QINT_AVXVNNI: mc_qint_rows_avxvnni(dt, w, cols, a, T, Y, ldy, r0, r1); break;
     default: mc_qint_rows_avx2(dt, w, cols, a, T, Y, ldy, r0, r1); break;
     }
+#elif MC_ARM
+    if (kind == QINT_DOTPROD) mc_qint_rows_dotprod(dt, w, cols, a, T, Y, ldy, r0, r1);
+    else mc_qint_rows_neon(dt, w, cols, a, T, Y, ldy, r0, r1);
 #else
     /* mc_cpu_qint() is QINT_NONE here: never called */
     (void)kind, (void)dt, (void)w, (void)cols, (void)a, (void)T, (void)Y, (void)ldy, (void)r0, (void)r1;

@@ -62,6 +62,11 @@ static void fused_rows(int isa, moecl_dtype dt, const void *w, int64_t cols, con
     else if (isa == ISA_AVX2) mc_fused256(dt, w, cols, X, T, Y, ldy, r0, r1);
     else
 #endif
+#if MC_ARM
+    if (isa == ISA_FP16) mc_fused_fp16(dt, w, cols, X, T, Y, ldy, r0, r1);
+    else if (isa == ISA_NEON) mc_fused_neon(dt, w, cols, X, T, Y, ldy, r0, r1);
+    else
+#endif
         mc_fused_scalar(dt, w, cols, X, T, Y, ldy, r0, r1);
     (void)isa;
 }
@@ -80,12 +85,25 @@ static void to_f32_isa(int isa, moecl_dtype t, const void *src, float *dst, int6
     else if (isa == ISA_AVX2) mc_to_f32_256(t, src, dst, n);
     else
 #endif
+#if MC_ARM
+    if (isa == ISA_NEON || isa == ISA_FP16) mc_to_f32_neon(t, src, dst, n);
+    else
+#endif
         mc_to_f32_scalar(t, src, dst, n);
     (void)isa;
 }
 
 void mc_cpu_to_f32(moecl_dtype t, const void *src, float *dst, int64_t n) {
     to_f32_isa(mc_cpu_level(), t, src, dst, n);
+}
+
+bool mc_cpu_f16_arith(moecl_dtype t, int64_t T) {
+#if MC_ARM
+    return t == MOECL_DTYPE_F16 && T >= MC_FP16_MIN_T && T <= MC_SMALL_T_16 && mc_cpu_level() == ISA_FP16;
+#else
+    (void)t, (void)T;
+    return false;
+#endif
 }
 
 /* ======================================================================== */
@@ -193,9 +211,18 @@ void mc_cpu_matmul(const mc_tensor *W, const float *X, int64_t T, float *Y, mc_p
      * allocation fails, the float kernels do the work) */
     qact qa_store, *qa = NULL;
     const int qint = mc_cpu_qint();
-    if (mc_cpu_quant_int8(W->type, T) && !p.blas && mc_qact_make(&qa_store, X, T, cols)) {
-        qa = &qa_store;
-        atomic_store_explicit(&g_last_qint, qint, memory_order_relaxed);
+    float *xr = NULL;
+    if (mc_cpu_quant_int8(W->type, T)) {
+        if (T <= MC_QINT_T && !p.blas && mc_qact_make(&qa_store, X, T, cols)) {
+            qa = &qa_store;
+            atomic_store_explicit(&g_last_qint, qint, memory_order_relaxed);
+        } else if ((xr = malloc((size_t)T * (size_t)cols * sizeof *xr))) {
+            /* the same 8-bit activations for the float paths: a token's
+             * logits then differ between batch sizes only by the float
+             * summation order, not by the activations' rounding */
+            mc_qact_round(X, T * cols, xr);
+            X = xr;
+        }
     }
     matmul_job j = {.p = &p, .isa = mc_cpu_level(), .qint = qint, .W = W, .X = X, .qa = qa, .T = T, .Y = Y,
                     .scratch = scratch};
@@ -211,6 +238,7 @@ void mc_cpu_matmul(const mc_tensor *W, const float *X, int64_t T, float *Y, mc_p
         mc_pool_for(pool, rows, MC_POOL_DYNAMIC, grain, p.n_threads, matmul_chunk, &j);
     }
     if (qa) mc_qact_free(qa);
+    free(xr);
 }
 
 /* ======================================================================== */

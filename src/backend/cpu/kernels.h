@@ -27,17 +27,24 @@ void mc_cpu_swiglu(float *gate, const float *up, int64_t n);
 /* Convert n elements of type t at src to float32. */
 void mc_cpu_to_f32(moecl_dtype t, const void *src, float *dst, int64_t n);
 
-/* The instruction set the fused float kernels use: "avx512", "avx2" or
- * "scalar". */
+/* The instruction set the fused float kernels use: "avx512", "avx2",
+ * "neon", "fp16" (NEON, F16 weights in FP16 arithmetic) or "scalar". */
 const char *mc_cpu_isa(void);
 /* The int8 kernels quantized weights use at few rows: "avx512vnni",
- * "avxvnni", "avx2", or "none" (float activations: scalar builds, and
- * MOECL_CPU_ISA=scalar). */
+ * "avxvnni", "avx2", "dotprod", "neon", or "none" (float activations:
+ * scalar builds, and MOECL_CPU_ISA=scalar). */
 const char *mc_cpu_int8_kernels(void);
-/* Whether mc_cpu_matmul on weights of type t with T rows of X quantizes X to
- * int8 (the integer dot-product path: T <= 8, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K,
- * any int8 kernels), which adds the activations' rounding error. */
+/* Whether mc_cpu_matmul on weights of type t with T rows of X rounds X to
+ * 8 bits, 32 columns per scale (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K with any int8
+ * kernels, at every T), which adds the activations' rounding error: the
+ * integer dot-product kernels at T <= 64, sgemm on the rounded X
+ * above. Each row of X is rounded on its own, so a row's result does not
+ * depend on the others beyond the float summation order. */
 bool mc_cpu_quant_int8(moecl_dtype t, int64_t T);
+/* Whether mc_cpu_matmul on weights of type t with T rows of X computes in
+ * FP16 arithmetic (MOECL_CPU_ISA=fp16 on ARM: F16 weights on the fused path,
+ * T <= 128), which rounds X and the partial sums to binary16. */
+bool mc_cpu_f16_arith(moecl_dtype t, int64_t T);
 /* Tests: the int8 kernels the latest mc_cpu_matmul that took the int8 path
  * ran (names as mc_cpu_int8_kernels), and forget it: "none" if no call did
  * since the last time this was asked. */

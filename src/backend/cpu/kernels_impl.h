@@ -14,10 +14,16 @@
  *   int8_avx512.c     quantized weights x int8 activations, AVX-512 VNNI
  *   int8_avx2.c       the same in 256-bit registers, AVX2 and AVX-VNNI
  *                     (one body, int8_avx2_body.h, built for each)
+ *   kernels_neon.c    NEON float kernels (F32, F16 by fcvtl, BF16)  (AArch64 only)
+ *   kernels_fp16.c    F16 weights in FP16 arithmetic, ARMv8.2 +fp16 (AArch64 only)
+ *   int8_neon.c       int8 kernels, NEON smull + sadalp             (AArch64 only)
+ *   int8_dotprod.c    the same with sdot, ARMv8.2 +dotprod          (AArch64 only)
+ *                     (one body, int8_neon_body.h, built for each)
  *
- * ISA: the library is built for baseline x86-64. The SIMD kernels are
- * compiled with target attributes and chosen at run time (isa.c);
- * everything else (and non-x86 builds) uses portable scalar C.
+ * ISA: the library is built for baseline x86-64 or ARMv8-A. The x86 SIMD
+ * kernels are compiled with target attributes, the ARM files beyond the
+ * baseline with their own -march (meson.build); all are chosen at run time
+ * (isa.c). Everything else (and other CPUs) uses portable scalar C.
  */
 #ifndef MOECL_CPU_KERNELS_IMPL_H
 #define MOECL_CPU_KERNELS_IMPL_H
@@ -33,6 +39,11 @@
 #define MC_X86 1
 #else
 #define MC_X86 0
+#endif
+#if defined(__aarch64__) && defined(__GNUC__)
+#define MC_ARM 1
+#else
+#define MC_ARM 0
 #endif
 
 /* ---- tunables (override with -D for experiments; see tools/bench_blas.c) -- */
@@ -61,6 +72,18 @@
 /* The same for the quantized types (see the section on them below). */
 #ifndef MC_SMALL_T_Q
 #define MC_SMALL_T_Q 64
+#endif
+
+/* Largest T whose quantized products run the int8 kernels (int8.c), where
+ * there are any; above it X is rounded to the same 8-bit grid and sgemm
+ * computes with it (on dequantized weights), which keeps prompts at sgemm
+ * speed. Measured on Zen 3 (AVX2, a loaded machine, 3584x1024, 1 thread):
+ * the int8 kernels ran at 1.0-1.3x the float tiles for Q4_K and Q8_0 up to
+ * T=64 (Q6_K 0.8-1.9x), and the int8 kernels at every T made pp512 of
+ * mixtral-mini 0.77-0.87x as fast (Q4_K_M; Q8_0 0.80-1.00). So: the same
+ * crossover as MC_SMALL_T_Q. */
+#ifndef MC_QINT_T
+#define MC_QINT_T 64
 #endif
 
 /* Thread chunks of W start on multiples of this many rows. */
@@ -120,19 +143,22 @@
 /* ---- instruction sets -------------------------------------------------------- */
 
 /* The float kernels' instruction set, and the int8 kernels'. */
-enum { ISA_SCALAR = 0, ISA_AVX2 = 1, ISA_AVX512 = 2 };
-enum { QINT_NONE = 0, QINT_AVX2 = 1, QINT_AVXVNNI = 2, QINT_VNNI512 = 3 };
+enum { ISA_SCALAR = 0, ISA_AVX2 = 1, ISA_AVX512 = 2, ISA_NEON = 3, ISA_FP16 = 4 };
+enum { QINT_NONE = 0, QINT_AVX2 = 1, QINT_AVXVNNI = 2, QINT_VNNI512 = 3, QINT_NEON = 4, QINT_DOTPROD = 5 };
 
 /* What the kernels use now (detected on first use; see isa.c). */
 int mc_cpu_level(void);
 int mc_cpu_qint(void);
-/* "none", "avx2", "avxvnni", "avx512vnni". */
+/* "none", "avx2", "avxvnni", "avx512vnni", "neon", "dotprod". */
 const char *mc_cpu_qint_name(int kind);
 
 #if MC_X86
 #define MC_T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")))
 #define MC_T256 __attribute__((target("avx2,fma,f16c")))
 #define MC_TVNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,f16c")))
+#define MC_INLINE inline __attribute__((always_inline))
+#endif
+#if MC_ARM
 #define MC_INLINE inline __attribute__((always_inline))
 #endif
 
@@ -230,6 +256,22 @@ void mc_tile_dot256(int R, const float *tile, int64_t ldt, const float *x, int64
                     int64_t ldy, bool add);
 #endif
 
+#if MC_ARM
+/* kernels_neon.c (F32, F16, BF16) */
+void mc_fused_neon(moecl_dtype dt, const void *w, int64_t cols, const float *X, int64_t T, float *Y, int64_t ldy,
+                   int64_t r0, int64_t r1);
+void mc_to_f32_neon(moecl_dtype dt, const void *src, float *dst, int64_t n);
+void mc_tile_dot_neon(int R, const float *tile, int64_t ldt, const float *x, int64_t ldx, int64_t T, int64_t n,
+                      float *y, int64_t ldy, bool add);
+/* kernels_fp16.c: F16 weights at MC_FP16_MIN_T <= T in FP16 arithmetic,
+ * everything else as mc_fused_neon */
+#ifndef MC_FP16_MIN_T
+#define MC_FP16_MIN_T 1
+#endif
+void mc_fused_fp16(moecl_dtype dt, const void *w, int64_t cols, const float *X, int64_t T, float *Y, int64_t ldy,
+                   int64_t r0, int64_t r1);
+#endif
+
 /* quant_tiles.c (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K with float32 activations) */
 /* nb blocks of quantized type dt at src to float32 under an ISA. */
 void mc_deq_isa(int isa, moecl_dtype dt, const void *src, float *dst, int64_t nb);
@@ -247,6 +289,11 @@ typedef struct qact {
 
 /* Allocates and fills a (free with mc_qact_free); false if out of memory. */
 bool mc_qact_make(qact *a, const float *X, int64_t T, int64_t cols);
+/* Xr[i] = X[i] rounded as mc_qact_make rounds it, back in float32 (d * q):
+ * the activations every T > MC_QINT_T product sees where int8 kernels exist,
+ * so that a row gets the same activations whatever the batch. n: a multiple
+ * of 32 (whole rows). */
+void mc_qact_round(const float *X, int64_t n, float *Xr);
 void mc_qact_free(qact *a);
 /* Blocks [b0, nb) of a Q8_0 / Q4_0 row against row t of a, one at a time
  * (the pieces the SIMD kernels leave, when nb is not a multiple of 8). */
@@ -265,6 +312,14 @@ void mc_qint_rows_avx2(moecl_dtype dt, const void *w, int64_t cols, const qact *
                        int64_t r0, int64_t r1);
 void mc_qint_rows_avxvnni(moecl_dtype dt, const void *w, int64_t cols, const qact *a, int64_t T, float *Y, int64_t ldy,
                           int64_t r0, int64_t r1);
+#endif
+
+#if MC_ARM
+/* int8_neon.c, int8_dotprod.c */
+void mc_qint_rows_neon(moecl_dtype dt, const void *w, int64_t cols, const qact *a, int64_t T, float *Y, int64_t ldy,
+                       int64_t r0, int64_t r1);
+void mc_qint_rows_dotprod(moecl_dtype dt, const void *w, int64_t cols, const qact *a, int64_t T, float *Y,
+                          int64_t ldy, int64_t r0, int64_t r1);
 #endif
 
 #endif

@@ -284,6 +284,12 @@ static void tile_dot(int isa, int R, const float *tile, int64_t ldt, const float
         return;
     }
 #endif
+#if MC_ARM
+    if (isa == ISA_NEON || isa == ISA_FP16) {
+        mc_tile_dot_neon(R, tile, ldt, x, ldx, T, n, y, ldy, add);
+        return;
+    }
+#endif
     (void)isa;
     for (int r = 0; r < R; r++)
         for (int64_t t = 0; t < T; t++) {
@@ -314,7 +320,9 @@ void mc_fused_quant(int isa, moecl_dtype dt, const void *w, int64_t cols, const 
     }
 #endif
     int64_t kc = fused_col_block(T, cols, isa == ISA_AVX2 ? 2 : 4);
-    if (kc < cols) kc = kc / MC_QK_K * MC_QK_K; /* >= 256: whole blocks */
+    /* whole tiles: the tiles start at the same columns for every T, so each
+     * output is the same sum of the same partial dots whatever the batch */
+    if (kc < cols) kc = kc < MC_QCHUNK ? MC_QCHUNK : kc / MC_QCHUNK * MC_QCHUNK;
     for (int64_t k0 = 0; k0 < cols; k0 += kc) {
         const int64_t kend = cols - k0 < kc ? cols : k0 + kc;
         for (int64_t r = r0; r < r1;) {

@@ -32,6 +32,7 @@
 #include "backend/backend.h"
 #include "backend/opencl/opencl.h"
 #include "backend/cpu/kernels.h"
+#include "placement.h"
 #include "quant/quant.h"
 
 #include <stdatomic.h>
@@ -50,11 +51,11 @@
 #define MIN_CLC 12 /* OpenCL C 1.2 */
 
 /* The kernels, one table: family file, name. */
-enum { K_GU_VEC, K_DN_VEC, K_GU_TILED, K_DN_TILED, K_GU_ROWS, K_DN_ROWS, K_GU_BLK, K_DN_BLK, K_FLOAT_N };
+enum { K_GU_VEC, K_DN_VEC, K_GU_TILED, K_DN_TILED, K_GU_ROWS, K_DN_ROWS, K_GU_BLK, K_DN_BLK, K_SWIGLU, K_FLOAT_N };
 enum { K_GU_Q, K_DN_Q, K_QUANT_N };
 static const char *const float_kernels[K_FLOAT_N] = {
     "moe_gate_up_vec", "moe_down_vec", "moe_gate_up_tiled", "moe_down_tiled",
-    "moe_gate_up_rows", "moe_down_rows", "moe_gate_up_blk", "moe_down_blk",
+    "moe_gate_up_rows", "moe_down_rows", "moe_gate_up_blk", "moe_down_blk", "moe_swiglu",
 };
 static const char *const quant_kernels[K_QUANT_N] = {"moeq_gate_up", "moeq_down"};
 
@@ -81,6 +82,8 @@ typedef struct ocl_backend {
     int32_t *slot;        /* [n_layer * n_expert] slot on the device, -1: not here */
     cl_layer *layers;     /* [n_layer] */
     cl_mem x, h, y;       /* [cap_rows, n_embd], [cap_rows, n_ff], [cap_rows, n_embd] */
+    cl_mem h3;            /* [cap_rows, n_ff] the up product on the CLBlast path; NULL when it is off */
+    int64_t blast_rows;   /* rows per expert (the most of a call) from which F32 layers use CLBlast; INT64_MAX: never */
     cl_mem groups;        /* [n_expert] int4 */
     size_t cap_rows;
     cl_int *groups_host;  /* [n_expert * 4], read by the pending write */
@@ -93,6 +96,9 @@ typedef struct ocl_backend {
     bool failed;          /* the device failed during a decode: everything runs on the CPU */
     mc_backend *cpu;      /* matmul, and the experts once the device failed */
     uint64_t weight_bytes;
+    int64_t budget;       /* bytes of expert weights the planner may place here */
+    int max_per_layer;    /* experts of one layer the largest allocation holds */
+    double read_bps, rtt_s; /* mc_cl_probe's measurements; 0: unknown */
     /* test hooks */
     long n_allocs, fail_alloc_at;
     long n_submits, n_waits, fail_submit_at, fail_wait_at;
@@ -134,15 +140,17 @@ static moecl_status reserve_rows(mc_backend *be, size_t rows) {
     const size_t D = (size_t)be->model->hp.n_embd, F = (size_t)be->model->hp.n_ff;
     size_t cap = o->cap_rows ? o->cap_rows : 16;
     while (cap < rows) cap *= 2;
-    cl_mem bufs[3] = {o->x, o->h, o->y};
-    for (int i = 0; i < 3; i++)
+    cl_mem bufs[4] = {o->x, o->h, o->y, o->h3};
+    for (int i = 0; i < 4; i++)
         if (bufs[i]) clReleaseMemObject(bufs[i]);
-    o->x = o->h = o->y = NULL;
+    o->x = o->h = o->y = o->h3 = NULL;
     o->cap_rows = 0;
     cl_int e1 = CL_SUCCESS, e2 = CL_SUCCESS, e3 = CL_SUCCESS;
     o->x = alloc_buf(o, CL_MEM_READ_ONLY, cap * D * sizeof(float), &e1);
     if (!e1) o->h = alloc_buf(o, CL_MEM_READ_WRITE, cap * F * sizeof(float), &e2);
     if (!e1 && !e2) o->y = alloc_buf(o, CL_MEM_WRITE_ONLY, cap * D * sizeof(float), &e3);
+    if (!e1 && !e2 && !e3 && o->blast_rows != INT64_MAX)
+        o->h3 = alloc_buf(o, CL_MEM_READ_WRITE, cap * F * sizeof(float), &e3);
     if (e1 || e2 || e3)
         return mc_error(MOECL_ERR_BACKEND, "opencl: cannot allocate activations for %zu rows on %s: %s", cap,
                         o->dev.name, mc_cl_strerror(e1 ? e1 : e2 ? e2 : e3));
@@ -198,6 +206,40 @@ static cl_kernel stage_kernel(ocl_backend *o, bool down, moecl_dtype t, int64_t 
     return o->kf[(o->prompt_blk ? K_GU_BLK : K_GU_TILED) + d];
 }
 
+/* The expert FFNs of an F32 layer through CLBlast: per expert, H = X·W1ᵀ
+ * and H3 = X·W3ᵀ; H = silu(H) ⊙ H3 for all rows at once; per expert
+ * Y = H·W2ᵀ. The groups (slot, first row, rows) are o->groups_host's. */
+static moecl_status enqueue_blast(ocl_backend *o, const cl_layer *L, int n_used, int64_t rows, cl_int D, cl_int F) {
+    const size_t d = (size_t)D, f = (size_t)F;
+    for (int pass = 0; pass < 2; pass++) {
+        if (pass == 1) { /* between the products: SwiGLU */
+            const cl_int n = (cl_int)((size_t)rows * f);
+            cl_int err = clSetKernelArg(o->kf[K_SWIGLU], 0, sizeof(cl_mem), &o->h);
+            err |= clSetKernelArg(o->kf[K_SWIGLU], 1, sizeof(cl_mem), &o->h3);
+            err |= clSetKernelArg(o->kf[K_SWIGLU], 2, sizeof(cl_int), &n);
+            CL_CHECK(err, "setting the SwiGLU kernel's arguments");
+            size_t g = ((size_t)n + 63) / 64 * 64;
+            CL_CHECK(clEnqueueNDRangeKernel(o->queue, o->kf[K_SWIGLU], 1, NULL, &g, NULL, 0, NULL, NULL),
+                     "launching SwiGLU");
+        }
+        for (int i = 0; i < n_used; i++) {
+            const size_t slot = (size_t)o->groups_host[4 * i], r0 = (size_t)o->groups_host[4 * i + 1];
+            const size_t n = (size_t)o->groups_host[4 * i + 2];
+            int st = 0;
+            if (pass == 0) {
+                st = mc_clblast_sgemm_nt(o->queue, n, f, d, o->x, r0 * d, L->w1, slot * f * d, o->h, r0 * f);
+                if (!st) st = mc_clblast_sgemm_nt(o->queue, n, f, d, o->x, r0 * d, L->w3, slot * f * d, o->h3, r0 * f);
+            } else {
+                st = mc_clblast_sgemm_nt(o->queue, n, d, f, o->h, r0 * f, L->w2, slot * d * f, o->y, r0 * d);
+            }
+            if (st)
+                return mc_error(MOECL_ERR_BACKEND, "opencl: CLBlast's SGEMM on %s failed with status %d", o->dev.name,
+                                st);
+        }
+    }
+    return MOECL_OK;
+}
+
 static moecl_status enqueue(mc_backend *be, const mc_moe_work *w) {
     ocl_backend *o = be->impl;
     const mc_hparams *hp = &be->model->hp;
@@ -230,10 +272,14 @@ static moecl_status enqueue(mc_backend *be, const mc_moe_work *w) {
     CL_CHECK(clEnqueueWriteBuffer(o->queue, o->groups, CL_FALSE, 0, (size_t)w->n_used * 4 * sizeof(cl_int),
                                   o->groups_host, 0, NULL, NULL),
              "writing the groups");
-    if ((st = set_args(o, stage_kernel(o, false, L->t13, max_rows), o->x, L->w1, L->w3, o->h, D, F))) return st;
-    if ((st = set_args(o, stage_kernel(o, true, L->t2, max_rows), o->h, L->w2, NULL, o->y, D, F))) return st;
-    if ((st = launch(o, false, L->t13, (size_t)F, max_rows, (size_t)w->n_used))) return st;
-    if ((st = launch(o, true, L->t2, (size_t)D, max_rows, (size_t)w->n_used))) return st;
+    if (L->t13 == MOECL_DTYPE_F32 && L->t2 == MOECL_DTYPE_F32 && max_rows >= o->blast_rows && o->h3) {
+        if ((st = enqueue_blast(o, L, w->n_used, rows, D, F))) return st;
+    } else {
+        if ((st = set_args(o, stage_kernel(o, false, L->t13, max_rows), o->x, L->w1, L->w3, o->h, D, F))) return st;
+        if ((st = set_args(o, stage_kernel(o, true, L->t2, max_rows), o->h, L->w2, NULL, o->y, D, F))) return st;
+        if ((st = launch(o, false, L->t13, (size_t)F, max_rows, (size_t)w->n_used))) return st;
+        if ((st = launch(o, true, L->t2, (size_t)D, max_rows, (size_t)w->n_used))) return st;
+    }
     CL_CHECK(clEnqueueReadBuffer(o->queue, o->y, CL_FALSE, 0, xbytes, w->Y + r0 * D, 0, NULL, &o->read_ev),
              "reading the outputs");
     CL_CHECK(clFlush(o->queue), "flushing the queue");
@@ -331,8 +377,8 @@ static void ocl_free(mc_backend *be) {
             for (int i = 0; i < 3; i++)
                 if (m[i]) clReleaseMemObject(m[i]);
         }
-        cl_mem m[4] = {o->x, o->h, o->y, o->groups};
-        for (int i = 0; i < 4; i++)
+        cl_mem m[5] = {o->x, o->h, o->y, o->groups, o->h3};
+        for (int i = 0; i < 5; i++)
             if (m[i]) clReleaseMemObject(m[i]);
         for (int i = 0; i < K_FLOAT_N; i++)
             if (o->kf[i]) clReleaseKernel(o->kf[i]);
@@ -502,25 +548,22 @@ static void layer_types(const moecl_model *m, ocl_backend *o, bool match) {
     }
 }
 
-/* How many experts each layer puts on the device: round-robin over the
- * layers while the budget lasts, at most cap per layer and no buffer larger
- * than the device's largest allocation. Fails when the device cannot hold a
- * single expert matrix in one allocation. */
-static moecl_status plan_placement(const moecl_model *m, ocl_backend *o, const mc_opencl_params *p, int *n_of,
-                                   int64_t *total) {
+/* The bytes the planner may fill: the caller's budget, else the device's
+ * memory less headroom for activations, the driver and other programs. */
+static int64_t budget_of(const ocl_backend *o, const mc_opencl_params *p) {
+    if (p->mem_budget >= 0) return p->mem_budget;
+    uint64_t head = o->dev.global_mem / 10;
+    if (head < ((uint64_t)512 << 20)) head = (uint64_t)512 << 20;
+    return o->dev.global_mem > head ? (int64_t)(o->dev.global_mem - head) : 0;
+}
+
+/* The most experts of one layer the device's largest allocation holds (each
+ * matrix of a layer's experts is one buffer); fails when not even one fits. */
+static moecl_status max_per_layer(const moecl_model *m, const ocl_backend *o, int *out) {
     const mc_hparams *hp = &m->hp;
-    const int E = hp->n_expert, L = hp->n_layer;
-    int64_t budget = p->mem_budget;
-    if (budget < 0) { /* device memory less headroom for activations, the driver and other programs */
-        uint64_t head = o->dev.global_mem / 10;
-        if (head < ((uint64_t)512 << 20)) head = (uint64_t)512 << 20;
-        budget = o->dev.global_mem > head ? (int64_t)(o->dev.global_mem - head) : 0;
-    }
-    int cap = E;
-    if (p->experts_per_layer >= 0 && p->experts_per_layer < cap) cap = p->experts_per_layer;
-    *total = 0;
-    for (int l = 0; l < L; l++) n_of[l] = 0;
-    for (int l = 0; l < L && cap > 0; l++) {
+    int most = hp->n_expert;
+    for (int l = 0; l < hp->n_layer; l++) {
+        if (!m->layers[l].experts) continue;
         const cl_layer *cl = &o->layers[l];
         const size_t mat = cl->b13 > cl->b2 ? cl->b13 : cl->b2;
         char a[32], b[32];
@@ -530,23 +573,10 @@ static moecl_status plan_placement(const moecl_model *m, ocl_backend *o, const m
                             "matrix of layer %d (%s as %s)",
                             o->dev.name, human(o->dev.max_alloc, a, sizeof a), l, human(mat, b, sizeof b),
                             moecl_dtype_name(cl->b13 >= cl->b2 ? cl->t13 : cl->t2));
+        const uint64_t n = o->dev.max_alloc / mat;
+        if (n < (uint64_t)most) most = (int)n;
     }
-    bool grew = true;
-    for (int round = 0; round < cap && grew; round++) {
-        grew = false;
-        for (int l = 0; l < L; l++) {
-            const cl_layer *cl = &o->layers[l];
-            const int64_t bytes = (int64_t)(2 * cl->b13 + cl->b2);
-            const uint64_t n = (uint64_t)n_of[l] + 1;
-            if (!m->layers[l].experts || n_of[l] != round || bytes > budget || n * cl->b13 > o->dev.max_alloc ||
-                n * cl->b2 > o->dev.max_alloc)
-                continue;
-            budget -= bytes;
-            n_of[l]++;
-            (*total)++;
-            grew = true;
-        }
-    }
+    *out = most;
     return MOECL_OK;
 }
 
@@ -569,17 +599,23 @@ static moecl_status upload(ocl_backend *o, cl_mem buf, int slot, moecl_dtype t, 
     return MOECL_OK;
 }
 
-/* Allocate and fill the weight buffers of the experts placed. */
-static moecl_status upload_all(const moecl_model *model, ocl_backend *o, const int *n_of) {
+/* Allocate and fill the weight buffers of the experts placement[] gives to
+ * `index`; a layer's slots follow its expert numbers. */
+static moecl_status upload_all(const moecl_model *model, ocl_backend *o, const uint8_t *placement, uint8_t index,
+                               int *n_of) {
     const mc_hparams *hp = &model->hp;
     const int E = hp->n_expert;
     const size_t n = (size_t)hp->n_ff * (size_t)hp->n_embd;
     bool convert = false;
-    for (int l = 0; l < hp->n_layer; l++)
+    for (int l = 0; l < hp->n_layer; l++) {
+        n_of[l] = 0;
+        if (!model->layers[l].experts) continue;
+        for (int e = 0; e < E; e++) n_of[l] += placement[(int64_t)l * E + e] == index;
         if (n_of[l]) {
             const mc_expert *x = &model->layers[l].experts[0];
             convert |= o->layers[l].t13 != x->w1.type || o->layers[l].t2 != x->w2.type;
         }
+    }
     float *tmp32 = convert ? malloc(n * sizeof(float)) : NULL;
     uint16_t *tmp16 = convert ? malloc(n * sizeof(uint16_t)) : NULL;
     moecl_status st = MOECL_OK;
@@ -600,11 +636,12 @@ static moecl_status upload_all(const moecl_model *model, ocl_backend *o, const i
                               human(bytes, hb, sizeof hb), l, o->dev.name, mc_cl_strerror(err));
         }
         cl->n_slots = n_of[l];
-        for (int e = 0; e < n_of[l] && !st; e++) { /* the first experts of each layer */
+        for (int e = 0, slot = 0; e < E && !st; e++) {
+            if (placement[(int64_t)l * E + e] != index) continue;
             const mc_expert *x = &model->layers[l].experts[e];
             const mc_tensor *w[3] = {&x->w1, &x->w3, &x->w2};
-            for (int i = 0; i < 3 && !st; i++) st = upload(o, *bufs[i], e, t[i], b[i], w[i], tmp32, tmp16);
-            o->slot[(int64_t)l * E + e] = e;
+            for (int i = 0; i < 3 && !st; i++) st = upload(o, *bufs[i], slot, t[i], b[i], w[i], tmp32, tmp16);
+            o->slot[(int64_t)l * E + e] = slot++;
         }
         o->weight_bytes += (uint64_t)n_of[l] * (2 * cl->b13 + cl->b2);
     }
@@ -613,10 +650,8 @@ static moecl_status upload_all(const moecl_model *model, ocl_backend *o, const i
     return st;
 }
 
-moecl_status mc_backend_opencl_new(const moecl_model *model, const mc_opencl_params *p, uint8_t *placement,
-                                   uint8_t index, int64_t *n_placed, mc_backend **out) {
+moecl_status mc_backend_opencl_open(const moecl_model *model, const mc_opencl_params *p, mc_backend **out) {
     *out = NULL;
-    *n_placed = 0;
     const mc_hparams *hp = &model->hp;
     const int E = hp->n_expert, L = hp->n_layer;
     moecl_dtype dt = p->dtype;
@@ -644,19 +679,153 @@ moecl_status mc_backend_opencl_new(const moecl_model *model, const mc_opencl_par
         return mc_error(MOECL_ERR_NOMEM, "opencl: out of memory");
     }
     o->fdtype = dt;
+    o->blast_rows = INT64_MAX;
     o->slot = malloc((size_t)L * (size_t)E * sizeof(int32_t));
     o->layers = calloc((size_t)L, sizeof *o->layers);
     o->groups_host = calloc((size_t)E * 4, sizeof(cl_int));
-    int *n_of = calloc((size_t)L, sizeof(int));
-    int64_t total = 0;
-    moecl_status st = (o->slot && o->layers && o->groups_host && n_of)
-                          ? mc_backend_cpu_new(model, p->pool, &o->cpu)
-                          : mc_error(MOECL_ERR_NOMEM, "opencl: out of memory");
+    moecl_status st = (o->slot && o->layers && o->groups_host) ? mc_backend_cpu_new(model, p->pool, &o->cpu)
+                                                               : mc_error(MOECL_ERR_NOMEM, "opencl: out of memory");
     if (!st) st = open_device(o, p);
     if (!st) {
         for (int64_t i = 0; i < (int64_t)L * E; i++) o->slot[i] = -1;
         layer_types(model, o, match);
-        st = plan_placement(model, o, p, n_of, &total);
+        o->budget = budget_of(o, p);
+        st = max_per_layer(model, o, &o->max_per_layer);
+    }
+    if (st) {
+        ocl_free(be);
+        return st;
+    }
+    mc_cl_probe(o->ctx, o->queue, &o->dev, &o->read_bps, &o->rtt_s);
+    *out = be;
+    return MOECL_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* CLBlast where it wins                                                    */
+/* ------------------------------------------------------------------------ */
+
+/* Seconds for one expert of layer l, slot 0, on `rows` rows, our kernels
+ * (blast false) or CLBlast's: the best of 3 after a warm-up (CLBlast
+ * compiles its kernels on first use); < 0 on a failure. */
+static double time_expert(mc_backend *be, int l, int e, int64_t rows, bool blast, float *X, float *Y) {
+    ocl_backend *o = be->impl;
+    const int64_t keep = o->blast_rows;
+    o->blast_rows = blast ? 0 : INT64_MAX;
+    const int64_t off[2] = {0, rows};
+    const mc_moe_work w = {.layer = l, .n_used = 1, .expert_ids = &e, .offsets = off, .X = X, .Y = Y};
+    double best = -1;
+    for (int it = 0; it < 4; it++) {
+        const int64_t t0 = mc_now_ns();
+        if (enqueue(be, &w) != MOECL_OK || drain(o) != CL_SUCCESS) {
+            best = -1;
+            break;
+        }
+        const double dt = (double)(mc_now_ns() - t0) * 1e-9;
+        if (it > 0 && (best < 0 || dt < best)) best = dt;
+    }
+    o->blast_rows = keep;
+    return best;
+}
+
+/* From how many rows per expert CLBlast's SGEMM beats our kernels on this
+ * device, for the F32 layers: measured once per device and expert shape
+ * and cached beside the programs. $MOECL_CLBLAST: off never; on from
+ * VEC_MAX_ROWS + 1 rows (few rows stay ours; the tests); measure measures
+ * on any device; unset (auto) measures on GPUs only: on CPU devices (PoCL)
+ * our kernels won at every size measured (bench_moe). */
+static void choose_blast(mc_backend *be) {
+    ocl_backend *o = be->impl;
+    const mc_hparams *hp = &be->model->hp;
+    o->blast_rows = INT64_MAX;
+    const char *env = getenv("MOECL_CLBLAST");
+    const bool on = env && !strcmp(env, "on"), measure = env && !strcmp(env, "measure");
+    if ((env && !strcmp(env, "off")) || (!on && !measure && !o->dev.is_gpu)) return;
+    int l = 0, e = -1; /* an F32 layer with an expert here */
+    for (; l < hp->n_layer && e < 0; l++) {
+        if (!o->layers[l].n_slots || o->layers[l].t13 != MOECL_DTYPE_F32 || o->layers[l].t2 != MOECL_DTYPE_F32)
+            continue;
+        for (int x = 0; x < hp->n_expert && e < 0; x++)
+            if (o->slot[(int64_t)l * hp->n_expert + x] >= 0) e = x;
+    }
+    if (e < 0 || !mc_clblast_available()) return;
+    l--;
+    if (on) {
+        o->blast_rows = VEC_MAX_ROWS + 1;
+        mc_log(MOECL_LOG_INFO, "opencl: CLBlast's SGEMM on %s from %d rows per expert (MOECL_CLBLAST=on)",
+               o->dev.name, VEC_MAX_ROWS + 1);
+        return;
+    }
+    char key[64];
+    snprintf(key, sizeof key, "clblast-rows-%d-%d", hp->n_embd, hp->n_ff);
+    int64_t cached[2];
+    if (mc_cl_cache_blob_load(&o->dev, key, cached, sizeof cached) && cached[0] == 1 && cached[1] > VEC_MAX_ROWS) {
+        o->blast_rows = cached[1];
+        return;
+    }
+    static const int64_t sizes[] = {16, 32, 64, 128, 256, 512};
+    const int n_sizes = (int)(sizeof sizes / sizeof sizes[0]);
+    float *X = calloc((size_t)512 * (size_t)hp->n_embd, sizeof(float));
+    float *Y = malloc((size_t)512 * (size_t)hp->n_embd * sizeof(float));
+    int64_t from = INT64_MAX;
+    char line[256] = "";
+    size_t used = 0;
+    o->blast_rows = 0; /* reserve_rows allocates the up product's buffer from now on */
+    if (reserve_rows(be, 512) != MOECL_OK) {
+        free(X);
+        X = NULL;
+    }
+    for (int i = n_sizes - 1; X && Y && i >= 0; i--) { /* from the top: the crossover is the last size it wins */
+        const double ours = time_expert(be, l, e, sizes[i], false, X, Y);
+        const double blast = time_expert(be, l, e, sizes[i], true, X, Y);
+        if (used < sizeof line)
+            used += (size_t)snprintf(line + used, sizeof line - used, " %lld rows %.2f/%.2f", (long long)sizes[i],
+                                     ours * 1e3, blast * 1e3);
+        if (ours < 0 || blast < 0 || blast >= ours) break;
+        from = sizes[i];
+    }
+    mc_clear_error();
+    free(X);
+    free(Y);
+    o->blast_rows = from;
+    if (from == INT64_MAX && o->h3) { /* not used: give its buffer back */
+        clReleaseMemObject(o->h3);
+        o->h3 = NULL;
+    }
+    char what[64] = "never wins";
+    if (from != INT64_MAX) snprintf(what, sizeof what, "wins from %lld rows per expert", (long long)from);
+    mc_log(MOECL_LOG_INFO, "opencl: CLBlast's SGEMM on %s %s (ms, ours/CLBlast:%s)", o->dev.name, what, line);
+    cached[0] = 1;
+    cached[1] = from;
+    mc_cl_cache_blob_store(&o->dev, key, cached, sizeof cached);
+}
+
+void mc_backend_opencl_plan_info(const mc_backend *be, mc_opencl_plan_info *info) {
+    const ocl_backend *o = be->impl;
+    info->budget = o->budget;
+    info->max_per_layer = o->max_per_layer;
+    info->read_bps = o->read_bps;
+    info->rtt_s = o->rtt_s;
+}
+
+uint64_t mc_backend_opencl_expert_bytes(const mc_backend *be, int layer) {
+    const ocl_backend *o = be->impl;
+    if (!be->model->layers[layer].experts) return 0;
+    return 2 * (uint64_t)o->layers[layer].b13 + o->layers[layer].b2;
+}
+
+moecl_status mc_backend_opencl_load(mc_backend *be, const uint8_t *placement, uint8_t index, int64_t *n_placed) {
+    ocl_backend *o = be->impl;
+    const moecl_model *model = be->model;
+    const mc_hparams *hp = &model->hp;
+    const int E = hp->n_expert, L = hp->n_layer;
+    *n_placed = 0;
+    int *n_of = calloc((size_t)L, sizeof(int));
+    if (!n_of) return mc_error(MOECL_ERR_NOMEM, "opencl: out of memory");
+    moecl_status st = MOECL_OK;
+    for (int l = 0; l < L; l++) {
+        for (int e = 0; model->layers[l].experts && e < E; e++) n_of[l] += placement[(int64_t)l * E + e] == index;
+        *n_placed += n_of[l];
     }
     for (int l = 0; l < L && !st; l++) /* the programs the placed experts need */
         if (n_of[l] && !(st = build_for(o, o->layers[l].t13))) st = build_for(o, o->layers[l].t2);
@@ -667,21 +836,52 @@ moecl_status mc_backend_opencl_new(const moecl_model *model, const mc_opencl_par
             st = mc_error(MOECL_ERR_BACKEND, "opencl: cannot allocate a buffer on %s: %s", o->dev.name,
                           mc_cl_strerror(err));
     }
-    if (!st) st = upload_all(model, o, n_of);
+    if (!st) st = upload_all(model, o, placement, index, n_of);
+    if (!st) choose_blast(be);
+    if (!st)
+        mc_log(MOECL_LOG_INFO,
+               "opencl: %s (%s, %s): %lld of %lld experts on the device as %s/%s, %.1f MiB; layer 0: %d of %d",
+               o->dev.name, o->dev.platform_name, o->dev.version, (long long)*n_placed, (long long)L * E,
+               moecl_dtype_name(o->layers[0].t13), moecl_dtype_name(o->layers[0].t2),
+               (double)o->weight_bytes / 1048576.0, n_of[0], E);
+    free(n_of);
+    if (st) *n_placed = 0;
+    return st;
+}
+
+moecl_status mc_backend_opencl_new(const moecl_model *model, const mc_opencl_params *p, uint8_t *placement,
+                                   uint8_t index, int64_t *n_placed, mc_backend **out) {
+    *out = NULL;
+    *n_placed = 0;
+    mc_backend *be = NULL;
+    moecl_status st = mc_backend_opencl_open(model, p, &be);
+    if (st) return st;
+    const mc_hparams *hp = &model->hp;
+    const int L = hp->n_layer, E = hp->n_expert;
+    uint64_t *dev_b = calloc((size_t)L, sizeof *dev_b), *host_b = calloc((size_t)L, sizeof *host_b);
+    uint8_t *where = calloc((size_t)L * (size_t)E, 1);
+    if (!dev_b || !host_b || !where) st = mc_error(MOECL_ERR_NOMEM, "opencl: out of memory");
+    if (!st) {
+        mc_opencl_plan_info pi;
+        mc_backend_opencl_plan_info(be, &pi);
+        mc_place_input in = {.n_layer = L, .n_expert = E, .n_expert_used = hp->n_expert_used,
+                             .expert_dev_bytes = dev_b, .expert_host_bytes = host_b, .n_dev = 1,
+                             .experts_per_layer = p->experts_per_layer};
+        in.dev[0] = (mc_place_dev){.budget = pi.budget, .max_per_layer = pi.max_per_layer};
+        for (int l = 0; l < L; l++) host_b[l] = dev_b[l] = mc_backend_opencl_expert_bytes(be, l);
+        mc_place_plan plan = {.where = where};
+        mc_place_plan_make(&in, &plan);
+        st = mc_backend_opencl_load(be, where, 1, n_placed);
+        for (int64_t i = 0; !st && i < (int64_t)L * E; i++)
+            if (where[i]) placement[i] = index;
+    }
+    free(dev_b);
+    free(host_b);
+    free(where);
     if (st) {
-        free(n_of);
-        ocl_free(be);
+        mc_backend_free(be);
         return st;
     }
-    for (int l = 0; l < L; l++)
-        for (int e = 0; e < n_of[l]; e++) placement[(int64_t)l * E + e] = index;
-    mc_log(MOECL_LOG_INFO,
-           "opencl: %s (%s, %s): %lld of %lld experts on the device as %s/%s, %.1f MiB; layer 0: %d of %d",
-           o->dev.name, o->dev.platform_name, o->dev.version, (long long)total, (long long)L * E,
-           moecl_dtype_name(o->layers[0].t13), moecl_dtype_name(o->layers[0].t2),
-           (double)o->weight_bytes / 1048576.0, n_of[0], E);
-    free(n_of);
-    *n_placed = total;
     *out = be;
     return MOECL_OK;
 }

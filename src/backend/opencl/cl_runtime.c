@@ -401,6 +401,48 @@ static void cache_store(cl_program prog, const char *path) {
     free(file);
 }
 
+/* ---- small measurements kept beside the program binaries -----------------
+ * <dir>/<name>-<key>.bin in the same format (header, length, checksum) and
+ * written the same atomic way; the key covers the device as a program's
+ * does (dev NULL: the host, keyed by name alone). */
+
+static bool blob_path(const mc_cl_device *dev, const char *name, char *path, size_t len) {
+    static const mc_cl_device host = {.name = "host"};
+    return cache_path(dev ? dev : &host, name, "", "", path, len);
+}
+
+bool mc_cl_cache_blob_load(const mc_cl_device *dev, const char *name, void *buf, size_t len) {
+    char path[4200];
+    if (!blob_path(dev, name, path, sizeof path)) return false;
+    size_t n = 0;
+    const char *why;
+    unsigned char *b = cache_read(path, &n, &why);
+    if (!b && *why) {
+        mc_log(MOECL_LOG_WARN, "opencl: cached measurement %s is damaged (%s); removed, measuring again", path, why);
+        unlink(path);
+    }
+    bool ok = b && n == len;
+    if (ok) memcpy(buf, b, len);
+    free(b);
+    return ok;
+}
+
+void mc_cl_cache_blob_store(const mc_cl_device *dev, const char *name, const void *data, size_t len) {
+    char path[4200];
+    if (!len || !blob_path(dev, name, path, sizeof path)) return;
+    unsigned char *file = malloc(CACHE_HEADER + len);
+    if (!file) return;
+    memcpy(file, CACHE_MAGIC, 8);
+    put_le(file + 8, CACHE_VERSION, 4);
+    put_le(file + 12, CACHE_HEADER, 4);
+    put_le(file + 16, len, 8);
+    memcpy(file + CACHE_HEADER, data, len);
+    put_le(file + 24, fnv1a_bytes(file + CACHE_HEADER, len), 8);
+    if (mc_afile_write_all(path, file, CACHE_HEADER + len, 0) != MOECL_OK)
+        mc_log(MOECL_LOG_INFO, "opencl: measurement not cached: %s", moecl_last_error());
+    free(file);
+}
+
 static double now_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);

@@ -126,6 +126,34 @@ moecl_status mc_cl_select(const char *selector, bool gpu_only, mc_cl_device *out
 moecl_status mc_cl_build(cl_context ctx, const mc_cl_device *dev, const char *file, const char *options,
                          const char *const *kernels, int n_kernels, cl_program *out);
 
+/* Small measurements (the bandwidth probe) cached beside the program
+ * binaries, keyed by device (NULL: the host) and name, checksummed and
+ * written atomically like them; MOECL_CL_CACHE turns them off too. load:
+ * true when a valid entry of exactly len bytes was copied into buf (a
+ * damaged one is removed). */
+bool mc_cl_cache_blob_load(const mc_cl_device *dev, const char *name, void *buf, size_t len);
+void mc_cl_cache_blob_store(const mc_cl_device *dev, const char *name, const void *data, size_t len);
+
+/* A device's read bandwidth (bytes/s, the probe_read kernel over a buffer
+ * larger than its caches) and one round trip (a small write, a launch and
+ * a small read, blocking; seconds), measured once per device and cached
+ * (probe.c). $MOECL_CL_PROBE=off: not measured (both 0); =GBPS[,RTT_US]:
+ * these values instead (tests). 0 for both when the probe fails. */
+void mc_cl_probe(cl_context ctx, cl_command_queue queue, const mc_cl_device *dev, double *read_bps, double *rtt_s);
+/* The measurement itself, never cached (tools/bench_device.c); false on a failure. */
+bool mc_cl_probe_measure(cl_context ctx, cl_command_queue queue, const mc_cl_device *dev, double *read_bps,
+                         double *rtt_s);
+
+/* ---- CLBlast, opened at run time (clblast.c) ---------------------------- */
+
+/* Load libclblast once (thread-safe); false when absent or built without it. */
+bool mc_clblast_available(void);
+/* C[m, n] (offset c_off, row-major) = A[m, k] (a_off) · B[n, k]ᵀ (b_off),
+ * float, enqueued on queue without an event. CLBlast's status: 0 success,
+ * -1 when CLBlast is unavailable. Offsets and sizes are in elements. */
+int mc_clblast_sgemm_nt(cl_command_queue queue, size_t m, size_t n, size_t k, cl_mem a, size_t a_off, cl_mem b,
+                        size_t b_off, cl_mem c, size_t c_off);
+
 /* "CL_OUT_OF_RESOURCES" and so on. */
 const char *mc_cl_strerror(cl_int err);
 
