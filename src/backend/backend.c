@@ -52,6 +52,24 @@ typedef struct host_probe {
     double read_bps;
 } host_probe;
 
+/* The host probe's reads: 16-float groups [g0, g1) summed into part[tid]. */
+typedef struct probe_job {
+    const float *buf;
+    size_t n;
+    double *part;
+} probe_job;
+
+static void probe_chunk(void *arg, int64_t g0, int64_t g1, int tid) {
+    const probe_job *j = arg;
+    double s = 0;
+    for (int64_t g = g0; g < g1; g++) {
+        float a = 0;
+        for (int k = 0; k < 16; k++) a += j->buf[(size_t)g * 16 + (size_t)k];
+        s += a;
+    }
+    j->part[tid] += s;
+}
+
 /* n_threads sum a buffer larger than the last-level cache (written first:
  * calloc's untouched pages all map one zero page, which stays in cache);
  * best of 4 after a warm-up. Cached beside the OpenCL programs, per thread
@@ -87,20 +105,23 @@ static double host_read_bps(int n_threads) {
     float *buf = malloc(n * sizeof(float));
     if (!buf) return 0;
     memset(buf, 1, n * sizeof(float));
+    mc_pool *pool = NULL;
+    if (mc_pool_new(n_threads, &pool) != MOECL_OK) pool = NULL; /* measured on one thread then */
+    enum { MAX_T = 1024 };
+    double part[MAX_T]; /* per pool thread: the pool has at most n_threads <= MAX_T used */
+    probe_job j = {.buf = buf, .n = n, .part = part};
     double best = 0, sink = 0;
     for (int it = 0; it < 5; it++) {
         const int64_t t0 = mc_now_ns();
+        memset(part, 0, sizeof part);
+        mc_pool_for(pool, (int64_t)(n / 16), MC_POOL_STATIC, 1, n_threads < MAX_T ? n_threads : MAX_T, probe_chunk, &j);
         double s = 0;
-#pragma omp parallel for num_threads(n_threads) reduction(+ : s) schedule(static)
-        for (size_t i = 0; i < n; i += 16) {
-            float a = 0;
-            for (int j = 0; j < 16; j++) a += buf[i + (size_t)j];
-            s += a;
-        }
+        for (int t = 0; t < MAX_T; t++) s += part[t];
         const double dt = (double)(mc_now_ns() - t0) * 1e-9;
         sink += s;
         if (it > 0 && dt > 0 && (double)(n * sizeof(float)) / dt > best) best = (double)(n * sizeof(float)) / dt;
     }
+    mc_pool_free(pool);
     free(buf);
     mc_log(MOECL_LOG_INFO, "host reads %.1f GB/s with %d threads (measured, cached; checksum %g)", best / 1e9,
            n_threads, sink);
