@@ -32,6 +32,7 @@
  *   MOECL_TEST_EXPECT_FP16=0|1  whether MOECL_CPU_ISA=fp16 must be available
  */
 #include "backend/cpu/kernels.h"
+#include "backend/cpu/kernels_impl.h" /* mc_qact_make, mc_qact_round */
 #include "quant/quant.h"
 #include "test_util.h"
 #include "tiny_model.h"
@@ -265,6 +266,58 @@ static void round_x_int8(const float *X, float *Xq, int64_t n) {
     }
 }
 static int n_qint = 0;
+
+/* The activations' 8-bit rounding, bit for bit as round_x_int8 (a scalar
+ * reference on libm's lrintf), whichever copy of it this CPU runs (AVX2 on
+ * x86 with int8 kernels): mc_qact_round's floats, and mc_qact_make's int8
+ * values, scales and scale * sums. Rounding ties (amax 127: x * id = x),
+ * zero and -0 blocks, subnormals, a NaN (ignored by amax), an infinity, and
+ * values at +-amax. */
+static void test_qact_bits(void) {
+    enum { NB = 64, N = 32 * NB };
+    float *X = malloc(N * sizeof *X), *Xr = malloc(N * sizeof *Xr), *Xref = malloc(N * sizeof *Xref);
+    uint64_t s = 11;
+    for (int i = 0; i < N; i++) X[i] = t_rand_f(&s) * (i / 32 % 4 == 0 ? 1e-3f : i / 32 % 4 == 1 ? 30.0f : 1.0f);
+    for (int i = 0; i < 32; i++) { /* block 0: ties at every half */
+        X[i] = (float)(i - 16) + 0.5f;
+        X[32 + i] = 0.0f;            /* block 1: zeros */
+        X[64 + i] = -0.0f;           /* block 2: negative zeros */
+        X[96 + i] = 1e-40f * (float)(i - 16); /* block 3: subnormals */
+    }
+    X[0] = 127.0f;                   /* block 0's amax: id = 1 */
+    X[128 + 31] = NAN;               /* block 4, in the lane where a NaN would reach amax */
+    X[160 + 7] = INFINITY;           /* block 5 */
+    X[192 + 3] = -2.5f, X[192 + 4] = 2.5f; /* block 6: +-amax */
+    for (int i = 0; i < 32; i++) X[192 + i] = i == 3 || i == 4 ? X[192 + i] : (float)(i % 5) * 0.5f;
+    mc_qact_round(X, N, Xr);
+    round_x_int8(X, Xref, N);
+    CHECKF(!memcmp(Xr, Xref, N * sizeof *Xr), "mc_qact_round differs from the scalar reference (%s)",
+           mc_cpu_int8_kernels());
+    qact a;
+    CHECK(mc_qact_make(&a, X, 2, N / 2));
+    int bad = 0;
+    for (int j = 0; j < NB; j++) {
+        float amax = 0.0f;
+        for (int i = 0; i < 32; i++) amax = fmaxf(amax, fabsf(X[32 * j + i]));
+        const float d = amax / 127.0f;
+        const float id = amax > 0.0f ? 127.0f / amax : 0.0f;
+        int sum = 0;
+        for (int i = 0; i < 32; i++) {
+            long v = lrintf(X[32 * j + i] * id);
+            v = v > 127 ? 127 : v < -127 ? -127 : v;
+            bad += a.q[32 * j + i] != v;
+            sum += (int)v;
+        }
+        const float ds = d * (float)sum;
+        bad += memcmp(&a.d[j], &d, sizeof d) != 0;
+        bad += memcmp(&a.ds[j], &ds, sizeof ds) != 0;
+    }
+    CHECKF(bad == 0, "mc_qact_make: %d values differ from the scalar reference (%s)", bad, mc_cpu_int8_kernels());
+    mc_qact_free(&a);
+    free(X);
+    free(Xr);
+    free(Xref);
+}
 
 /* Reference in double from the dtype-rounded weights wf[rows, cols]. Also
  * returns the largest sum_c |w x| / sqrt(cols): the size of a typical
@@ -753,6 +806,7 @@ int main(void) {
     test_conversions_agree(modes);
     set_mode(MODE_AUTO);
     test_swiglu();
+    test_qact_bits();
     test_matmul(modes);
     test_int8_kernels();
     test_batch_rows();

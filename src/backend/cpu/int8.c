@@ -58,6 +58,16 @@ static int quant32(const float *x, int8_t *q, float *d_out) {
     return sum;
 }
 
+/* Whether the AVX2 copies of quant32 apply (int8_avx2.c): x86 int8 kernels
+ * of any kind mean AVX2. */
+static bool quant_avx2(void) {
+#if MC_X86
+    return mc_cpu_qint() != QINT_NONE;
+#else
+    return false;
+#endif
+}
+
 bool mc_qact_make(qact *a, const float *X, int64_t T, int64_t cols) {
     a->cols = cols;
     a->nb = cols / 32;
@@ -67,10 +77,18 @@ bool mc_qact_make(qact *a, const float *X, int64_t T, int64_t cols) {
     a->q = (int8_t *)mem;
     a->d = (float *)(mem + nq);
     a->ds = a->d + ns;
+    const bool v = quant_avx2();
     for (int64_t t = 0; t < T; t++)
         for (int64_t j = 0; j < a->nb; j++) {
             float d;
-            const int sum = quant32(X + t * cols + 32 * j, a->q + t * cols + 32 * j, &d);
+            const float *x = X + t * cols + 32 * j;
+            int8_t *q = a->q + t * cols + 32 * j;
+#if MC_X86
+            const int sum = v ? mc_quant32_avx2(x, q, &d) : quant32(x, q, &d);
+#else
+            (void)v;
+            const int sum = quant32(x, q, &d);
+#endif
             a->d[t * a->nb + j] = d;
             a->ds[t * a->nb + j] = d * (float)sum;
         }
@@ -78,6 +96,12 @@ bool mc_qact_make(qact *a, const float *X, int64_t T, int64_t cols) {
 }
 
 void mc_qact_round(const float *X, int64_t n, float *Xr) {
+#if MC_X86
+    if (quant_avx2()) {
+        for (int64_t j = 0; j + 32 <= n; j += 32) mc_qact_round32_avx2(X + j, Xr + j);
+        return;
+    }
+#endif
     int8_t q[32];
     for (int64_t j = 0; j + 32 <= n; j += 32) {
         float d;

@@ -312,6 +312,11 @@ void mc_qint_rows_avx2(moecl_dtype dt, const void *w, int64_t cols, const qact *
                        int64_t r0, int64_t r1);
 void mc_qint_rows_avxvnni(moecl_dtype dt, const void *w, int64_t cols, const qact *a, int64_t T, float *Y, int64_t ldy,
                           int64_t r0, int64_t r1);
+/* int8.c's quantization of 32 activations, bit for bit, in 256-bit
+ * registers (CPUs with the AVX2 int8 kernels): q and *d as int8.c's quant32,
+ * returns sum q. mc_qact_round32_avx2 writes d * q back as float32 instead. */
+int mc_quant32_avx2(const float *x, int8_t *q, float *d);
+void mc_qact_round32_avx2(const float *x, float *xr);
 #endif
 
 #if MC_ARM
