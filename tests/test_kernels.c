@@ -214,6 +214,23 @@ static void test_swiglu(void) {
     }
     CHECKF(bad == 0, "swiglu: %d of %d beyond 1e-6 relative", bad, N);
     fprintf(stderr, "swiglu: worst relative error %.3g\n", worst);
+    /* An element's bits must not depend on its place in the array (a row's
+     * place in a batch, a thread's share; SIMD bodies and their tails): the
+     * same values from offsets 1..9, in lengths that leave every tail size. */
+    float *h = malloc(N * sizeof *h);
+    int moved = 0;
+    for (int off = 1; off <= 9; off++) {
+        const int n = 61 + off;
+        memcpy(h, g0 + off, (size_t)n * sizeof *h);
+        mc_cpu_swiglu(h, u + off, n);
+        moved += memcmp(h, g + off, (size_t)n * sizeof *h) != 0;
+    }
+    CHECKF(moved == 0, "swiglu: %d of 9 shifted copies differ in bits from the whole array's results", moved);
+    h[0] = -INFINITY, h[1] = INFINITY;
+    const float one[2] = {1.0f, 1.0f};
+    mc_cpu_swiglu(h, one, 2);
+    CHECKF(isnan(h[0]) && h[1] == INFINITY, "swiglu(-inf) = %g (NaN, as PyTorch), swiglu(inf) = %g", h[0], h[1]);
+    free(h);
     free(g);
     free(u);
     free(g0);
@@ -804,8 +821,13 @@ int main(void) {
         test_conversions(mode_names[mode]);
     }
     test_conversions_agree(modes);
+    for (int mode = 0; mode < MODE_COUNT; mode++) { /* SIMD copies (x86: AVX2) and the scalar one */
+        if (!modes[mode]) continue;
+        set_mode(mode);
+        fprintf(stderr, "%s ", mode_names[mode]);
+        test_swiglu();
+    }
     set_mode(MODE_AUTO);
-    test_swiglu();
     test_qact_bits();
     test_matmul(modes);
     test_int8_kernels();

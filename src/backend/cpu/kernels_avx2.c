@@ -1,8 +1,8 @@
 /*
  * kernels_avx2.c - float32 / F16 / BF16 weights with AVX2, FMA and F16C
  * (x86-64 only; chosen at run time, see isa.c): the fused kernels,
- * conversion to float32, and the float32 tile products the quantized
- * kernels use.
+ * conversion to float32, the float32 tile products the quantized
+ * kernels use, and SwiGLU.
  */
 #include "backend/cpu/kernels_impl.h"
 
@@ -116,5 +116,59 @@ MC_T256 void mc_tile_dot256(int R, const float *tile, int64_t ldt, const float *
             if (one) dot256(MOECL_DTYPE_F32, 1, 1, tile, rb, xt, ldx, n, yt, ldy, add);
             else dot256(MOECL_DTYPE_F32, 1, 2, tile, rb, xt, ldx, n, yt, ldy, add);
         }
+    }
+}
+
+/* ======================================================================== */
+/* SwiGLU                                                                   */
+/* ======================================================================== */
+
+/* exp(a) for a <= 0: a = n ln2 + r (Cody-Waite, ln2 in two parts), exp(r)
+ * by its Taylor series to r^7 (|r| <= ln2/2: truncation 5e-9 relative), and
+ * 2^n applied as two factors 2^(n/2), 2^(n - n/2) so that results down to
+ * the subnormals round once, as expf's do. a below -110 gives 0. */
+MC_T256 static MC_INLINE __m256 exp_neg256(__m256 a) {
+    a = _mm256_max_ps(a, _mm256_set1_ps(-110.0f)); /* NaN: -110 (vmaxps returns its second operand) */
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(a, _mm256_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fmadd_ps(n, _mm256_set1_ps(-0.693145751953125f), a);
+    r = _mm256_fmadd_ps(n, _mm256_set1_ps(-1.42860682030941723212e-6f), r);
+    __m256 p = _mm256_set1_ps(1.0f / 5040.0f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    const __m256i ni = _mm256_cvtps_epi32(n), n1 = _mm256_srai_epi32(ni, 1), n2 = _mm256_sub_epi32(ni, n1);
+    const __m256i bias = _mm256_set1_epi32(127);
+    const __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n1, bias), 23));
+    const __m256 s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n2, bias), 23));
+    return _mm256_mul_ps(_mm256_mul_ps(p, s1), s2);
+}
+
+/* The scalar formula (kernels.c) with exp_neg256 for expf: silu(g) = g *
+ * sigmoid(g), sigmoid from e = exp(-|g|). */
+MC_T256 static MC_INLINE __m256 swiglu8(__m256 g, __m256 u) {
+    const __m256 e = exp_neg256(_mm256_or_ps(_mm256_set1_ps(-0.0f), g)); /* -|g| */
+    const __m256 num = _mm256_blendv_ps(_mm256_set1_ps(1.0f), e, _mm256_cmp_ps(g, _mm256_setzero_ps(), _CMP_LT_OQ));
+    return _mm256_mul_ps(_mm256_mul_ps(g, _mm256_div_ps(num, _mm256_add_ps(_mm256_set1_ps(1.0f), e))), u);
+}
+
+/* Every element through swiglu8, the last n % 8 too (through a padded copy):
+ * an element's result must not depend on where it falls in the array (a
+ * row's place in a batch, a thread's share), or logits would change with
+ * the batch. */
+MC_T256 void mc_swiglu_avx2(float *gate, const float *up, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(gate + i, swiglu8(_mm256_loadu_ps(gate + i), _mm256_loadu_ps(up + i)));
+    if (i < n) {
+        float g[8] = {0}, u[8] = {0};
+        memcpy(g, gate + i, (size_t)(n - i) * sizeof *g);
+        memcpy(u, up + i, (size_t)(n - i) * sizeof *u);
+        _mm256_storeu_ps(g, swiglu8(_mm256_loadu_ps(g), _mm256_loadu_ps(u)));
+        memcpy(gate + i, g, (size_t)(n - i) * sizeof *g);
     }
 }

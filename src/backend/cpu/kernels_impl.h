@@ -252,6 +252,8 @@ void mc_tile_dot512(int R, const float *tile, int64_t ldt, const float *x, int64
 void mc_fused256(moecl_dtype dt, const void *w, int64_t cols, const float *X, int64_t T, float *Y, int64_t ldy,
                  int64_t r0, int64_t r1);
 void mc_to_f32_256(moecl_dtype dt, const void *src, float *dst, int64_t n);
+/* mc_cpu_swiglu in AVX2 + FMA (kernels_avx2.c) */
+void mc_swiglu_avx2(float *gate, const float *up, int64_t n);
 void mc_tile_dot256(int R, const float *tile, int64_t ldt, const float *x, int64_t ldx, int64_t T, int64_t n, float *y,
                     int64_t ldy, bool add);
 #endif
