@@ -773,7 +773,13 @@ MOECL_API moecl_status moecl_chat_tokenize(const moecl_tokenizer *tok, const moe
  * the tokens of its last request in its KV cache after that request ends;
  * a new request goes to the free slot whose cache shares the longest prefix
  * with its prompt, and only the rest of the prompt is read ("prefix reuse":
- * a multi-turn chat does not read its history again).
+ * a multi-turn chat does not read its history again). Across slots, the
+ * KV blocks (16 positions) at the start of a prompt that any slot, running
+ * or idle, already holds with the same tokens from position 0 are shared,
+ * not read again (a common system prompt, a chat moved to another slot):
+ * several slots then reference the same memory, which is copied only when
+ * one of them writes into a block the others hold, and freed when the last
+ * one lets go.
  *
  * Memory: the slots share the context's KV pool (context.n_kv_cells cells,
  * default n_slots x n_ctx; context.kv_type F32 or F16), which is allocated
@@ -783,9 +789,13 @@ MOECL_API moecl_status moecl_chat_tokenize(const moecl_tokenizer *tok, const moe
  * waits in the queue, and the requests behind it too. When a step's tokens
  * do not fit, idle slots' caches are freed first (least recently used
  * first), then prompt chunks wait for a later step (newest first), then the
- * newest generating requests end with MOECL_FINISH_LENGTH, as they would at
- * the end of their own context (llama-server ends a request whose context
- * is full with "length" too).
+ * newest request is preempted, as vLLM does: its blocks are freed and it
+ * goes back to the head of the queue with its prompt and the tokens it has
+ * generated, which are read again when the pool has room. Its events carry
+ * on where they stopped (no text repeated or lost) and its tokens are those
+ * it would have produced alone. Only a request the pool cannot hold even
+ * alone ends, with MOECL_FINISH_LENGTH, status MOECL_ERR_CONTEXT_FULL and a
+ * message saying so.
  *
  * Thread safety: moecl_engine_submit, moecl_engine_cancel,
  * moecl_engine_get_stats and moecl_engine_get_routing_counts may be called
@@ -811,7 +821,8 @@ MOECL_API moecl_engine_params moecl_engine_default_params(void);
 typedef enum moecl_finish_reason {
     MOECL_FINISH_NONE = 0,      /* not finished: more events follow */
     MOECL_FINISH_STOP = 1,      /* a stop id (EOS included) or a stop string */
-    MOECL_FINISH_LENGTH = 2,    /* max_tokens generated, or the slot's context is full */
+    MOECL_FINISH_LENGTH = 2,    /* max_tokens generated, or the slot's context is full, or the KV pool
+                                   cannot hold the request even alone (status MOECL_ERR_CONTEXT_FULL) */
     MOECL_FINISH_CANCELLED = 3, /* moecl_engine_cancel, or the engine was freed */
     MOECL_FINISH_ERROR = 4,     /* decoding failed; see the event's status and error */
 } moecl_finish_reason;
@@ -821,7 +832,8 @@ MOECL_API const char *moecl_finish_reason_str(moecl_finish_reason reason);
 
 typedef struct moecl_engine_usage {
     int32_t prompt_tokens;        /* tokens of the prompt (after chat rendering) */
-    int32_t cached_prompt_tokens; /* of those, how many were reused from a slot's cache, not read again */
+    int32_t cached_prompt_tokens; /* of those, how many were reused from a slot's cache or blocks shared
+                                     with other slots, not read again */
     int32_t completion_tokens;    /* tokens generated so far */
 } moecl_engine_usage;
 
@@ -838,9 +850,10 @@ typedef struct moecl_engine_event {
     size_t text_len;
     moecl_finish_reason finish; /* MOECL_FINISH_NONE except on the last event of the request */
     moecl_engine_usage usage;
-    moecl_status status;  /* MOECL_OK, or the failure for MOECL_FINISH_ERROR */
-    const char *error;    /* the failure's message for MOECL_FINISH_ERROR, else ""; valid during the
-                             callback only */
+    moecl_status status;  /* MOECL_OK, or the failure for MOECL_FINISH_ERROR, or
+                             MOECL_ERR_CONTEXT_FULL for MOECL_FINISH_LENGTH when the KV pool ended it */
+    const char *error;    /* the failure's message when status is not MOECL_OK, else ""; valid during
+                             the callback only */
 } moecl_engine_event;
 
 /* Called on the engine's scheduler thread, in order, once per generated
@@ -921,7 +934,8 @@ typedef struct moecl_engine_stats {
     uint64_t n_steps;            /* decode steps */
     uint64_t n_batch_tokens;     /* tokens decoded over all steps (prompt chunks + generated tokens fed back) */
     uint64_t n_prompt_tokens;    /* prompt tokens read (prefill) */
-    uint64_t n_cached_tokens;    /* prompt tokens reused from a slot's cache instead */
+    uint64_t n_cached_tokens;    /* prompt tokens reused from a slot's cache or shared blocks instead
+                                    (after a preemption, counted again when read back) */
     uint64_t n_generated_tokens; /* tokens sampled */
     int32_t last_batch_tokens;   /* tokens in the last step's batch */
     int32_t last_batch_seqs;     /* sequences in it */
@@ -933,7 +947,10 @@ typedef struct moecl_engine_stats {
     int64_t kv_cells_held;       /* cells in blocks the slots hold (running and idle) */
     uint64_t kv_bytes;           /* memory allocated for it */
     uint64_t n_kv_evicted;       /* idle slots' caches freed to make room */
-    uint64_t n_kv_full;          /* requests ended with "length" because the pool was full */
+    uint64_t n_kv_full;          /* requests ended with "length": the pool cannot hold them even alone */
+    uint64_t n_preempted;        /* preemptions (a request preempted twice counts twice) */
+    uint64_t n_shared_tokens;    /* of n_cached_tokens, those in blocks taken from other slots */
+    int64_t kv_cells_shared;     /* cells in blocks more than one slot holds now (each block once) */
 } moecl_engine_stats;
 
 /* Fill *stats. MOECL_ERR_INVALID_ARG for a NULL argument. Thread-safe. */

@@ -566,6 +566,8 @@ moecl_status moecl_context_get_kv_info(const moecl_context *ctx, moecl_kv_info *
 
 const mc_kv *mc_context_kv(const moecl_context *ctx) { return &ctx->kv; }
 
+mc_kv *mc_context_kv_mut(moecl_context *ctx) { return &ctx->kv; }
+
 int64_t mc_context_experts_run(const moecl_context *ctx) { return ctx->experts_run; }
 
 void mc_context_trace(moecl_context *ctx, mc_moe_trace *trace) {

@@ -17,6 +17,18 @@
  *
  * Keys are stored after RoPE. F16 cells hold IEEE binary16, rounded to
  * nearest even from the float32 projections.
+ *
+ * Shared prefix blocks. A block may be in several sequences' tables (ref
+ * counts how many); it goes back to the pool when the last one lets go.
+ * Once a block is full and its tokens are known (mc_kv_publish) it is
+ * entered in a table under the hash of (the previous block's hash, its 16
+ * tokens), so the hash names the whole prefix up to the block's end; a
+ * sequence starting with the same whole blocks takes them from the table
+ * (mc_kv_share) instead of computing them again. Positions a sequence has
+ * are never written again, so a shared block only changes when a sequence
+ * that was cut back inside it grows: that sequence first gets a copy of the
+ * block of its own (copy on write), and a block that is rewritten in place
+ * (held once) leaves the table first.
  */
 #ifndef MOECL_KV_CACHE_H
 #define MOECL_KV_CACHE_H
@@ -53,6 +65,16 @@ typedef struct mc_kv {
     int32_t n_free, free_cap;
     int32_t n_seq;
     mc_kv_seq *seq;         /* [n_seq] */
+    /* Sharing, per made block (arrays of mem_cap). */
+    int32_t *ref;           /* sequences holding the block (0: free) */
+    uint8_t *hashed;        /* 0: no hash; 1: hash known; 2: also in the table */
+    uint64_t *hash;         /* hash of the prefix ending with the block */
+    uint64_t *parent;       /* the previous block's hash (0 for block 0) */
+    int32_t (*tokens)[MC_KV_BLOCK]; /* the block's tokens, to confirm a table hit */
+    int32_t *chain;         /* next block id in the same table bucket, -1 at the end */
+    int32_t *bucket;        /* [n_bucket] first block id of each bucket, -1 if empty */
+    int32_t n_bucket;       /* a power of two */
+    int32_t *count;         /* scratch for mc_kv_blocks_freed_by, zero between calls */
 } mc_kv;
 
 static inline int32_t mc_kv_blocks_for(int64_t positions) {
@@ -68,11 +90,9 @@ void mc_kv_free(mc_kv *kv);
 /* Blocks the pool can still hand out (free ones plus ones never made). */
 static inline int32_t mc_kv_available(const mc_kv *kv) { return kv->n_blocks_max - kv->n_held; }
 
-/* Blocks sequence seq needs beyond those it holds to hold len positions. */
-static inline int32_t mc_kv_blocks_needed(const mc_kv *kv, int32_t seq, int64_t len) {
-    int32_t n = mc_kv_blocks_for(len) - kv->seq[seq].n_blocks;
-    return n > 0 ? n : 0;
-}
+/* Blocks sequence seq needs beyond those it holds to hold len positions
+ * (one more when its last block is shared and must be copied first). */
+int32_t mc_kv_blocks_needed(const mc_kv *kv, int32_t seq, int64_t len);
 
 /* Give sequence seq the blocks for positions up to len (its length is not
  * changed). MOECL_ERR_CONTEXT_FULL if the pool has too few blocks,
@@ -84,6 +104,29 @@ moecl_status mc_kv_grow(mc_kv *kv, int32_t seq, int64_t len);
  * longer needed. n_keep >= len only gives back blocks held past len (what
  * a failed mc_kv_grow or decode left). */
 void mc_kv_truncate(mc_kv *kv, int32_t seq, int32_t n_keep);
+
+/* Blocks the pool would get back if the sequences with drop[s] set let go
+ * of all their blocks: those no other sequence holds. */
+int32_t mc_kv_blocks_freed_by(mc_kv *kv, const bool *drop);
+
+/* Blocks held by more than one sequence. */
+int32_t mc_kv_blocks_shared(const mc_kv *kv);
+
+/* Sequence seq holds tokens[0..n) (n <= its length): enter its full blocks
+ * that have no hash yet in the table of shareable blocks. A block whose
+ * prefix is in the table already (another sequence computed the same
+ * prefix at the same time) keeps its hash and stays out of the table. */
+void mc_kv_publish(mc_kv *kv, int32_t seq, const int32_t *tokens, int32_t n);
+
+/* Positions at the start of tokens[0..n) that the table holds, in whole
+ * blocks (a multiple of MC_KV_BLOCK, at most n). */
+int32_t mc_kv_match(const mc_kv *kv, const int32_t *tokens, int32_t n);
+
+/* Sequence seq lets go of its blocks and takes the table's blocks for the
+ * first n_share positions of tokens (n_share <= mc_kv_match(tokens));
+ * its length becomes n_share. MOECL_ERR_NOMEM (seq unchanged) if its block
+ * table cannot grow. */
+moecl_status mc_kv_share(mc_kv *kv, int32_t seq, const int32_t *tokens, int32_t n_share);
 
 /* The K (which 0) or V (which 1) cells of position pos of sequence seq in
  * layer il: kv_dim elements of kv->type. The position's block must be held. */
@@ -104,6 +147,9 @@ static inline uint64_t mc_kv_bytes(const mc_kv *kv) { return (uint64_t)kv->n_mad
 
 /* The KV cache of a context (context.c), for the engine's admission. */
 const mc_kv *mc_context_kv(const moecl_context *ctx);
+
+/* The same, for the engine's prefix sharing (between decode calls only). */
+mc_kv *mc_context_kv_mut(moecl_context *ctx);
 
 /* Experts run by the last successful batch, summed over layers (each expert
  * with at least one token counted once per layer): what `moecl bench

@@ -667,6 +667,39 @@ static void test_text(const char *tokenizer_json) {
     run_one(e, &q, &r1);
     run_one(e, &q, &r2);
     CHECK(r1.n_ids == 16 && r2.n_ids == 16 && !memcmp(r1.ids, r2.ids, sizeof(int32_t) * 16));
+
+    /* Text across a preemption: two requests of 5 + 40 positions in a pool
+     * of 3 blocks; the newer is preempted at position 16 and read again
+     * later. Each one's streamed text is the text of its ids, once. */
+    moecl_engine_free(e);
+    e = engine_new_kv(m, 2, 128, 32, 4, 48);
+    if (!e) goto done;
+    static collector t1, t2;
+    static submit_at sub_t2;
+    int32_t prompt2[16], n_prompt2 = 0;
+    CHECK(moecl_tokenize(tok, "The weather today", 17, 0, prompt2, 16, &n_prompt2) == MOECL_OK);
+    memset(&t1, 0, sizeof t1);
+    memset(&t2, 0, sizeof t2);
+    t1.engine = t2.engine = e;
+    sub_t2 = (submit_at){.at = 1, .req = greedy_request(prompt2, n_prompt2, 40, &t2)};
+    t1.submits = &sub_t2;
+    q = greedy_request(prompt, n_prompt, 40, &t1);
+    CHECK(moecl_engine_submit(e, &q, NULL) == MOECL_OK);
+    collector *pt[2] = {&t1, &t2};
+    CHECK(wait_done(pt, 2));
+    moecl_engine_stats est;
+    moecl_engine_get_stats(e, &est);
+    CHECKF(est.n_preempted >= 1 && est.n_kv_full == 0, "%llu preempted, %llu cut short",
+           (unsigned long long)est.n_preempted, (unsigned long long)est.n_kv_full);
+    for (int i = 0; i < 2; i++) {
+        collector *c = pt[i];
+        CHECK(c->last.finish == MOECL_FINISH_LENGTH && c->n_ids == 40 && !c->bad_order);
+        CHECK(moecl_detokenize(tok, c->ids, c->n_ids, MOECL_DETOKENIZE_SKIP_SPECIAL | MOECL_DETOKENIZE_KEEP_LEADING_SPACE,
+                               full, sizeof full, &full_len) == MOECL_OK);
+        CHECKF(c->text_len == full_len && !memcmp(c->text, full, full_len),
+               "request %d: streamed text (%zu bytes) is not the text of its ids (%zu)", i, c->text_len, full_len);
+    }
+    CHECK(t2.last.usage.prompt_tokens == n_prompt2 && t2.last.usage.completion_tokens == 40);
 done:
     moecl_engine_free(e);
     moecl_model_free(m);
@@ -701,9 +734,10 @@ static void test_kv_pool(const moecl_model *m) {
 
     /* Exhaustion while generating: a and b (44 positions each, 3 blocks)
      * both start; at position 16 there is one block left for the two: the
-     * older, a, gets it and b, the newer, ends with "length" after 13 ids
-     * (positions 0..15 hold its prompt and 12 of them; the 13th was sampled
-     * but has no cell), its own; its cache is freed when a needs a fourth block. */
+     * older, a, gets it and b, the newer, is preempted (positions 0..15
+     * hold its prompt and 12 of its ids; the 13th was sampled but has no
+     * cell). It waits in the queue until a ends, then reads its prompt and
+     * those 13 ids again and goes on: both produce their 40 ids alone. */
     collector a = {.engine = e}, b = {.engine = e};
     moecl_engine_request qa = greedy_request(pa, 4, 40, &a), qb = greedy_request(pb, 4, 40, &b);
     /* b is submitted from a's first token, so a cannot finish before b
@@ -717,14 +751,33 @@ static void test_kv_pool(const moecl_model *m) {
     CHECK(wait_done(ab, 2) && id_b != 0);
     CHECKF(a.last.finish == MOECL_FINISH_LENGTH && a.n_ids == 40 && !memcmp(a.ids, ref_a, sizeof ref_a),
            "a: %s after %d ids", moecl_finish_reason_str(a.last.finish), a.n_ids);
-    CHECKF(b.last.finish == MOECL_FINISH_LENGTH && b.n_ids == 13 && !memcmp(b.ids, ref_b, 13 * sizeof(int32_t)),
-           "b: %s after %d ids (13 expected)", moecl_finish_reason_str(b.last.finish), b.n_ids);
-    CHECK(b.last.status == MOECL_OK && b.last.usage.completion_tokens == 13);
+    CHECKF(b.last.finish == MOECL_FINISH_LENGTH && b.n_ids == 40 && !memcmp(b.ids, ref_b, sizeof ref_b),
+           "b: %s after %d ids (40 expected)", moecl_finish_reason_str(b.last.finish), b.n_ids);
+    CHECK(!a.bad_order && !b.bad_order && b.n_events == 40); /* one event per id: none repeated */
+    CHECK(b.last.status == MOECL_OK && b.last.usage.completion_tokens == 40 && b.last.usage.prompt_tokens == 4);
     moecl_engine_stats st;
     moecl_engine_get_stats(e, &st);
-    CHECKF(st.n_kv_full == 1 && st.n_kv_evicted >= 1, "%llu ended by a full pool, %llu idle caches freed",
-           (unsigned long long)st.n_kv_full, (unsigned long long)st.n_kv_evicted);
+    CHECKF(st.n_kv_full == 0 && st.n_preempted == 1, "%llu ended by a full pool, %llu preempted",
+           (unsigned long long)st.n_kv_full, (unsigned long long)st.n_preempted);
     CHECK(st.kv_cells == 48 && st.kv_cells_held <= 48 && st.kv_bytes > 0);
+    CHECK(st.n_generated_tokens == 80);
+
+    /* A request the pool cannot hold even alone (4 + 60 positions in 48
+     * cells) ends at the pool's end with "length" and says why: 45 ids
+     * (positions 0..47 hold its prompt and 44 of them). */
+    int32_t px[4], ref_x[45];
+    make_prompt(px, 4, 36);
+    CHECK(reference(m, px, 4, 45, ref_x) == 45);
+    collector y = {.engine = e};
+    moecl_engine_request qy = greedy_request(px, 4, 60, &y);
+    CHECK(moecl_engine_submit(e, &qy, NULL) == MOECL_OK);
+    collector *py[1] = {&y};
+    CHECK(wait_done(py, 1));
+    CHECKF(y.last.finish == MOECL_FINISH_LENGTH && y.n_ids == 45 && !memcmp(y.ids, ref_x, sizeof ref_x),
+           "y: %s after %d ids (45 expected)", moecl_finish_reason_str(y.last.finish), y.n_ids);
+    CHECK(y.last.status == MOECL_ERR_CONTEXT_FULL);
+    moecl_engine_get_stats(e, &st);
+    CHECK(st.n_kv_full == 1 && st.n_preempted == 1);
 
     /* Admission: c and d need 3 blocks each (30 + 10 positions); d's prompt
      * (2 blocks) does not fit beside c's, so d waits in the queue, then runs
@@ -740,7 +793,88 @@ static void test_kv_pool(const moecl_model *m) {
     CHECKF(d.last.finish == MOECL_FINISH_LENGTH && d.n_ids == 10 && !memcmp(d.ids, ref_d, sizeof ref_d), "d: %d ids",
            d.n_ids);
     moecl_engine_get_stats(e, &st);
-    CHECKF(st.n_kv_full == 1, "c or d was cut short (%llu)", (unsigned long long)st.n_kv_full);
+    CHECKF(st.n_kv_full == 1 && st.n_preempted == 1, "c or d was cut short (%llu) or preempted (%llu)",
+           (unsigned long long)st.n_kv_full, (unsigned long long)st.n_preempted);
+    moecl_engine_free(e);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Prefix blocks shared across slots                                        */
+/* ------------------------------------------------------------------------ */
+
+/* a and b start with the same 40 tokens (2 whole blocks and a half): b,
+ * started while a runs, takes a's 2 blocks instead of reading them. */
+static void test_shared(const moecl_model *m) {
+    int32_t pa[45], pb[47], pf[20], ref_a[12], ref_b[12], ref_f[5];
+    make_prompt(pa, 40, 41);
+    memcpy(pb, pa, 40 * sizeof *pa);
+    make_prompt(pa + 40, 5, 42);
+    make_prompt(pb + 40, 7, 43);
+    make_prompt(pf, 20, 44);
+    CHECK(reference(m, pa, 45, 12, ref_a) == 12);
+    CHECK(reference(m, pb, 47, 12, ref_b) == 12);
+    CHECK(reference(m, pf, 20, 5, ref_f) == 5);
+
+    /* 3 slots, a pool of 6 blocks. b is submitted from a's first token
+     * (a's prompt is read, its blocks entered in the table), and holds the
+     * scheduler at its own first token: a then holds 46 positions (3
+     * blocks), b 47 (3), 2 of them the same: 4 blocks held, 2 shared.
+     * At b's second token b cancels a, and f (another prompt, 2 blocks)
+     * arrives: a's idle cache is freed to make room for b's fourth block,
+     * and b goes on with the blocks it shared with a. */
+    moecl_engine *e = engine_new_kv(m, 3, 64, 64, 8, 96);
+    if (!e) return;
+    static collector a, b, f;
+    memset(&a, 0, sizeof a);
+    memset(&b, 0, sizeof b);
+    memset(&f, 0, sizeof f);
+    a.engine = b.engine = f.engine = e;
+    b.block_at = 1;
+    static submit_at sub_b, sub_f;
+    uint64_t id_a = 0, id_b = 0, id_f = 0;
+    sub_b = (submit_at){.at = 1, .req = greedy_request(pb, 47, 12, &b), .id = &id_b};
+    sub_f = (submit_at){.at = 2, .req = greedy_request(pf, 20, 5, &f), .id = &id_f};
+    a.submits = &sub_b;
+    b.submits = &sub_f;
+    b.cancel_other_at = 2;
+    moecl_engine_request qa = greedy_request(pa, 45, 12, &a);
+    CHECK(moecl_engine_submit(e, &qa, &id_a) == MOECL_OK);
+    b.cancel_other = id_a;
+    CHECK(wait_ids(&b, 1));
+    moecl_engine_stats st;
+    moecl_engine_get_stats(e, &st);
+    CHECKF(st.kv_cells_held == 64 && st.kv_cells_shared == 32 && st.n_shared_tokens == 32,
+           "two requests sharing 2 blocks: %lld cells held, %lld shared, %llu tokens shared", (long long)st.kv_cells_held,
+           (long long)st.kv_cells_shared, (unsigned long long)st.n_shared_tokens);
+    release(&b);
+    collector *all[3] = {&a, &b, &f};
+    CHECK(wait_done(all, 3));
+    CHECKF(a.last.finish == MOECL_FINISH_CANCELLED && a.n_ids >= 2 && a.n_ids < 12 &&
+           !memcmp(a.ids, ref_a, (size_t)a.n_ids * sizeof(int32_t)), "a: %s after %d ids",
+           moecl_finish_reason_str(a.last.finish), a.n_ids);
+    CHECKF(b.last.finish == MOECL_FINISH_LENGTH && b.n_ids == 12 && !memcmp(b.ids, ref_b, sizeof ref_b),
+           "b: %s after %d ids, not those of b alone", moecl_finish_reason_str(b.last.finish), b.n_ids);
+    CHECK(b.last.usage.cached_prompt_tokens == 32 && b.last.usage.prompt_tokens == 47);
+    CHECK(a.last.usage.cached_prompt_tokens == 0);
+    CHECKF(f.last.finish == MOECL_FINISH_LENGTH && f.n_ids == 5 && !memcmp(f.ids, ref_f, sizeof ref_f),
+           "f: %d ids", f.n_ids);
+    moecl_engine_get_stats(e, &st);
+    CHECKF(st.n_kv_evicted >= 1 && st.n_kv_full == 0, "%llu idle caches freed, %llu cut short",
+           (unsigned long long)st.n_kv_evicted, (unsigned long long)st.n_kv_full);
+    CHECK(st.kv_cells_held <= 96 && st.n_cached_tokens >= 32);
+
+    /* A prompt b's idle slot holds whole: its last token is read again. */
+    static collector g;
+    memset(&g, 0, sizeof g);
+    g.engine = e;
+    int32_t ref_g[6];
+    CHECK(reference(m, pb, 32, 6, ref_g) == 6);
+    moecl_engine_request qg = greedy_request(pb, 32, 6, &g);
+    CHECK(moecl_engine_submit(e, &qg, NULL) == MOECL_OK);
+    collector *pg[1] = {&g};
+    CHECK(wait_done(pg, 1));
+    CHECKF(g.n_ids == 6 && !memcmp(g.ids, ref_g, sizeof ref_g) && g.last.usage.cached_prompt_tokens == 31,
+           "g: %d ids, %d cached", g.n_ids, g.last.usage.cached_prompt_tokens);
     moecl_engine_free(e);
 }
 
@@ -766,6 +900,7 @@ int main(int argc, char **argv) {
     test_kv_pool(m);
     test_cancel(m);
     test_prefix(m);
+    test_shared(m);
     moecl_model_free(m);
     test_text(argv[2]);
     return t_done("engine");

@@ -8,6 +8,11 @@
  *     a block's end, past it) while another sequence took blocks in between
  *     and reading the rest gives the logits of a fresh read (1e-4), with F32
  *     and F16 cells;
+ *   - blocks shared between sequences (kv_cache.h): a sequence that takes
+ *     another's whole prefix blocks from the table and reads the rest gives
+ *     the logits of a fresh read (1e-4, F32 and F16); one cut back inside a
+ *     shared block writes into a copy, and the others' logits do not move;
+ *     a block rewritten in place or freed leaves the table;
  *   - memory follows use: a context of 64 sequences x 4096 positions
  *     allocates nothing for its cache until it decodes, then the blocks it
  *     uses (F16 half of F32), and its RSS grows by far less than the budget.
@@ -16,6 +21,7 @@
  */
 #include "test_util.h"
 
+#include "kv_cache.h"
 #include "moecl.h"
 
 #include <string.h>
@@ -153,6 +159,86 @@ static void test_prefix(const moecl_model *m, moecl_dtype kv) {
 
 /* ------------------------------------------------------------------------ */
 
+static void check_logits(moecl_context *ctx, const moecl_model *m, const int32_t *toks, int n, moecl_dtype kv,
+                         const char *what) {
+    float fresh[4096];
+    fresh_logits(m, toks, n, kv, fresh);
+    double err = t_nerr(moecl_get_logits(ctx, -1), fresh, (size_t)g_vocab);
+    CHECKF(err <= 1e-4, "%s cells, %s: %.3g", moecl_dtype_name(kv), what, err);
+}
+
+static void test_shared(const moecl_model *m, moecl_dtype kv_type) {
+    int32_t full[48], other[12], mixed[30];
+    make_tokens(full, 48, 6);
+    make_tokens(other, 12, 7);
+    memcpy(mixed, full, 20 * sizeof *full);
+    memcpy(mixed + 20, other, 10 * sizeof *other);
+    moecl_context *ctx = new_ctx(m, 64, 3, 0, kv_type);
+    if (!ctx) return;
+    mc_kv *kv = mc_context_kv_mut(ctx);
+    moecl_kv_info ki;
+
+    /* Sequence 0 reads 40 tokens: its 2 full blocks enter the table. */
+    CHECK(decode_seq(ctx, full, 40, 0) == MOECL_OK);
+    CHECK(mc_kv_match(kv, full, 48) == 0);
+    mc_kv_publish(kv, 0, full, 40);
+    CHECK(mc_kv_match(kv, full, 48) == 32 && mc_kv_match(kv, full, 31) == 16 && mc_kv_match(kv, other, 12) == 0);
+    CHECK(mc_kv_match(kv, mixed, 30) == 16);
+
+    /* Sequence 1 takes them and reads the rest: 1 block of its own. */
+    CHECK(mc_kv_share(kv, 1, full, 32) == MOECL_OK);
+    CHECK(moecl_seq_length(ctx, 1) == 32 && mc_kv_blocks_shared(kv) == 2);
+    CHECK(moecl_context_get_kv_info(ctx, &ki) == MOECL_OK && ki.n_cells_held == 48);
+    CHECK(decode_seq(ctx, full + 32, 16, 1) == MOECL_OK);
+    check_logits(ctx, m, full, 48, kv_type, "2 shared blocks, then 16 positions read");
+    CHECK(moecl_context_get_kv_info(ctx, &ki) == MOECL_OK && ki.n_cells_held == 64);
+
+    /* Sequence 2 takes them too, is cut back inside the second and reads
+     * something else from there: into a copy of that block. */
+    CHECK(mc_kv_share(kv, 2, full, 32) == MOECL_OK && mc_kv_blocks_shared(kv) == 2);
+    CHECK(moecl_seq_truncate(ctx, 2, 20) == MOECL_OK);
+    CHECK(mc_kv_blocks_needed(kv, 2, 30) == 1);
+    CHECK(decode_seq(ctx, other, 10, 2) == MOECL_OK);
+    check_logits(ctx, m, mixed, 30, kv_type, "written into a copy of a shared block");
+    CHECK(moecl_context_get_kv_info(ctx, &ki) == MOECL_OK && ki.n_cells_held == 80);
+    CHECK(mc_kv_match(kv, full, 48) == 32); /* the originals are untouched */
+
+    /* The owners' logits have not moved. */
+    CHECK(decode_seq(ctx, full + 40, 8, 0) == MOECL_OK);
+    check_logits(ctx, m, full, 48, kv_type, "sequence 0 after the others shared and copied its blocks");
+    CHECK(moecl_seq_truncate(ctx, 1, 47) == MOECL_OK);
+    CHECK(decode_seq(ctx, full + 47, 1, 1) == MOECL_OK);
+    check_logits(ctx, m, full, 48, kv_type, "sequence 1 after the copy");
+
+    /* The last reference frees a block and takes it out of the table. */
+    CHECK(moecl_seq_truncate(ctx, -1, 0) == MOECL_OK);
+    CHECK(moecl_context_get_kv_info(ctx, &ki) == MOECL_OK && ki.n_cells_held == 0);
+    CHECK(mc_kv_match(kv, full, 48) == 0 && mc_kv_blocks_shared(kv) == 0);
+
+    /* A block held once and rewritten in place leaves the table. */
+    CHECK(decode_seq(ctx, full, 32, 0) == MOECL_OK);
+    mc_kv_publish(kv, 0, full, 32);
+    CHECK(mc_kv_match(kv, full, 48) == 32);
+    CHECK(moecl_seq_truncate(ctx, 0, 20) == MOECL_OK);
+    CHECK(mc_kv_match(kv, full, 48) == 32); /* not written yet: still good */
+    CHECK(decode_seq(ctx, other, 10, 0) == MOECL_OK);
+    CHECK(mc_kv_match(kv, full, 48) == 16);
+    check_logits(ctx, m, mixed, 30, kv_type, "rewritten in place");
+
+    /* Blocks only the dropped sequences hold are the ones freed. */
+    CHECK(mc_kv_share(kv, 1, full, 16) == MOECL_OK);
+    CHECK(decode_seq(ctx, other, 12, 2) == MOECL_OK);
+    bool drop[3] = {true, false, false};
+    CHECK(mc_kv_blocks_freed_by(kv, drop) == 1); /* block 0 is also sequence 1's */
+    drop[1] = true;
+    CHECK(mc_kv_blocks_freed_by(kv, drop) == 2);
+    drop[2] = true;
+    CHECK(mc_kv_blocks_freed_by(kv, drop) == 3);
+    moecl_context_free(ctx);
+}
+
+/* ------------------------------------------------------------------------ */
+
 /* The process's address space (vm) and resident set, KiB. An untouched
  * reservation (calloc of the budget) shows in vm only. */
 static bool mem_kib(long *vm, long *rss) {
@@ -226,6 +312,8 @@ int main(int argc, char **argv) {
     test_exhaustion(m);
     test_prefix(m, MOECL_DTYPE_F32);
     test_prefix(m, MOECL_DTYPE_F16);
+    test_shared(m, MOECL_DTYPE_F32);
+    test_shared(m, MOECL_DTYPE_F16);
     test_memory(m);
     moecl_model_free(m);
     return t_done("kv");

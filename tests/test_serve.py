@@ -8,7 +8,10 @@ free 127.0.0.1 port (--port 0; the port is read from its first line), and
 checks: bodies and SSE framing of both endpoints, usage counts, stop strings,
 every error status (400, 401, 404, 413, 503 with Retry-After), a client
 disconnecting mid-stream (its slot is freed), a client that does not read
-(others are not held up), and 16 clients at once. --openai runs the same
+(others are not held up), 16 clients at once, a prompt sharing KV blocks with
+another slot's running request (usage and metrics count them), and the
+backend, placement and KV options `moecl run` has (bad values refused, an
+expert profile and an F16 pool of a given size used). --openai runs the same
 kind of requests through the PyPI `openai` client instead (exit 77 without it).
 Every wait is bounded.
 """
@@ -388,6 +391,61 @@ def check_routing_metrics(s, m):
     check('moecl_expert_tokens_total{layer="%d",expert="0"}' % L not in m, "no layer beyond the model's")
 
 
+def test_shared_prefix(s):
+    """b starts with the 40 ids a started with, while a runs in another slot: b takes
+    a's 2 whole KV blocks (32 positions) instead of reading them."""
+    before = s.metrics()
+    prefix = list(range(100, 140))
+    sock = raw_stream(s, {"prompt": prefix + [200, 201, 202, 203, 204], "max_tokens": 2000, "stream": True,
+                          "ignore_eos": True})
+    try:
+        events = read_some_sse(sock, 1, 30)  # a's prompt is read, its blocks entered in the table
+        check(len(events) >= 1, "a streams")
+        status, _, data = s.post("/v1/completions", {"prompt": prefix + [300, 301, 302, 303, 304, 305, 306],
+                                                     "max_tokens": 2, "temperature": 0})
+        check(status == 200, "b: %d %s" % (status, data[:200]))
+        if status == 200:
+            u = json.loads(data)["usage"]
+            check(u["prompt_tokens"] == 47 and u["prompt_tokens_details"]["cached_tokens"] == 32,
+                  "b shares a's 2 blocks: %s" % u)
+        m = s.metrics()
+        check(m["moecl_prompt_tokens_shared_total"] - before["moecl_prompt_tokens_shared_total"] == 32,
+              "metrics count the 32 shared tokens")
+    finally:
+        sock.close()
+    wait_until(lambda: s.metrics()["moecl_requests_running"] == 0, 30, "a ends when its client leaves")
+
+
+def test_backend_options(exe, model, work):
+    """serve takes the placement options of `moecl run` through the same parser."""
+    for args, rc, words in [(["--placement", "nowhere"], 2, "unknown placement nowhere (auto, experts, dense)"),
+                            (["--kv-type", "q4"], 2, "unknown KV cache type q4"),
+                            (["--kv-cells", "0"], 2, "--kv-cells: '0' is not a whole number from 1"),
+                            (["--expert-profile"], 2, "needs a value"),
+                            (["--expert-profile", os.path.join(work, "missing.profile")], 1, "routing frequencies")]:
+        r = subprocess.run([exe, "serve", "-m", model, "--port", "0", *args], capture_output=True, text=True,
+                           timeout=60)
+        check(r.returncode == rc and words in r.stderr,
+              "serve %s: exit %d (%d expected), stderr %r" % (" ".join(args), r.returncode, rc, r.stderr[-300:]))
+    h = subprocess.run([exe, "serve", "--help"], capture_output=True, text=True, timeout=60)
+    for opt in ["--placement", "--expert-profile", "--calibrate", "--gpu-mem", "--device", "--kv-type", "--kv-cells"]:
+        check(opt in h.stdout, "serve --help lists %s" % opt)
+    profile = os.path.join(work, "routing.profile")
+    r = subprocess.run([exe, "stats", "-m", model, "-p", "Once upon a time there was a test. " * 8,
+                        "--save-profile", profile, "-t", "1"], capture_output=True, text=True, timeout=120)
+    check(r.returncode == 0 and os.path.exists(profile), "moecl stats --save-profile: %s" % r.stderr[-300:])
+    s = Server(exe, model, "--placement", "experts", "--expert-profile", profile, "--backend", "cpu",
+               "--kv-type", "f16", "--kv-cells", "512", "--api-key", KEY)
+    try:
+        status, _, data = s.post("/v1/completions", {"prompt": "Once upon a time", "max_tokens": 4})
+        check(status == 200 and json.loads(data)["usage"]["completion_tokens"] == 4,
+              "a request with a profile and an F16 pool: %d %s" % (status, data[:200]))
+        m = s.metrics()
+        check(m.get('moecl_kv_cells{state="budget"}') == 512, "the pool has the 512 cells asked for")
+    finally:
+        s.stop()
+
+
 def test_queue_full(exe, model):
     s = Server(exe, model, "--parallel", "1", "--queue", "1", "-c", "32768", "--api-key", KEY)
     try:
@@ -481,10 +539,12 @@ def main():
             test_disconnect(s)
             test_slow_reader(s)
             test_many_clients(s)
+            test_shared_prefix(s)
     finally:
         s.stop()
     if not use_openai:
         test_queue_full(exe, model)
+        test_backend_options(exe, model, work)
     shutil.rmtree(work, ignore_errors=True)
     print("test_serve: %d failures" % len(FAILURES), file=sys.stderr)
     return 1 if FAILURES else 0

@@ -1,8 +1,19 @@
 #!/usr/bin/env python3
 """Load test of `moecl serve` (Python standard library only).
 
+The issue's measurement, one command (it starts the server, measures, stops it):
+
+    tools/loadtest.py --serve "build/moecl serve -m mini-q4_K_M.gguf -t 2 --parallel 32 -c 512" \
+                      --clients 32 --duration 60 --lengths 16,64,256 --max-tokens 32
+
+Or against a server already running:
+
     tools/loadtest.py --url http://127.0.0.1:8080 [--pid PID] [--clients 32] [--duration 60]
-                      [--lengths 16,64,256] [--max-tokens 32] [--vocab 32000] [--seed 1]
+                      [--lengths 16,64,256] [--max-tokens 32] [--shared-prefix 0] [--vocab 32000] [--seed 1]
+
+--serve CMD runs CMD with --host 127.0.0.1 --port 0 appended, reads the port
+from its first line, measures its RSS, and stops it at the end (its stderr
+goes to ours).
 
 Each of --clients threads sends streaming /v1/completions requests, one after
 another, until --duration seconds have passed: a prompt of token ids whose
@@ -14,13 +25,19 @@ errors (an HTTP status other than 200, a broken stream, or no usage), and
 with --pid the server's resident set at the start (after one warm-up request
 of each length, which pages the mapped weights in) and at the end: VmRSS and
 its anonymous part, RssAnon (heap, KV cache, scratch; the rest is the mapped
-weight files).
+weight files). From the server's /metrics before and after: prompt tokens read,
+reused from a cache and shared between slots, preemptions, requests the KV pool
+could not hold.
+--shared-prefix N starts every prompt with the same N ids (a system prompt:
+the KV blocks it fills are shared by the slots).
 Exit status 1 if any request failed.
 """
 import argparse
 import http.client
 import json
 import random
+import shlex
+import subprocess
 import sys
 import threading
 import time
@@ -93,13 +110,56 @@ def one_request(host, port, body, timeout):
         conn.close()
 
 
+def metrics(host, port):
+    """The server's counters (name{labels} -> value); {} if /metrics cannot be read."""
+    try:
+        conn = http.client.HTTPConnection(host, port, timeout=30)
+        conn.request("GET", "/metrics")
+        resp = conn.getresponse()
+        text = resp.read().decode()
+        conn.close()
+    except (OSError, http.client.HTTPException):
+        return {}
+    m = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            m[name] = float(value)
+    return m
+
+
+def start_server(cmd):
+    """Start `moecl serve` on a free loopback port: (process, port)."""
+    argv = shlex.split(cmd) + ["--host", "127.0.0.1", "--port", "0"]
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    timer = threading.Timer(600, p.kill)  # loading a large model may take minutes, not forever
+    timer.start()
+    line = p.stdout.readline()
+    timer.cancel()
+    if "listening on http://127.0.0.1:" not in line:
+        p.kill()
+        p.wait()
+        raise RuntimeError(f"the server did not start: {line!r}")
+    return p, int(line.rsplit(":", 1)[1])
+
+
+def stop_server(p):
+    p.terminate()
+    try:
+        p.wait(30)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+
+
 def client(i, args, host, port, deadline, totals):
     rng = random.Random(args.seed * 1000 + i)
     lengths = [int(x) for x in args.lengths.split(",")]
+    prefix = [random.Random(args.seed).randrange(3, args.vocab) for _ in range(args.shared_prefix)]
     while time.monotonic() < deadline:
         n = rng.choice(lengths)
         body = {
-            "prompt": [rng.randrange(3, args.vocab) for _ in range(n)],
+            "prompt": prefix + [rng.randrange(3, args.vocab) for _ in range(n)],
             "max_tokens": args.max_tokens,
             "temperature": 0.8,
             "seed": rng.randrange(1 << 30),
@@ -121,6 +181,7 @@ def client(i, args, host, port, deadline, totals):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--serve", metavar="CMD", help="start this `moecl serve` command line and measure it")
     ap.add_argument("--url", default="http://127.0.0.1:8080")
     ap.add_argument("--pid", type=int, default=0, help="the server's process id, for its RSS")
     ap.add_argument("--clients", type=int, default=32)
@@ -129,10 +190,25 @@ def main():
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--vocab", type=int, default=32000, help="token ids are drawn from 3..vocab-1")
     ap.add_argument("--timeout", type=float, default=300.0)
+    ap.add_argument("--shared-prefix", type=int, default=0, help="ids every prompt starts with")
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
+    if args.serve:
+        try:
+            server, port = start_server(args.serve)
+        except (OSError, RuntimeError) as e:
+            print(f"loadtest: {e}", file=sys.stderr)
+            return 1
+        host, args.pid = "127.0.0.1", server.pid
+        try:
+            return run(args, host, port)
+        finally:
+            stop_server(server)
     u = urllib.parse.urlparse(args.url)
-    host, port = u.hostname, u.port or 80
+    return run(args, u.hostname, u.port or 80)
+
+
+def run(args, host, port):
 
     totals = Totals()
     warm = random.Random(args.seed)
@@ -143,6 +219,7 @@ def main():
         except Exception as e:
             print(f"warm-up request failed: {e}", file=sys.stderr)
             return 1
+    m0 = metrics(host, port)
     rss0 = rss_kib(args.pid) if args.pid else -1
     anon0 = rss_kib(args.pid, "RssAnon:") if args.pid else -1
     t0 = time.monotonic()
@@ -156,6 +233,7 @@ def main():
     wall = time.monotonic() - t0  # requests in flight at the deadline finish first
     rss1 = rss_kib(args.pid) if args.pid else -1
     anon1 = rss_kib(args.pid, "RssAnon:") if args.pid else -1
+    m1 = metrics(host, port)
 
     print(f"clients {args.clients}, {args.duration:.0f} s (wall {wall:.1f} s incl. requests in flight), "
           f"prompt lengths {args.lengths}, max_tokens {args.max_tokens}")
@@ -166,6 +244,15 @@ def main():
     print(f"errors        {len(totals.errors)}")
     for e in totals.errors[:10]:
         print(f"  {e}")
+    if m0 and m1:
+        d = {k: m1.get(k, 0) - m0.get(k, 0) for k in m1}
+        held, budget = m1.get('moecl_kv_cells{state="held"}', 0), m1.get('moecl_kv_cells{state="budget"}', 0)
+        print(f"server        prompt tokens {d.get('moecl_prompt_tokens_total', 0):.0f} read, "
+              f"{d.get('moecl_prompt_tokens_cached_total', 0):.0f} reused "
+              f"({d.get('moecl_prompt_tokens_shared_total', 0):.0f} from other slots' blocks); "
+              f"{d.get('moecl_preemptions_total', 0):.0f} preemptions, "
+              f"{d.get('moecl_kv_full_total', 0):.0f} requests the KV pool could not hold; "
+              f"KV cells held at the end {held:.0f} of {budget:.0f}")
     if args.pid:
         print(f"server RSS    start {rss0 / 1024:.1f} MiB, end {rss1 / 1024:.1f} MiB "
               f"(anonymous: start {anon0 / 1024:.1f} MiB, end {anon1 / 1024:.1f} MiB)")

@@ -24,6 +24,7 @@
 
 #include "backend/cpu/kernels.h" /* mc_cpu_isa, for 'moecl info' */
 #include "formats/atomic_file.h" /* internal: the one way moecl writes files */
+#include "cli_backend.h"
 #include "gguf_dump.h"
 #include <signal.h>
 #include <sys/stat.h>
@@ -77,17 +78,7 @@ typedef struct options {
     const char *chat_format; /* run --chat, chat: NULL: the one the tokenizer's chat template is */
     bool verbose;
     moecl_sampler_params sp;
-    /* backends */
-    moecl_backend_type backend;
-    const char *device;
-    int gpu_mem_mib;    /* -1: default */
-    int gpu_experts;    /* -1: default */
-    moecl_dtype device_dtype;
-    moecl_placement placement;
-    const char *expert_profile; /* --expert-profile FILE */
-    const char *calibrate;      /* --calibrate TEXTFILE */
-    moecl_dtype kv_type;  /* --kv-type */
-    int kv_cells;         /* --kv-cells; 0: the library's default */
+    cli_backend be;     /* backends, placement, KV cache (shared with serve) */
 } options;
 
 /* The routing frequencies the planner places by, loaded with the model from
@@ -196,13 +187,15 @@ static int bad_number(const char *opt, const char *v, long lo, long hi) {
     return 2;
 }
 
+/* --calibrate for the commands in other files (cli_backend.c). */
+moecl_status cli_calibrate_freq(const moecl_model *model, const char *path, int n_threads, float *freq) {
+    return calibrate_freq(model, path, n_threads, freq);
+}
+
 /* Returns 0 on success, 2 on a usage error. */
 static int parse_options(int argc, char **argv, int first, bool bench, options *o) {
     o->sp = moecl_sampler_default_params();
-    o->backend = MOECL_BACKEND_AUTO;
-    o->gpu_mem_mib = -1;
-    o->gpu_experts = -1;
-    o->device_dtype = MOECL_DTYPE_COUNT;
+    cli_backend_init(&o->be);
     o->n_predict = 32;
     o->n_prompt = 128;
     o->reps = 3;
@@ -210,6 +203,13 @@ static int parse_options(int argc, char **argv, int first, bool bench, options *
     for (int i = first; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        char err[256];
+        const int used = cli_backend_option(&o->be, a, v, err, sizeof err);
+        if (used < 0) return usage_error("%s", err);
+        if (used) {
+            i += used - 1;
+            continue;
+        }
 #define NEED() do { if (!v) return usage_error("option %s needs a value", a); i++; } while (0)
 #define INT(dst, lo, hi) do { NEED(); if (!parse_int(v, lo, hi, &(dst))) return bad_number(a, v, lo, hi); } while (0)
 #define FLT(dst) do { NEED(); if (!parse_float(v, &(dst))) return usage_error("bad number for %s", a); } while (0)
@@ -237,38 +237,6 @@ static int parse_options(int argc, char **argv, int first, bool bench, options *
         else if (!strcmp(a, "--repeat-penalty")) FLT(o->sp.repeat_penalty);
         else if (!strcmp(a, "--repeat-last-n")) INT(o->sp.repeat_last_n, 0, 1 << 20);
         else if (!strcmp(a, "--ids")) o->ids_json = true;
-        else if (!strcmp(a, "--backend")) {
-            NEED();
-            if (!strcmp(v, "auto")) o->backend = MOECL_BACKEND_AUTO;
-            else if (!strcmp(v, "cpu")) o->backend = MOECL_BACKEND_CPU;
-            else if (!strcmp(v, "opencl")) o->backend = MOECL_BACKEND_OPENCL;
-            else return usage_error("unknown backend %s (cpu, opencl, auto)", v);
-        }
-        else if (!strcmp(a, "--device")) { NEED(); o->device = v; }
-        else if (!strcmp(a, "--gpu-mem")) INT(o->gpu_mem_mib, 0, INT_MAX);
-        else if (!strcmp(a, "--gpu-experts")) INT(o->gpu_experts, 0, 1 << 20);
-        else if (!strcmp(a, "--placement")) {
-            NEED();
-            if (!strcmp(v, "auto")) o->placement = MOECL_PLACEMENT_AUTO;
-            else if (!strcmp(v, "experts")) o->placement = MOECL_PLACEMENT_EXPERTS;
-            else if (!strcmp(v, "dense")) o->placement = MOECL_PLACEMENT_DENSE;
-            else return usage_error("unknown placement %s (auto, experts, dense)", v);
-        }
-        else if (!strcmp(a, "--expert-profile")) { NEED(); o->expert_profile = v; }
-        else if (!strcmp(a, "--calibrate")) { NEED(); o->calibrate = v; }
-        else if (!strcmp(a, "--device-dtype")) {
-            NEED();
-            if (!strcmp(v, "f32")) o->device_dtype = MOECL_DTYPE_F32;
-            else if (!strcmp(v, "f16")) o->device_dtype = MOECL_DTYPE_F16;
-            else return usage_error("unknown device dtype %s (f32, f16)", v);
-        }
-        else if (!strcmp(a, "--kv-type")) {
-            NEED();
-            if (!strcmp(v, "f32")) o->kv_type = MOECL_DTYPE_F32;
-            else if (!strcmp(v, "f16")) o->kv_type = MOECL_DTYPE_F16;
-            else return usage_error("unknown KV cache type %s (f32, f16)", v);
-        }
-        else if (!strcmp(a, "--kv-cells")) INT(o->kv_cells, 1, INT_MAX);
         else if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) o->verbose = true;
         else return usage_error("unknown option %s", a);
 #undef NEED
@@ -337,26 +305,11 @@ static int load_model(const options *o, moecl_model **model, double *seconds) {
     moecl_status st = moecl_model_load(path, &mp, model);
     if (seconds) *seconds = now_s() - t0;
     if (st) return fail("cannot load the model", st);
-    if ((o->expert_profile || o->calibrate) && !g_expert_freq) {
-        if (o->expert_profile && o->calibrate) {
-            moecl_model_free(*model);
-            *model = NULL;
-            fprintf(stderr, "moecl: --expert-profile and --calibrate both give the routing frequencies: use one\n");
-            return 2;
-        }
-        moecl_model_info in;
-        moecl_model_get_info(*model, &in);
-        g_expert_freq = calloc((size_t)in.n_layer * (size_t)in.n_expert, sizeof(float));
-        st = !g_expert_freq ? MOECL_ERR_NOMEM
-             : o->expert_profile ? moecl_expert_profile_load(*model, o->expert_profile, g_expert_freq)
-                                 : calibrate_freq(*model, o->calibrate, o->n_threads, g_expert_freq);
-        if (st) {
-            free(g_expert_freq);
-            g_expert_freq = NULL;
-            moecl_model_free(*model);
-            *model = NULL;
-            return fail(o->expert_profile ? "cannot use the expert profile" : "cannot calibrate the expert frequencies", st);
-        }
+    if (!g_expert_freq && (st = cli_backend_load_freq(&o->be, *model, o->n_threads, &g_expert_freq))) {
+        moecl_model_free(*model);
+        *model = NULL;
+        if (st == MOECL_ERR_INVALID_ARG && o->be.expert_profile && o->be.calibrate) return 2;
+        return fail(o->be.expert_profile ? "cannot use the expert profile" : "cannot calibrate the expert frequencies", st);
     }
     return 0;
 }
@@ -599,15 +552,7 @@ static int cmd_detokenize(int argc, char **argv) {
 static moecl_context_params context_params(const options *o) {
     moecl_context_params cp = moecl_context_default_params();
     cp.n_threads = o->n_threads;
-    cp.backend = o->backend;
-    cp.device = o->device;
-    if (o->gpu_mem_mib >= 0) cp.gpu_mem_mib = o->gpu_mem_mib;
-    if (o->gpu_experts >= 0) cp.gpu_experts = o->gpu_experts;
-    if (o->device_dtype != MOECL_DTYPE_COUNT) cp.device_dtype = o->device_dtype;
-    cp.placement = o->placement;
-    cp.expert_freq = g_expert_freq;
-    cp.kv_type = o->kv_type;
-    cp.n_kv_cells = (uint32_t)o->kv_cells;
+    cli_backend_apply(&o->be, g_expert_freq, &cp);
     return cp;
 }
 
@@ -1354,25 +1299,10 @@ static const usage_entry k_usage[] = {
 };
 #define N_USAGE (int)(sizeof k_usage / sizeof k_usage[0])
 
-static const char k_backend_help[] =
-    "  --backend cpu|opencl|auto   auto: an OpenCL GPU if there is one, else the CPU\n"
-    "  --device SEL[,SEL...]       device index or name substring (also $MOECL_DEVICE); several\n"
-    "                              devices each take a share of the experts under one plan\n"
-    "  --gpu-mem MiB               expert weights on the device (default: its memory less headroom)\n"
-    "  --gpu-experts N             at most N experts per layer on the device\n"
-    "  --device-dtype f32|f16      storage of expert weights on the device\n"
-    "  --placement auto|experts|dense  what the planner puts on the devices (dense: not yet)\n"
-    "  --expert-profile FILE       routing frequencies (moecl stats --save-profile): hot experts\n"
-    "                              go to the devices first\n"
-    "  --calibrate TEXTFILE        measure the routing frequencies on this text first (up to 8192\n"
-    "                              tokens on the CPU), then place by them\n"
-    "  --kv-type f32|f16           KV cache cells (f16: half the memory; README: Limits and promises)\n"
-    "  --kv-cells N                KV cells shared by all sequences (default: every sequence full)\n";
-
 static void help(void) {
     printf("moecl %s - Mixture-of-Experts inference\n\nusage:\n", moecl_version());
     for (int i = 0; i < N_USAGE; i++) fputs(k_usage[i].text, stdout);
-    printf("\nbackend options (run, chat, info, bench):\n%s\n", k_backend_help);
+    printf("\nbackend options (run, chat, info, bench, serve):\n%s\n", cli_backend_help);
     printf("PATH is a Hugging Face model directory or a GGUF file (for tokenize/detokenize also a\n"
            "tokenizer.json).\n"
            "Without -m: $MOECL_MODEL, else the default model in %s/default: a small Mixtral\n"
@@ -1387,7 +1317,7 @@ static bool command_help(const char *cmd) {
     for (int i = 0; i < N_USAGE; i++) {
         if (strcmp(cmd, k_usage[i].cmd)) continue;
         printf("usage:\n%s", k_usage[i].text);
-        if (k_usage[i].backend) printf("\nbackend options:\n%s", k_backend_help);
+        if (k_usage[i].backend) printf("\nbackend options:\n%s", cli_backend_help);
         printf("\n'moecl help' describes every command.\n");
         return true;
     }

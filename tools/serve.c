@@ -14,6 +14,7 @@
  * is cancelled if that overflows), never holding up the batch.
  */
 #include "moecl.h"
+#include "cli_backend.h"
 #include "serve_request.h"
 
 #include <arpa/inet.h>
@@ -604,6 +605,19 @@ static enum MHD_Result metrics(server *s, struct MHD_Connection *c) {
     sb_printf(&b, "# HELP moecl_prompt_tokens_cached_total Prompt tokens reused from a slot's KV cache.\n"
                   "# TYPE moecl_prompt_tokens_cached_total counter\nmoecl_prompt_tokens_cached_total %llu\n",
               (unsigned long long)st.n_cached_tokens);
+    sb_printf(&b, "# HELP moecl_prompt_tokens_shared_total Of the cached prompt tokens, those in KV blocks taken "
+                  "from other slots.\n"
+                  "# TYPE moecl_prompt_tokens_shared_total counter\nmoecl_prompt_tokens_shared_total %llu\n",
+              (unsigned long long)st.n_shared_tokens);
+    sb_printf(&b, "# HELP moecl_preemptions_total Requests preempted (KV pool full) and queued to be read again.\n"
+                  "# TYPE moecl_preemptions_total counter\nmoecl_preemptions_total %llu\n",
+              (unsigned long long)st.n_preempted);
+    sb_printf(&b, "# HELP moecl_kv_full_total Requests ended because the KV pool cannot hold them even alone.\n"
+                  "# TYPE moecl_kv_full_total counter\nmoecl_kv_full_total %llu\n", (unsigned long long)st.n_kv_full);
+    sb_printf(&b, "# HELP moecl_kv_cells KV pool cells: budget, held by slots, held by more than one slot.\n"
+                  "# TYPE moecl_kv_cells gauge\nmoecl_kv_cells{state=\"budget\"} %lld\n"
+                  "moecl_kv_cells{state=\"held\"} %lld\nmoecl_kv_cells{state=\"shared\"} %lld\n",
+              (long long)st.kv_cells, (long long)st.kv_cells_held, (long long)st.kv_cells_shared);
     sb_printf(&b, "# HELP moecl_completion_tokens_total Tokens generated.\n"
                   "# TYPE moecl_completion_tokens_total counter\nmoecl_completion_tokens_total %llu\n",
               (unsigned long long)st.n_generated_tokens);
@@ -773,10 +787,19 @@ int cmd_serve(int argc, char **argv) {
     long port = 8080, parallel = 4, n_ctx = 0, n_batch = 0, n_queue = 0, threads = 0, n_predict = 0;
     bool verbose = false;
     moecl_engine_params ep = moecl_engine_default_params();
+    cli_backend be; /* the backend, placement and KV options of `moecl run` */
+    cli_backend_init(&be);
     sr_defaults defaults = {.sampling = moecl_sampler_default_params(), .max_tokens = 0};
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         long x;
+        char err[256];
+        const int used = cli_backend_option(&be, a, v, err, sizeof err);
+        if (used < 0) return usage("%s", err);
+        if (used) {
+            i += used - 1;
+            continue;
+        }
 #define NEED() do { if (!v) return usage("option %s needs a value", a); i++; } while (0)
 #define LONG(dst, lo, hi) do { NEED(); if (!parse_long(v, lo, hi, &(dst))) return usage("bad number for %s", a); } while (0)
 #define FLT(dst) do { NEED(); if (!parse_flt(v, &(dst))) return usage("bad number for %s", a); } while (0)
@@ -796,29 +819,6 @@ int cmd_serve(int argc, char **argv) {
         else if (!strcmp(a, "--top-p")) FLT(defaults.sampling.top_p);
         else if (!strcmp(a, "--min-p")) FLT(defaults.sampling.min_p);
         else if (!strcmp(a, "--repeat-penalty")) FLT(defaults.sampling.repeat_penalty);
-        else if (!strcmp(a, "--backend")) {
-            NEED();
-            if (!strcmp(v, "auto")) ep.context.backend = MOECL_BACKEND_AUTO;
-            else if (!strcmp(v, "cpu")) ep.context.backend = MOECL_BACKEND_CPU;
-            else if (!strcmp(v, "opencl")) ep.context.backend = MOECL_BACKEND_OPENCL;
-            else return usage("unknown backend %s (cpu, opencl, auto)", v);
-        }
-        else if (!strcmp(a, "--device")) { NEED(); ep.context.device = v; }
-        else if (!strcmp(a, "--gpu-mem")) { LONG(x, 0, INT_MAX); ep.context.gpu_mem_mib = (int32_t)x; }
-        else if (!strcmp(a, "--gpu-experts")) { LONG(x, 0, 1 << 20); ep.context.gpu_experts = (int32_t)x; }
-        else if (!strcmp(a, "--device-dtype")) {
-            NEED();
-            if (!strcmp(v, "f32")) ep.context.device_dtype = MOECL_DTYPE_F32;
-            else if (!strcmp(v, "f16")) ep.context.device_dtype = MOECL_DTYPE_F16;
-            else return usage("unknown device dtype %s (f32, f16)", v);
-        }
-        else if (!strcmp(a, "--kv-type")) {
-            NEED();
-            if (!strcmp(v, "f32")) ep.context.kv_type = MOECL_DTYPE_F32;
-            else if (!strcmp(v, "f16")) ep.context.kv_type = MOECL_DTYPE_F16;
-            else return usage("unknown KV cache type %s (f32, f16)", v);
-        }
-        else if (!strcmp(a, "--kv-cells")) { LONG(x, 1, INT_MAX); ep.context.n_kv_cells = (uint32_t)x; }
         else if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) verbose = true;
         else return usage("unknown option %s", a);
 #undef NEED
@@ -863,6 +863,14 @@ int cmd_serve(int argc, char **argv) {
         fprintf(stderr, "moecl serve: cannot load the model: %s: %s\n", moecl_status_str(st), moecl_last_error());
         return 1;
     }
+    float *freq = NULL;
+    if ((st = cli_backend_load_freq(&be, model, (int)threads, &freq))) {
+        fprintf(stderr, "moecl serve: cannot get the routing frequencies: %s: %s\n", moecl_status_str(st),
+                moecl_last_error());
+        moecl_model_free(model);
+        return st == MOECL_ERR_INVALID_ARG && be.expert_profile && be.calibrate ? 2 : 1;
+    }
+    cli_backend_apply(&be, freq, &ep.context);
     ep.n_slots = (int32_t)parallel;
     ep.n_ctx = (int32_t)n_ctx;
     ep.n_batch = (int32_t)n_batch;
@@ -875,7 +883,9 @@ int cmd_serve(int argc, char **argv) {
     sigaddset(&sigs, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
-    if ((st = moecl_engine_new(model, &ep, &s.engine))) {
+    st = moecl_engine_new(model, &ep, &s.engine);
+    free(freq); /* the context keeps its own placement */
+    if (st) {
         fprintf(stderr, "moecl serve: cannot start the engine: %s: %s\n", moecl_status_str(st), moecl_last_error());
         moecl_model_free(model);
         return 1;

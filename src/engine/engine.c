@@ -7,13 +7,18 @@
  *
  *   sweep      cancelled requests leave the queue and their slots
  *   admit      queued requests take free slots (longest cached prefix first)
- *              while the KV pool has the cells for their whole prompts
+ *              while the KV pool has the cells for their whole prompts; the
+ *              whole blocks at the start of a prompt that any slot holds
+ *              are shared, not read again (kv_cache.h)
  *   batch      one token per generating slot, then prompt chunks, oldest
  *              request first, until n_batch tokens
  *   fit        if the KV pool cannot hold the batch: free the caches of idle
  *              slots (least recently used first), then hold back prompt
- *              chunks (newest first), then end generating requests (newest
- *              first) with "length", as a slot whose context is full ends
+ *              chunks (newest first), then preempt the newest request: its
+ *              blocks are freed and it goes back to the head of the queue
+ *              with its prompt and the tokens generated so far, read again
+ *              when blocks free up (vLLM's recompute); only a request the
+ *              pool cannot hold even alone ends, with "length"
  *   decode     one moecl_decode_batch
  *   sample     every slot whose last batch token finished its prompt or was
  *              a generated token samples its next token; text goes through
@@ -38,8 +43,9 @@
 
 typedef struct request {
     uint64_t id;
-    int32_t *prompt;        /* [n_prompt] */
+    int32_t *prompt;        /* [n_prompt] the prompt, then after a preemption the tokens generated too */
     int32_t n_prompt;
+    int32_t n_prompt_user;  /* tokens of the prompt as submitted (usage) */
     moecl_sampler *sampler;
     moecl_detokenizer *detok; /* NULL without a tokenizer */
     int32_t max_tokens;     /* <= 0: no limit but the context */
@@ -53,7 +59,8 @@ typedef struct request {
     bool cancel;            /* under mu */
 
     /* Scheduler state. */
-    uint64_t admitted;      /* admission order: prompt chunks go oldest first */
+    uint64_t admitted;      /* first admission's order: prompt chunks go oldest first, the newest is preempted */
+    bool started;           /* admitted once (a preempted request keeps its place and its usage) */
     int32_t n_read;         /* prompt tokens in the slot's KV (cached ones included) */
     int32_t n_cached;       /* prompt tokens reused from the cache */
     int32_t n_gen;          /* tokens generated */
@@ -80,6 +87,7 @@ struct moecl_engine {
     int64_t n_kv_cells;     /* the KV pool's cells (a limit shared by all slots) */
     slot *slots;            /* [n_slots] */
     int32_t *batch_tok, *batch_seq; /* [n_batch] */
+    bool *idle;             /* [n_slots] scratch: slots without a request */
 
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -154,7 +162,7 @@ static moecl_status request_prompt(const moecl_engine *e, const moecl_engine_req
         if (!(r->prompt = malloc((size_t)q->n_prompt * sizeof *r->prompt)))
             return mc_error(MOECL_ERR_NOMEM, "moecl_engine_submit: out of memory");
         memcpy(r->prompt, q->prompt, (size_t)q->n_prompt * sizeof *r->prompt);
-        r->n_prompt = q->n_prompt;
+        r->n_prompt = r->n_prompt_user = q->n_prompt;
         return MOECL_OK;
     }
     if (!e->tok) return mc_error(MOECL_ERR_INVALID_ARG, "moecl_engine_submit: chat messages need the model's tokenizer");
@@ -166,7 +174,7 @@ static moecl_status request_prompt(const moecl_engine *e, const moecl_engine_req
     if (!(r->prompt = malloc((size_t)n * sizeof *r->prompt)))
         return mc_error(MOECL_ERR_NOMEM, "moecl_engine_submit: out of memory");
     if ((st = moecl_chat_tokenize(e->tok, q->messages, q->n_messages, 0, r->prompt, n, &n))) return st;
-    r->n_prompt = n;
+    r->n_prompt = r->n_prompt_user = n;
     return MOECL_OK;
 }
 
@@ -255,7 +263,7 @@ static void emit(request *r, int32_t token, size_t n_text, moecl_finish_reason f
         .text = r->hold && n_text ? r->hold : &empty,
         .text_len = n_text,
         .finish = finish,
-        .usage = {.prompt_tokens = r->n_prompt, .cached_prompt_tokens = r->n_cached, .completion_tokens = r->n_gen},
+        .usage = {.prompt_tokens = r->n_prompt_user, .cached_prompt_tokens = r->n_cached, .completion_tokens = r->n_gen},
         .status = status,
         .error = error ? error : "",
     };
@@ -356,7 +364,8 @@ moecl_status moecl_engine_new(const moecl_model *model, const moecl_engine_param
     e->slots = calloc((size_t)e->n_slots, sizeof *e->slots);
     e->batch_tok = malloc((size_t)e->n_batch * sizeof *e->batch_tok);
     e->batch_seq = malloc((size_t)e->n_batch * sizeof *e->batch_seq);
-    if (!e->slots || !e->batch_tok || !e->batch_seq) goto nomem;
+    e->idle = calloc((size_t)e->n_slots, sizeof *e->idle);
+    if (!e->slots || !e->batch_tok || !e->batch_seq || !e->idle) goto nomem;
     for (int32_t s = 0; s < e->n_slots; s++)
         if (!(e->slots[s].cache = malloc((size_t)e->n_ctx * sizeof(int32_t)))) goto nomem;
     {
@@ -403,6 +412,7 @@ void moecl_engine_free(moecl_engine *e) {
     free(e->slots);
     free(e->batch_tok);
     free(e->batch_seq);
+    free(e->idle);
     moecl_context_free(e->ctx);
     free(e->route_tokens);
     free(e->route_wsum);
@@ -564,28 +574,51 @@ static int32_t common_prefix(const int32_t *a, int32_t na, const int32_t *b, int
 }
 
 /* KV blocks the pool can give to a new request's prompt: free blocks, plus
- * those idle slots keep for prefix reuse (freed on demand), less those the
- * running requests still need for the rest of their prompts. */
-static int32_t kv_blocks_for_admission(const moecl_engine *e) {
-    const mc_kv *kv = mc_context_kv(e->ctx);
+ * those only idle slots keep for prefix reuse (freed on demand), less those
+ * the running requests still need for the rest of their prompts. */
+static int32_t kv_blocks_for_admission(moecl_engine *e) {
+    mc_kv *kv = mc_context_kv_mut(e->ctx);
     int64_t n = mc_kv_available(kv);
     for (int32_t s = 0; s < e->n_slots; s++) {
         const request *r = e->slots[s].req;
-        if (!r) n += kv->seq[s].n_blocks;
-        else n -= mc_kv_blocks_needed(kv, s, r->n_prompt);
+        e->idle[s] = !r;
+        if (r) n -= mc_kv_blocks_needed(kv, s, r->n_prompt);
     }
+    n += mc_kv_blocks_freed_by(kv, e->idle);
     return n < 0 ? 0 : (int32_t)n;
+}
+
+/* The free slot to take blocks shared from other slots: an empty one, else
+ * the least recently used (its cache is the one lost). */
+static int32_t slot_for_sharing(const moecl_engine *e) {
+    int32_t best = -1;
+    for (int32_t s = 0; s < e->n_slots; s++) {
+        const slot *sl = &e->slots[s];
+        if (sl->req) continue;
+        if (best < 0 || (sl->n_cache == 0) > (e->slots[best].n_cache == 0) ||
+            ((sl->n_cache == 0) == (e->slots[best].n_cache == 0) && sl->last_used < e->slots[best].last_used))
+            best = s;
+    }
+    return best;
 }
 
 /* Under mu: queued requests take free slots, in order, while the KV pool
  * can hold their whole prompts (FIFO: a request that does not fit holds
  * back the ones behind it, so a long prompt is not starved). Each goes to
  * the free slot sharing the longest prefix with its prompt (ties: least
- * recently used). At least one prompt token is always read, for its logits. */
+ * recently used), unless more whole blocks of the prompt are in the table
+ * of shared blocks: then a free slot takes those. A preempted request also
+ * waits until every generating request has a block to grow into, so it is
+ * not preempted again at once. At least one prompt token is always read,
+ * for its logits. */
 static void admit(moecl_engine *e) {
+    mc_kv *kv = mc_context_kv_mut(e->ctx);
     while (e->queue_head) {
         request *r = e->queue_head;
-        if (mc_kv_blocks_for(r->n_prompt) > kv_blocks_for_admission(e)) return;
+        int32_t need = mc_kv_blocks_for(r->n_prompt);
+        if (r->started)
+            for (int32_t s = 0; s < e->n_slots; s++) need += e->slots[s].req != NULL;
+        if (need > kv_blocks_for_admission(e)) return;
         int32_t best = -1, best_lcp = -1;
         for (int32_t s = 0; s < e->n_slots; s++) {
             const slot *sl = &e->slots[s];
@@ -602,14 +635,29 @@ static void admit(moecl_engine *e) {
         r->next = NULL;
         e->n_queued--;
         e->n_running++;
+        int32_t shared = mc_kv_match(kv, r->prompt, r->n_prompt), n_reuse = best_lcp;
+        if (shared >= r->n_prompt) shared = r->n_prompt - 1;
+        if (shared > best_lcp) {
+            const int32_t s = slot_for_sharing(e);
+            if (mc_kv_share(kv, s, r->prompt, shared) == MOECL_OK) {
+                best = s;
+                n_reuse = shared;
+                memcpy(e->slots[s].cache, r->prompt, (size_t)shared * sizeof *r->prompt);
+                e->stats.n_shared_tokens += (uint64_t)shared;
+            }
+        }
         slot *sl = &e->slots[best];
-        if (best_lcp >= r->n_prompt) best_lcp = r->n_prompt - 1;
-        moecl_seq_truncate(e->ctx, best, best_lcp);
-        sl->n_cache = best_lcp;
+        if (n_reuse >= r->n_prompt) n_reuse = r->n_prompt - 1;
+        moecl_seq_truncate(e->ctx, best, n_reuse);
+        sl->n_cache = n_reuse;
         sl->req = r;
-        r->n_read = r->n_cached = best_lcp;
-        r->admitted = e->n_admitted++;
-        e->stats.n_cached_tokens += (uint64_t)best_lcp;
+        r->n_read = n_reuse;
+        if (!r->started) {
+            r->started = true;
+            r->n_cached = n_reuse;
+            r->admitted = e->n_admitted++;
+        }
+        e->stats.n_cached_tokens += (uint64_t)n_reuse;
     }
 }
 
@@ -655,6 +703,58 @@ static int32_t batch_blocks(moecl_engine *e, int32_t T) {
     return need;
 }
 
+/* The request in slot s needs more of the pool than there is, with no
+ * other request running: it ends, as at the end of its context. */
+static void end_alone(moecl_engine *e, int32_t s) {
+    char msg[256];
+    snprintf(msg, sizeof msg, "the KV cache of %lld cells cannot hold the request's %d positions even alone",
+             (long long)e->n_kv_cells, e->slots[s].n_cache + 1);
+    pthread_mutex_lock(&e->mu);
+    e->stats.n_kv_full++;
+    pthread_mutex_unlock(&e->mu);
+    finish(e, s, MOECL_FINISH_LENGTH, -1, MOECL_ERR_CONTEXT_FULL, msg);
+}
+
+/* Preempt the request in slot s: its blocks go back to the pool and it goes
+ * back to the head of the queue. A generating request's prompt becomes what
+ * its slot held plus its last sampled token (prompt and generated tokens),
+ * so when it is read again the next token sampled is the one it would have
+ * sampled next; its sampler, detokenizer and held-back text carry on, so its
+ * client sees neither a repeat nor a gap. */
+static void preempt(moecl_engine *e, int32_t s) {
+    slot *sl = &e->slots[s];
+    request *r = sl->req;
+    if (r->n_read == r->n_prompt) {
+        const int32_t n = sl->n_cache + 1;
+        if ((int64_t)mc_kv_blocks_for(n) > mc_context_kv(e->ctx)->n_blocks_max) {
+            end_alone(e, s);
+            return;
+        }
+        int32_t *p = realloc(r->prompt, (size_t)n * sizeof *p);
+        if (!p) {
+            finish(e, s, MOECL_FINISH_ERROR, -1, MOECL_ERR_NOMEM, "out of memory to preempt a request");
+            return;
+        }
+        memcpy(p, sl->cache, (size_t)sl->n_cache * sizeof *p);
+        p[sl->n_cache] = r->next_token;
+        r->prompt = p;
+        r->n_prompt = n;
+    }
+    r->n_read = 0;
+    moecl_seq_truncate(e->ctx, s, 0);
+    sl->n_cache = 0;
+    pthread_mutex_lock(&e->mu);
+    sl->req = NULL;
+    sl->last_used = e->stats.n_steps;
+    e->n_running--;
+    r->next = e->queue_head;
+    e->queue_head = r;
+    if (!e->queue_tail) e->queue_tail = r;
+    e->n_queued++;
+    e->stats.n_preempted++;
+    pthread_mutex_unlock(&e->mu);
+}
+
 /* Make the batch of T tokens fit in the KV pool (see the top of the file);
  * returns its new length. Generating tokens come first in the batch, prompt
  * chunks after them oldest first, so holding back prompt tokens from the end
@@ -681,10 +781,12 @@ static int32_t fit_kv(moecl_engine *e, int32_t T) {
             T--;
             continue;
         }
-        /* Only generating tokens are left: end the newest request. */
-        int32_t victim = -1;
-        for (int32_t t = 0; t < T; t++) {
-            const int32_t s = e->batch_seq[t];
+        /* Only generating tokens are left: preempt the newest request
+         * (in the batch or not: its blocks are what is freed). */
+        int32_t victim = -1, n_running = 0;
+        for (int32_t s = 0; s < e->n_slots; s++) {
+            if (!e->slots[s].req) continue;
+            n_running++;
             if (victim < 0 || e->slots[s].req->admitted > e->slots[victim].req->admitted) victim = s;
         }
         if (victim < 0) break; /* nothing left to hold back */
@@ -695,10 +797,8 @@ static int32_t fit_kv(moecl_engine *e, int32_t T) {
                 e->batch_seq[u++] = e->batch_seq[t];
             }
         T = u;
-        pthread_mutex_lock(&e->mu);
-        e->stats.n_kv_full++;
-        pthread_mutex_unlock(&e->mu);
-        finish(e, victim, MOECL_FINISH_LENGTH, -1, MOECL_OK, NULL);
+        if (n_running > 1) preempt(e, victim);
+        else end_alone(e, victim);
     }
     batch_blocks(e, T);
     for (int32_t s = 0; s < e->n_slots; s++)
@@ -775,6 +875,7 @@ static void step(moecl_engine *e) {
     e->stats.step_seconds += dt;
     if (!st) moecl_context_get_routing_counts(e->ctx, e->route_tokens, e->route_wsum, e->n_route);
     e->stats.kv_cells_held = (int64_t)mc_context_kv(e->ctx)->n_held * MC_KV_BLOCK;
+    e->stats.kv_cells_shared = (int64_t)mc_kv_blocks_shared(mc_context_kv(e->ctx)) * MC_KV_BLOCK;
     e->stats.kv_bytes = mc_kv_bytes(mc_context_kv(e->ctx));
     pthread_mutex_unlock(&e->mu);
 
@@ -796,6 +897,7 @@ static void step(moecl_engine *e) {
         if (!sl->batch_n) continue;
         request *r = sl->req;
         for (int32_t i = sl->batch_last - sl->batch_n + 1; i <= sl->batch_last; i++) sl->cache[sl->n_cache++] = e->batch_tok[i];
+        mc_kv_publish(mc_context_kv_mut(e->ctx), s, sl->cache, sl->n_cache);
         if (r->n_read < r->n_prompt) {
             r->n_read += sl->batch_n;
             if (r->n_read < r->n_prompt) continue; /* more of the prompt next step */
