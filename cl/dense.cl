@@ -141,3 +141,26 @@ __kernel void dense_attention(__global const float *q, __global const kvtype *kc
     const float inv = 1.0f / sum;
     for (int i = 0; i < HD; i++) o[i] = acc[i] * inv;
 }
+
+/* logits[t, e] = xn[t] · W[e], float weights [E, D] (the router is float32
+ * whatever the device's weight type); global (E, T). */
+__kernel void dense_router(__global const float *xn, __global const float *W, __global float *logits, const int D) {
+    const int e = get_global_id(0), t = get_global_id(1), E = get_global_size(0);
+    __global const float *x = xn + (ulong)t * D, *w = W + (ulong)e * D;
+    float s = 0.0f;
+    for (int i = 0; i < D; i++) s += x[i] * w[i];
+    logits[(ulong)t * E + e] = s;
+}
+
+/* x[t] += Σ_j weight[t, j] · y[pair_row[t, j]] over the K pairs of token t
+ * whose expert ran here (pair_row >= 0); global (D, T). */
+__kernel void dense_scatter(__global float *x, __global const float *y, __global const int *pair_row,
+                            __global const float *weight, const int K, const int D) {
+    const int i = get_global_id(0), t = get_global_id(1);
+    float s = 0.0f;
+    for (int j = 0; j < K; j++) {
+        const int r = pair_row[t * K + j];
+        if (r >= 0) s += weight[t * K + j] * y[(ulong)r * D + i];
+    }
+    x[(ulong)t * D + i] += s;
+}

@@ -73,6 +73,8 @@ struct moecl_context {
     int32_t *tab;         /* [tab_cap] the batch's block tables */
     int32_t tab_cap;
     int32_t *out_rows;    /* [B] the token of each kept logit row */
+    int32_t *pair_row;    /* [B * top-k] a pair's row among the dense device's experts' rows, -1: elsewhere */
+    int32_t *row_token;   /* [B * top-k] the token of each of those rows */
 
     /* Output: logits of the kept rows. */
     float *logits;        /* [n_out, n_vocab] */
@@ -494,12 +496,15 @@ static moecl_status context_new(const moecl_model *model, const moecl_context_pa
     ctx->tok_cell = calloc(B, sizeof(int32_t));
     ctx->tab_off = calloc(B, sizeof(int32_t));
     ctx->out_rows = calloc(B, sizeof(int32_t));
+    ctx->pair_row = calloc(B * K, sizeof(int32_t));
+    ctx->row_token = calloc(B * K, sizeof(int32_t));
     ctx->seq_tab = calloc(n_seq, sizeof(int32_t));
     ctx->logits = alloc_floats(params->logits_all ? B : (n_seq < B ? n_seq : B), (size_t)hp->n_vocab, &ok);
     ctx->placement = calloc((size_t)hp->n_layer * (size_t)hp->n_expert, 1);
     if (!ok || !ctx->seq_count || !ctx->tok_seq || !ctx->tok_pos || !ctx->r_expert ||
         !ctx->plan.order || !ctx->plan.offsets || !ctx->plan.row || !ctx->counts || !ctx->logit_row ||
-        !ctx->placement || !ctx->tok_cell || !ctx->tab_off || !ctx->out_rows || !ctx->seq_tab) {
+        !ctx->placement || !ctx->tok_cell || !ctx->tab_off || !ctx->out_rows || !ctx->seq_tab ||
+        !ctx->pair_row || !ctx->row_token) {
         moecl_context_free(ctx);
         return mc_error(MOECL_ERR_NOMEM,
                         "moecl_context_new: out of memory for a context of %u positions x %u sequences "
@@ -532,7 +537,8 @@ void moecl_context_free(moecl_context *ctx) {
                     ctx->k, ctx->v, ctx->att, ctx->proj, ctx->tok_seq, ctx->tok_pos, ctx->r_expert,
                     ctx->r_weight, ctx->r_logits, ctx->gx, ctx->gy, ctx->fh1, ctx->fh3, ctx->plan.order, ctx->plan.offsets,
                     ctx->plan.row, ctx->counts, ctx->att_scratch, ctx->logit_row, ctx->logits, ctx->placement,
-                    ctx->tok_cell, ctx->tab_off, ctx->out_rows, ctx->seq_tab, ctx->tab};
+                    ctx->tok_cell, ctx->tab_off, ctx->out_rows, ctx->seq_tab, ctx->tab,
+                    ctx->pair_row, ctx->row_token};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     route_stats_free(ctx->rs);
     free(ctx);
@@ -716,9 +722,8 @@ static moecl_status host_ffn(moecl_context *ctx, const mc_expert *f, int64_t T, 
 }
 
 /* The routed experts: route, gather, run on the backends holding them,
- * scatter x += Σ w·y (x: the residual stream, or a zeroed sum for a device
- * that holds the stream). */
-static moecl_status routed_experts(moecl_context *ctx, int il, int64_t T, float *x) {
+ * scatter x += Σ w·y. */
+static moecl_status routed_experts(moecl_context *ctx, int il, int64_t T) {
     const moecl_model *m = ctx->model;
     const mc_hparams *hp = &m->hp;
     const mc_layer *L = &m->layers[il];
@@ -793,7 +798,7 @@ static moecl_status routed_experts(moecl_context *ctx, int il, int64_t T, float 
     }
     if (tr) tr->t_end = mc_now_ns();
     if (st) return ctx_keep(ctx, st);
-    mc_scatter_add(&ctx->plan, ctx->gy, ctx->r_weight, T, K, (int)D, x);
+    mc_scatter_add(&ctx->plan, ctx->gy, ctx->r_weight, T, K, (int)D, ctx->x);
     if (tr) tr->scatter_ns = mc_now_ns() - tr->t_end;
     return MOECL_OK;
 }
@@ -814,7 +819,7 @@ static moecl_status moe_block(moecl_context *ctx, int il, int64_t T) {
         for (int64_t i = 0; i < T * D; i++) ctx->x[i] += ctx->proj[i];
         return MOECL_OK;
     }
-    if ((st = routed_experts(ctx, il, T, ctx->x))) return st;
+    if ((st = routed_experts(ctx, il, T))) return st;
     if (L->shexp_gate) {
         if ((st = host_ffn(ctx, &L->shexp, T, ctx->proj))) return st;
         for (int64_t t = 0; t < T; t++) {
@@ -838,6 +843,75 @@ static void embed(moecl_context *ctx, const int32_t *tokens, int64_t T) {
 
 static moecl_status decode_batch(moecl_context *ctx, const moecl_batch *batch);
 static moecl_status forward(moecl_context *ctx, const moecl_batch *batch, int64_t T);
+
+/* The routed experts of layer il with the dense layers on device dv: the
+ * router's logits came up with dense_attn; the experts dv holds run there
+ * on its normed states and add themselves into its residual stream; the
+ * others run on their backends from ctx->xn (which came up too, when the
+ * layer has any) and their weighted sum goes into *delta (NULL when none ran). */
+static moecl_status routed_dense(moecl_context *ctx, mc_backend *dv, int il, int64_t T, const float **delta) {
+    const mc_hparams *hp = &ctx->model->hp;
+    const int64_t D = hp->n_embd;
+    const int K = hp->n_expert_used, E = hp->n_expert, db = ctx->dense_be;
+    const uint8_t *place = ctx->placement + (int64_t)il * E;
+    moecl_status st = MOECL_OK;
+    *delta = NULL;
+    mc_route_logits(ctx->r_logits, T, E, K, hp->norm_topk, ctx->r_expert, ctx->r_weight);
+    if (ctx->rs) route_stats_record(ctx, il, T);
+    mc_gather_plan_build(&ctx->plan, ctx->r_expert, T, K, E, place, ctx->counts);
+    ctx->experts_run += ctx->plan.n_used;
+    int first[MAX_BACKENDS + 1];
+    int i = 0;
+    for (int b = 0; b < ctx->n_backends; b++) {
+        first[b] = i;
+        while (i < ctx->plan.n_used && place[ctx->plan.order[i]] == b) i++;
+    }
+    first[ctx->n_backends] = i;
+    const int n_here = first[db + 1] - first[db];
+    const int64_t r0 = ctx->plan.offsets[first[db]], r1 = ctx->plan.offsets[first[db + 1]];
+    for (int64_t p = 0; p < T * K; p++) {
+        const int64_t r = ctx->plan.row[p];
+        const bool here = r >= r0 && r < r1;
+        ctx->pair_row[p] = here ? (int32_t)(r - r0) : -1;
+        if (here) ctx->row_token[r - r0] = (int32_t)(p / K);
+    }
+    if (n_here) {
+        const mc_dense_moe w = {.layer = il, .n_used = n_here, .expert_ids = ctx->plan.order + first[db],
+                                .offsets = ctx->plan.offsets + first[db], .row_token = ctx->row_token,
+                                .pair_row = ctx->pair_row, .weight = ctx->r_weight};
+        if ((st = dv->iface->dense_experts(dv, &w))) return st;
+    }
+    if (ctx->plan.n_used == n_here) return MOECL_OK;
+    /* The others (the CPU computes inside moe_submit, meanwhile the device its own). */
+    mc_gather(&ctx->plan, ctx->xn, T, K, (int)D, ctx->gx);
+    bool submitted[MAX_BACKENDS] = {false};
+    for (int pass = 0; pass < 2 && !st; pass++) {
+        for (int b = 0; b < ctx->n_backends && !st; b++) {
+            mc_backend *be = ctx->backends[b];
+            const int n_used = first[b + 1] - first[b];
+            if (b == db || !n_used || (be->iface->moe_wait != NULL) != (pass == 0)) continue;
+            const mc_moe_work w = {.layer = il, .n_used = n_used, .expert_ids = ctx->plan.order + first[b],
+                                   .offsets = ctx->plan.offsets + first[b], .X = ctx->gx, .Y = ctx->gy};
+            st = be->iface->moe_submit(be, &w);
+            submitted[b] = st == MOECL_OK;
+        }
+    }
+    for (int b = 0; b < ctx->n_backends; b++)
+        if (submitted[b] && ctx->backends[b]->iface->moe_wait) {
+            moecl_status sw = ctx->backends[b]->iface->moe_wait(ctx->backends[b]);
+            if (!st) st = sw;
+        }
+    if (st) return ctx_keep(ctx, st);
+    memset(ctx->proj, 0, (size_t)(T * D) * sizeof(float));
+    for (int64_t p = 0; p < T * K; p++) {
+        if (ctx->pair_row[p] >= 0) continue;
+        const float w = ctx->r_weight[p], *y = ctx->gy + ctx->plan.row[p] * D;
+        float *o = ctx->proj + (p / K) * D;
+        for (int64_t d = 0; d < D; d++) o[d] += w * y[d];
+    }
+    *delta = ctx->proj;
+    return MOECL_OK;
+}
 
 /* The KV cell of each token and the block tables of the batch's sequences,
  * for a device that keeps its own copy of the cells. */
@@ -870,15 +944,17 @@ static moecl_status batch_cells(moecl_context *ctx, int64_t T, int32_t *n_tab) {
 
 /* The forward pass with the hidden states on the device that holds the
  * dense layers (backend.h, dense entries). Per layer the device runs the
- * attention half and sends up the normed states and the new K/V rows, which
- * the host stores in its own cells (so that the host can take over at any
- * time); the host routes, runs the experts on the backends holding them
- * (the device's from the rows it was sent) and sends their weighted sum
- * down; the device adds it and runs the layer's dense FFN or shared expert. */
+ * attention half and the router's product and sends up the logits and the
+ * new K/V rows, which the host stores in its own cells (so that the host can
+ * take over at any time); the host routes and sends the choice down, where
+ * the device runs its experts on its own normed states; experts on other
+ * backends get the normed states and send their weighted sum down; the
+ * device adds it and runs the layer's dense FFN or shared expert. One wait
+ * per layer, for what comes up. */
 static moecl_status forward_dense(moecl_context *ctx, const moecl_batch *batch, int64_t T, int32_t n_out) {
     const moecl_model *m = ctx->model;
     const mc_hparams *hp = &m->hp;
-    const int64_t D = hp->n_embd, kv_dim = (int64_t)hp->n_head_kv * hp->head_dim;
+    const int64_t kv_dim = (int64_t)hp->n_head_kv * hp->head_dim;
     mc_backend *dv = ctx->backends[ctx->dense_be];
     int32_t n_tab = 0;
     moecl_status st = batch_cells(ctx, T, &n_tab);
@@ -891,17 +967,19 @@ static moecl_status forward_dense(moecl_context *ctx, const moecl_batch *batch, 
         if (ctx->params.abort_callback && ctx->params.abort_callback(ctx->params.abort_user_data))
             return ctx_error(ctx, MOECL_ERR_ABORTED, "decode: aborted by the abort callback at layer %d", il);
         if (mc_guard_faulted(m->guard)) return MOECL_ERR_IO;
-        if ((st = dv->iface->dense_attn(dv, il, ctx->xn, ctx->k, ctx->v))) return st;
+        const mc_layer *L = &m->layers[il];
+        bool elsewhere = false; /* experts of this layer on other backends need the normed states */
+        for (int e = 0; L->experts && e < hp->n_expert && !elsewhere; e++)
+            elsewhere = ctx->placement[(int64_t)il * hp->n_expert + e] != ctx->dense_be;
+        if ((st = dv->iface->dense_attn(dv, il, L->experts ? ctx->r_logits : NULL, elsewhere ? ctx->xn : NULL,
+                                        ctx->k, ctx->v)))
+            return st;
         for (int64_t t = 0; t < T; t++) {
             mc_kv_store(&ctx->kv, mc_kv_row(&ctx->kv, ctx->tok_seq[t], il, 0, ctx->tok_pos[t]), ctx->k + t * kv_dim, kv_dim);
             mc_kv_store(&ctx->kv, mc_kv_row(&ctx->kv, ctx->tok_seq[t], il, 1, ctx->tok_pos[t]), ctx->v + t * kv_dim, kv_dim);
         }
         const float *delta = NULL;
-        if (m->layers[il].experts) {
-            memset(ctx->proj, 0, (size_t)(T * D) * sizeof(float));
-            if ((st = routed_experts(ctx, il, T, ctx->proj))) return st;
-            delta = ctx->proj;
-        }
+        if (L->experts && (st = routed_dense(ctx, dv, il, T, &delta))) return st;
         if ((st = dv->iface->dense_ffn(dv, il, delta))) return st;
     }
     for (int64_t t = 0; t < T; t++)

@@ -17,12 +17,13 @@
  *     device computes its experts while a synchronous backend (the CPU)
  *     computes its own inside moe_submit. tests/test_overlap.c shows it.
  *   - dense (optional, a device that holds the dense layers): the whole
- *     forward pass but the router and the routed experts, with the hidden
- *     states resident on the device (context.c forward_dense). Per layer the
- *     normed states come up with the batch's new K and V rows (the host keeps
- *     its cells current, so a device failing mid-decode loses nothing: the
- *     batch is recomputed on the host), and the routed experts' weighted sum
- *     goes down.
+ *     forward pass but the router's choice, with the hidden states resident
+ *     on the device (context.c forward_dense). Per layer the router logits
+ *     come up with the batch's new K and V rows (the host keeps its cells
+ *     current, so a device failing mid-decode loses nothing: the batch is
+ *     recomputed on the host) and the choice goes down; the device's experts
+ *     read the normed states where they are. Experts on other backends get
+ *     the normed states (up) and send their weighted sum (down).
  */
 #ifndef MOECL_BACKEND_H
 #define MOECL_BACKEND_H
@@ -57,6 +58,18 @@ typedef struct mc_dense_batch {
     int32_t n_tab;
 } mc_dense_batch;
 
+/* The routed experts of one layer that the dense device holds, run on its
+ * normed states and added into its residual stream. */
+typedef struct mc_dense_moe {
+    int layer;
+    int n_used;               /* experts with rows, here */
+    const int *expert_ids;    /* [n_used] */
+    const int64_t *offsets;   /* [n_used + 1] their rows in the layer's gathered order (offsets[0] may be > 0) */
+    const int32_t *row_token; /* [offsets[n_used] - offsets[0]] the token of each of those rows */
+    const int32_t *pair_row;  /* [T * K] pair (t, j)'s row less offsets[0] when its expert is here, else -1 */
+    const float *weight;      /* [T * K] the router's weights */
+} mc_dense_moe;
+
 typedef struct mc_backend_i {
     const char *name;
     void (*free)(mc_backend *be);
@@ -72,20 +85,25 @@ typedef struct mc_backend_i {
      * with MOECL_CL_PROFILE=1, which enables queue profiling) */
     int64_t (*moe_device_ns)(mc_backend *be);
 
-    /* The dense part (optional: all four or none; used only once the
+    /* The dense part (optional: all five or none; used only once the
      * backend was given the dense layers, mc_backend_opencl_dense_load).
      * Any failure is MOECL_ERR_BACKEND and leaves the backend unusable: the
      * caller recomputes the batch on the host. */
     /* Take a batch: upload its embedded tokens and its cells. */
     moecl_status (*dense_begin)(mc_backend *be, const mc_dense_batch *b);
-    /* Layer il up to the FFN norm: RMSNorm, Q/K/V (+ biases, + QK-norm),
+    /* Layer il up to the router: RMSNorm, Q/K/V (+ biases, + QK-norm),
      * RoPE, the new K/V rows into the device's cells, attention, output
-     * projection (+ bias), x += it, xn = ffn_norm(x). Blocks until xn
-     * [T, n_embd] and the batch's K and V rows [T, kv_dim] (f32, keys after
-     * RoPE: what the host stores in its own cells) are in the caller's arrays. */
-    moecl_status (*dense_attn)(mc_backend *be, int il, float *xn, float *k, float *v);
-    /* Layer il's FFN half: x += delta [T, n_embd] (the routed experts'
-     * weighted sum; NULL: none), plus the layer's dense FFN, or its shared
+     * projection (+ bias), x += it, xn = ffn_norm(x), and in a MoE layer the
+     * router logits (f32 weights). Blocks until the batch's K and V rows
+     * [T, kv_dim] (f32, keys after RoPE: what the host stores in its own
+     * cells), the logits [T, n_expert] (logits non-NULL, a MoE layer) and xn
+     * [T, n_embd] (xn non-NULL) are in the caller's arrays. */
+    moecl_status (*dense_attn)(mc_backend *be, int il, float *logits, float *xn, float *k, float *v);
+    /* Enqueue the experts of w (held here) on xn and x += Σ weight · y for
+     * their pairs. The arrays must stay unchanged until the next dense call. */
+    moecl_status (*dense_experts)(mc_backend *be, const mc_dense_moe *w);
+    /* Layer il's FFN half: x += delta [T, n_embd] (the weighted sum of the
+     * experts held elsewhere; NULL: none), plus the layer's dense FFN, or its shared
      * expert scaled by its sigmoid gate, computed on the device's xn.
      * Enqueued only; delta must stay unchanged until the next dense call. */
     moecl_status (*dense_ffn)(mc_backend *be, int il, const float *delta);

@@ -79,6 +79,7 @@ typedef struct dense_layer {
     cl_mem bq, bk, bv, bo;         /* float biases or NULL */
     cl_mem qn, kn;                 /* float QK-norm weights or NULL */
     cl_mem gate;                   /* float [D] the shared expert's gate or NULL */
+    cl_mem router;                 /* float [n_expert, D] or NULL (a dense layer) */
     cl_mem kc, vc;                 /* kv type [n_cells, kv_dim] this layer's KV cache, by cell */
 } dense_layer;
 
@@ -117,7 +118,7 @@ typedef struct ocl_backend {
     /* The dense layers (mc_backend_opencl_dense_load); dense false: none. */
     bool dense;
     cl_program dprog;
-    cl_kernel kd[9];      /* cl/dense.cl's kernels (KD_*) */
+    cl_kernel kd[11];     /* cl/dense.cl's kernels (KD_*) */
     dense_layer *dl;      /* [n_layer] */
     cl_mem d_out_norm, d_lm_head; /* float [D]; fdtype [n_vocab, D] */
     cl_mem d_x, d_xn, d_proj;     /* [d_batch, D] the residual stream (resident), normed, a product */
@@ -128,9 +129,12 @@ typedef struct ocl_backend {
     cl_mem d_pos, d_cell, d_tab_off; /* int [d_batch] */
     cl_mem d_tab;                 /* int [d_tab_cap] block tables */
     cl_mem d_groups_t, d_groups_o;/* int4 {0, 0, T or n_out, 0}: one group for the matrix products */
+    cl_mem d_logits_r;            /* [d_batch, n_expert] router logits */
+    cl_mem d_row_token, d_pair_row, d_weight; /* int [d_batch * K] x2, float [d_batch * K]: the experts here */
     int32_t d_batch, d_out_cap, d_tab_cap;
     int64_t d_T;                  /* tokens of the current batch */
     float eps;
+    int64_t dl_D;                 /* n_embd */
     uint64_t dense_bytes;
     /* test hooks */
     long n_dense, fail_dense_at;
@@ -180,9 +184,10 @@ static moecl_status reserve_rows(mc_backend *be, size_t rows) {
     o->x = o->h = o->y = o->h3 = NULL;
     o->cap_rows = 0;
     cl_int e1 = CL_SUCCESS, e2 = CL_SUCCESS, e3 = CL_SUCCESS;
-    o->x = alloc_buf(o, CL_MEM_READ_ONLY, cap * D * sizeof(float), &e1);
+    /* read-write: with the dense layers here a kernel gathers x and another reads y */
+    o->x = alloc_buf(o, CL_MEM_READ_WRITE, cap * D * sizeof(float), &e1);
     if (!e1) o->h = alloc_buf(o, CL_MEM_READ_WRITE, cap * F * sizeof(float), &e2);
-    if (!e1 && !e2) o->y = alloc_buf(o, CL_MEM_WRITE_ONLY, cap * D * sizeof(float), &e3);
+    if (!e1 && !e2) o->y = alloc_buf(o, CL_MEM_READ_WRITE, cap * D * sizeof(float), &e3);
     if (!e1 && !e2 && !e3 && o->blast_rows != INT64_MAX)
         o->h3 = alloc_buf(o, CL_MEM_READ_WRITE, cap * F * sizeof(float), &e3);
     if (e1 || e2 || e3)
@@ -274,6 +279,11 @@ static moecl_status enqueue_blast(ocl_backend *o, const cl_layer *L, int n_used,
     return MOECL_OK;
 }
 
+static moecl_status dense_gather(ocl_backend *o, int64_t rows);
+
+/* The expert FFNs of w: rows from w->X (or, X NULL, gathered on the device
+ * from the dense layers' normed states), outputs into o->y and read into
+ * w->Y (Y NULL: left on the device for the dense layers' scatter). */
 static moecl_status enqueue(mc_backend *be, const mc_moe_work *w) {
     ocl_backend *o = be->impl;
     const mc_hparams *hp = &be->model->hp;
@@ -300,9 +310,13 @@ static moecl_status enqueue(mc_backend *be, const mc_moe_work *w) {
         o->groups_host[4 * i + 3] = 0;
     }
     const size_t xbytes = (size_t)rows * (size_t)D * sizeof(float);
-    CL_CHECK(clEnqueueWriteBuffer(o->queue, o->x, CL_FALSE, 0, xbytes, w->X + r0 * D, 0, NULL,
-                                  o->profile ? &o->write_ev : NULL),
-             "writing the rows");
+    if (w->X) {
+        CL_CHECK(clEnqueueWriteBuffer(o->queue, o->x, CL_FALSE, 0, xbytes, w->X + r0 * D, 0, NULL,
+                                      o->profile ? &o->write_ev : NULL),
+                 "writing the rows");
+    } else if ((st = dense_gather(o, rows))) { /* the dense layers' normed states, on the device */
+        return st;
+    }
     CL_CHECK(clEnqueueWriteBuffer(o->queue, o->groups, CL_FALSE, 0, (size_t)w->n_used * 4 * sizeof(cl_int),
                                   o->groups_host, 0, NULL, NULL),
              "writing the groups");
@@ -314,8 +328,9 @@ static moecl_status enqueue(mc_backend *be, const mc_moe_work *w) {
         if ((st = launch(o, false, L->t13, (size_t)F, max_rows, (size_t)w->n_used))) return st;
         if ((st = launch(o, true, L->t2, (size_t)D, max_rows, (size_t)w->n_used))) return st;
     }
-    CL_CHECK(clEnqueueReadBuffer(o->queue, o->y, CL_FALSE, 0, xbytes, w->Y + r0 * D, 0, NULL, &o->read_ev),
-             "reading the outputs");
+    if (w->Y)
+        CL_CHECK(clEnqueueReadBuffer(o->queue, o->y, CL_FALSE, 0, xbytes, w->Y + r0 * D, 0, NULL, &o->read_ev),
+                 "reading the outputs");
     CL_CHECK(clFlush(o->queue), "flushing the queue");
     return MOECL_OK;
 }
@@ -436,7 +451,8 @@ static void ocl_free(mc_backend *be) {
 }
 
 static moecl_status ocl_dense_begin(mc_backend *be, const mc_dense_batch *b);
-static moecl_status ocl_dense_attn(mc_backend *be, int il, float *xn, float *k, float *v);
+static moecl_status ocl_dense_attn(mc_backend *be, int il, float *logits, float *xn, float *k, float *v);
+static moecl_status ocl_dense_experts(mc_backend *be, const mc_dense_moe *w);
 static moecl_status ocl_dense_ffn(mc_backend *be, int il, const float *delta);
 static moecl_status ocl_dense_head(mc_backend *be, int32_t n_out, const int32_t *rows, float *logits);
 
@@ -449,6 +465,7 @@ static const mc_backend_i ocl_iface = {
     .moe_device_ns = ocl_moe_device_ns,
     .dense_begin = ocl_dense_begin,
     .dense_attn = ocl_dense_attn,
+    .dense_experts = ocl_dense_experts,
     .dense_ffn = ocl_dense_ffn,
     .dense_head = ocl_dense_head,
 };
@@ -727,6 +744,7 @@ moecl_status mc_backend_opencl_open(const moecl_model *model, const mc_opencl_pa
     }
     o->fdtype = dt;
     o->eps = hp->rms_norm_eps;
+    o->dl_D = hp->n_embd;
     o->blast_rows = INT64_MAX;
     o->slot = malloc((size_t)L * (size_t)E * sizeof(int32_t));
     o->layers = calloc((size_t)L, sizeof *o->layers);
@@ -948,10 +966,11 @@ void mc_backend_opencl_describe(const mc_backend *be, char *name, size_t len, ui
 
 /* cl/dense.cl's kernels; the matrix products use the float program's down
  * kernels with one group (slot 0, all rows). */
-enum { KD_RMSNORM, KD_ADD_BIAS, KD_ADD, KD_ADD_GATED, KD_SWIGLU, KD_COPY_ROWS, KD_ROPE, KD_KV_STORE, KD_ATTENTION, KD_N };
+enum { KD_RMSNORM, KD_ADD_BIAS, KD_ADD, KD_ADD_GATED, KD_SWIGLU, KD_COPY_ROWS, KD_ROPE, KD_KV_STORE, KD_ATTENTION,
+       KD_ROUTER, KD_SCATTER, KD_N };
 static const char *const dense_kernels[KD_N] = {
     "dense_rmsnorm", "dense_add_bias", "dense_add", "dense_add_gated", "dense_swiglu",
-    "dense_copy_rows", "dense_rope", "dense_kv_store", "dense_attention",
+    "dense_copy_rows", "dense_rope", "dense_kv_store", "dense_attention", "dense_router", "dense_scatter",
 };
 
 /* Sizes of one layer's dense tensors, in elements (weights) or floats. */
@@ -978,10 +997,12 @@ uint64_t mc_backend_opencl_dense_bytes(const mc_backend *be, int32_t n_cells, mo
              dense_weight_bytes(o, &L->wo);
         b += dense_weight_bytes(o, &f->w1) + dense_weight_bytes(o, &f->w3) + dense_weight_bytes(o, &f->w2);
         b += (2 * D + 2 * qd + 2 * kvd + D) * 4; /* norms, biases, gate: at most */
+        if (L->router) b += (uint64_t)hp->n_expert * D * 4;
         b += 2 * (uint64_t)n_cells * kvd * (kv_type == MOECL_DTYPE_F16 ? 2 : 4);
         if ((uint64_t)dense_ff(L) > F) F = (uint64_t)dense_ff(L);
     }
-    b += (uint64_t)n_batch * (3 * D + 2 * qd + 2 * kvd + 2 * F) * 4 + (uint64_t)n_out * (D + (uint64_t)hp->n_vocab) * 4;
+    b += (uint64_t)n_batch * (3 * D + 2 * qd + 2 * kvd + 2 * F + (uint64_t)hp->n_expert + 3 * (uint64_t)hp->n_expert_used) * 4 +
+         (uint64_t)n_out * (D + (uint64_t)hp->n_vocab) * 4;
     return b;
 }
 
@@ -1047,7 +1068,8 @@ static void dense_release(ocl_backend *o, int n_layer) {
     o->dl = NULL;
     cl_mem *m[] = {&o->d_out_norm, &o->d_lm_head, &o->d_x, &o->d_xn, &o->d_q, &o->d_k, &o->d_v, &o->d_att,
                    &o->d_proj, &o->d_h1, &o->d_h3, &o->d_xo, &o->d_logits, &o->d_pos, &o->d_cell, &o->d_tab_off,
-                   &o->d_tab, &o->d_rows, &o->d_groups_t, &o->d_groups_o};
+                   &o->d_tab, &o->d_rows, &o->d_groups_t, &o->d_groups_o, &o->d_logits_r, &o->d_row_token,
+                   &o->d_pair_row, &o->d_weight};
     for (size_t i = 0; i < sizeof m / sizeof m[0]; i++) {
         if (*m[i]) clReleaseMemObject(*m[i]);
         *m[i] = NULL;
@@ -1100,10 +1122,11 @@ moecl_status mc_backend_opencl_dense_load(mc_backend *be, int32_t n_cells, moecl
         cl_mem *mout[7] = {&d->wq, &d->wk, &d->wv, &d->wo, &d->w1, &d->w3, &d->w2};
         for (int i = 0; i < 7 && !st; i++) st = dense_mat(o, mats[i], mout[i], tmp32, tmp16, tmp_n);
         const float *vecs[10] = {L->attn_norm, L->ffn_norm, L->bq, L->bk, L->bv, L->bo, L->q_norm, L->k_norm,
-                                 L->shexp_gate, NULL};
-        const size_t vn[10] = {D, D, qd, kvd, kvd, D, qn, kn, D, 0};
-        cl_mem *vout[10] = {&d->attn_norm, &d->ffn_norm, &d->bq, &d->bk, &d->bv, &d->bo, &d->qn, &d->kn, &d->gate, NULL};
-        for (int i = 0; i < 9 && !st; i++) st = dense_vec(o, vecs[i], vn[i], vout[i]);
+                                 L->shexp_gate, L->router};
+        const size_t vn[10] = {D, D, qd, kvd, kvd, D, qn, kn, D, (size_t)hp->n_expert * D};
+        cl_mem *vout[10] = {&d->attn_norm, &d->ffn_norm, &d->bq, &d->bk, &d->bv, &d->bo, &d->qn, &d->kn, &d->gate,
+                            &d->router};
+        for (int i = 0; i < 10 && !st; i++) st = dense_vec(o, vecs[i], vn[i], vout[i]);
         if (f->w1.data && (size_t)f->w1.rows > F) F = (size_t)f->w1.rows;
         cl_int err = CL_SUCCESS;
         const size_t kvb = (size_t)n_cells * kvd * kv_esz;
@@ -1127,7 +1150,9 @@ moecl_status mc_backend_opencl_dense_load(mc_backend *be, int32_t n_cells, moecl
         {&o->d_v, B * kvd * 4}, {&o->d_att, B * qd * 4}, {&o->d_proj, B * D * 4}, {&o->d_h1, B * F * 4},
         {&o->d_h3, B * F * 4}, {&o->d_xo, (size_t)n_out * D * 4}, {&o->d_logits, (size_t)n_out * (size_t)hp->n_vocab * 4},
         {&o->d_pos, B * 4}, {&o->d_cell, B * 4}, {&o->d_tab_off, B * 4}, {&o->d_rows, (size_t)n_out * 4},
-        {&o->d_groups_t, 16}, {&o->d_groups_o, 16},
+        {&o->d_groups_t, 16}, {&o->d_groups_o, 16}, {&o->d_logits_r, B * (size_t)hp->n_expert * 4},
+        {&o->d_row_token, B * (size_t)hp->n_expert_used * 4}, {&o->d_pair_row, B * (size_t)hp->n_expert_used * 4},
+        {&o->d_weight, B * (size_t)hp->n_expert_used * 4},
     };
     for (size_t i = 0; i < sizeof act / sizeof act[0] && !st; i++) {
         cl_int err;
@@ -1249,7 +1274,7 @@ static moecl_status ocl_dense_begin(mc_backend *be, const mc_dense_batch *b) {
     return MOECL_OK;
 }
 
-static moecl_status dense_attn_enqueue(mc_backend *be, int il, float *xn, float *k, float *v) {
+static moecl_status dense_attn_enqueue(mc_backend *be, int il, float *logits, float *xn, float *k, float *v) {
     ocl_backend *o = be->impl;
     const mc_hparams *hp = &be->model->hp;
     const dense_layer *d = &o->dl[il];
@@ -1296,11 +1321,26 @@ static moecl_status dense_attn_enqueue(mc_backend *be, int il, float *xn, float 
     if ((st = dense_bias(o, o->d_proj, d->bo, T, D))) return st;
     if ((st = dense_addv(o, o->d_x, o->d_proj, (size_t)T * (size_t)D))) return st;
     if ((st = dense_rms(o, o->d_x, d->ffn_norm, o->d_xn, (size_t)T, D, D, D))) return st;
-    cl_event ev[3] = {NULL, NULL, NULL};
-    cl_int err = clEnqueueReadBuffer(o->queue, o->d_xn, CL_FALSE, 0, (size_t)T * (size_t)D * 4, xn, 0, NULL, &ev[0]);
-    if (!err) err = clEnqueueReadBuffer(o->queue, o->d_k, CL_FALSE, 0, (size_t)T * (size_t)kvd * 4, k, 0, NULL, &ev[1]);
-    if (!err) err = clEnqueueReadBuffer(o->queue, o->d_v, CL_FALSE, 0, (size_t)T * (size_t)kvd * 4, v, 0, NULL, &ev[2]);
-    int n_ev = ev[2] ? 3 : ev[1] ? 2 : ev[0] ? 1 : 0;
+    const cl_int E = hp->n_expert;
+    if (logits && d->router) {
+        const karg a[] = {M(o->d_xn), M(d->router), M(o->d_logits_r), I(D)};
+        const size_t g[2] = {(size_t)E, (size_t)T};
+        if ((st = dense_run(o, KD_ROUTER, a, 4, 2, g))) return st;
+    }
+    /* what comes up, then one wait */
+    struct { cl_mem m; size_t bytes; void *dst; } up[4] = {
+        {o->d_k, (size_t)T * (size_t)kvd * 4, k}, {o->d_v, (size_t)T * (size_t)kvd * 4, v},
+        {o->d_logits_r, (size_t)T * (size_t)E * 4, logits && d->router ? logits : NULL},
+        {o->d_xn, (size_t)T * (size_t)D * 4, xn},
+    };
+    cl_event ev[4] = {NULL, NULL, NULL, NULL};
+    int n_ev = 0;
+    cl_int err = CL_SUCCESS;
+    for (int i = 0; i < 4 && !err; i++)
+        if (up[i].dst) {
+            err = clEnqueueReadBuffer(o->queue, up[i].m, CL_FALSE, 0, up[i].bytes, up[i].dst, 0, NULL, &ev[n_ev]);
+            if (!err) n_ev++;
+        }
     if (!err) err = clFlush(o->queue);
     /* Wait on the reads' own events (rusticl: see drain). */
     cl_int werr = n_ev ? clWaitForEvents((cl_uint)n_ev, ev) : CL_SUCCESS;
@@ -1312,18 +1352,59 @@ static moecl_status dense_attn_enqueue(mc_backend *be, int il, float *xn, float 
         clReleaseEvent(ev[i]);
     }
     if (!err) err = werr;
-    CL_CHECK(err, "reading a layer's normed states and K/V rows");
+    CL_CHECK(err, "reading a layer's K/V rows and router logits");
     return MOECL_OK;
 }
 
-static moecl_status ocl_dense_attn(mc_backend *be, int il, float *xn, float *k, float *v) {
+static moecl_status ocl_dense_attn(mc_backend *be, int il, float *logits, float *xn, float *k, float *v) {
     ocl_backend *o = be->impl;
     if (o->failed) return mc_error(MOECL_ERR_BACKEND, "opencl: %s failed earlier", o->dev.name);
     o->n_dense++;
     if (o->fail_dense_at > 0 && o->n_dense == o->fail_dense_at)
         return dense_fail(o, mc_error(MOECL_ERR_BACKEND, "opencl: the attention of layer %d on %s: %s (injected)", il,
                                       o->dev.name, mc_cl_strerror(CL_OUT_OF_RESOURCES)));
-    moecl_status st = dense_attn_enqueue(be, il, xn, k, v);
+    moecl_status st = dense_attn_enqueue(be, il, logits, xn, k, v);
+    return st ? dense_fail(o, st) : MOECL_OK;
+}
+
+/* o->x[r] = xn[row_token[r]] for the rows of the experts here (enqueue). */
+static moecl_status dense_gather(ocl_backend *o, int64_t rows) {
+    const cl_int D = (cl_int)o->dl_D;
+    const karg a[] = {M(o->d_xn), M(o->x), M(o->d_row_token), I(D)};
+    const size_t g[2] = {(size_t)D, (size_t)rows};
+    return dense_run(o, KD_COPY_ROWS, a, 4, 2, g);
+}
+
+static moecl_status dense_experts_enqueue(mc_backend *be, const mc_dense_moe *w) {
+    ocl_backend *o = be->impl;
+    const mc_hparams *hp = &be->model->hp;
+    const int64_t T = o->d_T, rows = w->offsets[w->n_used] - w->offsets[0];
+    const cl_int K = hp->n_expert_used, D = hp->n_embd;
+    struct { cl_mem m; size_t bytes; const void *p; } up[3] = {
+        {o->d_row_token, (size_t)rows * 4, w->row_token}, {o->d_pair_row, (size_t)T * (size_t)K * 4, w->pair_row},
+        {o->d_weight, (size_t)T * (size_t)K * 4, w->weight},
+    };
+    for (int i = 0; i < 3; i++)
+        if (up[i].bytes)
+            CL_CHECK(clEnqueueWriteBuffer(o->queue, up[i].m, CL_FALSE, 0, up[i].bytes, up[i].p, 0, NULL, NULL),
+                     "writing the router's choice");
+    const mc_moe_work mw = {.layer = w->layer, .n_used = w->n_used, .expert_ids = w->expert_ids,
+                            .offsets = w->offsets, .X = NULL, .Y = NULL};
+    moecl_status st = enqueue(be, &mw); /* gathers from xn, leaves y on the device */
+    if (st) return st;
+    const karg a[] = {M(o->d_x), M(o->y), M(o->d_pair_row), M(o->d_weight), I(K), I(D)};
+    const size_t g[2] = {(size_t)D, (size_t)T};
+    if ((st = dense_run(o, KD_SCATTER, a, 6, 2, g))) return st;
+    CL_CHECK(clFlush(o->queue), "flushing the queue");
+    return MOECL_OK;
+}
+
+static moecl_status ocl_dense_experts(mc_backend *be, const mc_dense_moe *w) {
+    ocl_backend *o = be->impl;
+    if (o->failed) return mc_error(MOECL_ERR_BACKEND, "opencl: %s failed earlier", o->dev.name);
+    if (w->n_used <= 0) return MOECL_OK;
+    o->n_submits++;
+    moecl_status st = dense_experts_enqueue(be, w);
     return st ? dense_fail(o, st) : MOECL_OK;
 }
 
