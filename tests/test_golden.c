@@ -22,7 +22,9 @@
  *   POCL_DEVICES="pthread pthread"; skips without two devices);
  *   opencl-dense: the dense layers (attention, norms, KV cache, LM head) and
  *   every expert on the device; opencl-dense-mixed: the dense layers and half
- *   the experts there, the rest on the CPU. Skips (77)
+ *   the experts there, the rest on the CPU; opencl-dense-multi: the dense
+ *   layers and a quarter of the experts on device 0, a quarter on device 1,
+ *   the rest on the CPU. Skips (77)
  *   when there is no OpenCL device.
  *   MODEL may be a GGUF file; --ref names the directory of its
  *   reference.json (default: MODEL), --logits other reference logits for
@@ -130,7 +132,7 @@ static void check_placement(const moecl_model *model, const moecl_context *ctx) 
                (int)pi.dense_device, (unsigned long long)pi.dense_bytes);
     else
         CHECKF(!pi.dense_device, "placement %s put the dense layers on the device", g_backend);
-    if (!strcmp(g_backend, "opencl-multi")) {
+    if (!strcmp(g_backend, "opencl-multi") || !strcmp(g_backend, "opencl-dense-multi")) {
         CHECKF(pi.n_device == 2, "%d devices in the plan", pi.n_device);
         for (int l = 0; l < in.n_layer; l++) {
             int n[3] = {0, 0, 0};
@@ -159,7 +161,7 @@ static void run_checks(const moecl_model *model, const ref *r, int n_threads) {
             !strcmp(g_backend, "opencl-dense-mixed"))
             cp.gpu_experts = in.n_expert / 2 > 0 ? in.n_expert / 2 : 1;
         if (!strcmp(g_backend, "opencl-planned")) cp.expert_freq = g_freq;
-        if (!strcmp(g_backend, "opencl-multi")) {
+        if (!strcmp(g_backend, "opencl-multi") || !strcmp(g_backend, "opencl-dense-multi")) {
             cp.device = "0,1";
             cp.gpu_experts = in.n_expert / 4 > 0 ? in.n_expert / 4 : 1;
         }
@@ -276,12 +278,12 @@ int main(int argc, char **argv) {
     }
     if (strcmp(g_backend, "cpu") && strcmp(g_backend, "opencl") && strcmp(g_backend, "opencl-mixed") &&
         strcmp(g_backend, "opencl-planned") && strcmp(g_backend, "opencl-multi") && strcmp(g_backend, "opencl-dense") &&
-        strcmp(g_backend, "opencl-dense-mixed")) {
+        strcmp(g_backend, "opencl-dense-mixed") && strcmp(g_backend, "opencl-dense-multi")) {
         fprintf(stderr, "test_golden: unknown backend %s\n", g_backend);
         return 1;
     }
     if (strcmp(g_backend, "cpu") && moecl_device_count() == 0) return t_skip("golden", "no OpenCL device");
-    if (!strcmp(g_backend, "opencl-multi") && moecl_device_count() < 2)
+    if ((!strcmp(g_backend, "opencl-multi") || !strcmp(g_backend, "opencl-dense-multi")) && moecl_device_count() < 2)
         return t_skip("golden", "fewer than two OpenCL devices (PoCL gives two with POCL_DEVICES=\"pthread pthread\")");
     /* $MOECL_DEVICE reaches the context; a device it names must be there */
     const char *sel = getenv("MOECL_DEVICE");
