@@ -387,8 +387,9 @@ typedef struct moecl_placement_info {
 /* Fill *info. MOECL_ERR_INVALID_ARG for a NULL ctx or info. The prediction is
  * memory-bound: per layer the slower of the host's and each device's share
  * of the expected expert bytes (plus a round trip per device), plus the dense
- * bytes at the host's bandwidth; it ignores attention's dependence on context
- * length and compute-bound kernels. */
+ * bytes at the host's bandwidth (dense_device: at the device's, plus a round
+ * trip per layer); it ignores attention's dependence on context length and
+ * compute-bound kernels. */
 MOECL_API moecl_status moecl_context_get_placement(const moecl_context *ctx, moecl_placement_info *info);
 
 /* Read an expert profile (README "Placement"; `moecl stats --save-profile`
