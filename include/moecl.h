@@ -224,11 +224,13 @@ typedef enum moecl_backend_type {
 
 /* What the placement planner may put on the OpenCL devices. */
 typedef enum moecl_placement {
-    MOECL_PLACEMENT_AUTO = 0,    /* by bytes saved per token per byte stored (README "Placement");
-                                    today the same as EXPERTS, since only experts can live on a device */
+    MOECL_PLACEMENT_AUTO = 0,    /* by bytes saved per token per byte stored (README "Placement"): the
+                                    dense layers on the first device when they fit and its measured
+                                    bandwidth makes them faster there (never on a CPU device), then experts */
     MOECL_PLACEMENT_EXPERTS = 1, /* routed experts only, the hottest first; dense layers on the host */
-    MOECL_PLACEMENT_DENSE = 2,   /* the dense layers first: not available yet (moecl_context_new
-                                    refuses it with MOECL_ERR_INVALID_ARG) */
+    MOECL_PLACEMENT_DENSE = 2,   /* the dense layers (attention, norms, dense FFNs, shared experts, LM
+                                    head, the KV cache) on the first device, then as many experts as fit;
+                                    moecl_context_new fails (MOECL_ERR_BACKEND) when they do not fit */
 } moecl_placement;
 
 /* Limits of moecl_context_params, checked by moecl_context_new
@@ -378,13 +380,16 @@ typedef struct moecl_placement_info {
     bool profiled;                  /* frequencies came from expert_freq, not K/E */
     double predicted_tok_s;         /* generation tokens/s the plan predicts; 0: a bandwidth is unknown */
     double predicted_tok_s_host;    /* the same with every weight on the host */
+    bool dense_device;              /* the dense layers run on device[0] (else on the host) */
+    uint64_t dense_bytes;           /* device bytes they take there: weights, KV cache, activations */
 } moecl_placement_info;
 
 /* Fill *info. MOECL_ERR_INVALID_ARG for a NULL ctx or info. The prediction is
  * memory-bound: per layer the slower of the host's and each device's share
  * of the expected expert bytes (plus a round trip per device), plus the dense
- * bytes at the host's bandwidth; it ignores attention's dependence on context
- * length and compute-bound kernels. */
+ * bytes at the host's bandwidth (dense_device: at the device's, plus a round
+ * trip per layer); it ignores attention's dependence on context length and
+ * compute-bound kernels. */
 MOECL_API moecl_status moecl_context_get_placement(const moecl_context *ctx, moecl_placement_info *info);
 
 /* Read an expert profile (README "Placement"; `moecl stats --save-profile`

@@ -8,6 +8,9 @@
  *     backends that hold them (submitted together, waited together) →
  *     scatter: x += Σ w·y
  *   → final RMSNorm and LM head for the rows whose logits are kept.
+ * With the dense layers on a device (placement dense, or auto when the
+ * planner finds it worth it) the same steps run there, the hidden states
+ * resident on it: forward_dense.
  */
 #include "arch/arch.h"
 #include "backend/backend.h"
@@ -35,10 +38,12 @@ struct moecl_context {
     mc_pool *pool;        /* the CPU kernels' and attention's threads */
     int32_t n_ctx, n_batch, n_seq;
 
-    /* Backends: [0] runs attention projections and the LM head; experts of
-     * each layer are placed on any of them. */
+    /* Backends: [0] runs attention projections and the LM head (unless
+     * dense_be holds the dense layers); experts of each layer are placed on
+     * any of them. */
     mc_backend *backends[MAX_BACKENDS];
     int n_backends;
+    int dense_be;         /* the backend running the dense layers (forward_dense); 0: the host */
     uint8_t *placement;   /* [n_layer * n_expert]: index into backends */
     moecl_placement_info place_info; /* the plan and its prediction (moecl_context_get_placement) */
 
@@ -62,6 +67,14 @@ struct moecl_context {
     int64_t *counts;      /* [n_expert] */
     float *att_scratch;   /* [n_threads, n_ctx] */
     int32_t *seq_count;   /* [n_seq] tokens per sequence in this batch */
+    int32_t *tok_cell;    /* [B] the KV cell of each token's position (forward_dense) */
+    int32_t *tab_off;     /* [B] where its sequence's block table starts in tab */
+    int32_t *seq_tab;     /* [n_seq] the same per sequence, -1: not in this batch */
+    int32_t *tab;         /* [tab_cap] the batch's block tables */
+    int32_t tab_cap;
+    int32_t *out_rows;    /* [B] the token of each kept logit row */
+    int32_t *pair_row;    /* [B * top-k] a pair's row among the dense device's experts' rows, -1: elsewhere */
+    int32_t *row_token;   /* [B * top-k] the token of each of those rows */
 
     /* Output: logits of the kept rows. */
     float *logits;        /* [n_out, n_vocab] */
@@ -183,10 +196,15 @@ static moecl_status add_opencl(moecl_context *ctx, const moecl_context_params *p
     for (int l = 0; l < L; l++) pi->n_expert_host += m->layers[l].experts ? E : 0;
     pi->profiled = params->expert_freq != NULL;
     const bool demanded = params->backend == MOECL_BACKEND_OPENCL;
+    if (params->placement == MOECL_PLACEMENT_DENSE && params->backend == MOECL_BACKEND_CPU)
+        return ctx_error(ctx, MOECL_ERR_INVALID_ARG,
+                         "moecl_context_new: placement dense puts the dense layers on an OpenCL device; the backend "
+                         "is cpu");
     if (!demanded && params->backend != MOECL_BACKEND_AUTO) return MOECL_OK;
     const char *sel = params->device && *params->device ? params->device : getenv("MOECL_DEVICE");
     const bool named = sel && *sel;
-    if (params->gpu_mem_mib == 0 || params->gpu_experts == 0) {
+    const bool dense_asked = params->placement == MOECL_PLACEMENT_DENSE;
+    if (params->gpu_mem_mib == 0 || (params->gpu_experts == 0 && !dense_asked)) {
         if (demanded || named)
             mc_log(MOECL_LOG_WARN, "opencl: a budget of %s leaves every expert on the CPU",
                    params->gpu_mem_mib == 0 ? "0 MiB" : "0 experts per layer");
@@ -219,10 +237,14 @@ static moecl_status add_opencl(moecl_context *ctx, const moecl_context_params *p
                          .dense_bytes = dense_bytes_per_token(m), .n_dev = n,
                          .host_read_bps = mc_host_read_bps(ctx->n_threads), .experts_per_layer = -1};
     mc_place_plan plan = {.where = where};
+    const int32_t n_cells = ctx->kv.n_blocks_max * MC_KV_BLOCK;
+    const int32_t n_out = params->logits_all ? ctx->n_batch : (ctx->n_seq < ctx->n_batch ? ctx->n_seq : ctx->n_batch);
+    bool host_memory = false;
     if (!st) {
         for (int d = 0; d < n; d++) {
             mc_opencl_plan_info di;
             mc_backend_opencl_plan_info(bes[d], &di);
+            if (d == 0) host_memory = di.host_memory;
             int most = di.max_per_layer; /* gpu_experts caps each device */
             if (params->gpu_experts >= 0 && params->gpu_experts < most) most = params->gpu_experts;
             in.dev[d] = (mc_place_dev){.budget = di.budget, .max_per_layer = most,
@@ -230,7 +252,23 @@ static moecl_status add_opencl(moecl_context *ctx, const moecl_context_params *p
             for (int l = 0; l < L; l++) dev_b[(size_t)l * n + d] = mc_backend_opencl_expert_bytes(bes[d], l);
         }
         for (int l = 0; l < L; l++) host_b[l] = host_expert_bytes(m, l);
-        mc_place_plan_make(&in, &plan);
+        /* The dense layers first (on the first device) when asked, or when
+         * auto finds them faster there; what is left of its budget takes experts. */
+        const int64_t need = (int64_t)mc_backend_opencl_dense_bytes(bes[0], n_cells, ctx->kv.type, ctx->n_batch, n_out);
+        const bool dense = params->placement == MOECL_PLACEMENT_DENSE ||
+                           (params->placement == MOECL_PLACEMENT_AUTO && !host_memory &&
+                            mc_place_dense_worth(&in, 0, need));
+        if (dense && need > in.dev[0].budget)
+            st = ctx_error(ctx, MOECL_ERR_BACKEND,
+                           "moecl_context_new: placement dense: the dense layers need %.1f MiB on the device (weights, "
+                           "a KV cache of %d cells, activations for %d tokens); its budget is %.1f MiB",
+                           (double)need / 1048576.0, n_cells, ctx->n_batch, (double)in.dev[0].budget / 1048576.0);
+        if (dense && !st) {
+            in.dense_dev = 1;
+            in.dev[0].budget -= need;
+            pi->dense_bytes = (uint64_t)need;
+        }
+        if (!st) mc_place_plan_make(&in, &plan);
     }
     /* Load each device its share; one that fails (AUTO) gives its share back to the host. */
     for (int d = 0; d < n && !st; d++) {
@@ -245,7 +283,26 @@ static moecl_status add_opencl(moecl_context *ctx, const moecl_context_params *p
             mc_log(MOECL_LOG_WARN, "falling back to the CPU backend for device %d's share: %s", d, moecl_last_error());
             mc_clear_error();
         }
-        if (sl || n_placed == 0) {
+        if (!sl && d == 0 && in.dense_dev == 1) { /* the dense layers go with it */
+            sl = mc_backend_opencl_dense_load(bes[0], n_cells, ctx->kv.type, ctx->n_batch, n_out);
+            if (sl && params->placement == MOECL_PLACEMENT_DENSE) {
+                st = ctx_keep(ctx, sl);
+                break;
+            }
+            if (sl) {
+                mc_log(MOECL_LOG_WARN, "the dense layers stay on the host: %s", moecl_last_error());
+                mc_clear_error();
+                sl = MOECL_OK;
+            } else {
+                ctx->dense_be = -1; /* resolved to its index below */
+                pi->dense_device = true;
+            }
+            if (!pi->dense_device) {
+                in.dense_dev = 0;
+                pi->dense_bytes = 0;
+            }
+        }
+        if (sl || (n_placed == 0 && !(d == 0 && pi->dense_device))) {
             for (int64_t i = 0; i < (int64_t)L * E; i++)
                 if (where[i] == d + 1) where[i] = 0;
             mc_backend_free(bes[d]);
@@ -258,6 +315,7 @@ static moecl_status add_opencl(moecl_context *ctx, const moecl_context_params *p
         for (int d = 0; d < n; d++) {
             if (!bes[d]) continue;
             index[d + 1] = (uint8_t)ctx->n_backends;
+            if (d == 0 && ctx->dense_be == -1) ctx->dense_be = ctx->n_backends;
             char name[128];
             uint64_t bytes;
             moecl_dtype dt;
@@ -282,6 +340,7 @@ static moecl_status add_opencl(moecl_context *ctx, const moecl_context_params *p
         if (pi->n_device == 0)
             mc_log(MOECL_LOG_WARN, "opencl: the budget holds no expert; every expert runs on the CPU");
     }
+
     for (int d = 0; d < n; d++) mc_backend_free(bes[d]);
     free(dev_b);
     free(host_b);
@@ -348,11 +407,7 @@ static moecl_status context_new(const moecl_model *model, const moecl_context_pa
     if (params->backend != MOECL_BACKEND_AUTO && params->backend != MOECL_BACKEND_CPU &&
         params->backend != MOECL_BACKEND_OPENCL)
         return mc_error(MOECL_ERR_INVALID_ARG, "moecl_context_new: unknown backend %d", (int)params->backend);
-    if (params->placement == MOECL_PLACEMENT_DENSE)
-        return mc_error(MOECL_ERR_INVALID_ARG,
-                        "moecl_context_new: placement 'dense' needs the dense layers on the device, which this "
-                        "build cannot do yet (issue 11 item 2); use 'auto' or 'experts'");
-    if (params->placement != MOECL_PLACEMENT_AUTO && params->placement != MOECL_PLACEMENT_EXPERTS)
+    if (params->placement != MOECL_PLACEMENT_DENSE && params->placement != MOECL_PLACEMENT_AUTO && params->placement != MOECL_PLACEMENT_EXPERTS)
         return mc_error(MOECL_ERR_INVALID_ARG, "moecl_context_new: unknown placement %d", (int)params->placement);
     for (int64_t i = 0; params->expert_freq && i < (int64_t)hp->n_layer * hp->n_expert; i++)
         if (!(params->expert_freq[i] >= 0.0f && params->expert_freq[i] <= 1.0f))
@@ -438,18 +493,29 @@ static moecl_status context_new(const moecl_model *model, const moecl_context_pa
     ctx->counts = calloc((size_t)hp->n_expert, sizeof(int64_t));
     ctx->att_scratch = alloc_floats((size_t)ctx->n_threads, n_ctx, &ok);
     ctx->logit_row = calloc(B, sizeof(int32_t));
+    ctx->tok_cell = calloc(B, sizeof(int32_t));
+    ctx->tab_off = calloc(B, sizeof(int32_t));
+    ctx->out_rows = calloc(B, sizeof(int32_t));
+    ctx->pair_row = calloc(B * K, sizeof(int32_t));
+    ctx->row_token = calloc(B * K, sizeof(int32_t));
+    ctx->seq_tab = calloc(n_seq, sizeof(int32_t));
     ctx->logits = alloc_floats(params->logits_all ? B : (n_seq < B ? n_seq : B), (size_t)hp->n_vocab, &ok);
     ctx->placement = calloc((size_t)hp->n_layer * (size_t)hp->n_expert, 1);
     if (!ok || !ctx->seq_count || !ctx->tok_seq || !ctx->tok_pos || !ctx->r_expert ||
         !ctx->plan.order || !ctx->plan.offsets || !ctx->plan.row || !ctx->counts || !ctx->logit_row ||
-        !ctx->placement) {
+        !ctx->placement || !ctx->tok_cell || !ctx->tab_off || !ctx->out_rows || !ctx->seq_tab ||
+        !ctx->pair_row || !ctx->row_token) {
         moecl_context_free(ctx);
         return mc_error(MOECL_ERR_NOMEM,
                         "moecl_context_new: out of memory for a context of %u positions x %u sequences "
                         "(scratch for a batch of %u tokens)",
                         n_ctx, n_seq, n_batch);
     }
-    if ((st = add_opencl(ctx, params))) {
+    st = add_opencl(ctx, params);
+    if (!st && params->placement == MOECL_PLACEMENT_DENSE && ctx->dense_be <= 0)
+        st = ctx_error(ctx, MOECL_ERR_BACKEND,
+                       "moecl_context_new: placement dense: no OpenCL device took the dense layers (see the log)");
+    if (st) {
         moecl_context_free(ctx);
         return st;
     }
@@ -470,7 +536,9 @@ void moecl_context_free(moecl_context *ctx) {
     void *bufs[] = {ctx->seq_count, ctx->x, ctx->xn, ctx->xo, ctx->q,
                     ctx->k, ctx->v, ctx->att, ctx->proj, ctx->tok_seq, ctx->tok_pos, ctx->r_expert,
                     ctx->r_weight, ctx->r_logits, ctx->gx, ctx->gy, ctx->fh1, ctx->fh3, ctx->plan.order, ctx->plan.offsets,
-                    ctx->plan.row, ctx->counts, ctx->att_scratch, ctx->logit_row, ctx->logits, ctx->placement};
+                    ctx->plan.row, ctx->counts, ctx->att_scratch, ctx->logit_row, ctx->logits, ctx->placement,
+                    ctx->tok_cell, ctx->tab_off, ctx->out_rows, ctx->seq_tab, ctx->tab,
+                    ctx->pair_row, ctx->row_token};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     route_stats_free(ctx->rs);
     free(ctx);
@@ -778,6 +846,150 @@ static void embed(moecl_context *ctx, const int32_t *tokens, int64_t T) {
 static moecl_status decode_batch(moecl_context *ctx, const moecl_batch *batch);
 static moecl_status forward(moecl_context *ctx, const moecl_batch *batch, int64_t T);
 
+/* The routed experts of layer il with the dense layers on device dv: the
+ * router's logits came up with dense_attn; the experts dv holds run there
+ * on its normed states and add themselves into its residual stream; the
+ * others run on their backends from ctx->xn (which came up too, when the
+ * layer has any) and their weighted sum goes into *delta (NULL when none ran). */
+static moecl_status routed_dense(moecl_context *ctx, mc_backend *dv, int il, int64_t T, const float **delta) {
+    const mc_hparams *hp = &ctx->model->hp;
+    const int64_t D = hp->n_embd;
+    const int K = hp->n_expert_used, E = hp->n_expert, db = ctx->dense_be;
+    const uint8_t *place = ctx->placement + (int64_t)il * E;
+    moecl_status st = MOECL_OK;
+    *delta = NULL;
+    mc_route_logits(ctx->r_logits, T, E, K, hp->norm_topk, ctx->r_expert, ctx->r_weight);
+    if (ctx->rs) route_stats_record(ctx, il, T);
+    mc_gather_plan_build(&ctx->plan, ctx->r_expert, T, K, E, place, ctx->counts);
+    ctx->experts_run += ctx->plan.n_used;
+    int first[MAX_BACKENDS + 1];
+    int i = 0;
+    for (int b = 0; b < ctx->n_backends; b++) {
+        first[b] = i;
+        while (i < ctx->plan.n_used && place[ctx->plan.order[i]] == b) i++;
+    }
+    first[ctx->n_backends] = i;
+    const int n_here = first[db + 1] - first[db];
+    const int64_t r0 = ctx->plan.offsets[first[db]], r1 = ctx->plan.offsets[first[db + 1]];
+    for (int64_t p = 0; p < T * K; p++) {
+        const int64_t r = ctx->plan.row[p];
+        const bool here = r >= r0 && r < r1;
+        ctx->pair_row[p] = here ? (int32_t)(r - r0) : -1;
+        if (here) ctx->row_token[r - r0] = (int32_t)(p / K);
+    }
+    if (n_here) {
+        const mc_dense_moe w = {.layer = il, .n_used = n_here, .expert_ids = ctx->plan.order + first[db],
+                                .offsets = ctx->plan.offsets + first[db], .row_token = ctx->row_token,
+                                .pair_row = ctx->pair_row, .weight = ctx->r_weight};
+        if ((st = dv->iface->dense_experts(dv, &w))) return st;
+    }
+    if (ctx->plan.n_used == n_here) return MOECL_OK;
+    /* The others (the CPU computes inside moe_submit, meanwhile the device its own). */
+    mc_gather(&ctx->plan, ctx->xn, T, K, (int)D, ctx->gx);
+    bool submitted[MAX_BACKENDS] = {false};
+    for (int pass = 0; pass < 2 && !st; pass++) {
+        for (int b = 0; b < ctx->n_backends && !st; b++) {
+            mc_backend *be = ctx->backends[b];
+            const int n_used = first[b + 1] - first[b];
+            if (b == db || !n_used || (be->iface->moe_wait != NULL) != (pass == 0)) continue;
+            const mc_moe_work w = {.layer = il, .n_used = n_used, .expert_ids = ctx->plan.order + first[b],
+                                   .offsets = ctx->plan.offsets + first[b], .X = ctx->gx, .Y = ctx->gy};
+            st = be->iface->moe_submit(be, &w);
+            submitted[b] = st == MOECL_OK;
+        }
+    }
+    for (int b = 0; b < ctx->n_backends; b++)
+        if (submitted[b] && ctx->backends[b]->iface->moe_wait) {
+            moecl_status sw = ctx->backends[b]->iface->moe_wait(ctx->backends[b]);
+            if (!st) st = sw;
+        }
+    if (st) return ctx_keep(ctx, st);
+    memset(ctx->proj, 0, (size_t)(T * D) * sizeof(float));
+    for (int64_t p = 0; p < T * K; p++) {
+        if (ctx->pair_row[p] >= 0) continue;
+        const float w = ctx->r_weight[p], *y = ctx->gy + ctx->plan.row[p] * D;
+        float *o = ctx->proj + (p / K) * D;
+        for (int64_t d = 0; d < D; d++) o[d] += w * y[d];
+    }
+    *delta = ctx->proj;
+    return MOECL_OK;
+}
+
+/* The KV cell of each token and the block tables of the batch's sequences,
+ * for a device that keeps its own copy of the cells. */
+static moecl_status batch_cells(moecl_context *ctx, int64_t T, int32_t *n_tab) {
+    int32_t n = 0;
+    for (int32_t s = 0; s < ctx->n_seq; s++) ctx->seq_tab[s] = -1;
+    for (int64_t t = 0; t < T; t++) {
+        const int32_t s = ctx->tok_seq[t];
+        const mc_kv_seq *q = &ctx->kv.seq[s];
+        if (ctx->seq_tab[s] < 0) {
+            if (n + q->n_blocks > ctx->tab_cap) {
+                int32_t cap = ctx->tab_cap ? ctx->tab_cap : 64;
+                while (cap < n + q->n_blocks) cap *= 2;
+                int32_t *tab = realloc(ctx->tab, (size_t)cap * sizeof *tab);
+                if (!tab) return ctx_error(ctx, MOECL_ERR_NOMEM, "decode: out of memory for block tables");
+                ctx->tab = tab;
+                ctx->tab_cap = cap;
+            }
+            memcpy(ctx->tab + n, q->blocks, (size_t)q->n_blocks * sizeof *ctx->tab);
+            ctx->seq_tab[s] = n;
+            n += q->n_blocks;
+        }
+        ctx->tab_off[t] = ctx->seq_tab[s];
+        const int32_t p = ctx->tok_pos[t];
+        ctx->tok_cell[t] = q->blocks[p / MC_KV_BLOCK] * MC_KV_BLOCK + p % MC_KV_BLOCK;
+    }
+    *n_tab = n;
+    return MOECL_OK;
+}
+
+/* The forward pass with the hidden states on the device that holds the
+ * dense layers (backend.h, dense entries). Per layer the device runs the
+ * attention half and the router's product and sends up the logits and the
+ * new K/V rows, which the host stores in its own cells (so that the host can
+ * take over at any time); the host routes and sends the choice down, where
+ * the device runs its experts on its own normed states; experts on other
+ * backends get the normed states and send their weighted sum down; the
+ * device adds it and runs the layer's dense FFN or shared expert. One wait
+ * per layer, for what comes up. */
+static moecl_status forward_dense(moecl_context *ctx, const moecl_batch *batch, int64_t T, int32_t n_out) {
+    const moecl_model *m = ctx->model;
+    const mc_hparams *hp = &m->hp;
+    const int64_t kv_dim = (int64_t)hp->n_head_kv * hp->head_dim;
+    mc_backend *dv = ctx->backends[ctx->dense_be];
+    int32_t n_tab = 0;
+    moecl_status st = batch_cells(ctx, T, &n_tab);
+    if (st) return st;
+    embed(ctx, batch->tokens, T);
+    const mc_dense_batch db = {.T = T, .x = ctx->x, .pos = ctx->tok_pos, .cell = ctx->tok_cell,
+                               .tab_off = ctx->tab_off, .tab = ctx->tab, .n_tab = n_tab,
+                               .copy = (const int32_t (*)[2])ctx->kv.cow, .n_copy = ctx->kv.n_cow};
+    if ((st = dv->iface->dense_begin(dv, &db))) return st;
+    for (int il = 0; il < hp->n_layer; il++) {
+        if (ctx->params.abort_callback && ctx->params.abort_callback(ctx->params.abort_user_data))
+            return ctx_error(ctx, MOECL_ERR_ABORTED, "decode: aborted by the abort callback at layer %d", il);
+        if (mc_guard_faulted(m->guard)) return MOECL_ERR_IO;
+        const mc_layer *L = &m->layers[il];
+        bool elsewhere = false; /* experts of this layer on other backends need the normed states */
+        for (int e = 0; L->experts && e < hp->n_expert && !elsewhere; e++)
+            elsewhere = ctx->placement[(int64_t)il * hp->n_expert + e] != ctx->dense_be;
+        if ((st = dv->iface->dense_attn(dv, il, L->experts ? ctx->r_logits : NULL, elsewhere ? ctx->xn : NULL,
+                                        ctx->k, ctx->v)))
+            return st;
+        for (int64_t t = 0; t < T; t++) {
+            mc_kv_store(&ctx->kv, mc_kv_row(&ctx->kv, ctx->tok_seq[t], il, 0, ctx->tok_pos[t]), ctx->k + t * kv_dim, kv_dim);
+            mc_kv_store(&ctx->kv, mc_kv_row(&ctx->kv, ctx->tok_seq[t], il, 1, ctx->tok_pos[t]), ctx->v + t * kv_dim, kv_dim);
+        }
+        const float *delta = NULL;
+        if (L->experts && (st = routed_dense(ctx, dv, il, T, &delta))) return st;
+        if ((st = dv->iface->dense_ffn(dv, il, delta))) return st;
+    }
+    for (int64_t t = 0; t < T; t++)
+        if (ctx->logit_row[t] >= 0) ctx->out_rows[ctx->logit_row[t]] = (int32_t)t;
+    return dv->iface->dense_head(dv, n_out, ctx->out_rows, ctx->logits);
+}
+
 /* The entry point: weight files re-checked before, faults on them caught
  * during (guard.h). */
 moecl_status moecl_decode_batch(moecl_context *ctx, const moecl_batch *batch) {
@@ -841,6 +1053,7 @@ static moecl_status decode_batch(moecl_context *ctx, const moecl_batch *batch) {
                          need, MC_KV_BLOCK, mc_kv_available(&ctx->kv), ctx->kv.n_blocks_max,
                          ctx->kv.n_blocks_max * MC_KV_BLOCK);
     moecl_status st = MOECL_OK;
+    ctx->kv.n_cow = 0; /* the copies on write of this batch only (forward_dense repeats them on the device) */
     for (int32_t s = 0; s < ctx->n_seq && !st; s++)
         if (ctx->seq_count[s]) st = mc_kv_grow(&ctx->kv, s, (int64_t)ctx->kv.seq[s].len + ctx->seq_count[s]);
     if (!st) st = forward(ctx, batch, T);
@@ -873,9 +1086,24 @@ static moecl_status forward(moecl_context *ctx, const moecl_batch *batch, int64_
     ctx->last_T = 0; /* logits are invalid until this call succeeds */
     ctx->experts_run = 0;
 
+    moecl_status st;
+    if (ctx->dense_be > 0) {
+        if (ctx->rs) route_stats_begin(ctx);
+        st = forward_dense(ctx, batch, T, n_out);
+        if (st != MOECL_ERR_BACKEND) return st;
+        /* The device failed: its cells are lost, the host's are current up
+         * to this batch, which is computed again on the host from the start. */
+        mc_log(MOECL_LOG_ERROR,
+               "%s; the dense layers and this batch run on the CPU from now on (the device is not used again by "
+               "this context; the KV cache is kept)",
+               moecl_last_error());
+        ctx->dense_be = 0;
+        mc_clear_error();
+        ctx->last_error[0] = '\0';
+        ctx->experts_run = 0;
+    }
     if (ctx->rs) route_stats_begin(ctx);
     embed(ctx, batch->tokens, T);
-    moecl_status st;
     for (int il = 0; il < hp->n_layer; il++) {
         if (ctx->params.abort_callback && ctx->params.abort_callback(ctx->params.abort_user_data))
             return ctx_error(ctx, MOECL_ERR_ABORTED, "decode: aborted by the abort callback at layer %d", il);

@@ -48,6 +48,7 @@ void mc_kv_free(mc_kv *kv) {
     free(kv->ref);
     free(kv->hashed);
     free(kv->hash);
+    free(kv->cow);
     free(kv->parent);
     free(kv->tokens);
     free(kv->chain);
@@ -272,9 +273,13 @@ moecl_status mc_kv_grow(mc_kv *kv, int32_t seq, int64_t len) {
     if (len > s->len && s->len % MC_KV_BLOCK) {
         const int32_t i = s->len / MC_KV_BLOCK, old = s->blocks[i];
         if (kv->ref[old] > 1) { /* copy on write: the others keep the original */
+            if (!grow_array((void **)&kv->cow, &kv->cow_cap, kv->n_cow + 1, sizeof *kv->cow))
+                return mc_error(MOECL_ERR_NOMEM, "KV cache: out of memory for the list of copied blocks");
             const int32_t b = take_block(kv);
             if (b < 0) return mc_error(MOECL_ERR_NOMEM, "KV cache: out of memory for a block of %zu bytes", kv->block_bytes);
             memcpy(kv->mem[b], kv->mem[old], kv->block_bytes);
+            kv->cow[kv->n_cow][0] = old;
+            kv->cow[kv->n_cow++][1] = b;
             s->blocks[i] = b;
             release_block(kv, old);
         } else {

@@ -75,6 +75,11 @@ typedef struct mc_kv {
     int32_t *bucket;        /* [n_bucket] first block id of each bucket, -1 if empty */
     int32_t n_bucket;       /* a power of two */
     int32_t *count;         /* scratch for mc_kv_blocks_freed_by, zero between calls */
+    /* The copies on write mc_kv_grow made since the caller last set n_cow
+     * to 0, as (source, destination) block ids: a device holding its own
+     * copy of the cells (the dense layers on OpenCL) repeats them. */
+    int32_t (*cow)[2];
+    int32_t n_cow, cow_cap;
 } mc_kv;
 
 static inline int32_t mc_kv_blocks_for(int64_t positions) {

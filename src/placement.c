@@ -39,8 +39,10 @@ void mc_place_predict(const mc_place_input *in, mc_place_plan *plan) {
     bool known = in->host_read_bps > 0;
     for (int d = 0; d < N; d++) known &= in->dev[d].read_bps > 0 || plan->n_placed[d] == 0;
     double t = 0, t_host = 0;
-    plan->host_bytes_per_token = (double)in->dense_bytes;
-    for (int d = 0; d < N; d++) plan->dev_bytes_per_token[d] = 0;
+    const int dd = in->dense_dev > 0 && in->dense_dev <= N ? in->dense_dev - 1 : -1;
+    plan->host_bytes_per_token = dd < 0 ? (double)in->dense_bytes : 0;
+    for (int d = 0; d < N; d++) plan->dev_bytes_per_token[d] = d == dd ? (double)in->dense_bytes : 0;
+    if (dd >= 0) known &= in->dev[dd].read_bps > 0;
     for (int l = 0; l < L; l++) {
         double host = 0, dev[MC_PLACE_MAX_DEV] = {0}, all = 0;
         bool used[MC_PLACE_MAX_DEV] = {false};
@@ -68,11 +70,21 @@ void mc_place_predict(const mc_place_input *in, mc_place_plan *plan) {
         if (known) t_host += all / in->host_read_bps;
     }
     if (known) {
-        t += (double)in->dense_bytes / in->host_read_bps;
+        t += dd < 0 ? (double)in->dense_bytes / in->host_read_bps
+                    : (double)in->dense_bytes / in->dev[dd].read_bps + L * in->dev[dd].rtt_s;
         t_host += (double)in->dense_bytes / in->host_read_bps;
     }
     plan->tok_s = known && t > 0 ? 1.0 / t : 0;
     plan->tok_s_host = in->host_read_bps > 0 && t_host > 0 ? 1.0 / t_host : 0;
+}
+
+bool mc_place_dense_worth(const mc_place_input *in, int d, int64_t need) {
+    if (d < 0 || d >= in->n_dev || need > in->dev[d].budget) return false;
+    const mc_place_dev *v = &in->dev[d];
+    if (in->host_read_bps <= 0 || v->read_bps <= 0) return false;
+    const double host = (double)in->dense_bytes / in->host_read_bps;
+    const double dev = (double)in->dense_bytes / v->read_bps + in->n_layer * v->rtt_s;
+    return dev < host;
 }
 
 void mc_place_plan_make(const mc_place_input *in, mc_place_plan *plan) {

@@ -15,8 +15,9 @@
  * layer, then expert 1, ...), which is what moecl placed before it had a
  * planner.
  *
- * Dense tensors cannot live on a device yet (issue 11 item 2): the planner
- * counts them on the host, and MC_PLACE_DENSE is refused by the context.
+ * Dense tensors go to one device as a whole (the hidden states stay there
+ * across layers) or stay on the host: mc_place_dense_worth decides for
+ * placement auto, by the same measure (time per token read from memory).
  */
 #ifndef MOECL_PLACEMENT_H
 #define MOECL_PLACEMENT_H
@@ -48,6 +49,7 @@ typedef struct mc_place_input {
     mc_place_dev dev[MC_PLACE_MAX_DEV];
     double host_read_bps; /* <= 0: unknown */
     int experts_per_layer;/* most experts of a layer on all devices together; < 0: no limit */
+    int dense_dev;        /* d + 1: device d holds the dense tensors (their bytes out of its budget); 0: the host */
 } mc_place_input;
 
 typedef struct mc_place_plan {
@@ -73,6 +75,14 @@ void mc_place_plan_make(const mc_place_input *in, mc_place_plan *plan);
  * of its experts (they overlap) plus a round trip for each device used;
  * dense tensors are read on the host before it. */
 void mc_place_predict(const mc_place_input *in, mc_place_plan *plan);
+
+/* Whether device d should hold the dense tensors, which need `need` bytes
+ * of its budget (weights, KV cache, activations): they fit, both
+ * bandwidths are known, and reading dense_bytes there plus a second round
+ * trip per layer (the normed states come up before the router) takes less
+ * time than reading them on the host. Per byte stored dense tensors are
+ * worth more than any expert (read by every token), so they come first. */
+bool mc_place_dense_worth(const mc_place_input *in, int d, int64_t need);
 
 /* Read an expert profile (JSON, format "moecl-expert-profile", version 1:
  * see README "Placement") into freq[n_layer * n_expert], checking it against

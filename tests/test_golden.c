@@ -19,7 +19,12 @@
  *   planner, which puts the hottest half of each layer on the device (not
  *   the first half: arbitrary slots); opencl-multi: devices 0 and 1 each
  *   hold a quarter of each layer's experts, the CPU the rest (run with
- *   POCL_DEVICES="pthread pthread"; skips without two devices). Skips (77)
+ *   POCL_DEVICES="pthread pthread"; skips without two devices);
+ *   opencl-dense: the dense layers (attention, norms, KV cache, LM head) and
+ *   every expert on the device; opencl-dense-mixed: the dense layers and half
+ *   the experts there, the rest on the CPU; opencl-dense-multi: the dense
+ *   layers and a quarter of the experts on device 0, a quarter on device 1,
+ *   the rest on the CPU. Skips (77)
  *   when there is no OpenCL device.
  *   MODEL may be a GGUF file; --ref names the directory of its
  *   reference.json (default: MODEL), --logits other reference logits for
@@ -122,7 +127,12 @@ static void check_placement(const moecl_model *model, const moecl_context *ctx) 
         CHECK(pi.profiled && pi.n_device == 1);
         CHECKF(any_not_prefix || E < 2, "the plan kept the first experts of every layer");
     }
-    if (!strcmp(g_backend, "opencl-multi")) {
+    if (!strncmp(g_backend, "opencl-dense", 12))
+        CHECKF(pi.dense_device && pi.dense_bytes > 0, "the dense layers are not on the device (%d, %llu bytes)",
+               (int)pi.dense_device, (unsigned long long)pi.dense_bytes);
+    else
+        CHECKF(!pi.dense_device, "placement %s put the dense layers on the device", g_backend);
+    if (!strcmp(g_backend, "opencl-multi") || !strcmp(g_backend, "opencl-dense-multi")) {
         CHECKF(pi.n_device == 2, "%d devices in the plan", pi.n_device);
         for (int l = 0; l < in.n_layer; l++) {
             int n[3] = {0, 0, 0};
@@ -146,10 +156,12 @@ static void run_checks(const moecl_model *model, const ref *r, int n_threads) {
         moecl_model_info in;
         moecl_model_get_info(model, &in);
         cp.backend = MOECL_BACKEND_OPENCL;
-        if (!strcmp(g_backend, "opencl-mixed") || !strcmp(g_backend, "opencl-planned"))
+        if (!strncmp(g_backend, "opencl-dense", 12)) cp.placement = MOECL_PLACEMENT_DENSE;
+        if (!strcmp(g_backend, "opencl-mixed") || !strcmp(g_backend, "opencl-planned") ||
+            !strcmp(g_backend, "opencl-dense-mixed"))
             cp.gpu_experts = in.n_expert / 2 > 0 ? in.n_expert / 2 : 1;
         if (!strcmp(g_backend, "opencl-planned")) cp.expert_freq = g_freq;
-        if (!strcmp(g_backend, "opencl-multi")) {
+        if (!strcmp(g_backend, "opencl-multi") || !strcmp(g_backend, "opencl-dense-multi")) {
             cp.device = "0,1";
             cp.gpu_experts = in.n_expert / 4 > 0 ? in.n_expert / 4 : 1;
         }
@@ -207,7 +219,11 @@ static void run_checks(const moecl_model *model, const ref *r, int n_threads) {
         if (e > worst) worst = e;
     }
     /* Few rows take 8-bit activations on quantized weights: decode differs from prefill by that. */
-    const double tbt = g_argmax || BOUND < 1e-5 ? 1e-5 : BOUND;
+    double tbt = g_argmax || BOUND < 1e-5 ? 1e-5 : BOUND;
+    /* F16 cells on a device: its prompt and decode kernels sum in different
+     * orders, and a last-bit difference in a key or value flips that cell's
+     * rounding (2^-11): measured 2.2e-4 (tiny-headdim, dense on PoCL). */
+    if (g_kv_type == MOECL_DTYPE_F16 && !strncmp(g_backend, "opencl", 6) && tbt < 1e-3) tbt = 1e-3;
     CHECKF(worst <= tbt, "token by token vs one batch: %.3g > %.3g", worst, tbt);
     fprintf(stderr, "  threads %d: token by token vs one batch: %.3g\n", n_threads, worst);
 
@@ -261,12 +277,13 @@ int main(int argc, char **argv) {
         }
     }
     if (strcmp(g_backend, "cpu") && strcmp(g_backend, "opencl") && strcmp(g_backend, "opencl-mixed") &&
-        strcmp(g_backend, "opencl-planned") && strcmp(g_backend, "opencl-multi")) {
+        strcmp(g_backend, "opencl-planned") && strcmp(g_backend, "opencl-multi") && strcmp(g_backend, "opencl-dense") &&
+        strcmp(g_backend, "opencl-dense-mixed") && strcmp(g_backend, "opencl-dense-multi")) {
         fprintf(stderr, "test_golden: unknown backend %s\n", g_backend);
         return 1;
     }
     if (strcmp(g_backend, "cpu") && moecl_device_count() == 0) return t_skip("golden", "no OpenCL device");
-    if (!strcmp(g_backend, "opencl-multi") && moecl_device_count() < 2)
+    if ((!strcmp(g_backend, "opencl-multi") || !strcmp(g_backend, "opencl-dense-multi")) && moecl_device_count() < 2)
         return t_skip("golden", "fewer than two OpenCL devices (PoCL gives two with POCL_DEVICES=\"pthread pthread\")");
     /* $MOECL_DEVICE reaches the context; a device it names must be there */
     const char *sel = getenv("MOECL_DEVICE");

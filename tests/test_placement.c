@@ -199,6 +199,31 @@ static void test_prediction(void) {
     CHECK(p.tok_s == 0 && s.where[0] == 1 && s.where[2] == 1);
 }
 
+/* The dense tensors on the device: their bytes read there, plus a round
+ * trip per layer; worth it only when that is faster and they fit. */
+static void test_dense(void) {
+    setup s;
+    init(&s, 2, 2, 1, 1000000000ull, 1000000000ll * 2);
+    s.in.host_read_bps = 10e9;
+    s.in.dev[0].read_bps = 100e9;
+    s.in.dev[0].rtt_s = 1e-3;
+    s.in.dense_bytes = 1000000000ull;
+    CHECK(mc_place_dense_worth(&s.in, 0, 1000000000ll));
+    CHECK(!mc_place_dense_worth(&s.in, 0, 3000000000ll)); /* does not fit */
+    CHECK(!mc_place_dense_worth(&s.in, 1, 1000));          /* no such device */
+    s.in.dense_dev = 1;
+    mc_place_plan p;
+    plan(&s, &p);
+    /* per layer 0.05 s on the host (its expert), then 1 GB at 100 GB/s and two 1 ms round trips */
+    CHECKF(fabs(p.tok_s - 1.0 / 0.112) < 1e-9, "%.9g tok/s", p.tok_s);
+    CHECK(fabs(p.host_bytes_per_token - 1e9) < 1 && fabs(p.dev_bytes_per_token[0] - 2e9) < 1);
+    s.in.dev[0].rtt_s = 0.1; /* round trips cost more than the bytes save */
+    CHECK(!mc_place_dense_worth(&s.in, 0, 1000000000ll));
+    s.in.dev[0].rtt_s = 1e-3;
+    s.in.dev[0].read_bps = 0; /* unknown: never */
+    CHECK(!mc_place_dense_worth(&s.in, 0, 1000000000ll));
+}
+
 /* ------------------------------------------------------------------------ */
 /* Profiles                                                                 */
 /* ------------------------------------------------------------------------ */
@@ -285,6 +310,7 @@ int main(void) {
     test_properties();
     test_two_devices();
     test_prediction();
+    test_dense();
     test_profiles();
     return t_done("placement");
 }

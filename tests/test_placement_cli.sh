@@ -10,8 +10,8 @@ check() { # check NAME: the last command's output (in $out) contains each later 
         case "$out" in *"$w"*) ;; *) echo "FAIL $name: no '$w' in: $out"; fail=1 ;; esac
     done
 }
-out=$("$moecl" info -m "$tiny" --placement dense 2>&1) && { echo "FAIL dense: accepted"; fail=1; }
-check dense "placement 'dense' needs the dense layers on the device" "issue 11 item 2"
+out=$("$moecl" info -m "$tiny" --placement dense --backend cpu 2>&1) && { echo "FAIL dense on cpu: accepted"; fail=1; }
+check dense-cpu "placement dense puts the dense layers on an OpenCL device"
 out=$("$moecl" info -m "$tiny" --placement sideways 2>&1) && { echo "FAIL sideways: accepted"; fail=1; }
 check sideways "unknown placement sideways"
 out=$("$moecl" info -m "$tiny" --expert-profile "$work/none.json" 2>&1) && { echo "FAIL no file: accepted"; fail=1; }
@@ -27,7 +27,13 @@ if [ -n "$MOECL_DEVICE" ] || "$moecl" devices | grep -q '^0:'; then
     out=$("$moecl" info -m "$tiny" --backend opencl --device "${MOECL_DEVICE:-0}" --gpu-experts 2 \
           --expert-profile "$work/hot.json" 2>&1) || { echo "FAIL hot: $out"; fail=1; }
     # the two hottest of each layer on the device: experts 2, 3 of layer 0 and 0, 3 of layer 1
-    check hot "by the expert profile" "layer 0   ccGG" "layer 1   GccG" "predicted"
+    check hot "by the expert profile" "layer 0   ccGG" "layer 1   GccG" "predicted" "dense layers           on the host"
+    # --placement dense: the dense layers on the device, then the experts
+    out=$("$moecl" info -m "$tiny" --backend opencl --device "${MOECL_DEVICE:-0}" --placement dense 2>&1) \
+        || { echo "FAIL dense: $out"; fail=1; }
+    check dense "dense layers           on " "MiB: weights, KV cache, activations" "layer 0   GGGG"
+    out=$("$moecl" info -m "$tiny" --backend opencl --device "${MOECL_DEVICE:-0}" --placement dense --gpu-mem 0 2>&1) \
+        && { echo "FAIL dense without room: accepted"; fail=1; }
     # --calibrate measures what moecl stats --save-profile saves (same tokens, same chunks),
     # so the two give the same plan on a model with a tokenizer.
     "$moecl" generate "$work/gen" --preset tiny --vocab 32000 --seed 7 >/dev/null 2>&1 \

@@ -17,7 +17,7 @@ const char cli_backend_help[] =
     "  --gpu-mem MiB               expert weights on the device (default: its memory less headroom)\n"
     "  --gpu-experts N             at most N experts per layer on the device\n"
     "  --device-dtype f32|f16      storage of expert weights on the device\n"
-    "  --placement auto|experts|dense  what the planner puts on the devices (dense: not yet)\n"
+    "  --placement auto|experts|dense  what the planner puts on the devices (dense: the dense layers first)\n"
     "  --expert-profile FILE       routing frequencies (moecl stats --save-profile): hot experts\n"
     "                              go to the devices first\n"
     "  --calibrate TEXTFILE        measure the routing frequencies on this text first (up to 8192\n"

@@ -18,10 +18,12 @@
 #      --layers N layers (default 4: 11 GB in F16; disk and time decide) -
 #      each in F16 and Q4_K_M (random weights, `moecl generate` and
 #      `moecl quantize`): `moecl info`'s plan and prediction, then
-#      `moecl bench` with every expert on the device (--placement experts and
-#      auto; they are the same until dense layers can live on the device),
-#      with the planner given half the experts' bytes (--gpu-mem), and on the
-#      CPU alone;
+#      `moecl bench` with every expert on the device (--placement experts),
+#      with the dense layers and every expert there (--placement dense: the
+#      hidden states stay on the device; quantized dense weights go there
+#      dequantized to F32), as the planner chooses (auto: dense too when the
+#      measured bandwidths say so), with the planner given half the experts'
+#      bytes (--gpu-mem), and on the CPU alone;
 #   4. writes OUT/results.tsv and OUT/results.md: generation tokens/s and the
 #      fraction of the device's read bandwidth it reaches (bytes read per
 #      token x tokens/s / bandwidth), prompt tokens/s and the fraction of the
@@ -193,6 +195,7 @@ for s in "${shapes[@]}"; do
         [ $dry = 1 ] && active=1 n_layer=1 mib=2
         predicted=$(num "$predicted")
         bench "$name" "$model" "device, experts" --backend opencl --placement experts
+        bench "$name" "$model" "device, dense+experts" --backend opencl --placement dense
         bench "$name" "$model" "device, auto" --backend opencl --placement auto
         half=$(awk -v m="$(num "$mib")" 'BEGIN { h = int(m / 2); print (h > 0 ? h : 1) }')
         run "$moecl" info -m "$model" --backend opencl --gpu-mem "$half" || true
@@ -217,8 +220,9 @@ done
     echo "gen / bandwidth: bytes read per generated token x tokens/s over the device's read bandwidth"
     echo "(targets on the Mixtral shape: >= 0.5). prompt / GEMM: 2 x active parameters x prompt tokens/s"
     echo "over CLBlast's SGEMM rate (>= 0.5). beyond bandwidth: per layer, the time a generated token"
-    echo "takes beyond its bytes at the device's bandwidth (host round trips, attention and LM head on the"
-    echo "host); compare with the round trip above."
+    echo "takes beyond its bytes at the device's bandwidth (host round trips; with experts only, also"
+    echo "attention and the LM head on the host); compare with the round trip above. dense+experts against"
+    echo "experts is the gain of the dense layers on the device (issue 11 item 2)."
 } >"$out/results.md"
 log "results: $out/results.md"
 cat "$out/results.md"

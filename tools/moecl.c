@@ -560,12 +560,17 @@ static moecl_context_params context_params(const options *o) {
 static void print_placement(FILE *f, const moecl_context *ctx, const moecl_model_info *in) {
     moecl_context_backend_info bi;
     if (moecl_context_get_backend_info(ctx, &bi) != MOECL_OK) return;
-    if (bi.n_expert_device == 0) {
+    moecl_placement_info pi;
+    moecl_context_get_placement(ctx, &pi);
+    if (pi.dense_device)
+        fprintf(f, "%-22s on %s (%.1f MiB: weights, KV cache, activations)\n", "dense layers", pi.device[0].name,
+                (double)pi.dense_bytes / 1048576.0);
+    else
+        fprintf(f, "%-22s on the host\n", "dense layers");
+    if (bi.n_expert_device == 0 && !pi.dense_device) {
         fprintf(f, "%-22s all %d on the CPU\n", "experts placed", bi.n_expert_cpu);
         return;
     }
-    moecl_placement_info pi;
-    moecl_context_get_placement(ctx, &pi);
     if (pi.n_device <= 1)
         fprintf(f, "%-22s %d on %s (%.1f MiB, %s), %d on the CPU\n", "experts placed", bi.n_expert_device, bi.device,
                 (double)bi.device_bytes / 1048576.0, moecl_dtype_name(bi.device_dtype), bi.n_expert_cpu);
@@ -580,8 +585,8 @@ static void print_placement(FILE *f, const moecl_context *ctx, const moecl_model
                 d + 1, pi.device[d].name, pi.device[d].n_expert, (double)pi.device[d].bytes / 1048576.0,
                 (double)pi.device[d].budget / 1048576.0, pi.device[d].read_gbs, pi.device[d].rtt_us,
                 pi.device[d].gb_per_token * 1e3);
-    fprintf(f, "  host     %d experts + dense layers, reads %.1f GB/s, %.3g MB/token\n", pi.n_expert_host,
-            pi.host_read_gbs, pi.host_gb_per_token * 1e3);
+    fprintf(f, "  host     %d experts%s, reads %.1f GB/s, %.3g MB/token\n", pi.n_expert_host,
+            pi.dense_device ? "" : " + dense layers", pi.host_read_gbs, pi.host_gb_per_token * 1e3);
     if (pi.predicted_tok_s > 0)
         fprintf(f, "%-22s %.1f tokens/s generated (all on the host: %.1f), memory-bound\n", "predicted",
                 pi.predicted_tok_s, pi.predicted_tok_s_host);

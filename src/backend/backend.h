@@ -16,6 +16,14 @@
  *     together: the asynchronous ones (with moe_wait) first, so that a
  *     device computes its experts while a synchronous backend (the CPU)
  *     computes its own inside moe_submit. tests/test_overlap.c shows it.
+ *   - dense (optional, a device that holds the dense layers): the whole
+ *     forward pass but the router's choice, with the hidden states resident
+ *     on the device (context.c forward_dense). Per layer the router logits
+ *     come up with the batch's new K and V rows (the host keeps its cells
+ *     current, so a device failing mid-decode loses nothing: the batch is
+ *     recomputed on the host) and the choice goes down; the device's experts
+ *     read the normed states where they are. Experts on other backends get
+ *     the normed states (up) and send their weighted sum (down).
  */
 #ifndef MOECL_BACKEND_H
 #define MOECL_BACKEND_H
@@ -36,6 +44,36 @@ typedef struct mc_moe_work {
     float *Y;                /* [offsets[n_used], n_embd] expert outputs, unweighted */
 } mc_moe_work;
 
+/* One batch for the dense entries: where each token's keys and values live.
+ * Cells are the host pool's (kv_cache.h): position j of a sequence whose
+ * block table is tab[off..] is cell tab[off + j / MC_KV_BLOCK] *
+ * MC_KV_BLOCK + j % MC_KV_BLOCK, on the host and on the device alike. */
+typedef struct mc_dense_batch {
+    int64_t T;
+    const float *x;          /* [T, n_embd] the embedded tokens */
+    const int32_t *pos;      /* [T] each token's position in its sequence */
+    const int32_t *cell;     /* [T] the cell of that position */
+    const int32_t *tab_off;  /* [T] where the token's sequence's block table starts in tab */
+    const int32_t *tab;      /* [n_tab] block ids */
+    int32_t n_tab;
+    /* Blocks the host copied on write for this batch (source, destination):
+     * the device copies the same cells of every layer before the batch. */
+    const int32_t (*copy)[2];
+    int32_t n_copy;
+} mc_dense_batch;
+
+/* The routed experts of one layer that the dense device holds, run on its
+ * normed states and added into its residual stream. */
+typedef struct mc_dense_moe {
+    int layer;
+    int n_used;               /* experts with rows, here */
+    const int *expert_ids;    /* [n_used] */
+    const int64_t *offsets;   /* [n_used + 1] their rows in the layer's gathered order (offsets[0] may be > 0) */
+    const int32_t *row_token; /* [offsets[n_used] - offsets[0]] the token of each of those rows */
+    const int32_t *pair_row;  /* [T * K] pair (t, j)'s row less offsets[0] when its expert is here, else -1 */
+    const float *weight;      /* [T * K] the router's weights */
+} mc_dense_moe;
+
 typedef struct mc_backend_i {
     const char *name;
     void (*free)(mc_backend *be);
@@ -50,6 +88,32 @@ typedef struct mc_backend_i {
      * it was not measured. (optional; the OpenCL backend measures it only
      * with MOECL_CL_PROFILE=1, which enables queue profiling) */
     int64_t (*moe_device_ns)(mc_backend *be);
+
+    /* The dense part (optional: all five or none; used only once the
+     * backend was given the dense layers, mc_backend_opencl_dense_load).
+     * Any failure is MOECL_ERR_BACKEND and leaves the backend unusable: the
+     * caller recomputes the batch on the host. */
+    /* Take a batch: upload its embedded tokens and its cells. */
+    moecl_status (*dense_begin)(mc_backend *be, const mc_dense_batch *b);
+    /* Layer il up to the router: RMSNorm, Q/K/V (+ biases, + QK-norm),
+     * RoPE, the new K/V rows into the device's cells, attention, output
+     * projection (+ bias), x += it, xn = ffn_norm(x), and in a MoE layer the
+     * router logits (f32 weights). Blocks until the batch's K and V rows
+     * [T, kv_dim] (f32, keys after RoPE: what the host stores in its own
+     * cells), the logits [T, n_expert] (logits non-NULL, a MoE layer) and xn
+     * [T, n_embd] (xn non-NULL) are in the caller's arrays. */
+    moecl_status (*dense_attn)(mc_backend *be, int il, float *logits, float *xn, float *k, float *v);
+    /* Enqueue the experts of w (held here) on xn and x += Σ weight · y for
+     * their pairs. The arrays must stay unchanged until the next dense call. */
+    moecl_status (*dense_experts)(mc_backend *be, const mc_dense_moe *w);
+    /* Layer il's FFN half: x += delta [T, n_embd] (the weighted sum of the
+     * experts held elsewhere; NULL: none), plus the layer's dense FFN, or its shared
+     * expert scaled by its sigmoid gate, computed on the device's xn.
+     * Enqueued only; delta must stay unchanged until the next dense call. */
+    moecl_status (*dense_ffn)(mc_backend *be, int il, const float *delta);
+    /* Final RMSNorm and LM head of rows[0..n_out) of x into logits
+     * [n_out, n_vocab]; blocks. */
+    moecl_status (*dense_head)(mc_backend *be, int32_t n_out, const int32_t *rows, float *logits);
 } mc_backend_i;
 
 /* One layer's routed experts as the context saw them, for tests and traces
@@ -115,6 +179,7 @@ typedef struct mc_opencl_plan_info {
     int max_per_layer;  /* experts of one layer its largest allocation holds */
     double read_bps;    /* measured read bandwidth, bytes/s; 0: unknown */
     double rtt_s;       /* measured host round trip, seconds */
+    bool host_memory;   /* a CPU device (PoCL): it reads the host's own memory */
 } mc_opencl_plan_info;
 void mc_backend_opencl_plan_info(const mc_backend *be, mc_opencl_plan_info *info);
 
@@ -128,6 +193,17 @@ moecl_status mc_backend_opencl_load(mc_backend *be, const uint8_t *placement, ui
 /* The host's read bandwidth with n_threads, bytes/s (measured once, cached
  * beside the OpenCL programs); 0: unknown. backend.c. */
 double mc_host_read_bps(int n_threads);
+
+/* The dense layers on an OpenCL backend: device bytes they need (weights
+ * in the device's float dtype, a KV cache of n_cells cells of kv_type per
+ * layer, activations for n_batch tokens and n_out logit rows), and the
+ * upload. Every dense weight goes to the device as F32 or F16 (quantized
+ * ones are dequantized). load: MOECL_ERR_BACKEND on an allocation or build
+ * failure, after which the backend holds no dense layer. */
+uint64_t mc_backend_opencl_dense_bytes(const mc_backend *be, int32_t n_cells, moecl_dtype kv_type, int32_t n_batch,
+                                       int32_t n_out);
+moecl_status mc_backend_opencl_dense_load(mc_backend *be, int32_t n_cells, moecl_dtype kv_type, int32_t n_batch,
+                                          int32_t n_out);
 
 /* The OpenCL backend's device name, bytes of expert weights and their dtype. */
 void mc_backend_opencl_describe(const mc_backend *be, char *name, size_t len, uint64_t *bytes, moecl_dtype *dtype);

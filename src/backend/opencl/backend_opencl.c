@@ -8,8 +8,10 @@
  * once. moe_submit then enqueues, without blocking: one write of the packed
  * rows of all its experts of the layer, one grouped launch of gate+up
  * (SiLU·mul fused), one of down, one read back; moe_wait blocks.
- * Attention and the LM head stay on the CPU: matmul delegates to the CPU
- * kernels.
+ * matmul delegates to the CPU kernels. Given the dense layers as well
+ * (mc_backend_opencl_dense_load, the last section), the device runs the
+ * whole layer but the router and the experts it does not hold: the dense
+ * entries of backend.h over cl/dense.cl and the float down kernels.
  *
  * A device that fails in the middle of a decode (an enqueue, an allocation
  * or the wait) does not lose the call: the backend logs the error, computes
@@ -21,15 +23,17 @@
  *                          version major*10+minor, bytes)
  *   MOECL_CL_FAIL_ALLOC=N  the N-th buffer allocation (from 1) and every
  *                          later one fail
- *   MOECL_CL_FAIL_AT=submit:N | wait:N
- *                          the N-th moe_submit / moe_wait (from 1) fails as
- *                          if the device had returned CL_OUT_OF_RESOURCES
+ *   MOECL_CL_FAIL_AT=submit:N | wait:N | dense:N
+ *                          the N-th moe_submit / moe_wait / dense_attn (from
+ *                          1) fails as if the device had returned
+ *                          CL_OUT_OF_RESOURCES
  *   MOECL_CL_PROFILE=1     enable queue profiling: moe_device_ns gives the
  *                          device's busy time of each layer (the overlap test)
  * Tuning: MOECL_CL_FEW_ROWS=vec|rows, MOECL_CL_PROMPT=tiled|blk choose the
  * kernels (defaults by device type).
  */
 #include "backend/backend.h"
+#include "arch/arch.h"
 #include "backend/opencl/opencl.h"
 #include "backend/cpu/kernels.h"
 #include "placement.h"
@@ -67,6 +71,18 @@ typedef struct cl_layer {
     cl_mem w2;            /* [n_slots, n_embd, n_ff] elements, b2 bytes per slot */
 } cl_layer;
 
+/* One layer's dense tensors on the device (cl_mem only: released as an array). */
+typedef struct dense_layer {
+    cl_mem wq, wk, wv, wo;         /* fdtype [q_dim, D], [kv_dim, D] x2, [D, q_dim] */
+    cl_mem w1, w3, w2;             /* fdtype: the dense FFN or the shared expert [ff, D] x2, [D, ff]; NULL: none */
+    cl_mem attn_norm, ffn_norm;    /* float [D] */
+    cl_mem bq, bk, bv, bo;         /* float biases or NULL */
+    cl_mem qn, kn;                 /* float QK-norm weights or NULL */
+    cl_mem gate;                   /* float [D] the shared expert's gate or NULL */
+    cl_mem router;                 /* float [n_expert, D] or NULL (a dense layer) */
+    cl_mem kc, vc;                 /* kv type [n_cells, kv_dim] this layer's KV cache, by cell */
+} dense_layer;
+
 typedef struct ocl_backend {
     mc_cl_device dev;
     cl_context ctx;
@@ -99,7 +115,30 @@ typedef struct ocl_backend {
     int64_t budget;       /* bytes of expert weights the planner may place here */
     int max_per_layer;    /* experts of one layer the largest allocation holds */
     double read_bps, rtt_s; /* mc_cl_probe's measurements; 0: unknown */
+    /* The dense layers (mc_backend_opencl_dense_load); dense false: none. */
+    bool dense;
+    cl_program dprog;
+    cl_kernel kd[11];     /* cl/dense.cl's kernels (KD_*) */
+    dense_layer *dl;      /* [n_layer] */
+    cl_mem d_out_norm, d_lm_head; /* float [D]; fdtype [n_vocab, D] */
+    cl_mem d_x, d_xn, d_proj;     /* [d_batch, D] the residual stream (resident), normed, a product */
+    cl_mem d_q, d_att;            /* [d_batch, q_dim] */
+    cl_mem d_k, d_v;              /* [d_batch, kv_dim] */
+    cl_mem d_h1, d_h3;            /* [d_batch, ff] a dense FFN's hidden activations */
+    cl_mem d_xo, d_logits, d_rows;/* [d_out_cap, D], [d_out_cap, n_vocab], int [d_out_cap] */
+    cl_mem d_pos, d_cell, d_tab_off; /* int [d_batch] */
+    cl_mem d_tab;                 /* int [d_tab_cap] block tables */
+    cl_mem d_groups_t, d_groups_o;/* int4 {0, 0, T or n_out, 0}: one group for the matrix products */
+    cl_mem d_logits_r;            /* [d_batch, n_expert] router logits */
+    cl_mem d_row_token, d_pair_row, d_weight; /* int [d_batch * K] x2, float [d_batch * K]: the experts here */
+    int32_t d_batch, d_out_cap, d_tab_cap;
+    size_t d_kv_esz;              /* bytes of one KV cell element on the device: 4 or 2 */
+    int64_t d_T;                  /* tokens of the current batch */
+    float eps;
+    int64_t dl_D;                 /* n_embd */
+    uint64_t dense_bytes;
     /* test hooks */
+    long n_dense, fail_dense_at;
     long n_allocs, fail_alloc_at;
     long n_submits, n_waits, fail_submit_at, fail_wait_at;
 } ocl_backend;
@@ -146,9 +185,10 @@ static moecl_status reserve_rows(mc_backend *be, size_t rows) {
     o->x = o->h = o->y = o->h3 = NULL;
     o->cap_rows = 0;
     cl_int e1 = CL_SUCCESS, e2 = CL_SUCCESS, e3 = CL_SUCCESS;
-    o->x = alloc_buf(o, CL_MEM_READ_ONLY, cap * D * sizeof(float), &e1);
+    /* read-write: with the dense layers here a kernel gathers x and another reads y */
+    o->x = alloc_buf(o, CL_MEM_READ_WRITE, cap * D * sizeof(float), &e1);
     if (!e1) o->h = alloc_buf(o, CL_MEM_READ_WRITE, cap * F * sizeof(float), &e2);
-    if (!e1 && !e2) o->y = alloc_buf(o, CL_MEM_WRITE_ONLY, cap * D * sizeof(float), &e3);
+    if (!e1 && !e2) o->y = alloc_buf(o, CL_MEM_READ_WRITE, cap * D * sizeof(float), &e3);
     if (!e1 && !e2 && !e3 && o->blast_rows != INT64_MAX)
         o->h3 = alloc_buf(o, CL_MEM_READ_WRITE, cap * F * sizeof(float), &e3);
     if (e1 || e2 || e3)
@@ -240,6 +280,11 @@ static moecl_status enqueue_blast(ocl_backend *o, const cl_layer *L, int n_used,
     return MOECL_OK;
 }
 
+static moecl_status dense_gather(ocl_backend *o, int64_t rows);
+
+/* The expert FFNs of w: rows from w->X (or, X NULL, gathered on the device
+ * from the dense layers' normed states), outputs into o->y and read into
+ * w->Y (Y NULL: left on the device for the dense layers' scatter). */
 static moecl_status enqueue(mc_backend *be, const mc_moe_work *w) {
     ocl_backend *o = be->impl;
     const mc_hparams *hp = &be->model->hp;
@@ -266,9 +311,13 @@ static moecl_status enqueue(mc_backend *be, const mc_moe_work *w) {
         o->groups_host[4 * i + 3] = 0;
     }
     const size_t xbytes = (size_t)rows * (size_t)D * sizeof(float);
-    CL_CHECK(clEnqueueWriteBuffer(o->queue, o->x, CL_FALSE, 0, xbytes, w->X + r0 * D, 0, NULL,
-                                  o->profile ? &o->write_ev : NULL),
-             "writing the rows");
+    if (w->X) {
+        CL_CHECK(clEnqueueWriteBuffer(o->queue, o->x, CL_FALSE, 0, xbytes, w->X + r0 * D, 0, NULL,
+                                      o->profile ? &o->write_ev : NULL),
+                 "writing the rows");
+    } else if ((st = dense_gather(o, rows))) { /* the dense layers' normed states, on the device */
+        return st;
+    }
     CL_CHECK(clEnqueueWriteBuffer(o->queue, o->groups, CL_FALSE, 0, (size_t)w->n_used * 4 * sizeof(cl_int),
                                   o->groups_host, 0, NULL, NULL),
              "writing the groups");
@@ -280,8 +329,9 @@ static moecl_status enqueue(mc_backend *be, const mc_moe_work *w) {
         if ((st = launch(o, false, L->t13, (size_t)F, max_rows, (size_t)w->n_used))) return st;
         if ((st = launch(o, true, L->t2, (size_t)D, max_rows, (size_t)w->n_used))) return st;
     }
-    CL_CHECK(clEnqueueReadBuffer(o->queue, o->y, CL_FALSE, 0, xbytes, w->Y + r0 * D, 0, NULL, &o->read_ev),
-             "reading the outputs");
+    if (w->Y)
+        CL_CHECK(clEnqueueReadBuffer(o->queue, o->y, CL_FALSE, 0, xbytes, w->Y + r0 * D, 0, NULL, &o->read_ev),
+                 "reading the outputs");
     CL_CHECK(clFlush(o->queue), "flushing the queue");
     return MOECL_OK;
 }
@@ -367,11 +417,14 @@ static moecl_status ocl_matmul(mc_backend *be, const mc_tensor *W, const float *
     return o->cpu->iface->matmul(o->cpu, W, X, T, Y);
 }
 
+static void dense_release(ocl_backend *o, int n_layer);
+
 static void ocl_free(mc_backend *be) {
     if (!be) return;
     ocl_backend *o = be->impl;
     if (o) {
         if (o->queue) drain(o);
+        dense_release(o, be->model->hp.n_layer);
         for (int l = 0; o->layers && l < be->model->hp.n_layer; l++) {
             cl_mem m[3] = {o->layers[l].w1, o->layers[l].w3, o->layers[l].w2};
             for (int i = 0; i < 3; i++)
@@ -398,6 +451,12 @@ static void ocl_free(mc_backend *be) {
     free(be);
 }
 
+static moecl_status ocl_dense_begin(mc_backend *be, const mc_dense_batch *b);
+static moecl_status ocl_dense_attn(mc_backend *be, int il, float *logits, float *xn, float *k, float *v);
+static moecl_status ocl_dense_experts(mc_backend *be, const mc_dense_moe *w);
+static moecl_status ocl_dense_ffn(mc_backend *be, int il, const float *delta);
+static moecl_status ocl_dense_head(mc_backend *be, int32_t n_out, const int32_t *rows, float *logits);
+
 static const mc_backend_i ocl_iface = {
     .name = "opencl",
     .free = ocl_free,
@@ -405,6 +464,11 @@ static const mc_backend_i ocl_iface = {
     .moe_submit = ocl_moe_submit,
     .moe_wait = ocl_moe_wait,
     .moe_device_ns = ocl_moe_device_ns,
+    .dense_begin = ocl_dense_begin,
+    .dense_attn = ocl_dense_attn,
+    .dense_experts = ocl_dense_experts,
+    .dense_ffn = ocl_dense_ffn,
+    .dense_head = ocl_dense_head,
 };
 
 /* ------------------------------------------------------------------------ */
@@ -422,6 +486,7 @@ static void read_test_hooks(ocl_backend *o) {
     long n = 0;
     if (at && sscanf(at, "submit:%ld", &n) == 1) o->fail_submit_at = n;
     if (at && sscanf(at, "wait:%ld", &n) == 1) o->fail_wait_at = n;
+    if (at && sscanf(at, "dense:%ld", &n) == 1) o->fail_dense_at = n;
     const char *lim = getenv("MOECL_CL_TEST_LIMITS"); /* "clc=11,wg=8,local=1024,max_alloc=4096" */
     for (const char *p = lim; p && *p;) {
         char key[32];
@@ -679,6 +744,8 @@ moecl_status mc_backend_opencl_open(const moecl_model *model, const mc_opencl_pa
         return mc_error(MOECL_ERR_NOMEM, "opencl: out of memory");
     }
     o->fdtype = dt;
+    o->eps = hp->rms_norm_eps;
+    o->dl_D = hp->n_embd;
     o->blast_rows = INT64_MAX;
     o->slot = malloc((size_t)L * (size_t)E * sizeof(int32_t));
     o->layers = calloc((size_t)L, sizeof *o->layers);
@@ -806,6 +873,7 @@ void mc_backend_opencl_plan_info(const mc_backend *be, mc_opencl_plan_info *info
     info->max_per_layer = o->max_per_layer;
     info->read_bps = o->read_bps;
     info->rtt_s = o->rtt_s;
+    info->host_memory = o->cpu_device;
 }
 
 uint64_t mc_backend_opencl_expert_bytes(const mc_backend *be, int layer) {
@@ -892,3 +960,547 @@ void mc_backend_opencl_describe(const mc_backend *be, char *name, size_t len, ui
     *bytes = o->weight_bytes;
     *dtype = o->layers[0].t13;
 }
+
+/* ------------------------------------------------------------------------ */
+/* The dense layers on the device                                           */
+/* ------------------------------------------------------------------------ */
+
+/* cl/dense.cl's kernels; the matrix products use the float program's down
+ * kernels with one group (slot 0, all rows). */
+enum { KD_RMSNORM, KD_ADD_BIAS, KD_ADD, KD_ADD_GATED, KD_SWIGLU, KD_COPY_ROWS, KD_ROPE, KD_KV_STORE, KD_ATTENTION,
+       KD_ROUTER, KD_SCATTER, KD_N };
+static const char *const dense_kernels[KD_N] = {
+    "dense_rmsnorm", "dense_add_bias", "dense_add", "dense_add_gated", "dense_swiglu",
+    "dense_copy_rows", "dense_rope", "dense_kv_store", "dense_attention", "dense_router", "dense_scatter",
+};
+
+/* Sizes of one layer's dense tensors, in elements (weights) or floats. */
+static int64_t dense_ff(const mc_layer *L) {
+    return L->experts ? (L->shexp.w1.data ? L->shexp.w1.rows : 0) : L->ffn.w1.rows;
+}
+
+static uint64_t dense_weight_bytes(const ocl_backend *o, const mc_tensor *w) {
+    return w->data ? device_bytes(o->fdtype, w) : 0;
+}
+
+uint64_t mc_backend_opencl_dense_bytes(const mc_backend *be, int32_t n_cells, moecl_dtype kv_type, int32_t n_batch,
+                                       int32_t n_out) {
+    const ocl_backend *o = be->impl;
+    const moecl_model *m = be->model;
+    const mc_hparams *hp = &m->hp;
+    const uint64_t D = (uint64_t)hp->n_embd, qd = (uint64_t)hp->n_head * hp->head_dim;
+    const uint64_t kvd = (uint64_t)hp->n_head_kv * hp->head_dim;
+    uint64_t b = dense_weight_bytes(o, &m->lm_head) + D * 4, F = 0;
+    for (int il = 0; il < hp->n_layer; il++) {
+        const mc_layer *L = &m->layers[il];
+        const mc_expert *f = L->experts ? &L->shexp : &L->ffn;
+        b += dense_weight_bytes(o, &L->wq) + dense_weight_bytes(o, &L->wk) + dense_weight_bytes(o, &L->wv) +
+             dense_weight_bytes(o, &L->wo);
+        b += dense_weight_bytes(o, &f->w1) + dense_weight_bytes(o, &f->w3) + dense_weight_bytes(o, &f->w2);
+        b += (2 * D + 2 * qd + 2 * kvd + D) * 4; /* norms, biases, gate: at most */
+        if (L->router) b += (uint64_t)hp->n_expert * D * 4;
+        b += 2 * (uint64_t)n_cells * kvd * (kv_type == MOECL_DTYPE_F16 ? 2 : 4);
+        if ((uint64_t)dense_ff(L) > F) F = (uint64_t)dense_ff(L);
+    }
+    b += (uint64_t)n_batch * (3 * D + 2 * qd + 2 * kvd + 2 * F + (uint64_t)hp->n_expert + 3 * (uint64_t)hp->n_expert_used) * 4 +
+         (uint64_t)n_out * (D + (uint64_t)hp->n_vocab) * 4;
+    return b;
+}
+
+/* A float vector of n into a new read-only buffer (NULL src: none). */
+static moecl_status dense_vec(ocl_backend *o, const float *src, size_t n, cl_mem *out) {
+    *out = NULL;
+    if (!src) return MOECL_OK;
+    cl_int err;
+    *out = alloc_buf(o, CL_MEM_READ_ONLY, n * sizeof(float), &err);
+    CL_CHECK(err, "allocating a dense-layer vector");
+    CL_CHECK(clEnqueueWriteBuffer(o->queue, *out, CL_TRUE, 0, n * sizeof(float), src, 0, NULL, NULL),
+             "uploading a dense-layer vector");
+    o->dense_bytes += n * sizeof(float);
+    return MOECL_OK;
+}
+
+/* A weight matrix into a new buffer in the device's float dtype, converted
+ * (dequantized) a slice of rows at a time. */
+static moecl_status dense_mat(ocl_backend *o, const mc_tensor *w, cl_mem *out, float *tmp32, uint16_t *tmp16,
+                              int64_t tmp_n) {
+    *out = NULL;
+    if (!w->data) return MOECL_OK;
+    const size_t bytes = device_bytes(o->fdtype, w), esz = o->fdtype == MOECL_DTYPE_F16 ? 2 : 4;
+    size_t src_row = 0;
+    mc_dtype_row_bytes(w->type, w->cols, &src_row); /* checked by the loader */
+    cl_int err;
+    char hb[32];
+    *out = alloc_buf(o, CL_MEM_READ_ONLY, bytes, &err);
+    if (err)
+        return mc_error(MOECL_ERR_BACKEND, "opencl: cannot allocate %s for a dense weight on %s: %s",
+                        human(bytes, hb, sizeof hb), o->dev.name, mc_cl_strerror(err));
+    if (w->cols > tmp_n)
+        return mc_error(MOECL_ERR_BACKEND, "opencl: a dense weight of %lld columns is wider than the upload's %lld",
+                        (long long)w->cols, (long long)tmp_n);
+    const int64_t rows_per = tmp_n / w->cols;
+    for (int64_t r0 = 0; r0 < w->rows; r0 += rows_per) {
+        const int64_t nr = r0 + rows_per <= w->rows ? rows_per : w->rows - r0, n = nr * w->cols;
+        const char *src = (const char *)w->data + (size_t)r0 * src_row;
+        for (int64_t r = 0; r < nr; r++) { /* row by row: quantized blocks never straddle rows */
+            if (is_quant(w->type)) mc_dequantize_row(w->type, src + (size_t)r * src_row, tmp32 + r * w->cols, w->cols);
+            else mc_cpu_to_f32(w->type, src + (size_t)r * src_row, tmp32 + r * w->cols, w->cols);
+        }
+        const void *data = tmp32;
+        if (o->fdtype == MOECL_DTYPE_F16) {
+            for (int64_t i = 0; i < n; i++) tmp16[i] = mc_f32_to_f16(tmp32[i]);
+            data = tmp16;
+        }
+        CL_CHECK(clEnqueueWriteBuffer(o->queue, *out, CL_TRUE, (size_t)r0 * (size_t)w->cols * esz, (size_t)n * esz,
+                                      data, 0, NULL, NULL),
+                 "uploading a dense weight");
+    }
+    o->dense_bytes += bytes;
+    return MOECL_OK;
+}
+
+static void dense_release(ocl_backend *o, int n_layer) {
+    for (int l = 0; o->dl && l < n_layer; l++) {
+        cl_mem *m = (cl_mem *)&o->dl[l];
+        for (size_t i = 0; i < sizeof o->dl[l] / sizeof(cl_mem); i++)
+            if (m[i]) clReleaseMemObject(m[i]);
+    }
+    free(o->dl);
+    o->dl = NULL;
+    cl_mem *m[] = {&o->d_out_norm, &o->d_lm_head, &o->d_x, &o->d_xn, &o->d_q, &o->d_k, &o->d_v, &o->d_att,
+                   &o->d_proj, &o->d_h1, &o->d_h3, &o->d_xo, &o->d_logits, &o->d_pos, &o->d_cell, &o->d_tab_off,
+                   &o->d_tab, &o->d_rows, &o->d_groups_t, &o->d_groups_o, &o->d_logits_r, &o->d_row_token,
+                   &o->d_pair_row, &o->d_weight};
+    for (size_t i = 0; i < sizeof m / sizeof m[0]; i++) {
+        if (*m[i]) clReleaseMemObject(*m[i]);
+        *m[i] = NULL;
+    }
+    for (int i = 0; i < KD_N; i++)
+        if (o->kd[i]) clReleaseKernel(o->kd[i]);
+    memset(o->kd, 0, sizeof o->kd);
+    if (o->dprog) clReleaseProgram(o->dprog);
+    o->dprog = NULL;
+    o->dense = false;
+}
+
+moecl_status mc_backend_opencl_dense_load(mc_backend *be, int32_t n_cells, moecl_dtype kv_type, int32_t n_batch,
+                                          int32_t n_out) {
+    ocl_backend *o = be->impl;
+    const moecl_model *m = be->model;
+    const mc_hparams *hp = &m->hp;
+    const size_t D = (size_t)hp->n_embd, qd = (size_t)hp->n_head * (size_t)hp->head_dim;
+    const size_t kvd = (size_t)hp->n_head_kv * (size_t)hp->head_dim;
+    moecl_status st = build_for(o, o->fdtype);
+    char opts[128];
+    snprintf(opts, sizeof opts, "-DHD=%d -DBLOCK=%d%s", hp->head_dim, 16, kv_type == MOECL_DTYPE_F16 ? " -DKV_F16" : "");
+    if (!st) st = mc_cl_build(o->ctx, &o->dev, "dense.cl", opts, dense_kernels, KD_N, &o->dprog);
+    for (int i = 0; i < KD_N && !st; i++) {
+        cl_int err;
+        o->kd[i] = clCreateKernel(o->dprog, dense_kernels[i], &err);
+        if (err) st = mc_error(MOECL_ERR_BACKEND, "opencl: %s on %s: %s", dense_kernels[i], o->dev.name, mc_cl_strerror(err));
+    }
+    o->dl = calloc((size_t)hp->n_layer, sizeof *o->dl);
+    int64_t tmp_n = (int64_t)1 << 20; /* floats converted at a time: at least one row of every matrix */
+    for (int il = 0; il < hp->n_layer; il++) {
+        const mc_layer *L = &m->layers[il];
+        const int64_t c[3] = {L->wo.cols, L->ffn.w2.cols, L->shexp.w2.cols};
+        for (int i = 0; i < 3; i++)
+            if (c[i] > tmp_n) tmp_n = c[i];
+    }
+    if ((int64_t)D > tmp_n) tmp_n = (int64_t)D;
+    float *tmp32 = malloc((size_t)tmp_n * sizeof(float));
+    uint16_t *tmp16 = malloc((size_t)tmp_n * sizeof(uint16_t));
+    if (!st && (!o->dl || !tmp32 || !tmp16)) st = mc_error(MOECL_ERR_NOMEM, "opencl: out of memory");
+    const size_t kv_esz = kv_type == MOECL_DTYPE_F16 ? 2 : 4;
+    o->d_kv_esz = kv_esz;
+    size_t F = 0;
+    for (int il = 0; il < hp->n_layer && !st; il++) {
+        const mc_layer *L = &m->layers[il];
+        dense_layer *d = &o->dl[il];
+        const mc_expert *f = L->experts ? &L->shexp : &L->ffn;
+        const size_t qn = L->q_norm ? (hp->qk_norm == MC_QK_NORM_HEAD ? (size_t)hp->head_dim : qd) : 0;
+        const size_t kn = L->k_norm ? (hp->qk_norm == MC_QK_NORM_HEAD ? (size_t)hp->head_dim : kvd) : 0;
+        const mc_tensor *mats[7] = {&L->wq, &L->wk, &L->wv, &L->wo, &f->w1, &f->w3, &f->w2};
+        cl_mem *mout[7] = {&d->wq, &d->wk, &d->wv, &d->wo, &d->w1, &d->w3, &d->w2};
+        for (int i = 0; i < 7 && !st; i++) st = dense_mat(o, mats[i], mout[i], tmp32, tmp16, tmp_n);
+        const float *vecs[10] = {L->attn_norm, L->ffn_norm, L->bq, L->bk, L->bv, L->bo, L->q_norm, L->k_norm,
+                                 L->shexp_gate, L->router};
+        const size_t vn[10] = {D, D, qd, kvd, kvd, D, qn, kn, D, (size_t)hp->n_expert * D};
+        cl_mem *vout[10] = {&d->attn_norm, &d->ffn_norm, &d->bq, &d->bk, &d->bv, &d->bo, &d->qn, &d->kn, &d->gate,
+                            &d->router};
+        for (int i = 0; i < 10 && !st; i++) st = dense_vec(o, vecs[i], vn[i], vout[i]);
+        if (f->w1.data && (size_t)f->w1.rows > F) F = (size_t)f->w1.rows;
+        cl_int err = CL_SUCCESS;
+        const size_t kvb = (size_t)n_cells * kvd * kv_esz;
+        if (!st) d->kc = alloc_buf(o, CL_MEM_READ_WRITE, kvb, &err);
+        if (!st && !err) d->vc = alloc_buf(o, CL_MEM_READ_WRITE, kvb, &err);
+        if (!st && err) {
+            char hb[32];
+            st = mc_error(MOECL_ERR_BACKEND, "opencl: cannot allocate the KV cache of layer %d (%s) on %s: %s", il,
+                          human(2 * kvb, hb, sizeof hb), o->dev.name, mc_cl_strerror(err));
+        }
+        o->dense_bytes += 2 * kvb;
+    }
+    if (!st) st = dense_vec(o, m->out_norm, D, &o->d_out_norm);
+    if (!st) st = dense_mat(o, &m->lm_head, &o->d_lm_head, tmp32, tmp16, tmp_n);
+    free(tmp32);
+    free(tmp16);
+    const size_t B = (size_t)n_batch;
+    if (F == 0) F = 1;
+    struct { cl_mem *m; size_t bytes; } act[] = {
+        {&o->d_x, B * D * 4}, {&o->d_xn, B * D * 4}, {&o->d_q, B * qd * 4}, {&o->d_k, B * kvd * 4},
+        {&o->d_v, B * kvd * 4}, {&o->d_att, B * qd * 4}, {&o->d_proj, B * D * 4}, {&o->d_h1, B * F * 4},
+        {&o->d_h3, B * F * 4}, {&o->d_xo, (size_t)n_out * D * 4}, {&o->d_logits, (size_t)n_out * (size_t)hp->n_vocab * 4},
+        {&o->d_pos, B * 4}, {&o->d_cell, B * 4}, {&o->d_tab_off, B * 4}, {&o->d_rows, (size_t)n_out * 4},
+        {&o->d_groups_t, 16}, {&o->d_groups_o, 16}, {&o->d_logits_r, B * (size_t)hp->n_expert * 4},
+        {&o->d_row_token, B * (size_t)hp->n_expert_used * 4}, {&o->d_pair_row, B * (size_t)hp->n_expert_used * 4},
+        {&o->d_weight, B * (size_t)hp->n_expert_used * 4},
+    };
+    for (size_t i = 0; i < sizeof act / sizeof act[0] && !st; i++) {
+        cl_int err;
+        *act[i].m = alloc_buf(o, CL_MEM_READ_WRITE, act[i].bytes, &err);
+        if (err) {
+            char hb[32];
+            st = mc_error(MOECL_ERR_BACKEND, "opencl: cannot allocate %s of dense-layer activations on %s: %s",
+                          human(act[i].bytes, hb, sizeof hb), o->dev.name, mc_cl_strerror(err));
+        }
+        o->dense_bytes += act[i].bytes;
+    }
+    if (st) {
+        dense_release(o, hp->n_layer);
+        o->dense_bytes = 0;
+        return st;
+    }
+    o->dense = true;
+    o->d_batch = n_batch;
+    o->d_out_cap = n_out;
+    o->d_tab_cap = 0;
+    char hb[32];
+    mc_log(MOECL_LOG_INFO, "opencl: the dense layers on %s as %s, KV cache %s of %d cells: %s", o->dev.name,
+           moecl_dtype_name(o->fdtype), moecl_dtype_name(kv_type), n_cells, human(o->dense_bytes, hb, sizeof hb));
+    return MOECL_OK;
+}
+
+/* The device failed during a dense call (the error is the thread's last):
+ * wait for nothing more and never use it again. */
+static moecl_status dense_fail(ocl_backend *o, moecl_status st) {
+    o->failed = true;
+    o->pending = false;
+    drain(o);
+    return st;
+}
+
+/* Y[T, n_out] = X[T, n_in] · Wᵀ with the float program's down kernel. */
+static moecl_status dense_matmul(ocl_backend *o, cl_mem W, cl_mem X, cl_mem Y, cl_mem groups, int64_t T, int n_out,
+                                 int n_in) {
+    cl_kernel k = stage_kernel(o, true, o->fdtype, T);
+    cl_int D = n_out, F = n_in, err = 0;
+    err |= clSetKernelArg(k, 0, sizeof(cl_mem), &X);
+    err |= clSetKernelArg(k, 1, sizeof(cl_mem), &W);
+    err |= clSetKernelArg(k, 2, sizeof(cl_mem), &Y);
+    err |= clSetKernelArg(k, 3, sizeof(cl_mem), &groups);
+    err |= clSetKernelArg(k, 4, sizeof(cl_int), &D);
+    err |= clSetKernelArg(k, 5, sizeof(cl_int), &F);
+    CL_CHECK(err, "setting a dense matrix product's arguments");
+    return launch(o, true, o->fdtype, (size_t)n_out, T, 1);
+}
+
+/* Set args[0..n) of dense kernel i (cl_mem, cl_int or cl_float by size) and launch it over global g[0..dims). */
+typedef struct karg { size_t size; const void *p; } karg;
+static moecl_status dense_run(ocl_backend *o, int i, const karg *a, int n, int dims, const size_t *g) {
+    cl_int err = 0;
+    for (int j = 0; j < n; j++) err |= clSetKernelArg(o->kd[i], (cl_uint)j, a[j].size, a[j].p);
+    CL_CHECK(err, dense_kernels[i]);
+    for (int d = 0; d < dims; d++)
+        if (!g[d]) return MOECL_OK;
+    CL_CHECK(clEnqueueNDRangeKernel(o->queue, o->kd[i], (cl_uint)dims, NULL, g, NULL, 0, NULL, NULL), dense_kernels[i]);
+    return MOECL_OK;
+}
+#define M(x) {sizeof(cl_mem), &(x)}
+#define I(x) {sizeof(cl_int), &(x)}
+#define FL(x) {sizeof(cl_float), &(x)}
+
+static moecl_status dense_rms(ocl_backend *o, cl_mem x, cl_mem w, cl_mem out, size_t rows, cl_int n, cl_int sx,
+                              cl_int so) {
+    cl_float eps = o->eps;
+    const karg a[] = {M(x), M(w), M(out), I(n), I(sx), I(so), FL(eps)};
+    return dense_run(o, KD_RMSNORM, a, 7, 1, &rows);
+}
+
+static moecl_status dense_bias(ocl_backend *o, cl_mem y, cl_mem b, int64_t T, cl_int n) {
+    if (!b) return MOECL_OK;
+    const karg a[] = {M(y), M(b), I(n)};
+    const size_t g[2] = {(size_t)n, (size_t)T};
+    return dense_run(o, KD_ADD_BIAS, a, 3, 2, g);
+}
+
+static moecl_status dense_addv(ocl_backend *o, cl_mem x, cl_mem y, size_t n) {
+    const karg a[] = {M(x), M(y)};
+    return dense_run(o, KD_ADD, a, 2, 1, &n);
+}
+
+static moecl_status ocl_dense_begin(mc_backend *be, const mc_dense_batch *b) {
+    ocl_backend *o = be->impl;
+    const mc_hparams *hp = &be->model->hp;
+    if (!o->dense || o->failed)
+        return mc_error(MOECL_ERR_BACKEND, "opencl: %s holds no dense layers%s", o->dev.name,
+                        o->failed ? " (it failed earlier)" : "");
+    if (b->T > o->d_batch)
+        return mc_error(MOECL_ERR_BACKEND, "opencl: a batch of %lld tokens; the dense layers on %s take %d",
+                        (long long)b->T, o->dev.name, o->d_batch);
+    cl_int err;
+    if (b->n_tab > o->d_tab_cap) {
+        if (o->d_tab) clReleaseMemObject(o->d_tab);
+        o->d_tab = NULL;
+        o->d_tab_cap = 0;
+        int32_t cap = 64;
+        while (cap < b->n_tab) cap *= 2;
+        o->d_tab = alloc_buf(o, CL_MEM_READ_ONLY, (size_t)cap * 4, &err);
+        if (err) return dense_fail(o, mc_error(MOECL_ERR_BACKEND, "opencl: cannot allocate block tables on %s: %s",
+                                               o->dev.name, mc_cl_strerror(err)));
+        o->d_tab_cap = cap;
+    }
+    o->d_T = b->T;
+    const size_t T = (size_t)b->T;
+    const cl_int grp[4] = {0, 0, (cl_int)b->T, 0};
+    struct { cl_mem m; size_t bytes; const void *p; } w[] = {
+        {o->d_x, T * (size_t)hp->n_embd * 4, b->x}, {o->d_pos, T * 4, b->pos}, {o->d_cell, T * 4, b->cell},
+        {o->d_tab_off, T * 4, b->tab_off}, {o->d_tab, (size_t)b->n_tab * 4, b->tab}, {o->d_groups_t, 16, grp},
+    };
+    for (size_t i = 0; i < sizeof w / sizeof w[0]; i++) {
+        if (!w[i].bytes) continue;
+        err = clEnqueueWriteBuffer(o->queue, w[i].m, CL_TRUE, 0, w[i].bytes, w[i].p, 0, NULL, NULL);
+        if (err) return dense_fail(o, mc_error(MOECL_ERR_BACKEND, "opencl: writing a batch to %s: %s", o->dev.name,
+                                               mc_cl_strerror(err)));
+    }
+    /* The host's copies on write, repeated in the device's cells (in queue
+     * order, so before this batch's kernels read or write them). */
+    const size_t blk = (size_t)16 * (size_t)hp->n_head_kv * (size_t)hp->head_dim * o->d_kv_esz;
+    for (int32_t c = 0; c < b->n_copy; c++)
+        for (int il = 0; il < hp->n_layer; il++)
+            for (int kv = 0; kv < 2; kv++) {
+                cl_mem m = kv ? o->dl[il].vc : o->dl[il].kc;
+                err = clEnqueueCopyBuffer(o->queue, m, m, (size_t)b->copy[c][0] * blk, (size_t)b->copy[c][1] * blk, blk,
+                                          0, NULL, NULL);
+                if (err) return dense_fail(o, mc_error(MOECL_ERR_BACKEND, "opencl: copying KV block %d to %d on %s: %s",
+                                                       b->copy[c][0], b->copy[c][1], o->dev.name, mc_cl_strerror(err)));
+            }
+    return MOECL_OK;
+}
+
+static moecl_status dense_attn_enqueue(mc_backend *be, int il, float *logits, float *xn, float *k, float *v) {
+    ocl_backend *o = be->impl;
+    const mc_hparams *hp = &be->model->hp;
+    const dense_layer *d = &o->dl[il];
+    const int64_t T = o->d_T;
+    const cl_int D = hp->n_embd, hd = hp->head_dim, nh = hp->n_head, nkv = hp->n_head_kv;
+    const cl_int qd = nh * hd, kvd = nkv * hd;
+    moecl_status st;
+    if ((st = dense_rms(o, o->d_x, d->attn_norm, o->d_xn, (size_t)T, D, D, D))) return st;
+    if ((st = dense_matmul(o, d->wq, o->d_xn, o->d_q, o->d_groups_t, T, qd, D))) return st;
+    if ((st = dense_matmul(o, d->wk, o->d_xn, o->d_k, o->d_groups_t, T, kvd, D))) return st;
+    if ((st = dense_matmul(o, d->wv, o->d_xn, o->d_v, o->d_groups_t, T, kvd, D))) return st;
+    if ((st = dense_bias(o, o->d_q, d->bq, T, qd)) || (st = dense_bias(o, o->d_k, d->bk, T, kvd)) ||
+        (st = dense_bias(o, o->d_v, d->bv, T, kvd)))
+        return st;
+    const bool per_head = hp->qk_norm == MC_QK_NORM_HEAD;
+    if (d->qn && (st = per_head ? dense_rms(o, o->d_q, d->qn, o->d_q, (size_t)T * (size_t)nh, hd, hd, hd)
+                                : dense_rms(o, o->d_q, d->qn, o->d_q, (size_t)T, qd, qd, qd)))
+        return st;
+    if (d->kn && (st = per_head ? dense_rms(o, o->d_k, d->kn, o->d_k, (size_t)T * (size_t)nkv, hd, hd, hd)
+                                : dense_rms(o, o->d_k, d->kn, o->d_k, (size_t)T, kvd, kvd, kvd)))
+        return st;
+    cl_float theta = hp->rope_theta;
+    cl_int inter = hp->rope_interleaved ? 1 : 0, window = hp->sliding_window;
+    {
+        const karg a[] = {M(o->d_q), M(o->d_pos), I(nh), FL(theta), I(inter)};
+        const size_t g[3] = {(size_t)hd / 2, (size_t)nh, (size_t)T};
+        if ((st = dense_run(o, KD_ROPE, a, 5, 3, g))) return st;
+        const karg b[] = {M(o->d_k), M(o->d_pos), I(nkv), FL(theta), I(inter)};
+        const size_t gk[3] = {(size_t)hd / 2, (size_t)nkv, (size_t)T};
+        if ((st = dense_run(o, KD_ROPE, b, 5, 3, gk))) return st;
+    }
+    {
+        const karg a[] = {M(o->d_k), M(o->d_v), M(d->kc), M(d->vc), M(o->d_cell), I(kvd)};
+        const size_t g[2] = {(size_t)kvd, (size_t)T};
+        if ((st = dense_run(o, KD_KV_STORE, a, 6, 2, g))) return st;
+    }
+    {
+        const karg a[] = {M(o->d_q), M(d->kc), M(d->vc), M(o->d_att), M(o->d_pos), M(o->d_tab_off), M(o->d_tab),
+                          I(nh), I(nkv), I(window)};
+        const size_t g[2] = {(size_t)nh, (size_t)T};
+        if ((st = dense_run(o, KD_ATTENTION, a, 10, 2, g))) return st;
+    }
+    if ((st = dense_matmul(o, d->wo, o->d_att, o->d_proj, o->d_groups_t, T, D, qd))) return st;
+    if ((st = dense_bias(o, o->d_proj, d->bo, T, D))) return st;
+    if ((st = dense_addv(o, o->d_x, o->d_proj, (size_t)T * (size_t)D))) return st;
+    if ((st = dense_rms(o, o->d_x, d->ffn_norm, o->d_xn, (size_t)T, D, D, D))) return st;
+    const cl_int E = hp->n_expert;
+    if (logits && d->router) {
+        const karg a[] = {M(o->d_xn), M(d->router), M(o->d_logits_r), I(D)};
+        const size_t g[2] = {(size_t)E, (size_t)T};
+        if ((st = dense_run(o, KD_ROUTER, a, 4, 2, g))) return st;
+    }
+    /* what comes up, then one wait */
+    struct { cl_mem m; size_t bytes; void *dst; } up[4] = {
+        {o->d_k, (size_t)T * (size_t)kvd * 4, k}, {o->d_v, (size_t)T * (size_t)kvd * 4, v},
+        {o->d_logits_r, (size_t)T * (size_t)E * 4, logits && d->router ? logits : NULL},
+        {o->d_xn, (size_t)T * (size_t)D * 4, xn},
+    };
+    cl_event ev[4] = {NULL, NULL, NULL, NULL};
+    int n_ev = 0;
+    cl_int err = CL_SUCCESS;
+    for (int i = 0; i < 4 && !err; i++)
+        if (up[i].dst) {
+            err = clEnqueueReadBuffer(o->queue, up[i].m, CL_FALSE, 0, up[i].bytes, up[i].dst, 0, NULL, &ev[n_ev]);
+            if (!err) n_ev++;
+        }
+    if (!err) err = clFlush(o->queue);
+    /* Wait on the reads' own events (rusticl: see drain). */
+    cl_int werr = n_ev ? clWaitForEvents((cl_uint)n_ev, ev) : CL_SUCCESS;
+    for (int i = 0; i < n_ev; i++) {
+        cl_int es = CL_COMPLETE;
+        if (clGetEventInfo(ev[i], CL_EVENT_COMMAND_EXECUTION_STATUS, sizeof es, &es, NULL) == CL_SUCCESS && es < 0 &&
+            !werr)
+            werr = es;
+        clReleaseEvent(ev[i]);
+    }
+    if (!err) err = werr;
+    CL_CHECK(err, "reading a layer's K/V rows and router logits");
+    return MOECL_OK;
+}
+
+static moecl_status ocl_dense_attn(mc_backend *be, int il, float *logits, float *xn, float *k, float *v) {
+    ocl_backend *o = be->impl;
+    if (o->failed) return mc_error(MOECL_ERR_BACKEND, "opencl: %s failed earlier", o->dev.name);
+    o->n_dense++;
+    if (o->fail_dense_at > 0 && o->n_dense == o->fail_dense_at)
+        return dense_fail(o, mc_error(MOECL_ERR_BACKEND, "opencl: the attention of layer %d on %s: %s (injected)", il,
+                                      o->dev.name, mc_cl_strerror(CL_OUT_OF_RESOURCES)));
+    moecl_status st = dense_attn_enqueue(be, il, logits, xn, k, v);
+    return st ? dense_fail(o, st) : MOECL_OK;
+}
+
+/* o->x[r] = xn[row_token[r]] for the rows of the experts here (enqueue). */
+static moecl_status dense_gather(ocl_backend *o, int64_t rows) {
+    const cl_int D = (cl_int)o->dl_D;
+    const karg a[] = {M(o->d_xn), M(o->x), M(o->d_row_token), I(D)};
+    const size_t g[2] = {(size_t)D, (size_t)rows};
+    return dense_run(o, KD_COPY_ROWS, a, 4, 2, g);
+}
+
+static moecl_status dense_experts_enqueue(mc_backend *be, const mc_dense_moe *w) {
+    ocl_backend *o = be->impl;
+    const mc_hparams *hp = &be->model->hp;
+    const int64_t T = o->d_T, rows = w->offsets[w->n_used] - w->offsets[0];
+    const cl_int K = hp->n_expert_used, D = hp->n_embd;
+    struct { cl_mem m; size_t bytes; const void *p; } up[3] = {
+        {o->d_row_token, (size_t)rows * 4, w->row_token}, {o->d_pair_row, (size_t)T * (size_t)K * 4, w->pair_row},
+        {o->d_weight, (size_t)T * (size_t)K * 4, w->weight},
+    };
+    for (int i = 0; i < 3; i++)
+        if (up[i].bytes)
+            CL_CHECK(clEnqueueWriteBuffer(o->queue, up[i].m, CL_FALSE, 0, up[i].bytes, up[i].p, 0, NULL, NULL),
+                     "writing the router's choice");
+    const mc_moe_work mw = {.layer = w->layer, .n_used = w->n_used, .expert_ids = w->expert_ids,
+                            .offsets = w->offsets, .X = NULL, .Y = NULL};
+    moecl_status st = enqueue(be, &mw); /* gathers from xn, leaves y on the device */
+    if (st) return st;
+    const karg a[] = {M(o->d_x), M(o->y), M(o->d_pair_row), M(o->d_weight), I(K), I(D)};
+    const size_t g[2] = {(size_t)D, (size_t)T};
+    if ((st = dense_run(o, KD_SCATTER, a, 6, 2, g))) return st;
+    CL_CHECK(clFlush(o->queue), "flushing the queue");
+    return MOECL_OK;
+}
+
+static moecl_status ocl_dense_experts(mc_backend *be, const mc_dense_moe *w) {
+    ocl_backend *o = be->impl;
+    if (o->failed) return mc_error(MOECL_ERR_BACKEND, "opencl: %s failed earlier", o->dev.name);
+    if (w->n_used <= 0) return MOECL_OK;
+    o->n_submits++;
+    moecl_status st = dense_experts_enqueue(be, w);
+    return st ? dense_fail(o, st) : MOECL_OK;
+}
+
+/* x += FFN(xn) with one layer's w1, w3, w2 of width ff; gate: the shared expert's. */
+static moecl_status dense_ffn_enqueue(ocl_backend *o, const dense_layer *d, int64_t T, cl_int D, cl_int ff) {
+    moecl_status st;
+    if ((st = dense_matmul(o, d->w1, o->d_xn, o->d_h1, o->d_groups_t, T, ff, D))) return st;
+    if ((st = dense_matmul(o, d->w3, o->d_xn, o->d_h3, o->d_groups_t, T, ff, D))) return st;
+    {
+        const karg a[] = {M(o->d_h1), M(o->d_h3)};
+        const size_t g = (size_t)T * (size_t)ff;
+        if ((st = dense_run(o, KD_SWIGLU, a, 2, 1, &g))) return st;
+    }
+    if ((st = dense_matmul(o, d->w2, o->d_h1, o->d_proj, o->d_groups_t, T, D, ff))) return st;
+    if (!d->gate) return dense_addv(o, o->d_x, o->d_proj, (size_t)T * (size_t)D);
+    const karg a[] = {M(o->d_x), M(o->d_proj), M(o->d_xn), M(d->gate), I(D)};
+    const size_t g = (size_t)T;
+    return dense_run(o, KD_ADD_GATED, a, 5, 1, &g);
+}
+
+static moecl_status ocl_dense_ffn(mc_backend *be, int il, const float *delta) {
+    ocl_backend *o = be->impl;
+    const moecl_model *m = be->model;
+    if (o->failed) return mc_error(MOECL_ERR_BACKEND, "opencl: %s failed earlier", o->dev.name);
+    const int64_t T = o->d_T;
+    const cl_int D = m->hp.n_embd;
+    const mc_layer *L = &m->layers[il];
+    const mc_expert *f = L->experts ? &L->shexp : &L->ffn;
+    moecl_status st = MOECL_OK;
+    if (delta) {
+        cl_int err = clEnqueueWriteBuffer(o->queue, o->d_proj, CL_FALSE, 0, (size_t)T * (size_t)D * 4, delta, 0, NULL,
+                                          NULL);
+        if (err) st = mc_error(MOECL_ERR_BACKEND, "opencl: writing the experts' sum to %s: %s", o->dev.name,
+                               mc_cl_strerror(err));
+        if (!st) st = dense_addv(o, o->d_x, o->d_proj, (size_t)T * (size_t)D);
+    }
+    if (!st && f->w1.data) st = dense_ffn_enqueue(o, &o->dl[il], T, D, (cl_int)f->w1.rows);
+    if (!st) {
+        cl_int err = clFlush(o->queue);
+        if (err) st = mc_error(MOECL_ERR_BACKEND, "opencl: flushing %s: %s", o->dev.name, mc_cl_strerror(err));
+    }
+    return st ? dense_fail(o, st) : MOECL_OK;
+}
+
+static moecl_status dense_head_enqueue(mc_backend *be, int32_t n_out, const int32_t *rows, float *logits) {
+    ocl_backend *o = be->impl;
+    const mc_hparams *hp = &be->model->hp;
+    const cl_int D = hp->n_embd, V = hp->n_vocab;
+    if (n_out > o->d_out_cap)
+        return mc_error(MOECL_ERR_BACKEND, "opencl: %d rows of logits; the device holds %d", n_out, o->d_out_cap);
+    const cl_int grp[4] = {0, 0, n_out, 0};
+    CL_CHECK(clEnqueueWriteBuffer(o->queue, o->d_rows, CL_TRUE, 0, (size_t)n_out * 4, rows, 0, NULL, NULL),
+             "writing the logit rows");
+    CL_CHECK(clEnqueueWriteBuffer(o->queue, o->d_groups_o, CL_TRUE, 0, sizeof grp, grp, 0, NULL, NULL),
+             "writing the logit rows");
+    moecl_status st;
+    const karg a[] = {M(o->d_x), M(o->d_xo), M(o->d_rows), I(D)};
+    const size_t g[2] = {(size_t)D, (size_t)n_out};
+    if ((st = dense_run(o, KD_COPY_ROWS, a, 4, 2, g))) return st;
+    if ((st = dense_rms(o, o->d_xo, o->d_out_norm, o->d_xo, (size_t)n_out, D, D, D))) return st;
+    if ((st = dense_matmul(o, o->d_lm_head, o->d_xo, o->d_logits, o->d_groups_o, n_out, V, D))) return st;
+    cl_event ev = NULL;
+    cl_int err = clEnqueueReadBuffer(o->queue, o->d_logits, CL_FALSE, 0, (size_t)n_out * (size_t)V * 4, logits, 0,
+                                     NULL, &ev);
+    if (!err) err = clWaitForEvents(1, &ev);
+    if (ev) {
+        cl_int es = CL_COMPLETE;
+        if (!err && clGetEventInfo(ev, CL_EVENT_COMMAND_EXECUTION_STATUS, sizeof es, &es, NULL) == CL_SUCCESS && es < 0)
+            err = es;
+        clReleaseEvent(ev);
+    }
+    CL_CHECK(err, "reading the logits");
+    return MOECL_OK;
+}
+
+static moecl_status ocl_dense_head(mc_backend *be, int32_t n_out, const int32_t *rows, float *logits) {
+    ocl_backend *o = be->impl;
+    if (o->failed) return mc_error(MOECL_ERR_BACKEND, "opencl: %s failed earlier", o->dev.name);
+    if (n_out <= 0) return MOECL_OK;
+    moecl_status st = dense_head_enqueue(be, n_out, rows, logits);
+    return st ? dense_fail(o, st) : MOECL_OK;
+}
+#undef M
+#undef I
+#undef FL
