@@ -380,7 +380,7 @@ static void test_shared_blocks(const char *dir) {
         CHECKF(a.n[i] == MAX_GEN && b.n[i] == MAX_GEN && !memcmp(a.tok[i], b.tok[i], sizeof a.tok[i]),
                "request %d: %d and %d tokens, %s", i, a.n[i], b.n[i],
                memcmp(a.tok[i], b.tok[i], sizeof a.tok[i]) ? "different" : "the same");
-    fprintf(stderr, "  shared prefix blocks: %llu prompt tokens shared, the CPU's tokens\n", (unsigned long long)sb);
+    fprintf(stderr, "  shared prefix blocks: %llu prompt tokens shared\n", (unsigned long long)sb);
     moecl_model_free(m);
 }
 

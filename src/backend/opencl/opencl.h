@@ -24,7 +24,7 @@
 #define MC_CL_ENTRY_POINTS(X) \
     X(GetPlatformIDs) X(GetPlatformInfo) X(GetDeviceIDs) X(GetDeviceInfo) \
     X(CreateContext) X(ReleaseContext) X(CreateCommandQueue) X(ReleaseCommandQueue) X(Flush) X(Finish) \
-    X(CreateBuffer) X(ReleaseMemObject) X(EnqueueReadBuffer) X(EnqueueWriteBuffer) \
+    X(CreateBuffer) X(ReleaseMemObject) X(EnqueueReadBuffer) X(EnqueueWriteBuffer) X(EnqueueCopyBuffer) \
     X(CreateProgramWithSource) X(CreateProgramWithBinary) X(BuildProgram) X(GetProgramInfo) X(GetProgramBuildInfo) X(ReleaseProgram) \
     X(CreateKernel) X(SetKernelArg) X(ReleaseKernel) X(EnqueueNDRangeKernel) \
     X(WaitForEvents) X(GetEventInfo) X(GetEventProfilingInfo) X(ReleaseEvent)
@@ -58,6 +58,7 @@ const char *mc_cl_unavailable_reason(void);
 #define clReleaseMemObject mc_cl.ReleaseMemObject
 #define clEnqueueReadBuffer mc_cl.EnqueueReadBuffer
 #define clEnqueueWriteBuffer mc_cl.EnqueueWriteBuffer
+#define clEnqueueCopyBuffer mc_cl.EnqueueCopyBuffer
 #define clCreateProgramWithSource mc_cl.CreateProgramWithSource
 #define clCreateProgramWithBinary mc_cl.CreateProgramWithBinary
 #define clBuildProgram mc_cl.BuildProgram
