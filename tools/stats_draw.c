@@ -274,7 +274,7 @@ static void paint_coact(cairo_t *cr, const stats_data *d, int w, int h) {
     char s[96];
     set(cr, (rgb){0.1, 0.1, 0.1});
     cairo_select_font_face(cr, FONT, CAIRO_FONT_SLANT_NORMAL, CAIRO_FONT_WEIGHT_BOLD);
-    snprintf(s, sizeof s, "Co-activation, layer %d%s", l, y->dense ? " (dense)" : "");
+    snprintf(s, sizeof s, "Co-activation, layer %d%s", l, y->dense ? " (dense: no router)" : "");
     text_at(cr, 10, 22, 15, s, 0);
     cairo_select_font_face(cr, FONT, CAIRO_FONT_SLANT_NORMAL, CAIRO_FONT_WEIGHT_NORMAL);
     text_at(cr, 10, 40, 11, "tokens that chose both experts (diagonal: tokens per expert)", 0);
@@ -326,7 +326,8 @@ static double layout_passage(cairo_t *cr, const stats_data *d, bool draw) {
     if (draw) {
         set(cr, (rgb){0.1, 0.1, 0.1});
         cairo_select_font_face(cr, FONT, CAIRO_FONT_SLANT_NORMAL, CAIRO_FONT_WEIGHT_BOLD);
-        snprintf(s, sizeof s, "First-choice expert of each token, layer %d", l);
+        snprintf(s, sizeof s, "First-choice expert of each token, layer %d%s", l,
+                 d->layers[l].dense ? " (dense: no router)" : "");
         text_at(cr, 10, 22, 15, s, 0);
         cairo_select_font_face(cr, FONT, CAIRO_FONT_SLANT_NORMAL, CAIRO_FONT_WEIGHT_NORMAL);
     }
