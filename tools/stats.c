@@ -917,6 +917,7 @@ int cmd_stats(int argc, char **argv) {
     rc = 0;
 done:
     for (int i = 0; i < 3; i++) stats_pic_free(&pics[i]);
+    if (html || pictures) stats_draw_release();
     free(pieces);
     free(id_text);
     if (d.layers) {
