@@ -28,18 +28,6 @@ static moecl_tokenizer *parse_text(const char *text, moecl_status *st) {
     return tok;
 }
 
-static int hexval(char c) { return c <= '9' ? c - '0' : c - 'a' + 10; }
-
-/* Decode the "hex" field into a malloc'd buffer. */
-static char *unhex(const char *h, size_t *len) {
-    size_t n = strlen(h) / 2;
-    char *s = malloc(n + 1);
-    for (size_t i = 0; i < n; i++) s[i] = (char)(hexval(h[2 * i]) * 16 + hexval(h[2 * i + 1]));
-    s[n] = '\0';
-    *len = n;
-    return s;
-}
-
 static bool ids_equal(const int32_t *a, int na, const cJSON *ref) {
     if (cJSON_GetArraySize(ref) != na) return false;
     int i = 0;
@@ -139,7 +127,7 @@ static void test_reference(const moecl_tokenizer *tok, const moecl_tokenizer *ms
     int n_cases = 0, n_bad = 0, n_ms_bad = 0;
     cJSON_ArrayForEach(c, cases) {
         size_t len;
-        char *s = unhex(cJSON_GetObjectItem(c, "hex")->valuestring, &len);
+        char *s = t_unhex(cJSON_GetObjectItem(c, "hex")->valuestring, &len);
         const cJSON *ref = cJSON_GetObjectItem(c, "ids");
         int n;
         int32_t *ids = tokenize(tok, s, len, MOECL_TOKENIZE_NO_BOS, &n);
@@ -207,7 +195,7 @@ static void test_reference(const moecl_tokenizer *tok, const moecl_tokenizer *ms
         for (int k = 0; k < 6; k++) {
             const cJSON *pick = cJSON_GetArrayItem(cases, (int)(t_rand_u64(&seed) % (uint64_t)n_all));
             size_t pl;
-            char *p = unhex(cJSON_GetObjectItem(pick, "hex")->valuestring, &pl);
+            char *p = t_unhex(cJSON_GetObjectItem(pick, "hex")->valuestring, &pl);
             if (ml + pl + 2 < sizeof mix) {
                 memcpy(mix + ml, p, pl);
                 ml += pl;

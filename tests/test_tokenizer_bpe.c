@@ -33,17 +33,6 @@
 /* Helpers                                                                  */
 /* ------------------------------------------------------------------------ */
 
-static int hexval(char c) { return c <= '9' ? c - '0' : c - 'a' + 10; }
-
-static char *unhex(const char *h, size_t *len) {
-    size_t n = strlen(h) / 2;
-    char *s = malloc(n + 1);
-    for (size_t i = 0; i < n; i++) s[i] = (char)(hexval(h[2 * i]) * 16 + hexval(h[2 * i + 1]));
-    s[n] = '\0';
-    *len = n;
-    return s;
-}
-
 static bool ids_equal(const int32_t *a, int na, const cJSON *ref) {
     if (!cJSON_IsArray(ref) || cJSON_GetArraySize(ref) != na) return false;
     int i = 0;
@@ -124,7 +113,7 @@ static int check_corpus(const moecl_tokenizer *tok, const cJSON *cases, const cJ
         if (variant && invalid) continue; /* variants cover the shared corpus only */
         n_cases++;
         size_t len;
-        char *s = unhex(cJSON_GetObjectItem(c, "hex")->valuestring, &len);
+        char *s = t_unhex(cJSON_GetObjectItem(c, "hex")->valuestring, &len);
         int n;
         int32_t *ids = tokenize(tok, s, len, MOECL_TOKENIZE_NO_BOS, &n);
         if (!ids_equal(ids, n, ref)) {

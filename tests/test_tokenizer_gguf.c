@@ -164,17 +164,6 @@ static void quiet_log(moecl_log_level level, const char *message, void *user) {
     if (level == MOECL_LOG_WARN) snprintf(g_warning, sizeof g_warning, "%s", message);
 }
 
-static int hexval(char c) { return c <= '9' ? c - '0' : c - 'a' + 10; }
-
-static char *unhex(const char *h, size_t *len) {
-    size_t n = strlen(h) / 2;
-    char *s = malloc(n + 1);
-    for (size_t i = 0; i < n; i++) s[i] = (char)(hexval(h[2 * i]) * 16 + hexval(h[2 * i + 1]));
-    s[n] = '\0';
-    *len = n;
-    return s;
-}
-
 static mc_ids encode(const moecl_tokenizer *tok, const char *s, size_t len, bool special) {
     mc_ids ids = {0};
     CHECK(mc_tokenizer_encode(tok, s, len, special, &ids) == MOECL_OK);
@@ -286,7 +275,7 @@ static void test_refs(const moecl_tokenizer *tok, const cJSON *refs, const char 
     int n = 0, bad = 0;
     cJSON_ArrayForEach(c, cJSON_GetObjectItem(refs, "cases")) {
         size_t len;
-        char *s = unhex(cJSON_GetObjectItem(c, "hex")->valuestring, &len);
+        char *s = t_unhex(cJSON_GetObjectItem(c, "hex")->valuestring, &len);
         mc_ids ids = encode(tok, s, len, false);
         if (!ids_eq_ref(ids, cJSON_GetObjectItem(c, "ids"))) {
             bad++;

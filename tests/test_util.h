@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 static int t_failures = 0;
 static int t_checks = 0;
@@ -65,6 +66,22 @@ static inline char *t_read_file(const char *path, size_t *len) {
     buf[n] = 0;
     if (len) *len = n;
     return buf;
+}
+
+/* Lower-case hex ("48690a") into bytes (malloc'd, NUL-terminated after *len
+ * bytes); NULL when out of memory. The references' "hex" fields. */
+static inline char *t_unhex(const char *h, size_t *len) {
+    const size_t n = strlen(h) / 2;
+    char *s = malloc(n + 1);
+    *len = 0;
+    if (!s) return NULL;
+    for (size_t i = 0; i < n; i++) {
+        const char a = h[2 * i], b = h[2 * i + 1];
+        s[i] = (char)((a <= '9' ? a - '0' : a - 'a' + 10) * 16 + (b <= '9' ? b - '0' : b - 'a' + 10));
+    }
+    s[n] = '\0';
+    *len = n;
+    return s;
 }
 
 /* max|a-b| / max|b|: the normalised error used throughout. */

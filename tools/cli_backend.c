@@ -3,6 +3,7 @@
  * commands (see cli_backend.h).
  */
 #include "cli_backend.h"
+#include "cli.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -33,15 +34,6 @@ void cli_backend_init(cli_backend *b) {
     b->device_dtype = MOECL_DTYPE_COUNT;
     b->placement = MOECL_PLACEMENT_AUTO;
     b->kv_type = MOECL_DTYPE_F32;
-}
-
-static bool whole(const char *s, long lo, long hi, int *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) return false;
-    *out = (int)v;
-    return true;
 }
 
 /* One of the names in names[0..n) (separated by '|' in the message): its index. */
@@ -77,8 +69,8 @@ int cli_backend_option(cli_backend *b, const char *a, const char *v, char *err, 
         if ((ok = (i = pick(v, backends, 3)) >= 0)) b->backend = backend_of[i];
         break;
     case 1: b->device = v; break;
-    case 2: ok = whole(v, lo, hi, &b->gpu_mem_mib); break;
-    case 3: hi = 1 << 20, ok = whole(v, lo, hi, &b->gpu_experts); break;
+    case 2: ok = cli_parse_int(v, lo, hi, &b->gpu_mem_mib); break;
+    case 3: hi = 1 << 20, ok = cli_parse_int(v, lo, hi, &b->gpu_experts); break;
     case 4:
         what = "device dtype", allowed = "f32, f16";
         if ((ok = (i = pick(v, dtypes, 2)) >= 0)) b->device_dtype = dtype_of[i];
@@ -93,7 +85,7 @@ int cli_backend_option(cli_backend *b, const char *a, const char *v, char *err, 
         what = "KV cache type", allowed = "f32, f16";
         if ((ok = (i = pick(v, dtypes, 2)) >= 0)) b->kv_type = dtype_of[i];
         break;
-    case 9: lo = 1, ok = whole(v, lo, hi, &b->kv_cells); break;
+    case 9: lo = 1, ok = cli_parse_int(v, lo, hi, &b->kv_cells); break;
     }
     if (!ok && what) snprintf(err, n_err, "unknown %s %s (%s)", what, v, allowed);
     else if (!ok) snprintf(err, n_err, "option %s: '%s' is not a whole number from %ld to %ld", a, v, lo, hi);

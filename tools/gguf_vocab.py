@@ -65,6 +65,25 @@ def _config_token(cfg, key):
     return v if isinstance(v, str) else None
 
 
+def _apply_tokenizer_config(out, ids, tokenizer_dir):
+    """What tokenizer_config.json beside tokenizer.json says, where it exists, over the
+    defaults in out: the special token ids, add_bos/add_eos and the chat template."""
+    cfg_path = os.path.join(tokenizer_dir, "tokenizer_config.json")
+    if not os.path.isfile(cfg_path):
+        return
+    with open(cfg_path, encoding="utf-8") as f:
+        cfg = json.load(f)
+    for key, name in (("bos", "bos_token"), ("eos", "eos_token"), ("unk", "unk_token"), ("pad", "pad_token")):
+        text = _config_token(cfg, name)
+        if text is not None and text in ids:
+            out[key] = ids[text]
+    for key in ("add_bos", "add_eos"):
+        if isinstance(cfg.get(key + "_token"), bool):
+            out[key] = cfg[key + "_token"]
+    if isinstance(cfg.get("chat_template"), str):
+        out["chat_template"] = cfg["chat_template"]
+
+
 def llama_vocab(tokenizer_json_path):
     """The tokenizer.ggml.* values for tokenizer.json, as a dict (see the module's doc)."""
     with open(tokenizer_json_path, encoding="utf-8") as f:
@@ -123,19 +142,7 @@ def llama_vocab(tokenizer_json_path):
         "bos": ids.get(bos or "<s>"), "eos": ids.get("</s>"), "unk": ids.get(unk) if unk else None,
         "pad": None, "add_bos": bos is not None, "add_eos": eos is not None, "chat_template": None,
     }
-    cfg_path = os.path.join(os.path.dirname(os.path.abspath(tokenizer_json_path)), "tokenizer_config.json")
-    if os.path.isfile(cfg_path):
-        with open(cfg_path, encoding="utf-8") as f:
-            cfg = json.load(f)
-        for key, name in (("bos", "bos_token"), ("eos", "eos_token"), ("unk", "unk_token"), ("pad", "pad_token")):
-            text = _config_token(cfg, name)
-            if text is not None and text in ids:
-                out[key] = ids[text]
-        for key in ("add_bos", "add_eos"):
-            if isinstance(cfg.get(key + "_token"), bool):
-                out[key] = cfg[key + "_token"]
-        if isinstance(cfg.get("chat_template"), str):
-            out["chat_template"] = cfg["chat_template"]
+    _apply_tokenizer_config(out, ids, os.path.dirname(os.path.abspath(tokenizer_json_path)))
     return out
 
 
@@ -222,19 +229,7 @@ def gpt2_vocab(tokenizer_dir):
     ids = {t: i for i, t in enumerate(tokens)}
     out = {"tokens": tokens, "types": types, "merges": merges, "pre": _pre_name(tj), "bos": None, "eos": None,
            "unk": None, "pad": None, "add_bos": None, "add_eos": None, "chat_template": None}
-    cfg_path = os.path.join(tokenizer_dir, "tokenizer_config.json")
-    if os.path.isfile(cfg_path):
-        with open(cfg_path, encoding="utf-8") as f:
-            cfg = json.load(f)
-        for key, name in (("bos", "bos_token"), ("eos", "eos_token"), ("unk", "unk_token"), ("pad", "pad_token")):
-            text = _config_token(cfg, name)
-            if text is not None and text in ids:
-                out[key] = ids[text]
-        for key in ("add_bos", "add_eos"):
-            if isinstance(cfg.get(key + "_token"), bool):
-                out[key] = cfg[key + "_token"]
-        if isinstance(cfg.get("chat_template"), str):
-            out["chat_template"] = cfg["chat_template"]
+    _apply_tokenizer_config(out, ids, tokenizer_dir)
     return out
 
 

@@ -24,6 +24,7 @@
 
 #include "backend/cpu/kernels.h" /* mc_cpu_isa, for 'moecl info' */
 #include "formats/atomic_file.h" /* internal: the one way moecl writes files */
+#include "cli.h"
 #include "cli_backend.h"
 #include "gguf_dump.h"
 #include <signal.h>
@@ -99,19 +100,12 @@ static float *g_expert_freq;
  * fresh sequence) as moecl stats does by default, and set freq[l * E + e] to the share of
  * tokens routed to expert e of layer l. */
 static moecl_status calibrate_freq(const moecl_model *model, const char *path, int n_threads, float *freq) {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        fprintf(stderr, "moecl: --calibrate: cannot open %s: %s\n", path, strerror(errno));
-        return MOECL_ERR_IO;
-    }
-    char *text = malloc(CALIBRATE_MAX_BYTES + 1);
-    size_t len = text ? fread(text, 1, CALIBRATE_MAX_BYTES + 1, f) : 0;
-    bool err = ferror(f);
-    fclose(f);
-    if (!text) return MOECL_ERR_NOMEM;
-    if (err || len > CALIBRATE_MAX_BYTES || len == 0) {
-        fprintf(stderr, "moecl: --calibrate: %s is %s\n", path,
-                err ? "unreadable" : len ? "larger than 64 MiB" : "empty");
+    char *text;
+    size_t len;
+    moecl_status st = cli_read_text("moecl: --calibrate", path, CALIBRATE_MAX_BYTES, &text, &len);
+    if (st) return st;
+    if (len == 0) {
+        fprintf(stderr, "moecl: --calibrate: %s is empty\n", path);
         free(text);
         return MOECL_ERR_INVALID_ARG;
     }
@@ -122,7 +116,7 @@ static moecl_status calibrate_freq(const moecl_model *model, const char *path, i
         return MOECL_ERR_INVALID_ARG;
     }
     int32_t n = 0;
-    moecl_status st = moecl_tokenize(tok, text, len, 0, NULL, 0, &n);
+    st = moecl_tokenize(tok, text, len, 0, NULL, 0, &n);
     int32_t *ids = st == MOECL_OK ? malloc((size_t)(n > 0 ? n : 1) * sizeof *ids) : NULL;
     if (st == MOECL_OK && !ids) st = MOECL_ERR_NOMEM;
     if (st == MOECL_OK) st = moecl_tokenize(tok, text, len, 0, ids, n, &n);
@@ -160,24 +154,6 @@ static moecl_status calibrate_freq(const moecl_model *model, const char *path, i
     return st;
 }
 
-static bool parse_int(const char *s, long lo, long hi, int *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) return false;
-    *out = (int)v;
-    return true;
-}
-
-static bool parse_float(const char *s, float *out) {
-    char *end;
-    errno = 0;
-    float v = strtof(s, &end);
-    if (errno || end == s || *end) return false;
-    *out = v;
-    return true;
-}
-
 /* A number out of range: say what is allowed (for -c, the library's limit). */
 static int bad_number(const char *opt, const char *v, long lo, long hi) {
     fprintf(stderr, "moecl: option %s: '%s' is not a whole number from %ld to %ld%s\n(see 'moecl help')\n", opt, v,
@@ -211,8 +187,8 @@ static int parse_options(int argc, char **argv, int first, bool bench, options *
             continue;
         }
 #define NEED() do { if (!v) return usage_error("option %s needs a value", a); i++; } while (0)
-#define INT(dst, lo, hi) do { NEED(); if (!parse_int(v, lo, hi, &(dst))) return bad_number(a, v, lo, hi); } while (0)
-#define FLT(dst) do { NEED(); if (!parse_float(v, &(dst))) return usage_error("bad number for %s", a); } while (0)
+#define INT(dst, lo, hi) do { NEED(); if (!cli_parse_int(v, lo, hi, &(dst))) return bad_number(a, v, lo, hi); } while (0)
+#define FLT(dst) do { NEED(); if (!cli_parse_float(v, &(dst))) return usage_error("bad number for %s", a); } while (0)
         if (!strcmp(a, "-m") || !strcmp(a, "--model")) { NEED(); o->model = v; }
         else if ((!strcmp(a, "-p") || !strcmp(a, "--prompt")) && bench) INT(o->n_prompt, 1, 1 << 20);
         else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) { NEED(); o->prompt = v; }
@@ -314,10 +290,7 @@ static int load_model(const options *o, moecl_model **model, double *seconds) {
     return 0;
 }
 
-/* For subcommands in other files (tools/stats.c): the model as run and chat
- * find it (path NULL: $MOECL_MODEL, else the default model); the path used
- * into resolved. 0 on success, else the exit code. */
-int cli_load_model(const char *path, moecl_model **model, char *resolved, size_t len);
+/* For subcommands in other files (tools/stats.c): see cli.h. */
 int cli_load_model(const char *path, moecl_model **model, char *resolved, size_t len) {
     options o = {0};
     o.model = path;
@@ -330,30 +303,9 @@ int cli_load_model(const char *path, moecl_model **model, char *resolved, size_t
 }
 
 static int parse_token_list(const char *s, int32_t **out, int *n) {
-    int cap = 16, cnt = 0;
-    int32_t *v = malloc((size_t)cap * sizeof *v);
-    if (!v) return 1;
-    const char *p = s;
-    while (*p) {
-        char *end;
-        errno = 0;
-        long x = strtol(p, &end, 10);
-        if (errno || end == p || x < INT32_MIN || x > INT32_MAX) {
-            free(v);
-            return usage_error("bad token list '%s' (expected comma-separated ids)", s);
-        }
-        if (cnt == cap) {
-            int32_t *nv = realloc(v, (size_t)(cap *= 2) * sizeof *v);
-            if (!nv) { free(v); return 1; }
-            v = nv;
-        }
-        v[cnt++] = (int32_t)x;
-        p = end;
-        while (*p == ',' || *p == ' ') p++;
-    }
-    *out = v;
-    *n = cnt;
-    return 0;
+    moecl_status st = cli_parse_ids(s, INT32_MIN, INT32_MAX, out, n);
+    if (st == MOECL_ERR_INVALID_ARG) return usage_error("bad token list '%s' (expected comma-separated ids)", s);
+    return st ? 1 : 0;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -370,32 +322,7 @@ static int read_prompt(const options *o, char **text, size_t *len) {
         memcpy(*text, o->prompt, *len + 1);
         return 0;
     }
-    FILE *f = strcmp(o->prompt_file, "-") ? fopen(o->prompt_file, "rb") : stdin;
-    if (!f) {
-        fprintf(stderr, "moecl: cannot open %s: %s\n", o->prompt_file, strerror(errno));
-        return 1;
-    }
-    size_t cap = 1 << 16, n = 0, r;
-    char *buf = malloc(cap);
-    while (buf && (r = fread(buf + n, 1, cap - n - 1, f)) > 0) {
-        n += r;
-        if (n + 1 == cap) {
-            char *nb = realloc(buf, cap *= 2);
-            if (!nb) { free(buf); buf = NULL; }
-            buf = nb;
-        }
-    }
-    bool err = ferror(f);
-    if (f != stdin) fclose(f);
-    if (!buf || err) {
-        free(buf);
-        fprintf(stderr, "moecl: cannot read %s\n", o->prompt_file);
-        return 1;
-    }
-    buf[n] = '\0';
-    *text = buf;
-    *len = n;
-    return 0;
+    return cli_read_text("moecl", o->prompt_file, CLI_TEXT_MAX_BYTES, text, len) ? 1 : 0;
 }
 
 static uint32_t tokenize_flags(const options *o) {
@@ -1099,15 +1026,15 @@ static int cmd_generate(int argc, char **argv) {
         else if (!strcmp(a, "--arch")) p.arch = v; /* the library names the families it knows */
         else if (!strcmp(a, "--tokenizer")) tokenizer = v;
         else if (!strcmp(a, "--norm-topk")) {
-            if (!parse_int(v, 0, 1, &x)) return bad_number(a, v, 0, 1);
+            if (!cli_parse_int(v, 0, 1, &x)) return bad_number(a, v, 0, 1);
             p.norm_topk = x;
         } else if (!strcmp(a, "--dense-layers")) {
-            if (!parse_int(v, 0, 1 << 24, &x)) return bad_number(a, v, 0, 1 << 24);
+            if (!cli_parse_int(v, 0, 1 << 24, &x)) return bad_number(a, v, 0, 1 << 24);
             p.n_dense_layers = x;
         } else if (!strcmp(a, "--bos") || !strcmp(a, "--eos")) {
-            if (!parse_int(v, -1, INT32_MAX, &x)) return bad_number(a, v, -1, INT32_MAX);
+            if (!cli_parse_int(v, -1, INT32_MAX, &x)) return bad_number(a, v, -1, INT32_MAX);
             *(a[2] == 'b' ? &p.bos_id : &p.eos_id) = x;
-        } else if (!parse_int(v, 1, 1 << 24, &x)) return bad_number(a, v, 1, 1 << 24);
+        } else if (!cli_parse_int(v, 1, 1 << 24, &x)) return bad_number(a, v, 1, 1 << 24);
         else if (!strcmp(a, "--vocab")) p.n_vocab = x;
         else if (!strcmp(a, "--hidden")) p.n_embd = x;
         else if (!strcmp(a, "--ff")) p.n_ff = x;
@@ -1178,7 +1105,7 @@ static int cmd_quantize(int argc, char **argv) {
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
-            if (i + 1 >= argc || !parse_int(argv[i + 1], 1, 4096, &p.n_threads))
+            if (i + 1 >= argc || !cli_parse_int(argv[i + 1], 1, 4096, &p.n_threads))
                 return usage_error("option %s needs a thread count", a);
             i++;
         } else if (!strcmp(a, "--allow-requantize")) {

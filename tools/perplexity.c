@@ -34,6 +34,7 @@
  * f32 logp[K].
  */
 #include "moecl.h"
+#include "cli.h"
 
 #include <errno.h>
 #include <math.h>
@@ -62,69 +63,11 @@ static int fail(const char *what, moecl_status st) {
     return 1;
 }
 
-static int parse_long(const char *s, long lo, long hi, long *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) return 0;
-    *out = v;
-    return 1;
-}
-
-/* Whole file into memory (*len bytes, NUL-terminated). */
-static char *read_file(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        fprintf(stderr, "moecl perplexity: cannot open %s: %s\n", path, strerror(errno));
-        return NULL;
-    }
-    size_t cap = 1 << 16, n = 0, r;
-    char *buf = malloc(cap);
-    while (buf && (r = fread(buf + n, 1, cap - n - 1, f)) > 0) {
-        n += r;
-        if (n + 1 == cap) {
-            char *nb = realloc(buf, cap *= 2);
-            if (!nb) free(buf);
-            buf = nb;
-        }
-    }
-    int err = ferror(f);
-    fclose(f);
-    if (!buf || err) {
-        free(buf);
-        fprintf(stderr, "moecl perplexity: cannot read %s\n", path);
-        return NULL;
-    }
-    buf[n] = 0;
-    *len = n;
-    return buf;
-}
-
-/* Comma-separated ids ("1,2,3"); *out malloc'd. */
+/* "1,2,3" into a malloc'd array. */
 static int parse_ids(const char *s, int32_t **out, int *n) {
-    int cap = 64, cnt = 0;
-    int32_t *v = malloc((size_t)cap * sizeof *v);
-    for (const char *p = s; v && *p;) {
-        char *end;
-        errno = 0;
-        long x = strtol(p, &end, 10);
-        if (errno || end == p || x < 0 || x > INT32_MAX) {
-            free(v);
-            return usage("bad token list '%s' (expected comma-separated ids)", s);
-        }
-        if (cnt == cap) {
-            int32_t *nv = realloc(v, (size_t)(cap *= 2) * sizeof *v);
-            if (!nv) free(v);
-            v = nv;
-            if (!v) break;
-        }
-        v[cnt++] = (int32_t)x;
-        for (p = end; *p == ',' || *p == ' ' || *p == '\n'; p++) {}
-    }
-    if (!v) return 1;
-    *out = v;
-    *n = cnt;
-    return 0;
+    moecl_status st = cli_parse_ids(s, 0, INT32_MAX, out, n);
+    if (st == MOECL_ERR_INVALID_ARG) return usage("bad token list '%s' (expected comma-separated ids)", s);
+    return st ? 1 : 0;
 }
 
 static uint64_t fnv1a(const int32_t *ids, size_t n) {
@@ -270,7 +213,7 @@ int cmd_perplexity(int argc, char **argv) {
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
 #define NEED() do { if (!v) return usage("option %s needs a value", a); i++; } while (0)
-#define LONG(dst, lo, hi) do { NEED(); if (!parse_long(v, lo, hi, &(dst))) return usage("bad number for %s", a); } while (0)
+#define LONG(dst, lo, hi) do { NEED(); if (!cli_parse_long(v, lo, hi, &(dst))) return usage("bad number for %s", a); } while (0)
         if (!strcmp(a, "-m") || !strcmp(a, "--model")) { NEED(); model_path = v; }
         else if (!strcmp(a, "-f") || !strcmp(a, "--file")) { NEED(); text_path = v; }
         else if (!strcmp(a, "--tokens")) { NEED(); token_list = v; }
@@ -314,8 +257,8 @@ int cmd_perplexity(int argc, char **argv) {
     int32_t bos = -1;
     if (text_path) {
         size_t len;
-        char *text = read_file(text_path, &len);
-        if (!text) goto out;
+        char *text;
+        if (cli_read_text("moecl perplexity", text_path, CLI_TEXT_MAX_BYTES, &text, &len)) goto out;
         if (!tok) {
             free(text);
             fprintf(stderr, "moecl perplexity: %s has no tokenizer: give --tokens\n", model_path);

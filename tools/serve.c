@@ -14,6 +14,7 @@
  * is cancelled if that overflows), never holding up the batch.
  */
 #include "moecl.h"
+#include "cli.h"
 #include "cli_backend.h"
 #include "serve_request.h"
 
@@ -757,24 +758,6 @@ static int usage(const char *msg, const char *arg) {
     return 2;
 }
 
-static bool parse_long(const char *s, long lo, long hi, long *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) return false;
-    *out = v;
-    return true;
-}
-
-static bool parse_flt(const char *s, float *out) {
-    char *end;
-    errno = 0;
-    float v = strtof(s, &end);
-    if (errno || end == s || *end) return false;
-    *out = v;
-    return true;
-}
-
 static void log_quiet(moecl_log_level level, const char *message, void *user) {
     (void)user;
     fprintf(stderr, "moecl: %s: %s\n", level == MOECL_LOG_ERROR ? "error" : level == MOECL_LOG_WARN ? "warning" : "info",
@@ -801,8 +784,8 @@ int cmd_serve(int argc, char **argv) {
             continue;
         }
 #define NEED() do { if (!v) return usage("option %s needs a value", a); i++; } while (0)
-#define LONG(dst, lo, hi) do { NEED(); if (!parse_long(v, lo, hi, &(dst))) return usage("bad number for %s", a); } while (0)
-#define FLT(dst) do { NEED(); if (!parse_flt(v, &(dst))) return usage("bad number for %s", a); } while (0)
+#define LONG(dst, lo, hi) do { NEED(); if (!cli_parse_long(v, lo, hi, &(dst))) return usage("bad number for %s", a); } while (0)
+#define FLT(dst) do { NEED(); if (!cli_parse_float(v, &(dst))) return usage("bad number for %s", a); } while (0)
         if (!strcmp(a, "-m") || !strcmp(a, "--model")) { NEED(); model_path = v; }
         else if (!strcmp(a, "--host")) { NEED(); host = v; }
         else if (!strcmp(a, "--port")) LONG(port, 0, 65535);

@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 PACKAGES="gcc libc6-dev meson ninja-build pkg-config libopenblas-dev libcjson-dev \
 opencl-headers ocl-icd-libopencl1 libclblast-dev pocl-opencl-icd mesa-opencl-icd clinfo \
 clang libclang-rt-14-dev libmicrohttpd-dev libpcre2-dev libutf8proc-dev valgrind \
-libcairo2-dev"
+libcairo2-dev libfontconfig-dev"
 
 missing=""
 for p in $PACKAGES; do

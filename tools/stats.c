@@ -24,6 +24,7 @@
  * PNG and SVG, embedded in one HTML file.
  */
 #include "moecl.h"
+#include "cli.h"
 #include "stats.h"
 
 #include "formats/atomic_file.h" /* internal: the one way moecl writes files */
@@ -35,8 +36,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-
-int cli_load_model(const char *path, moecl_model **model, char *resolved, size_t len); /* tools/moecl.c */
 
 const char *const k_class_names[N_CLS] = {"letters", "digits", "punctuation", "whitespace", "other scripts",
                                           "special"};
@@ -50,43 +49,6 @@ static int usage(const char *fmt, const char *arg) {
     fprintf(stderr, fmt, arg);
     fprintf(stderr, "\n(see 'moecl stats --help')\n");
     return 2;
-}
-
-static bool parse_int(const char *s, long lo, long hi, int *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) return false;
-    *out = (int)v;
-    return true;
-}
-
-static char *read_text(const char *path, size_t *len) {
-    FILE *f = strcmp(path, "-") ? fopen(path, "rb") : stdin;
-    if (!f) {
-        fprintf(stderr, "moecl stats: cannot open %s: %s\n", path, strerror(errno));
-        return NULL;
-    }
-    size_t cap = 1 << 16, n = 0, r;
-    char *buf = malloc(cap);
-    while (buf && (r = fread(buf + n, 1, cap - n - 1, f)) > 0) {
-        n += r;
-        if (n + 1 == cap) {
-            char *nb = realloc(buf, cap *= 2);
-            if (!nb) free(buf);
-            buf = nb;
-        }
-    }
-    bool err = ferror(f);
-    if (f != stdin) fclose(f);
-    if (!buf || err) {
-        free(buf);
-        fprintf(stderr, "moecl stats: cannot read %s\n", path);
-        return NULL;
-    }
-    buf[n] = '\0';
-    *len = n;
-    return buf;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -702,31 +664,14 @@ static void print_summary(const stats_data *d, const consistency *cs) {
 /* "1,2,3" into a malloc'd array; NULL (after saying why) if malformed or an
  * id is outside the vocabulary. */
 static int32_t *parse_ids(const char *s, int32_t n_vocab, int32_t *n) {
-    size_t cap = 64;
-    int32_t *v = malloc(cap * sizeof *v);
-    *n = 0;
-    for (const char *p = s; v && *p;) {
-        char *end;
-        errno = 0;
-        long x = strtol(p, &end, 10);
-        if (errno || end == p || x < 0 || x >= n_vocab) {
-            fprintf(stderr, "moecl stats: --tokens: bad id list '%s' (comma-separated ids from 0 to %d)\n", s,
-                    n_vocab - 1);
-            free(v);
-            return NULL;
-        }
-        if ((size_t)*n == cap) {
-            int32_t *nv = realloc(v, (cap *= 2) * sizeof *v);
-            if (!nv) free(v);
-            v = nv;
-            if (!v) break;
-        }
-        v[(*n)++] = (int32_t)x;
-        p = end;
-        while (*p == ',' || *p == ' ') p++;
-    }
-    if (!v) fprintf(stderr, "moecl stats: out of memory\n");
-    return v;
+    int32_t *v = NULL;
+    moecl_status st = cli_parse_ids(s, 0, (long)n_vocab - 1, &v, n);
+    if (st == MOECL_ERR_INVALID_ARG)
+        fprintf(stderr, "moecl stats: --tokens: bad id list '%s' (comma-separated ids from 0 to %d)\n", s,
+                n_vocab - 1);
+    else if (st)
+        fprintf(stderr, "moecl stats: out of memory\n");
+    return st ? NULL : v;
 }
 
 static const char *base_name(const char *path, char *buf, size_t cap) {
@@ -768,7 +713,7 @@ int cmd_stats(int argc, char **argv) {
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
 #define NEED() do { if (!v) return usage("option %s needs a value", a); i++; } while (0)
-#define INT(dst, lo, hi) do { NEED(); if (!parse_int(v, lo, hi, &(dst))) return usage("bad number for %s", a); } while (0)
+#define INT(dst, lo, hi) do { NEED(); if (!cli_parse_int(v, lo, hi, &(dst))) return usage("bad number for %s", a); } while (0)
         if (!strcmp(a, "-m") || !strcmp(a, "--model")) { NEED(); model_path = v; }
         else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) { NEED(); prompt = v; }
         else if (!strcmp(a, "-f") || !strcmp(a, "--file")) { NEED(); file = v; }
@@ -794,8 +739,12 @@ int cmd_stats(int argc, char **argv) {
 
     int rc = 1;
     size_t len = 0;
-    char *text = prompt ? strdup(prompt) : id_list ? strdup(id_list) : read_text(file, &len);
-    if (!text) return 1;
+    char *text = NULL;
+    if (file) {
+        if (cli_read_text("moecl stats", file, CLI_TEXT_MAX_BYTES, &text, &len)) return 1;
+    } else if (!(text = strdup(prompt ? prompt : id_list))) {
+        return 1;
+    }
     if (!file) len = strlen(text);
     moecl_model *model = NULL;
     char resolved[4200], name[256];
@@ -968,6 +917,7 @@ int cmd_stats(int argc, char **argv) {
     rc = 0;
 done:
     for (int i = 0; i < 3; i++) stats_pic_free(&pics[i]);
+    if (html || pictures) stats_draw_release();
     free(pieces);
     free(id_text);
     if (d.layers) {

@@ -53,6 +53,10 @@ bool stats_draw_heatmap(const stats_data *d, stats_pic *out, char *err, size_t e
 bool stats_draw_coactivation(const stats_data *d, stats_pic *out, char *err, size_t errlen);
 bool stats_draw_passage(const stats_data *d, stats_pic *out, char *err, size_t errlen);
 bool stats_have_cairo(void);
+/* Give back the font caches cairo and fontconfig keep for the life of the
+ * process, so that a leak checker (the README's sanitizer run) finds none.
+ * Only once every picture is drawn: no cairo object may be alive. */
+void stats_draw_release(void);
 
 /* base64 of n bytes to f. */
 void stats_base64(FILE *f, const unsigned char *p, size_t n);

@@ -84,6 +84,32 @@ typedef struct mc_arch_key {
     int64_t def;         /* when absent and not required (MC_HP_N_HEAD_KV, MC_HP_HEAD_DIM: derived) */
 } mc_arch_key;
 
+/* Rows of the key tables that families share, each written once. A family's
+ * table lists them in the order they are read, which matters: a range may
+ * depend on an earlier value (n_head_kv <= n_head, n_expert_used <= n_expert).
+ * The GGUF keys are llama.cpp's, the same for every architecture. */
+#define MC_KEYS_EMBD                                                               \
+    {MC_HP_N_VOCAB, "vocab_size", "vocab_size", true, 0},                          \
+    {MC_HP_N_EMBD, "hidden_size", "embedding_length", true, 0}
+/* The expert FFN width where every layer is MoE (Mixtral, OLMoE)... */
+#define MC_KEY_FF {MC_HP_N_FF, "intermediate_size", "feed_forward_length", true, 0}
+/* ...and where dense layers may stand between MoE layers (Qwen): intermediate_size is theirs. */
+#define MC_KEYS_FF_MOE_DENSE                                                       \
+    {MC_HP_N_FF, "moe_intermediate_size", "expert_feed_forward_length", true, 0},  \
+    {MC_HP_N_FF_DENSE, "intermediate_size", "feed_forward_length", false, 0}
+/* Layers and heads; hf_head_dim NULL where config.json has no head_dim (n_embd / n_head). */
+#define MC_KEYS_ATTN(hf_head_dim)                                                  \
+    {MC_HP_N_LAYER, "num_hidden_layers", "block_count", true, 0},                  \
+    {MC_HP_N_HEAD, "num_attention_heads", "attention.head_count", true, 0},        \
+    {MC_HP_N_HEAD_KV, "num_key_value_heads", "attention.head_count_kv", false, 0}, \
+    {MC_HP_HEAD_DIM, hf_head_dim, "attention.key_length", false, 0}
+/* The router: hf_n_expert is the family's name for the expert count. */
+#define MC_KEYS_ROUTER(hf_n_expert)                                                \
+    {MC_HP_N_EXPERT, hf_n_expert, "expert_count", true, 0},                        \
+    {MC_HP_N_EXPERT_USED, "num_experts_per_tok", "expert_used_count", true, 0}
+/* The training context, def where config.json does not say (transformers' default). */
+#define MC_KEY_CTX_TRAIN(def) {MC_HP_N_CTX_TRAIN, "max_position_embeddings", "context_length", false, def}
+
 /* QK-norm: RMSNorm of the queries and keys after the projection, before RoPE. */
 typedef enum mc_qk_norm {
     MC_QK_NORM_NONE,
@@ -117,6 +143,17 @@ typedef enum mc_qk_norm {
     [MC_TN_EXP_DOWN] = "model.layers.%d.mlp.experts.%d.down_proj.weight",          \
     [MC_TN_EXPS_GATE_UP] = "model.layers.%d.mlp.experts.gate_up_proj",             \
     [MC_TN_EXPS_DOWN] = "model.layers.%d.mlp.experts.down_proj"
+
+/* The dense FFN of the layers that have one (Qwen2-MoE, Qwen3-MoE). */
+#define MC_HF_DENSE_FFN_NAMES                                                      \
+    [MC_TN_FFN_GATE] = "model.layers.%d.mlp.gate_proj.weight",                     \
+    [MC_TN_FFN_UP] = "model.layers.%d.mlp.up_proj.weight",                         \
+    [MC_TN_FFN_DOWN] = "model.layers.%d.mlp.down_proj.weight"
+/* The output bias of attention_bias and the QK-norm weights (Qwen3-MoE, OLMoE). */
+#define MC_HF_OUT_BIAS_QK_NORM_NAMES                                               \
+    [MC_TN_ATTN_OUT_BIAS] = "model.layers.%d.self_attn.o_proj.bias",               \
+    [MC_TN_ATTN_Q_NORM] = "model.layers.%d.self_attn.q_norm.weight",               \
+    [MC_TN_ATTN_K_NORM] = "model.layers.%d.self_attn.k_norm.weight"
 
 typedef struct mc_arch {
     const char *name;          /* moecl's name of the family */

@@ -9,16 +9,11 @@
 #include "arch.h"
 
 static const mc_arch_key k_keys[] = {
-    {MC_HP_N_VOCAB, "vocab_size", "vocab_size", true, 0},
-    {MC_HP_N_EMBD, "hidden_size", "embedding_length", true, 0},
-    {MC_HP_N_FF, "intermediate_size", "feed_forward_length", true, 0},
-    {MC_HP_N_LAYER, "num_hidden_layers", "block_count", true, 0},
-    {MC_HP_N_HEAD, "num_attention_heads", "attention.head_count", true, 0},
-    {MC_HP_N_HEAD_KV, "num_key_value_heads", "attention.head_count_kv", false, 0},
-    {MC_HP_HEAD_DIM, "head_dim", "attention.key_length", false, 0},
-    {MC_HP_N_EXPERT, "num_local_experts", "expert_count", true, 0},
-    {MC_HP_N_EXPERT_USED, "num_experts_per_tok", "expert_used_count", true, 0},
-    {MC_HP_N_CTX_TRAIN, "max_position_embeddings", "context_length", false, 32768},
+    MC_KEYS_EMBD,
+    MC_KEY_FF,
+    MC_KEYS_ATTN("head_dim"),
+    MC_KEYS_ROUTER("num_local_experts"),
+    MC_KEY_CTX_TRAIN(32768),
     {MC_HP_SLIDING_WINDOW, "sliding_window", NULL, false, 0},
 };
 

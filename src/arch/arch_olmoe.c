@@ -11,16 +11,11 @@
 #include "arch.h"
 
 static const mc_arch_key k_keys[] = {
-    {MC_HP_N_VOCAB, "vocab_size", "vocab_size", true, 0},
-    {MC_HP_N_EMBD, "hidden_size", "embedding_length", true, 0},
-    {MC_HP_N_FF, "intermediate_size", "feed_forward_length", true, 0},
-    {MC_HP_N_LAYER, "num_hidden_layers", "block_count", true, 0},
-    {MC_HP_N_HEAD, "num_attention_heads", "attention.head_count", true, 0},
-    {MC_HP_N_HEAD_KV, "num_key_value_heads", "attention.head_count_kv", false, 0},
-    {MC_HP_HEAD_DIM, NULL, "attention.key_length", false, 0},
-    {MC_HP_N_EXPERT, "num_experts", "expert_count", true, 0},
-    {MC_HP_N_EXPERT_USED, "num_experts_per_tok", "expert_used_count", true, 0},
-    {MC_HP_N_CTX_TRAIN, "max_position_embeddings", "context_length", false, 4096},
+    MC_KEYS_EMBD,
+    MC_KEY_FF,
+    MC_KEYS_ATTN(NULL),
+    MC_KEYS_ROUTER("num_experts"),
+    MC_KEY_CTX_TRAIN(4096),
 };
 
 static const char *const k_refused[] = {"clip_qkv", NULL};
@@ -34,9 +29,7 @@ const mc_arch mc_arch_olmoe = {
     .n_keys = (int)(sizeof k_keys / sizeof k_keys[0]),
     .hf_names = {
         MC_HF_QWEN_NAMES,
-        [MC_TN_ATTN_OUT_BIAS] = "model.layers.%d.self_attn.o_proj.bias",
-        [MC_TN_ATTN_Q_NORM] = "model.layers.%d.self_attn.q_norm.weight",
-        [MC_TN_ATTN_K_NORM] = "model.layers.%d.self_attn.k_norm.weight",
+        MC_HF_OUT_BIAS_QK_NORM_NAMES,
     },
     .qk_norm = MC_QK_NORM_FULL,
     .hf_attn_bias = "attention_bias",

@@ -12,18 +12,12 @@
 #include "arch.h"
 
 static const mc_arch_key k_keys[] = {
-    {MC_HP_N_VOCAB, "vocab_size", "vocab_size", true, 0},
-    {MC_HP_N_EMBD, "hidden_size", "embedding_length", true, 0},
-    {MC_HP_N_FF, "moe_intermediate_size", "expert_feed_forward_length", true, 0},
-    {MC_HP_N_FF_DENSE, "intermediate_size", "feed_forward_length", false, 0},
+    MC_KEYS_EMBD,
+    MC_KEYS_FF_MOE_DENSE,
     {MC_HP_N_FF_SHEXP, "shared_expert_intermediate_size", "expert_shared_feed_forward_length", true, 0},
-    {MC_HP_N_LAYER, "num_hidden_layers", "block_count", true, 0},
-    {MC_HP_N_HEAD, "num_attention_heads", "attention.head_count", true, 0},
-    {MC_HP_N_HEAD_KV, "num_key_value_heads", "attention.head_count_kv", false, 0},
-    {MC_HP_HEAD_DIM, "head_dim", "attention.key_length", false, 0},
-    {MC_HP_N_EXPERT, "num_experts", "expert_count", true, 0},
-    {MC_HP_N_EXPERT_USED, "num_experts_per_tok", "expert_used_count", true, 0},
-    {MC_HP_N_CTX_TRAIN, "max_position_embeddings", "context_length", false, 8192},
+    MC_KEYS_ATTN("head_dim"),
+    MC_KEYS_ROUTER("num_experts"),
+    MC_KEY_CTX_TRAIN(8192),
     {MC_HP_SPARSE_STEP, "decoder_sparse_step", NULL, false, 1},
 };
 
@@ -38,9 +32,7 @@ const mc_arch mc_arch_qwen2moe = {
     .n_keys = (int)(sizeof k_keys / sizeof k_keys[0]),
     .hf_names = {
         MC_HF_QWEN_NAMES,
-        [MC_TN_FFN_GATE] = "model.layers.%d.mlp.gate_proj.weight",
-        [MC_TN_FFN_UP] = "model.layers.%d.mlp.up_proj.weight",
-        [MC_TN_FFN_DOWN] = "model.layers.%d.mlp.down_proj.weight",
+        MC_HF_DENSE_FFN_NAMES,
         [MC_TN_SHEXP_GATE] = "model.layers.%d.mlp.shared_expert.gate_proj.weight",
         [MC_TN_SHEXP_UP] = "model.layers.%d.mlp.shared_expert.up_proj.weight",
         [MC_TN_SHEXP_DOWN] = "model.layers.%d.mlp.shared_expert.down_proj.weight",

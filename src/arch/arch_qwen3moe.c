@@ -13,17 +13,11 @@
 #include "arch.h"
 
 static const mc_arch_key k_keys[] = {
-    {MC_HP_N_VOCAB, "vocab_size", "vocab_size", true, 0},
-    {MC_HP_N_EMBD, "hidden_size", "embedding_length", true, 0},
-    {MC_HP_N_FF, "moe_intermediate_size", "expert_feed_forward_length", true, 0},
-    {MC_HP_N_FF_DENSE, "intermediate_size", "feed_forward_length", false, 0},
-    {MC_HP_N_LAYER, "num_hidden_layers", "block_count", true, 0},
-    {MC_HP_N_HEAD, "num_attention_heads", "attention.head_count", true, 0},
-    {MC_HP_N_HEAD_KV, "num_key_value_heads", "attention.head_count_kv", false, 0},
-    {MC_HP_HEAD_DIM, "head_dim", "attention.key_length", false, 0},
-    {MC_HP_N_EXPERT, "num_experts", "expert_count", true, 0},
-    {MC_HP_N_EXPERT_USED, "num_experts_per_tok", "expert_used_count", true, 0},
-    {MC_HP_N_CTX_TRAIN, "max_position_embeddings", "context_length", false, 32768},
+    MC_KEYS_EMBD,
+    MC_KEYS_FF_MOE_DENSE,
+    MC_KEYS_ATTN("head_dim"),
+    MC_KEYS_ROUTER("num_experts"),
+    MC_KEY_CTX_TRAIN(32768),
     {MC_HP_SPARSE_STEP, "decoder_sparse_step", NULL, false, 1},
 };
 
@@ -38,12 +32,8 @@ const mc_arch mc_arch_qwen3moe = {
     .n_keys = (int)(sizeof k_keys / sizeof k_keys[0]),
     .hf_names = {
         MC_HF_QWEN_NAMES,
-        [MC_TN_ATTN_OUT_BIAS] = "model.layers.%d.self_attn.o_proj.bias",
-        [MC_TN_ATTN_Q_NORM] = "model.layers.%d.self_attn.q_norm.weight",
-        [MC_TN_ATTN_K_NORM] = "model.layers.%d.self_attn.k_norm.weight",
-        [MC_TN_FFN_GATE] = "model.layers.%d.mlp.gate_proj.weight",
-        [MC_TN_FFN_UP] = "model.layers.%d.mlp.up_proj.weight",
-        [MC_TN_FFN_DOWN] = "model.layers.%d.mlp.down_proj.weight",
+        MC_HF_OUT_BIAS_QK_NORM_NAMES,
+        MC_HF_DENSE_FFN_NAMES,
     },
     .qk_norm = MC_QK_NORM_HEAD,
     .hf_attn_bias = "attention_bias",
