@@ -49,10 +49,10 @@ static int quant32(const float *x, int8_t *q, float *d_out) {
     const float d = amax / 127.0f, id = amax > 0.0f ? 127.0f / amax : 0.0f;
     int sum = 0;
     for (int i = 0; i < 32; i++) {
-        int v = (int)lrintf(x[i] * id);
+        long v = lrintf(x[i] * id);
         v = v > 127 ? 127 : v < -127 ? -127 : v;
         q[i] = (int8_t)v;
-        sum += v;
+        sum += (int)v;
     }
     *d_out = d;
     return sum;
